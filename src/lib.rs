@@ -1,0 +1,9 @@
+//! kardia: a replicated key-value server that speaks the etcd v2 HTTP API.
+//!
+//! Requests enter through [`http`], are interpreted by [`v2`], ordered by
+//! [`raft`] and applied to the LMDB-backed [`store`] of the owning shard
+//! ([`shard`]). [`config`] turns flags into a [`config::Config`];
+//! [`server`] wires it all together for the binary.
+
+pub mod store;
+pub mod v2;

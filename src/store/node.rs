@@ -1,0 +1,182 @@
+//! How one v2 node is laid out in LMDB.
+//!
+//! A node lives under the key `parent_dir_id (8 bytes, big-endian) ++ name`,
+//! so a directory's children form one contiguous key range and a path is
+//! found by walking one lookup per component. Names too long for LMDB's
+//! 511-byte key limit are stored under a truncated name plus a hash, with the
+//! full name kept in the record. Records are decoded in place, without copying,
+//! from the LMDB page.
+
+/// Longest name stored verbatim in a key (LMDB allows 511 bytes per key).
+pub const MAX_INLINE_NAME: usize = 480;
+
+const F_DIR: u8 = 1;
+const F_EXPIRE: u8 = 2;
+const F_LONG_NAME: u8 = 4;
+
+/// Build the LMDB key of child `name` in directory `parent_id`.
+pub fn child_key(out: &mut Vec<u8>, parent_id: u64, name: &[u8]) {
+    out.clear();
+    out.extend_from_slice(&parent_id.to_be_bytes());
+    if name.len() <= MAX_INLINE_NAME {
+        out.extend_from_slice(name);
+    } else {
+        out.extend_from_slice(&name[..MAX_INLINE_NAME]);
+        out.push(0xff);
+        out.extend_from_slice(&fnv1a(name).to_be_bytes());
+    }
+}
+
+/// 64-bit FNV-1a, for the long-name suffix.
+fn fnv1a(b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &x in b {
+        h ^= x as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// A decoded node record, borrowing the LMDB page.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeRec<'a> {
+    pub dir: bool,
+    pub created: u64,
+    pub modified: u64,
+    pub expire: Option<i64>,
+    /// For directories: the id its children are keyed under.
+    pub dir_id: u64,
+    /// Set when the name did not fit in the key.
+    pub long_name: Option<&'a [u8]>,
+    pub value: &'a [u8],
+}
+
+impl<'a> NodeRec<'a> {
+    pub fn encode(&self, name: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        let long = name.len() > MAX_INLINE_NAME;
+        let mut flags = 0;
+        if self.dir {
+            flags |= F_DIR;
+        }
+        if self.expire.is_some() {
+            flags |= F_EXPIRE;
+        }
+        if long {
+            flags |= F_LONG_NAME;
+        }
+        out.push(flags);
+        out.extend_from_slice(&self.created.to_le_bytes());
+        out.extend_from_slice(&self.modified.to_le_bytes());
+        if let Some(e) = self.expire {
+            out.extend_from_slice(&e.to_le_bytes());
+        }
+        if self.dir {
+            out.extend_from_slice(&self.dir_id.to_le_bytes());
+        }
+        if long {
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(name);
+        }
+        if !self.dir {
+            out.extend_from_slice(self.value);
+        }
+    }
+
+    /// Decode; `None` means the record is corrupt.
+    pub fn decode(b: &'a [u8]) -> Option<NodeRec<'a>> {
+        let flags = *b.first()?;
+        let u = |at: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+        };
+        let created = u(1)?;
+        let modified = u(9)?;
+        let mut at = 17;
+        let expire = if flags & F_EXPIRE != 0 {
+            at += 8;
+            Some(u(at - 8)? as i64)
+        } else {
+            None
+        };
+        let dir = flags & F_DIR != 0;
+        let dir_id = if dir {
+            at += 8;
+            u(at - 8)?
+        } else {
+            0
+        };
+        let long_name = if flags & F_LONG_NAME != 0 {
+            let len = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize;
+            let n = b.get(at + 4..at + 4 + len)?;
+            at += 4 + len;
+            Some(n)
+        } else {
+            None
+        };
+        Some(NodeRec {
+            dir,
+            created,
+            modified,
+            expire,
+            dir_id,
+            long_name,
+            value: b.get(at..)?,
+        })
+    }
+
+    /// The child's name, from the record or from its key.
+    pub fn name<'k>(&self, key: &'k [u8]) -> &'k [u8]
+    where
+        'a: 'k,
+    {
+        match self.long_name {
+            Some(n) => n,
+            None => &key[8..],
+        }
+    }
+}
+
+/// The sortable 8-byte form of an expiry time (sign bit flipped, big-endian).
+pub fn expiry_prefix(t: i64) -> [u8; 8] {
+    ((t as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// Inverse of [`expiry_prefix`].
+pub fn expiry_time(b: &[u8]) -> i64 {
+    (u64::from_be_bytes(b[..8].try_into().unwrap()) ^ (1 << 63)) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trip() {
+        let long = vec![b'x'; 2000];
+        for name in [&b"abc"[..], &long[..]] {
+            let rec = NodeRec {
+                dir: false,
+                created: 3,
+                modified: 9,
+                expire: Some(-77),
+                dir_id: 0,
+                long_name: None,
+                value: b"hello",
+            };
+            let mut buf = Vec::new();
+            rec.encode(name, &mut buf);
+            let d = NodeRec::decode(&buf).unwrap();
+            assert_eq!((d.created, d.modified, d.expire, d.value), (3, 9, Some(-77), &b"hello"[..]));
+            let mut key = Vec::new();
+            child_key(&mut key, 5, name);
+            assert!(key.len() <= 511);
+            assert_eq!(d.name(&key), name);
+        }
+    }
+
+    #[test]
+    fn expiry_prefix_sorts() {
+        assert!(expiry_prefix(-5) < expiry_prefix(3));
+        assert_eq!(expiry_time(&expiry_prefix(-5)), -5);
+    }
+}

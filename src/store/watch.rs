@@ -1,0 +1,270 @@
+//! Watches: the event history window and the hub of waiting watchers.
+//!
+//! Applied events enter through [`EventHistory::push`] and
+//! [`WatcherHub::notify`]; a watch request enters through
+//! [`EventHistory::scan`] (answered at once from history) or
+//! [`WatcherHub::add`] (parked until a matching event). Events leave towards
+//! the HTTP layer through bounded local channels, one per watcher; a watcher
+//! whose channel fills is dropped, which ends its stream (etcd's behaviour).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+
+use super::event::Event;
+use crate::v2::error::{V2Error, EVENT_INDEX_CLEARED};
+
+/// Events buffered per watcher before it is dropped (etcd: 100).
+pub const WATCHER_BUFFER: usize = 100;
+
+/// The last `capacity` events, oldest first (etcd's EventHistory).
+pub struct EventHistory {
+    queue: VecDeque<Rc<Event>>,
+    capacity: usize,
+    /// Index of the oldest event still answerable.
+    start_index: u64,
+    last_index: u64,
+}
+
+impl EventHistory {
+    /// `start_index`/`last_index` describe an empty window that begins after
+    /// `last_index` (e.g. after a restart).
+    pub fn new(capacity: usize, start_index: u64, last_index: u64) -> EventHistory {
+        EventHistory {
+            queue: VecDeque::with_capacity(capacity.min(4096)),
+            capacity: capacity.max(1),
+            start_index,
+            last_index,
+        }
+    }
+
+    pub fn push(&mut self, e: Rc<Event>) {
+        if self.queue.len() == self.capacity {
+            self.queue.pop_front();
+        }
+        self.last_index = e.index;
+        self.queue.push_back(e);
+        self.start_index = self.queue.front().map(|e| e.index).unwrap_or(0);
+    }
+
+    /// The first event at or after `since` that a watch on `key` would see,
+    /// or `Ok(None)` to wait for the future. Mirrors etcd's `scan`, including
+    /// its string-prefix rule for deleted directories (spec 5.3).
+    pub fn scan(&self, key: &[u8], recursive: bool, since: u64) -> Result<Option<Rc<Event>>, V2Error> {
+        if since < self.start_index {
+            let cause = format!(
+                "the requested history has been cleared [{}/{}]",
+                self.start_index, since
+            );
+            return Err(V2Error::new(EVENT_INDEX_CLEARED, cause, 0));
+        }
+        if since > self.last_index {
+            return Ok(None);
+        }
+        let first = self.queue.partition_point(|e| e.index < since);
+        for e in self.queue.range(first..) {
+            if e.refresh {
+                continue;
+            }
+            let mut ok = &*e.key == key;
+            if recursive && !ok {
+                ok = is_under(&e.key, key);
+            }
+            if !ok && e.prev_dir && e.is_delete() {
+                ok = key.starts_with(&e.key);
+            }
+            if ok {
+                return Ok(Some(e.clone()));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// `key` lies strictly below `dir` (`dir` + `/` prefix; `/` covers all).
+pub fn is_under(key: &[u8], dir: &[u8]) -> bool {
+    if dir == b"/" {
+        return key.len() > 1 && key[0] == b'/';
+    }
+    key.len() > dir.len() && key.starts_with(dir) && key[dir.len()] == b'/'
+}
+
+/// True when `key` has a hidden component (`_name`) below `watch` (etcd's
+/// `isHidden`).
+fn hidden_below(watch: &[u8], key: &[u8]) -> bool {
+    if watch.len() > key.len() {
+        return false;
+    }
+    let rest = &key[watch.len()..];
+    rest.windows(2).any(|w| w == b"/_") || (watch.ends_with(b"/") && rest.first() == Some(&b'_'))
+}
+
+struct Watcher {
+    id: u64,
+    recursive: bool,
+    stream: bool,
+    since: u64,
+    tx: LocalSender<Rc<Event>>,
+    /// Last event index delivered, so one event reaches a watcher once.
+    last: u64,
+}
+
+/// Waiting watchers, by watched key.
+#[derive(Default)]
+pub struct WatcherHub {
+    by_key: BTreeMap<Box<[u8]>, Vec<Watcher>>,
+    count: usize,
+    next_id: u64,
+}
+
+/// A registered watcher, as the HTTP layer holds it.
+pub struct WatchHandle {
+    pub id: u64,
+    pub key: Box<[u8]>,
+    pub rx: LocalReceiver<Rc<Event>>,
+}
+
+impl WatcherHub {
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    pub fn add(&mut self, key: &[u8], recursive: bool, stream: bool, since: u64) -> WatchHandle {
+        let (tx, rx) = local_channel::new_bounded(WATCHER_BUFFER);
+        self.next_id += 1;
+        let id = self.next_id;
+        self.by_key.entry(key.into()).or_default().push(Watcher {
+            id,
+            recursive,
+            stream,
+            since,
+            tx,
+            last: 0,
+        });
+        self.count += 1;
+        WatchHandle {
+            id,
+            key: key.into(),
+            rx,
+        }
+    }
+
+    /// Unregister (client went away). Dropping the sender ends the stream.
+    pub fn remove(&mut self, key: &[u8], id: u64) {
+        if let Some(list) = self.by_key.get_mut(key) {
+            let before = list.len();
+            list.retain(|w| w.id != id);
+            self.count -= before - list.len();
+            if list.is_empty() {
+                self.by_key.remove(key);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Any watcher on `key` or below it (then a delete must list removed paths).
+    pub fn has_at_or_under(&self, key: &[u8]) -> bool {
+        self.by_key
+            .range::<[u8], _>((std::ops::Bound::Included(key), std::ops::Bound::Unbounded))
+            .next()
+            .is_some_and(|(k, _)| &**k == key || is_under(k, key))
+    }
+
+    /// Deliver `e` to every watcher it concerns (spec 5.2). `removed` lists the
+    /// paths a delete/expire removed below (and including) the event key.
+    pub fn notify(&mut self, e: &Rc<Event>, removed: &[Box<[u8]>]) {
+        if self.count == 0 || e.refresh {
+            return;
+        }
+        for p in removed {
+            self.notify_at(e, p, true);
+        }
+        // The key itself and each ancestor, root first.
+        let key = &e.key;
+        self.notify_at(e, b"/", false);
+        for (i, &b) in key.iter().enumerate().skip(1) {
+            if b == b'/' {
+                self.notify_at(e, &key[..i], false);
+            }
+        }
+        if &**key != b"/" {
+            self.notify_at(e, key, false);
+        }
+    }
+
+    fn notify_at(&mut self, e: &Rc<Event>, path: &[u8], deleted: bool) {
+        let Some(list) = self.by_key.get_mut(path) else {
+            return;
+        };
+        let original = &*e.key == path;
+        if !original && hidden_below(path, &e.key) && !deleted {
+            return;
+        }
+        let before = list.len();
+        list.retain_mut(|w| {
+            if !(w.recursive || original || deleted) || e.index < w.since || w.last == e.index {
+                return true;
+            }
+            w.last = e.index;
+            let sent = w.tx.try_send(e.clone()).is_ok();
+            // A full or closed channel drops the watcher; a one-shot watcher
+            // is done after its event.
+            sent && w.stream
+        });
+        self.count -= before - list.len();
+        if list.is_empty() {
+            self.by_key.remove(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::event::Action;
+
+    fn ev(index: u64, action: Action, key: &str, prev_dir: bool) -> Rc<Event> {
+        Rc::new(Event {
+            index,
+            action,
+            key: key.as_bytes().into(),
+            prev_dir,
+            refresh: false,
+            created: false,
+            json: Rc::from(&b"{}\n"[..]),
+        })
+    }
+
+    #[test]
+    fn history_window_and_401() {
+        let mut h = EventHistory::new(3, 1, 3);
+        for i in 4..=8 {
+            h.push(ev(i, Action::Set, "/a", false));
+        }
+        let err = h.scan(b"/a", false, 2).unwrap_err();
+        assert_eq!(err.cause, b"the requested history has been cleared [6/2]");
+        assert_eq!(h.scan(b"/a", false, 7).unwrap().unwrap().index, 7);
+        assert!(h.scan(b"/a", false, 9).unwrap().is_none());
+    }
+
+    #[test]
+    fn history_prefix_quirk() {
+        let mut h = EventHistory::new(10, 1, 3);
+        h.push(ev(4, Action::Delete, "/pfx", true));
+        assert_eq!(h.scan(b"/pfxother", false, 4).unwrap().unwrap().index, 4);
+        assert!(h.scan(b"/other", true, 4).unwrap().is_none());
+        assert_eq!(h.scan(b"/", true, 4).unwrap().unwrap().index, 4);
+    }
+
+    #[test]
+    fn hidden_rules() {
+        assert!(hidden_below(b"/", b"/_x"));
+        assert!(hidden_below(b"/a", b"/a/_x/y"));
+        assert!(!hidden_below(b"/a/_x", b"/a/_x/y"));
+        assert!(!hidden_below(b"/a", b"/a/b"));
+    }
+}

@@ -1,0 +1,180 @@
+//! JSON output exactly as etcd's Go `encoding/json` writes it.
+//!
+//! Bytes in, bytes out: callers append keys, values and timestamps to a
+//! response buffer. Strings get Go's escaping (HTML-safe `<>&`, U+2028/2029,
+//! invalid UTF-8 as `\ufffd`, raw UTF-8 otherwise); timestamps get Go's
+//! RFC3339Nano with trailing zeros trimmed (spec 2.8).
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Append `s` as a JSON string literal, escaped the way Go 1.19 does.
+pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < s.len() {
+        let b = s[i];
+        if b < 0x80 {
+            let esc: Option<&[u8]> = match b {
+                b'"' => Some(b"\\\""),
+                b'\\' => Some(b"\\\\"),
+                b'\n' => Some(b"\\n"),
+                b'\r' => Some(b"\\r"),
+                b'\t' => Some(b"\\t"),
+                b'<' | b'>' | b'&' | 0..=0x1f => None,
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            out.extend_from_slice(&s[start..i]);
+            match esc {
+                Some(e) => out.extend_from_slice(e),
+                None => {
+                    out.extend_from_slice(b"\\u00");
+                    out.push(HEX[(b >> 4) as usize]);
+                    out.push(HEX[(b & 0xf) as usize]);
+                }
+            }
+            i += 1;
+            start = i;
+            continue;
+        }
+        // Multi-byte: validate one UTF-8 sequence.
+        match utf8_len(&s[i..]) {
+            Some(n) => {
+                // U+2028 / U+2029 are E2 80 A8 / E2 80 A9.
+                if n == 3 && s[i] == 0xE2 && s[i + 1] == 0x80 && (s[i + 2] & 0xFE) == 0xA8 {
+                    out.extend_from_slice(&s[start..i]);
+                    out.extend_from_slice(if s[i + 2] == 0xA8 {
+                        b"\\u2028"
+                    } else {
+                        b"\\u2029"
+                    });
+                    i += 3;
+                    start = i;
+                } else {
+                    i += n;
+                }
+            }
+            None => {
+                out.extend_from_slice(&s[start..i]);
+                out.extend_from_slice(b"\\ufffd");
+                i += 1;
+                start = i;
+            }
+        }
+    }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'"');
+}
+
+/// Length of the valid UTF-8 sequence at the start of `s`, if it is one.
+fn utf8_len(s: &[u8]) -> Option<usize> {
+    let n = match s[0] {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => return None,
+    };
+    if s.len() < n {
+        return None;
+    }
+    std::str::from_utf8(&s[..n]).ok().map(|_| n)
+}
+
+/// Append an unsigned integer.
+pub fn write_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// Append a signed integer.
+pub fn write_i64(out: &mut Vec<u8>, v: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// Append a Unix-nanosecond time as Go's RFC3339Nano in UTC, quoted,
+/// with trailing zeros of the fraction trimmed (and no fraction at all on
+/// a whole second).
+pub fn write_time(out: &mut Vec<u8>, unix_nanos: i64) {
+    let secs = unix_nanos.div_euclid(1_000_000_000);
+    let nanos = unix_nanos.rem_euclid(1_000_000_000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let mut buf = [0u8; 40];
+    let mut w = std::io::Cursor::new(&mut buf[..]);
+    use std::io::Write;
+    let _ = write!(
+        w,
+        "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        y,
+        m,
+        d,
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    );
+    let n = w.position() as usize;
+    out.extend_from_slice(&buf[..n]);
+    if nanos != 0 {
+        let mut frac = [0u8; 9];
+        let mut v = nanos;
+        for i in (0..9).rev() {
+            frac[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        let mut end = 9;
+        while frac[end - 1] == b'0' {
+            end -= 1;
+        }
+        out.push(b'.');
+        out.extend_from_slice(&frac[..end]);
+    }
+    out.extend_from_slice(b"Z\"");
+}
+
+/// Howard Hinnant's days-to-civil conversion (proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[u8]) -> String {
+        let mut out = Vec::new();
+        write_str(&mut out, v);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn escapes_like_go() {
+        assert_eq!(s(b"a<b>&c"), r#""a\u003cb\u003e\u0026c""#);
+        assert_eq!(s("é\n\"\\".as_bytes()), "\"é\\n\\\"\\\\\"");
+        assert_eq!(s(b"\x01\x7f"), "\"\\u0001\x7f\"");
+        assert_eq!(s(b"\xff/x"), r#""\ufffd/x""#);
+        assert_eq!(s("\u{2028}".as_bytes()), r#""\u2028""#);
+    }
+
+    #[test]
+    fn time_trims_trailing_zeros() {
+        let mut out = Vec::new();
+        // 2026-11-27T05:07:45.48852405Z
+        write_time(&mut out, 1_795_756_065_488_524_050);
+        assert_eq!(out, b"\"2026-11-27T05:07:45.48852405Z\"");
+        out.clear();
+        write_time(&mut out, 1_795_756_065_000_000_000);
+        assert_eq!(out, b"\"2026-11-27T05:07:45Z\"");
+    }
+}
