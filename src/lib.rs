@@ -5,5 +5,6 @@
 //! ([`shard`]). [`config`] turns flags into a [`config::Config`];
 //! [`server`] wires it all together for the binary.
 
+pub mod storage;
 pub mod store;
 pub mod v2;

@@ -1,0 +1,133 @@
+//! The data dir's identity file, `kardia.id`: which member and cluster the
+//! directory belongs to.
+//!
+//! Written once when a data dir is created; checked at every start so that a
+//! dir is never silently reused under another name or cluster (the 2013 seed
+//! scenario's pitfall), and so that a directory that is not kardia's is never
+//! touched.
+
+use std::path::Path;
+
+pub const FILE: &str = "kardia.id";
+const MAGIC: &str = "kardia-data-dir v1";
+
+/// What a data dir records about its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub shards: usize,
+}
+
+/// Load the identity of `dir`, creating it when the dir is new or empty.
+/// Returns a message for the operator when the dir belongs to someone else.
+pub fn load_or_create(dir: &Path, want: &Identity) -> Result<Identity, String> {
+    let file = dir.join(FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let have = parse(&text).ok_or_else(|| {
+                format!("{} is not a valid kardia identity file; refusing to use data dir {}", file.display(), dir.display())
+            })?;
+            if have.name != want.name {
+                return Err(format!(
+                    "data dir {} belongs to member {:?} (id {:x}), not {:?}: start with --name {} to use it, or give this member another --data-dir",
+                    dir.display(),
+                    have.name,
+                    have.member_id,
+                    want.name,
+                    have.name
+                ));
+            }
+            if have.cluster_id != want.cluster_id {
+                return Err(format!(
+                    "data dir {} belongs to cluster {:x}, but the flags describe cluster {:x} (check --initial-cluster and --initial-cluster-token), or use another --data-dir",
+                    dir.display(),
+                    have.cluster_id,
+                    want.cluster_id
+                ));
+            }
+            if have.shards != want.shards {
+                return Err(format!(
+                    "data dir {} was created with --shards {}; start it with --shards {} (re-sharding an existing data dir is not supported)",
+                    dir.display(),
+                    have.shards,
+                    have.shards
+                ));
+            }
+            Ok(have)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Ok(mut rd) = std::fs::read_dir(dir) {
+                if let Some(Ok(ent)) = rd.next() {
+                    return Err(format!(
+                        "data dir {} is not empty and is not a kardia data dir (found {:?}); refusing to touch it — give an empty or new --data-dir",
+                        dir.display(),
+                        ent.file_name()
+                    ));
+                }
+            }
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+            let text = format!(
+                "{MAGIC}\nname={}\nmember_id={:x}\ncluster_id={:x}\nshards={}\n",
+                want.name, want.member_id, want.cluster_id, want.shards
+            );
+            let tmp = dir.join("kardia.id.tmp");
+            std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, &file).map_err(|e| e.to_string())?;
+            std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+            Ok(want.clone())
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+    }
+}
+
+fn parse(text: &str) -> Option<Identity> {
+    let mut lines = text.lines();
+    if lines.next()? != MAGIC {
+        return None;
+    }
+    let (mut name, mut mid, mut cid, mut shards) = (None, None, None, None);
+    for l in lines {
+        let (k, v) = l.split_once('=')?;
+        match k {
+            "name" => name = Some(v.to_string()),
+            "member_id" => mid = u64::from_str_radix(v, 16).ok(),
+            "cluster_id" => cid = u64::from_str_radix(v, 16).ok(),
+            "shards" => shards = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some(Identity {
+        name: name?,
+        member_id: mid?,
+        cluster_id: cid?,
+        shards: shards?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_other_name_and_foreign_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("data");
+        let me = Identity {
+            name: "a".into(),
+            member_id: 1,
+            cluster_id: 2,
+            shards: 1,
+        };
+        assert_eq!(load_or_create(&dir, &me).unwrap(), me);
+        assert_eq!(load_or_create(&dir, &me).unwrap(), me);
+        let other = Identity { name: "b".into(), ..me.clone() };
+        let err = load_or_create(&dir, &other).unwrap_err();
+        assert!(err.contains("belongs to member \"a\""), "{err}");
+        let foreign = d.path().join("foreign");
+        std::fs::create_dir_all(foreign.join("member")).unwrap();
+        assert!(load_or_create(&foreign, &me).unwrap_err().contains("not a kardia data dir"));
+    }
+}
