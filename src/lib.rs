@@ -5,6 +5,12 @@
 //! ([`shard`]). [`config`] turns flags into a [`config::Config`];
 //! [`server`] wires it all together for the binary.
 
+pub mod cluster;
+pub mod config;
+pub mod http;
+pub mod raft;
+pub mod server;
+pub mod shard;
 pub mod storage;
 pub mod store;
 pub mod v2;

@@ -1,1 +1,38 @@
-fn main() {}
+//! The `kardia` binary: parse flags, set up logging, run the member.
+
+use std::process::ExitCode;
+
+use kardia::config::{self, Parsed};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cfg = match config::parse(&args, &|k| std::env::var(k).ok()) {
+        Ok(Parsed::Run(cfg)) => cfg,
+        Ok(Parsed::Help) => {
+            print!("{}", config::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Version) => {
+            println!("kardia {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("kardia: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match kardia::server::run(*cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kardia: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -27,7 +27,11 @@ pub fn load_or_create(dir: &Path, want: &Identity) -> Result<Identity, String> {
     match std::fs::read_to_string(&file) {
         Ok(text) => {
             let have = parse(&text).ok_or_else(|| {
-                format!("{} is not a valid kardia identity file; refusing to use data dir {}", file.display(), dir.display())
+                format!(
+                    "{} is not a valid kardia identity file; refusing to use data dir {}",
+                    file.display(),
+                    dir.display()
+                )
             })?;
             if have.name != want.name {
                 return Err(format!(
@@ -67,16 +71,22 @@ pub fn load_or_create(dir: &Path, want: &Identity) -> Result<Identity, String> {
                     ));
                 }
             }
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
             let text = format!(
                 "{MAGIC}\nname={}\nmember_id={:x}\ncluster_id={:x}\nshards={}\n",
                 want.name, want.member_id, want.cluster_id, want.shards
             );
             let tmp = dir.join("kardia.id.tmp");
-            std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+            std::fs::write(&tmp, text)
+                .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| e.to_string())?;
             std::fs::rename(&tmp, &file).map_err(|e| e.to_string())?;
-            std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+            std::fs::File::open(dir)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| e.to_string())?;
             Ok(want.clone())
         }
         Err(e) => Err(format!("cannot read {}: {e}", file.display())),
@@ -123,11 +133,16 @@ mod tests {
         };
         assert_eq!(load_or_create(&dir, &me).unwrap(), me);
         assert_eq!(load_or_create(&dir, &me).unwrap(), me);
-        let other = Identity { name: "b".into(), ..me.clone() };
+        let other = Identity {
+            name: "b".into(),
+            ..me.clone()
+        };
         let err = load_or_create(&dir, &other).unwrap_err();
         assert!(err.contains("belongs to member \"a\""), "{err}");
         let foreign = d.path().join("foreign");
         std::fs::create_dir_all(foreign.join("member")).unwrap();
-        assert!(load_or_create(&foreign, &me).unwrap_err().contains("not a kardia data dir"));
+        assert!(load_or_create(&foreign, &me)
+            .unwrap_err()
+            .contains("not a kardia data dir"));
     }
 }

@@ -149,7 +149,11 @@ impl Wal {
     }
 
     /// Open for writing, in a fresh segment after the recovered ones.
-    pub async fn open(dir: &Path, existing: Vec<(u64, PathBuf, u64)>, segment_size: u64) -> Result<Wal> {
+    pub async fn open(
+        dir: &Path,
+        existing: Vec<(u64, PathBuf, u64)>,
+        segment_size: u64,
+    ) -> Result<Wal> {
         let next = existing.last().map_or(1, |s| s.0 + 1);
         let sealed = existing
             .into_iter()
@@ -319,7 +323,9 @@ fn decode(p: &[u8]) -> Result<Record> {
             let mut e = Entry::default();
             e.term = u(1)?;
             e.index = u(9)?;
-            let ty = *p.get(17).ok_or_else(|| Error::Corrupt("short entry".into()))?;
+            let ty = *p
+                .get(17)
+                .ok_or_else(|| Error::Corrupt("short entry".into()))?;
             e.set_entry_type(match ty {
                 0 => EntryType::EntryNormal,
                 1 => EntryType::EntryConfChange,
@@ -371,8 +377,19 @@ mod tests {
             w.sync().await.unwrap();
             drop(w);
             let (rec, segs) = Wal::recover(&d).unwrap();
-            let got: Vec<_> = rec.entries.iter().map(|e| (e.index, e.term, e.data.to_vec())).collect();
-            assert_eq!(got, vec![(1, 1, b"a".to_vec()), (2, 2, b"cc".to_vec()), (3, 2, b"d".to_vec())]);
+            let got: Vec<_> = rec
+                .entries
+                .iter()
+                .map(|e| (e.index, e.term, e.data.to_vec()))
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    (1, 1, b"a".to_vec()),
+                    (2, 2, b"cc".to_vec()),
+                    (3, 2, b"d".to_vec())
+                ]
+            );
             assert_eq!(rec.hard_state.unwrap().commit, 2);
             // Corrupt the last record: recovery stops before it.
             let path = &segs[0].1;

@@ -149,7 +149,8 @@ impl Store {
     /// Open (or create) the store in `dir`. A fresh store starts at index 3,
     /// as a fresh one-member etcd 3.4 does.
     pub fn open(dir: &Path, opts: &Options) -> Result<Store> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Corrupt(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Corrupt(format!("{}: {e}", dir.display())))?;
         let mut eo = EnvOpenOptions::new();
         eo.map_size(opts.map_size).max_dbs(4);
         // SAFETY: NO_SYNC is safe against process crashes (pages are in the
@@ -187,7 +188,12 @@ impl Store {
                 None => (0, 0),
             };
             let next = read_u64(&wtxn, META_DIR_ID)?.unwrap_or(1);
-            (index, applied, next, EventHistory::new(opts.history, index + 1, index))
+            (
+                index,
+                applied,
+                next,
+                EventHistory::new(opts.history, index + 1, index),
+            )
         };
         wtxn.commit()?;
         Ok(Store {
@@ -254,7 +260,9 @@ impl Store {
                 continue;
             }
             let Some(cmd) = Command::decode(data) else {
-                return Err(Error::Corrupt(format!("undecodable command at raft index {ri}")));
+                return Err(Error::Corrupt(format!(
+                    "undecodable command at raft index {ri}"
+                )));
             };
             let outcome = self.apply_one(&mut wtxn, &cmd)?;
             if let Some(o) = outcome {
@@ -269,10 +277,12 @@ impl Store {
         a[8..].copy_from_slice(&last.1.to_le_bytes());
         self.meta.put(&mut wtxn, META_APPLIED, &a)?;
         if self.index != index_before {
-            self.meta.put(&mut wtxn, META_INDEX, &self.index.to_le_bytes())?;
+            self.meta
+                .put(&mut wtxn, META_INDEX, &self.index.to_le_bytes())?;
         }
         if self.next_dir_id != dir_id_before {
-            self.meta.put(&mut wtxn, META_DIR_ID, &self.next_dir_id.to_le_bytes())?;
+            self.meta
+                .put(&mut wtxn, META_DIR_ID, &self.next_dir_id.to_le_bytes())?;
         }
         wtxn.commit()?;
         self.applied = last;
@@ -313,7 +323,12 @@ impl Store {
 
     /// Walk to `path` (etcd's internalGet). Errors: 100 with the path up to
     /// the first missing component, 104 with the file blocking the way.
-    fn find(&self, txn: &RoTxn, path: &[u8], kbuf: &mut Vec<u8>) -> Result<std::result::Result<Found, V2Error>> {
+    fn find(
+        &self,
+        txn: &RoTxn,
+        path: &[u8],
+        kbuf: &mut Vec<u8>,
+    ) -> Result<std::result::Result<Found, V2Error>> {
         let mut meta = ROOT;
         let mut lkey = Vec::new();
         if path == b"/" {
@@ -321,7 +336,10 @@ impl Store {
         }
         let mut start = 1;
         loop {
-            let end = path[start..].iter().position(|&b| b == b'/').map_or(path.len(), |p| start + p);
+            let end = path[start..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(path.len(), |p| start + p);
             let name = &path[start..end];
             if !meta.dir {
                 let cause = &path[..start - 1];
@@ -434,7 +452,10 @@ impl Store {
         let mut vbuf = std::mem::take(&mut self.vbuf);
         let mut created_dirs = Vec::new();
         while start <= split {
-            let end = path[start..].iter().position(|&b| b == b'/').map_or(path.len(), |p| start + p);
+            let end = path[start..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(path.len(), |p| start + p);
             let comp = &path[start..end];
             child_key(&mut kbuf, parent.dir_id, comp);
             match self.nodes.get(txn, &kbuf)? {
@@ -524,7 +545,16 @@ impl Store {
             created: next,
         };
         let created = action == Action::Create || !has_prev;
-        Ok(Ok(self.event(action, path, &node, has_prev, false, c.refresh, created, Vec::new())))
+        Ok(Ok(self.event(
+            action,
+            path,
+            &node,
+            has_prev,
+            false,
+            c.refresh,
+            created,
+            Vec::new(),
+        )))
     }
 
     fn update(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
@@ -585,13 +615,20 @@ impl Store {
             if !value_ok {
                 cause.push(b' ');
             }
-            cause.extend_from_slice(format!("[{} != {}]", c.prev_index, f.meta.modified).as_bytes());
+            cause
+                .extend_from_slice(format!("[{} != {}]", c.prev_index, f.meta.modified).as_bytes());
         }
         Ok(Some(cause))
     }
 
     /// Update / CAS once checks pass: new value (files), new TTL, event.
-    fn rewrite(&mut self, txn: &mut RwTxn, c: &Command, f: Found, action: Action) -> Result<Outcome> {
+    fn rewrite(
+        &mut self,
+        txn: &mut RwTxn,
+        c: &Command,
+        f: Found,
+        action: Action,
+    ) -> Result<Outcome> {
         let next = self.index + 1;
         self.render_prev(txn, c.key, &f, c.now)?;
         let expire = c.expire.filter(|&t| t >= MIN_EXPIRE);
@@ -601,7 +638,11 @@ impl Store {
             let v = self.nodes.get(txn, &f.lkey)?.ok_or_else(corrupt)?;
             let rec = NodeRec::decode(v).ok_or_else(corrupt)?;
             let name = rec.name(&f.lkey).to_vec();
-            let value = if c.refresh || f.meta.dir { rec.value } else { c.value };
+            let value = if c.refresh || f.meta.dir {
+                rec.value
+            } else {
+                c.value
+            };
             value_copy.extend_from_slice(value);
             let new = NodeRec {
                 // A directory keeps its modifiedIndex (spec 4.2 quirk).
@@ -632,7 +673,16 @@ impl Store {
             modified: next,
             created: f.meta.created,
         };
-        Ok(Ok(self.event(action, c.key, &node, true, false, c.refresh, false, Vec::new())))
+        Ok(Ok(self.event(
+            action,
+            c.key,
+            &node,
+            true,
+            false,
+            c.refresh,
+            false,
+            Vec::new(),
+        )))
     }
 
     fn delete(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
@@ -672,11 +722,19 @@ impl Store {
         if let Some(cause) = self.compare(txn, &f, c)? {
             return Ok(Err(V2Error::new(TEST_FAILED, cause, self.index)));
         }
-        self.remove_node(txn, c, f, Action::CompareAndDelete, c.now).map(Ok)
+        self.remove_node(txn, c, f, Action::CompareAndDelete, c.now)
+            .map(Ok)
     }
 
     /// Remove a node and its subtree as one event.
-    fn remove_node(&mut self, txn: &mut RwTxn, c: &Command, f: Found, action: Action, now: i64) -> Result<Rc<Event>> {
+    fn remove_node(
+        &mut self,
+        txn: &mut RwTxn,
+        c: &Command,
+        f: Found,
+        action: Action,
+        now: i64,
+    ) -> Result<Rc<Event>> {
         let next = self.index + 1;
         self.render_prev(txn, c.key, &f, now)?;
         let mut removed = Vec::new();
@@ -702,11 +760,18 @@ impl Store {
             modified: next,
             created: f.meta.created,
         };
-        Ok(self.event(action, c.key, &node, true, f.meta.dir, false, false, removed))
+        Ok(self.event(
+            action, c.key, &node, true, f.meta.dir, false, false, removed,
+        ))
     }
 
     fn has_children(&self, txn: &RoTxn, dir_id: u64) -> Result<bool> {
-        Ok(self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())?.next().transpose()?.is_some())
+        Ok(self
+            .nodes
+            .prefix_iter(txn, &dir_id.to_be_bytes())?
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     /// Delete every descendant of directory `dir_id` (whose path is `path`).
@@ -831,7 +896,14 @@ impl Store {
 
     /// GET: append `{"action":"get","node":..}\n` to `out` and return the
     /// etcd index; or etcd's error.
-    pub fn get(&mut self, path: &[u8], recursive: bool, sorted: bool, now: i64, out: &mut Vec<u8>) -> Result<std::result::Result<u64, V2Error>> {
+    pub fn get(
+        &mut self,
+        path: &[u8],
+        recursive: bool,
+        sorted: bool,
+        now: i64,
+        out: &mut Vec<u8>,
+    ) -> Result<std::result::Result<u64, V2Error>> {
         let rtxn = self.env.read_txn()?;
         let mut kbuf = std::mem::take(&mut self.kbuf);
         let found = self.find(&rtxn, path, &mut kbuf)?;
@@ -862,7 +934,11 @@ impl Store {
         };
         node.write_head(out);
         if f.meta.dir {
-            let mut p = if path == b"/" { Vec::new() } else { path.to_vec() };
+            let mut p = if path == b"/" {
+                Vec::new()
+            } else {
+                path.to_vec()
+            };
             self.write_children(&rtxn, f.meta.dir_id, &mut p, recursive, sorted, now, out, 0)?;
         }
         event::write_tail(out, f.meta.modified, f.meta.created);
@@ -888,7 +964,12 @@ impl Store {
         }
         let iter = self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())?;
         let mut any = false;
-        let emit = |k: &[u8], rec: NodeRec, path: &mut Vec<u8>, out: &mut Vec<u8>, any: &mut bool| -> Result<()> {
+        let emit = |k: &[u8],
+                    rec: NodeRec,
+                    path: &mut Vec<u8>,
+                    out: &mut Vec<u8>,
+                    any: &mut bool|
+         -> Result<()> {
             let name = rec.name(k);
             if name.first() == Some(&b'_') {
                 return Ok(());
@@ -909,7 +990,16 @@ impl Store {
             }
             .write_head(out);
             if rec.dir && recursive {
-                self.write_children(txn, rec.dir_id, path, recursive, sorted, now, out, depth + 1)?;
+                self.write_children(
+                    txn,
+                    rec.dir_id,
+                    path,
+                    recursive,
+                    sorted,
+                    now,
+                    out,
+                    depth + 1,
+                )?;
             }
             event::write_tail(out, rec.modified, rec.created);
             path.truncate(len);
@@ -931,7 +1021,13 @@ impl Store {
         } else {
             for item in iter {
                 let (k, v) = item?;
-                emit(k, NodeRec::decode(v).ok_or_else(corrupt)?, path, out, &mut any)?;
+                emit(
+                    k,
+                    NodeRec::decode(v).ok_or_else(corrupt)?,
+                    path,
+                    out,
+                    &mut any,
+                )?;
             }
         }
         if any {
@@ -942,7 +1038,13 @@ impl Store {
 
     /// Register a watch (store.Watch). `Ok((Some(event), idx))` is answered
     /// from history at once; `Ok((None, idx))` registered `handle`.
-    pub fn watch(&mut self, key: &[u8], recursive: bool, stream: bool, since: u64) -> std::result::Result<(WatchStart, u64), V2Error> {
+    pub fn watch(
+        &mut self,
+        key: &[u8],
+        recursive: bool,
+        stream: bool,
+        since: u64,
+    ) -> std::result::Result<(WatchStart, u64), V2Error> {
         let since = if since == 0 { self.index + 1 } else { since };
         match self.history.scan(key, recursive, since) {
             Err(mut e) => {
@@ -950,7 +1052,10 @@ impl Store {
                 Err(e)
             }
             Ok(Some(e)) => Ok((WatchStart::Past(e), self.index)),
-            Ok(None) => Ok((WatchStart::Waiting(self.hub.add(key, recursive, stream, since)), self.index)),
+            Ok(None) => Ok((
+                WatchStart::Waiting(self.hub.add(key, recursive, stream, since)),
+                self.index,
+            )),
         }
     }
 }

@@ -166,7 +166,10 @@ mod tests {
             let mut buf = Vec::new();
             rec.encode(name, &mut buf);
             let d = NodeRec::decode(&buf).unwrap();
-            assert_eq!((d.created, d.modified, d.expire, d.value), (3, 9, Some(-77), &b"hello"[..]));
+            assert_eq!(
+                (d.created, d.modified, d.expire, d.value),
+                (3, 9, Some(-77), &b"hello"[..])
+            );
             let mut key = Vec::new();
             child_key(&mut key, 5, name);
             assert!(key.len() <= 511);

@@ -51,7 +51,12 @@ impl EventHistory {
     /// The first event at or after `since` that a watch on `key` would see,
     /// or `Ok(None)` to wait for the future. Mirrors etcd's `scan`, including
     /// its string-prefix rule for deleted directories (spec 5.3).
-    pub fn scan(&self, key: &[u8], recursive: bool, since: u64) -> Result<Option<Rc<Event>>, V2Error> {
+    pub fn scan(
+        &self,
+        key: &[u8],
+        recursive: bool,
+        since: u64,
+    ) -> Result<Option<Rc<Event>>, V2Error> {
         if since < self.start_index {
             let cause = format!(
                 "the requested history has been cleared [{}/{}]",

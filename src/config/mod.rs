@@ -1,0 +1,458 @@
+//! Command-line and environment configuration.
+//!
+//! Accepts etcd's 2.x/3.x flags with one or two dashes (`--name x`,
+//! `-name=x`), each also as an `ETCD_*` environment variable, the 0.4-era
+//! flags mapped as spec 10.2 describes, and kardia's own limits. Flags win
+//! over the environment. Go-style flags do not fit clap's model (single-dash
+//! long names), hence this small parser. Errors are one line naming the
+//! flag; the binary exits with code 2 on them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::http::Limits;
+
+/// Everything a member needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    pub initial_cluster: Vec<(String, String)>,
+    pub initial_cluster_state: String,
+    pub initial_cluster_token: String,
+    pub heartbeat: Duration,
+    pub election: Duration,
+    pub shards: usize,
+    pub history: usize,
+    pub map_size: usize,
+    pub limits: Limits,
+    pub log_level: String,
+    pub force_new_cluster: bool,
+}
+
+/// The outcome of parsing: run, or print and exit.
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Box<Config>),
+    Help,
+    Version,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Str,
+    Bool,
+    /// Accepted for compatibility and ignored (with a value).
+    IgnoredStr,
+    /// Accepted for compatibility and ignored (boolean).
+    IgnoredBool,
+}
+
+/// (flag name, kind, env var)
+const FLAGS: &[(&str, Kind)] = &[
+    ("name", Kind::Str),
+    ("data-dir", Kind::Str),
+    ("listen-client-urls", Kind::Str),
+    ("advertise-client-urls", Kind::Str),
+    ("listen-peer-urls", Kind::Str),
+    ("initial-advertise-peer-urls", Kind::Str),
+    ("initial-cluster", Kind::Str),
+    ("initial-cluster-state", Kind::Str),
+    ("initial-cluster-token", Kind::Str),
+    ("heartbeat-interval", Kind::Str),
+    ("election-timeout", Kind::Str),
+    ("enable-v2", Kind::Bool),
+    ("force-new-cluster", Kind::Bool),
+    ("shards", Kind::Str),
+    ("history-size", Kind::Str),
+    ("max-header-bytes", Kind::Str),
+    ("max-body-bytes", Kind::Str),
+    ("max-connections", Kind::Str),
+    ("header-timeout", Kind::Str),
+    ("idle-timeout", Kind::Str),
+    ("map-size", Kind::Str),
+    ("log-level", Kind::Str),
+    // etcd flags kardia accepts and ignores.
+    ("snapshot-count", Kind::IgnoredStr),
+    ("cors", Kind::IgnoredStr),
+    ("quota-backend-bytes", Kind::IgnoredStr),
+    ("max-request-bytes", Kind::IgnoredStr),
+    ("logger", Kind::IgnoredStr),
+    ("log-outputs", Kind::IgnoredStr),
+    ("auto-compaction-retention", Kind::IgnoredStr),
+    ("debug", Kind::IgnoredBool),
+    ("strict-reconfig-check", Kind::IgnoredBool),
+    // 0.4-era flags (spec 10.2).
+    ("addr", Kind::Str),
+    ("bind-addr", Kind::Str),
+    ("peer-addr", Kind::Str),
+    ("peer-bind-addr", Kind::Str),
+    ("peers", Kind::Str),
+    ("f", Kind::Bool),
+    ("force", Kind::Bool),
+    ("snapshot", Kind::IgnoredBool),
+    ("v", Kind::IgnoredBool),
+    ("vv", Kind::IgnoredBool),
+];
+
+fn env_name(flag: &str) -> String {
+    format!("ETCD_{}", flag.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Parse `args` (without the program name) and the environment.
+pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Parsed, String> {
+    let mut vals: std::collections::HashMap<&'static str, String> = Default::default();
+    // Environment first; flags override.
+    for (name, _) in FLAGS {
+        if let Some(v) = env(&env_name(name)) {
+            vals.insert(name, v);
+        }
+    }
+    let mut set_by_flag = std::collections::HashSet::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        let Some(body) = a.strip_prefix("--").or_else(|| a.strip_prefix('-')) else {
+            return Err(format!(
+                "unexpected argument {a:?} (flags start with - or --)"
+            ));
+        };
+        let (name, inline) = match body.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (body, None),
+        };
+        match name {
+            "h" | "help" => return Ok(Parsed::Help),
+            "version" => return Ok(Parsed::Version),
+            _ => {}
+        }
+        let Some(&(fname, kind)) = FLAGS.iter().find(|(n, _)| *n == name) else {
+            return Err(format!("unknown flag {a:?} (see --help)"));
+        };
+        let v = match kind {
+            Kind::Bool | Kind::IgnoredBool => inline.unwrap_or_else(|| "true".into()),
+            Kind::Str | Kind::IgnoredStr => match inline {
+                Some(v) => v,
+                None => {
+                    let Some(v) = args.get(i) else {
+                        return Err(format!("flag {a:?} needs a value"));
+                    };
+                    i += 1;
+                    v.clone()
+                }
+            },
+        };
+        if matches!(kind, Kind::Bool | Kind::IgnoredBool) {
+            parse_bool(fname, &v)?;
+        }
+        set_by_flag.insert(fname);
+        vals.insert(fname, v);
+    }
+    build(&vals).map(|c| Parsed::Run(Box::new(c)))
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean value {v:?} for flag -{name}")),
+    }
+}
+
+fn num<T: std::str::FromStr>(
+    vals: &std::collections::HashMap<&str, String>,
+    name: &str,
+    default: T,
+) -> Result<T, String> {
+    match vals.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid value {v:?} for flag -{name}")),
+    }
+}
+
+fn url_list(name: &str, v: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for u in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        check_url(name, u)?;
+        out.push(u.trim_end_matches('/').to_string());
+    }
+    if out.is_empty() {
+        return Err(format!("flag -{name} needs at least one URL"));
+    }
+    Ok(out)
+}
+
+fn check_url(name: &str, u: &str) -> Result<(), String> {
+    let rest = u.strip_prefix("http://").ok_or_else(|| {
+        format!("invalid URL {u:?} for flag -{name}: kardia serves plain http:// URLs")
+    })?;
+    let hostport = rest.split('/').next().unwrap_or("");
+    match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!(
+            "invalid URL {u:?} for flag -{name}: expected http://host:port"
+        )),
+    }
+}
+
+/// `host:port` (0.4 style) → `http://host:port`.
+fn addr_url(name: &str, v: &str) -> Result<String, String> {
+    let u = if v.starts_with("http://") {
+        v.to_string()
+    } else {
+        format!("http://{v}")
+    };
+    check_url(name, &u)?;
+    Ok(u)
+}
+
+fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, String> {
+    let get = |n: &str| vals.get(n).map(String::as_str);
+    let name = get("name").unwrap_or("default").to_string();
+    if name.is_empty() {
+        return Err("flag -name must not be empty".into());
+    }
+    let data_dir = PathBuf::from(
+        get("data-dir")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{name}.etcd")),
+    );
+
+    // 0.4 flags map onto the 2.x ones (spec 10.2). kardia listens where it
+    // advertises unless a bind address is given (never silently on 0.0.0.0).
+    let addr = get("addr").map(|v| addr_url("addr", v)).transpose()?;
+    let bind = get("bind-addr")
+        .map(|v| addr_url("bind-addr", v))
+        .transpose()?;
+    let peer_addr = get("peer-addr")
+        .map(|v| addr_url("peer-addr", v))
+        .transpose()?;
+    let peer_bind = get("peer-bind-addr")
+        .map(|v| addr_url("peer-bind-addr", v))
+        .transpose()?;
+
+    let listen_client_urls = match (get("listen-client-urls"), &bind, &addr) {
+        (Some(v), _, _) => url_list("listen-client-urls", v)?,
+        (None, Some(b), _) => vec![b.clone()],
+        (None, None, Some(a)) => vec![a.clone()],
+        _ => vec![
+            "http://127.0.0.1:2379".into(),
+            "http://127.0.0.1:4001".into(),
+        ],
+    };
+    let advertise_client_urls = match (get("advertise-client-urls"), &addr) {
+        (Some(v), _) => url_list("advertise-client-urls", v)?,
+        (None, Some(a)) => vec![a.clone()],
+        _ => listen_client_urls
+            .iter()
+            .map(|u| u.replace("://0.0.0.0:", "://127.0.0.1:"))
+            .collect(),
+    };
+    let initial_advertise_peer_urls = match (get("initial-advertise-peer-urls"), &peer_addr) {
+        (Some(v), _) => url_list("initial-advertise-peer-urls", v)?,
+        (None, Some(p)) => vec![p.clone()],
+        _ => vec!["http://localhost:2380".into()],
+    };
+    let listen_peer_urls = match (get("listen-peer-urls"), &peer_bind, &peer_addr) {
+        (Some(v), _, _) => url_list("listen-peer-urls", v)?,
+        (None, Some(b), _) => vec![b.clone()],
+        (None, None, Some(p)) => vec![p.clone()],
+        _ => vec!["http://127.0.0.1:2380".into()],
+    };
+    let initial_cluster = match get("initial-cluster") {
+        Some(v) => {
+            let mut out = Vec::new();
+            for part in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let (n, u) = part
+                    .split_once('=')
+                    .ok_or_else(|| format!("invalid value {part:?} in flag -initial-cluster: expected name=http://host:port"))?;
+                check_url("initial-cluster", u)?;
+                out.push((n.to_string(), u.to_string()));
+            }
+            if !out.iter().any(|(n, _)| *n == name) {
+                return Err(format!(
+                    "flag -initial-cluster has no entry for this member's name {name:?} (add {name}=<peer URL>)"
+                ));
+            }
+            out
+        }
+        None => initial_advertise_peer_urls
+            .iter()
+            .map(|u| (name.clone(), u.clone()))
+            .collect(),
+    };
+    if let Some(peers) = get("peers") {
+        if !peers.trim().is_empty() {
+            return Err(
+                "flag -peers (joining a running cluster) is not supported by this build yet; start a single member without it"
+                    .into(),
+            );
+        }
+    }
+    let distinct: std::collections::BTreeSet<&str> =
+        initial_cluster.iter().map(|(n, _)| n.as_str()).collect();
+    if distinct.len() > 1 {
+        return Err("flag -initial-cluster names several members; clustering is not supported by this build yet".into());
+    }
+    let state = get("initial-cluster-state").unwrap_or("new").to_string();
+    if state != "new" && state != "existing" {
+        return Err(format!(
+            "invalid value {state:?} for flag -initial-cluster-state (new or existing)"
+        ));
+    }
+    let heartbeat_ms: u64 = num(vals, "heartbeat-interval", 100)?;
+    let election_ms: u64 = num(vals, "election-timeout", 1000)?;
+    if heartbeat_ms == 0 || election_ms < heartbeat_ms * 2 {
+        return Err(format!(
+            "flag -election-timeout ({election_ms}) must be at least twice -heartbeat-interval ({heartbeat_ms})"
+        ));
+    }
+    let shards: usize = num(vals, "shards", 1)?;
+    if shards != 1 {
+        return Err(format!(
+            "invalid value {shards} for flag -shards: this build runs one shard"
+        ));
+    }
+    let mut limits = Limits::default();
+    limits.max_head = num(vals, "max-header-bytes", limits.max_head)?;
+    limits.max_body = num(vals, "max-body-bytes", limits.max_body + (64 << 10))?;
+    limits.max_connections = num(vals, "max-connections", limits.max_connections)?;
+    limits.head_timeout = Duration::from_millis(num(vals, "header-timeout", 10_000u64)?);
+    limits.idle_timeout = Duration::from_millis(num(vals, "idle-timeout", 300_000u64)?);
+    let force = ["f", "force", "force-new-cluster"]
+        .iter()
+        .filter_map(|n| get(n))
+        .any(|v| parse_bool("force", v).unwrap_or(false));
+    Ok(Config {
+        name,
+        data_dir,
+        listen_client_urls,
+        advertise_client_urls,
+        listen_peer_urls,
+        initial_advertise_peer_urls,
+        initial_cluster,
+        initial_cluster_state: state,
+        initial_cluster_token: get("initial-cluster-token")
+            .unwrap_or("etcd-cluster")
+            .to_string(),
+        heartbeat: Duration::from_millis(heartbeat_ms),
+        election: Duration::from_millis(election_ms),
+        shards,
+        history: num(vals, "history-size", 1000)?,
+        map_size: num::<usize>(vals, "map-size", 64 << 30)?,
+        limits,
+        log_level: get("log-level").unwrap_or("info").to_string(),
+        force_new_cluster: force,
+    })
+}
+
+pub const USAGE: &str = "\
+kardia: a replicated key-value server speaking the etcd v2 HTTP API
+
+usage: kardia [flags]      (flags take one or two dashes; each is also ETCD_<NAME>)
+
+  --name NAME                       member name (default \"default\")
+  --data-dir DIR                    data directory (default \"<name>.etcd\")
+  --listen-client-urls URLS         client listen URLs (default http://127.0.0.1:2379,http://127.0.0.1:4001)
+  --advertise-client-urls URLS      client URLs told to clients (default: the listen URLs)
+  --listen-peer-urls URLS           peer listen URLs (default http://127.0.0.1:2380)
+  --initial-advertise-peer-urls U   this member's peer URLs (default http://localhost:2380)
+  --initial-cluster N=URL,...       bootstrap membership (default <name>=<advertise peer URL>)
+  --initial-cluster-state new|existing
+  --initial-cluster-token TOKEN     (default etcd-cluster)
+  --heartbeat-interval MS           (default 100)
+  --election-timeout MS             (default 1000)
+  --enable-v2                       accepted (the v2 API is always on)
+  --shards N                        shards (executors) per member (default 1)
+  --history-size N                  watch event history window (default 1000, as etcd)
+  --max-header-bytes N              request head limit, 431 above (default 1048576)
+  --max-body-bytes N                request body limit, 413 above (default 10551296)
+  --max-connections N               open client connections (default 10000)
+  --header-timeout MS               a request head must arrive within this (default 10000)
+  --idle-timeout MS                 idle keep-alive connections close after this (default 300000)
+  --map-size BYTES                  LMDB map size per shard (default 64 GiB, sparse)
+  --log-level LEVEL                 error|warn|info|debug (default info)
+
+0.4-era flags: -name -data-dir -addr -bind-addr -peer-addr -peer-bind-addr -peers -f/-force
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Config, String> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        match parse(&args, &|_| None)? {
+            Parsed::Run(c) => Ok(*c),
+            _ => Err("not run".into()),
+        }
+    }
+
+    #[test]
+    fn defaults_and_dashes() {
+        let c = p(&[]).unwrap();
+        assert_eq!(c.name, "default");
+        assert_eq!(c.data_dir, PathBuf::from("default.etcd"));
+        assert_eq!(
+            c.listen_client_urls,
+            vec!["http://127.0.0.1:2379", "http://127.0.0.1:4001"]
+        );
+        let c = p(&["-name", "n1", "--data-dir=/tmp/x", "--enable-v2"]).unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.data_dir.to_str().unwrap()),
+            ("n1", "/tmp/x")
+        );
+    }
+
+    #[test]
+    fn legacy_flags_map() {
+        let c = p(&[
+            "-name",
+            "node0",
+            "-addr",
+            "127.0.0.1:4001",
+            "-peer-addr",
+            "127.0.0.1:7001",
+        ])
+        .unwrap();
+        assert_eq!(c.advertise_client_urls, vec!["http://127.0.0.1:4001"]);
+        assert_eq!(c.listen_client_urls, vec!["http://127.0.0.1:4001"]);
+        assert_eq!(
+            c.initial_cluster,
+            vec![("node0".to_string(), "http://127.0.0.1:7001".to_string())]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        assert!(p(&["--bogus"]).unwrap_err().contains("--bogus"));
+        assert!(p(&["--heartbeat-interval", "x"])
+            .unwrap_err()
+            .contains("-heartbeat-interval"));
+        assert!(p(&["--listen-client-urls", "127.0.0.1:1"])
+            .unwrap_err()
+            .contains("-listen-client-urls"));
+        assert!(p(&["--enable-v2=maybe"]).unwrap_err().contains("enable-v2"));
+    }
+
+    #[test]
+    fn env_and_flag_precedence() {
+        let env = |k: &str| (k == "ETCD_NAME").then(|| "fromenv".to_string());
+        let Parsed::Run(c) = parse(&[], &env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.name, "fromenv");
+        let Parsed::Run(c) = parse(&["--name".into(), "flag".into()], &env).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.name, "flag");
+    }
+}

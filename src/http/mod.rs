@@ -1,0 +1,458 @@
+//! The HTTP/1.1 front end: accepting connections and running each one.
+//!
+//! Bytes arrive from a glommio `TcpStream` into one buffer per connection;
+//! heads are parsed in place ([`request`]), bodies are taken by
+//! Content-Length or chunked framing, and each request is handed to a
+//! [`Service`] as a borrowed [`Request`]. Responses are appended to one
+//! output buffer and written once per batch of pipelined requests. Writes
+//! that wait on raft are queued so a pipeline of PUTs shares one batch; any
+//! other request first waits for the queue, so answers keep request order.
+//! Limits (head size, body size, connections, head deadline, idle time) are
+//! enforced here; malformed input is answered with 400/413/431 and the
+//! connection is closed.
+
+pub mod request;
+pub mod response;
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use request::{decode_chunked, parse_head, HeadError};
+pub use request::{Framing, Head, Method};
+use response::plain_close;
+
+/// Explicit, configurable limits of the front end.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_head: usize,
+    pub max_body: usize,
+    pub max_connections: usize,
+    /// A request head must arrive completely within this time.
+    pub head_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after this.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_head: 1 << 20,
+            max_body: 10 << 20,
+            max_connections: 10_000,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One request, borrowing the connection's buffers.
+pub struct Request<'a> {
+    pub head: Head<'a>,
+    /// Percent-decoded path.
+    pub path: &'a [u8],
+    pub body: &'a [u8],
+}
+
+/// What a service did with a request.
+pub enum Handled<P, W> {
+    /// The response is in the output buffer.
+    Done,
+    /// The response is in the output buffer; close afterwards.
+    Close,
+    /// The response waits on `P` (a replicated write).
+    Pending(P),
+    /// Response headers are in the buffer; stream events from `W`.
+    Watch(W),
+}
+
+/// An application served over HTTP.
+pub trait Service: 'static {
+    type Pending;
+    type Watch;
+    /// Handle a request: write the response, or return what to wait for.
+    fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) -> Handled<Self::Pending, Self::Watch>;
+    /// Write the response of a pending request once it resolves.
+    fn complete(&self, p: Self::Pending, out: &mut Vec<u8>) -> impl Future<Output = ()>;
+    /// The next event body of a watch; `None` ends the watch.
+    fn next_event(&self, w: &mut Self::Watch) -> impl Future<Output = Option<Rc<[u8]>>>;
+    /// Whether the watch keeps streaming after one event.
+    fn is_stream(&self, w: &Self::Watch) -> bool;
+    /// The client went away: unregister the watch.
+    fn cancel(&self, w: Self::Watch);
+}
+
+/// Accept connections on `listener` forever, one task each.
+pub async fn serve<S: Service>(
+    listener: TcpListener,
+    svc: Rc<S>,
+    limits: Rc<Limits>,
+    open: Rc<Cell<usize>>,
+) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if open.get() >= limits.max_connections {
+            // Over the cap: refuse politely and close.
+            let mut out = Vec::new();
+            let mut s = stream;
+            plain_close(&mut out, 503, "too many connections");
+            let _ = s.write_all(&out).await;
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        open.set(open.get() + 1);
+        let (svc, limits, open) = (svc.clone(), limits.clone(), open.clone());
+        glommio::spawn_local(async move {
+            Conn::new(stream, &limits).run(&*svc, &limits).await;
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    out: Vec<u8>,
+    scratch: Vec<u8>,
+    path: Vec<u8>,
+    body: Vec<u8>,
+}
+
+enum Step {
+    Continue,
+    Close,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, _limits: &Limits) -> Conn {
+        Conn {
+            stream,
+            buf: vec![0; 16 << 10],
+            start: 0,
+            end: 0,
+            out: Vec::with_capacity(16 << 10),
+            scratch: Vec::new(),
+            path: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    async fn run<S: Service>(mut self, svc: &S, limits: &Limits) {
+        let mut pending: VecDeque<S::Pending> = VecDeque::new();
+        // When the current request's first byte arrived.
+        let mut head_started: Option<Instant> = None;
+        loop {
+            // Handle every complete request in the buffer.
+            loop {
+                if self.start == self.end {
+                    head_started = None;
+                    break;
+                }
+                head_started.get_or_insert_with(Instant::now);
+                match self.step(svc, limits, &mut pending).await {
+                    Ok(Some(Step::Continue)) => head_started = None,
+                    Ok(Some(Step::Close)) => {
+                        self.drain(svc, &mut pending).await;
+                        let _ = self.flush().await;
+                        return;
+                    }
+                    Ok(None) => break,
+                    Err(()) => return,
+                }
+            }
+            self.drain(svc, &mut pending).await;
+            if self.flush().await.is_err() {
+                return;
+            }
+            // Read more.
+            if self.start == self.end {
+                self.start = 0;
+                self.end = 0;
+            } else if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.end == self.buf.len() {
+                let cap = limits.max_head + limits.max_body + 64;
+                if self.buf.len() >= cap {
+                    plain_close(&mut self.out, 431, "request too large");
+                    let _ = self.flush().await;
+                    return;
+                }
+                let n = (self.buf.len() * 2).min(cap);
+                self.buf.resize(n, 0);
+            }
+            let timeout = match head_started {
+                Some(t) => match limits.head_timeout.checked_sub(t.elapsed()) {
+                    Some(d) if !d.is_zero() => d,
+                    _ => {
+                        plain_close(&mut self.out, 408, "request head timeout");
+                        let _ = self.flush().await;
+                        return;
+                    }
+                },
+                None => limits.idle_timeout,
+            };
+            let _ = self.stream.set_read_timeout(Some(timeout));
+            match self.stream.read(&mut self.buf[self.end..]).await {
+                Ok(0) => return,
+                Ok(n) => self.end += n,
+                Err(_) => {
+                    if head_started.is_some() {
+                        plain_close(&mut self.out, 408, "request head timeout");
+                        let _ = self.flush().await;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            let r = self.stream.write_all(&self.out).await;
+            self.out.clear();
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Answer queued writes, in order.
+    async fn drain<S: Service>(&mut self, svc: &S, pending: &mut VecDeque<S::Pending>) {
+        while let Some(p) = pending.pop_front() {
+            svc.complete(p, &mut self.out).await;
+        }
+    }
+
+    /// Parse and handle one request. `Ok(None)`: need more bytes.
+    async fn step<S: Service>(
+        &mut self,
+        svc: &S,
+        limits: &Limits,
+        pending: &mut VecDeque<S::Pending>,
+    ) -> Result<Option<Step>, ()> {
+        let avail = &self.buf[self.start..self.end];
+        let head = match parse_head(avail) {
+            Ok(Some(h)) => h,
+            Ok(None) => {
+                if avail.len() > limits.max_head {
+                    return self
+                        .refuse(svc, pending, 431, "request head too large")
+                        .await;
+                }
+                return Ok(None);
+            }
+            Err(HeadError::TooLarge) => {
+                return self.refuse(svc, pending, 431, "too many headers").await
+            }
+            Err(HeadError::Bad(why)) => return self.refuse(svc, pending, 400, why).await,
+        };
+        if head.len > limits.max_head {
+            return self
+                .refuse(svc, pending, 431, "request head too large")
+                .await;
+        }
+        let head_len = head.len;
+        let keep_alive = head.keep_alive;
+        let http11 = head.http11;
+        // Body.
+        let (body_range, consumed) = match head.framing {
+            Framing::None => ((0, 0), head_len),
+            Framing::Length(n) => {
+                if n > limits.max_body {
+                    return self
+                        .refuse(svc, pending, 413, "request body too large")
+                        .await;
+                }
+                if avail.len() < head_len + n {
+                    if head.expect_continue && avail.len() == head_len {
+                        self.drain(svc, pending).await;
+                        self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        self.flush().await.map_err(|_| ())?;
+                    }
+                    return Ok(None);
+                }
+                ((head_len, head_len + n), head_len + n)
+            }
+            Framing::Chunked => {
+                match decode_chunked(&avail[head_len..], &mut self.body, limits.max_body) {
+                    Ok(Some(n)) => ((usize::MAX, 0), head_len + n),
+                    Ok(None) => {
+                        if head.expect_continue && avail.len() == head_len {
+                            self.drain(svc, pending).await;
+                            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                            self.flush().await.map_err(|_| ())?;
+                        }
+                        return Ok(None);
+                    }
+                    Err(HeadError::TooLarge) => {
+                        return self
+                            .refuse(svc, pending, 413, "request body too large")
+                            .await
+                    }
+                    Err(HeadError::Bad(why)) => return self.refuse(svc, pending, 400, why).await,
+                }
+            }
+        };
+        if !request::decode_path(head.raw_path, &mut self.path) {
+            return self
+                .refuse(svc, pending, 400, "invalid URL escape in path")
+                .await;
+        }
+        let body: &[u8] = if body_range.0 == usize::MAX {
+            &self.body
+        } else {
+            &avail[body_range.0..body_range.1]
+        };
+        let req = Request {
+            head,
+            path: &self.path,
+            body,
+        };
+        // With writes queued, an immediate answer must wait its turn.
+        let handled = if pending.is_empty() {
+            svc.handle(&req, &mut self.out)
+        } else {
+            self.scratch.clear();
+            svc.handle(&req, &mut self.scratch)
+        };
+        drop(req);
+        self.start += consumed;
+        let step = match handled {
+            Handled::Pending(p) => {
+                pending.push_back(p);
+                Step::Continue
+            }
+            Handled::Done | Handled::Close => {
+                if !pending.is_empty() {
+                    self.drain(svc, pending).await;
+                    self.out.extend_from_slice(&self.scratch);
+                }
+                if matches!(handled, Handled::Close) {
+                    Step::Close
+                } else {
+                    Step::Continue
+                }
+            }
+            Handled::Watch(w) => {
+                if !pending.is_empty() {
+                    self.drain(svc, pending).await;
+                    self.out.extend_from_slice(&self.scratch);
+                }
+                if !self.watch(svc, w, http11).await {
+                    return Err(());
+                }
+                Step::Continue
+            }
+        };
+        if !keep_alive {
+            return Ok(Some(Step::Close));
+        }
+        Ok(Some(step))
+    }
+
+    async fn refuse<S: Service>(
+        &mut self,
+        svc: &S,
+        pending: &mut VecDeque<S::Pending>,
+        status: u16,
+        why: &str,
+    ) -> Result<Option<Step>, ()> {
+        self.drain(svc, pending).await;
+        plain_close(&mut self.out, status, why);
+        let _ = self.flush().await;
+        Err(())
+    }
+
+    /// Stream a watch: flush its headers, then send each event (as a chunk
+    /// on HTTP/1.1) until the watch ends, or after one event for a one-shot
+    /// watch. Returns false when the connection is gone or must close.
+    async fn watch<S: Service>(&mut self, svc: &S, mut w: S::Watch, http11: bool) -> bool {
+        if self.flush().await.is_err() {
+            svc.cancel(w);
+            return false;
+        }
+        let stream = svc.is_stream(&w);
+        let _ = self.stream.set_read_timeout(None);
+        loop {
+            // Watch the socket too, so a client that leaves frees its watcher.
+            if self.end == self.buf.len() {
+                if self.end > 1 << 20 {
+                    svc.cancel(w);
+                    return false;
+                }
+                let n = self.buf.len() * 2;
+                self.buf.resize(n, 0);
+            }
+            let wake = {
+                let next = async { Wake::Event(svc.next_event(&mut w).await) };
+                let read = async {
+                    match self.stream.read(&mut self.buf[self.end..]).await {
+                        Ok(0) | Err(_) => Wake::Closed,
+                        Ok(n) => {
+                            self.end += n;
+                            Wake::Data
+                        }
+                    }
+                };
+                futures_lite::future::or(next, read).await
+            };
+            match wake {
+                Wake::Closed => {
+                    svc.cancel(w);
+                    return false;
+                }
+                // Bytes of a later request: keep them, keep waiting.
+                Wake::Data => {}
+                Wake::Event(Some(body)) => {
+                    if http11 {
+                        response::chunk(&mut self.out, &body);
+                    } else {
+                        self.out.extend_from_slice(&body);
+                    }
+                    if !stream {
+                        if http11 {
+                            response::last_chunk(&mut self.out);
+                        }
+                        svc.cancel(w);
+                        return self.flush().await.is_ok() && http11;
+                    }
+                    if self.flush().await.is_err() {
+                        svc.cancel(w);
+                        return false;
+                    }
+                }
+                // The watcher was dropped (overflow or shutdown): end the body.
+                Wake::Event(None) => {
+                    if http11 {
+                        response::last_chunk(&mut self.out);
+                    }
+                    svc.cancel(w);
+                    return self.flush().await.is_ok() && http11;
+                }
+            }
+        }
+    }
+}
+
+enum Wake {
+    Event(Option<Rc<[u8]>>),
+    Data,
+    Closed,
+}

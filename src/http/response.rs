@@ -1,0 +1,114 @@
+//! Writing HTTP/1.1 responses into a connection's output buffer.
+//!
+//! Handlers append a status line and headers with [`Response`], then finish
+//! with a body (sized with `Content-Length`) or switch to chunked framing for
+//! watches. Everything is appended to one buffer so a batch of pipelined
+//! responses leaves in one write.
+
+/// The reason phrase Go's net/http uses for each status.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        307 => "Temporary Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        412 => "Precondition Failed",
+        413 => "Request Entity Too Large",
+        415 => "Unsupported Media Type",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+pub const JSON: &[u8] = b"application/json";
+pub const TEXT: &[u8] = b"text/plain; charset=utf-8";
+
+/// A response being written into `out`.
+pub struct Response<'o> {
+    out: &'o mut Vec<u8>,
+}
+
+impl<'o> Response<'o> {
+    /// Start with the status line.
+    pub fn start(out: &'o mut Vec<u8>, http11: bool, status: u16) -> Response<'o> {
+        out.extend_from_slice(if http11 { b"HTTP/1.1 " } else { b"HTTP/1.0 " });
+        out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(reason(status).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        Response { out }
+    }
+
+    pub fn header(&mut self, name: &str, value: &[u8]) -> &mut Self {
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(value);
+        self.out.extend_from_slice(b"\r\n");
+        self
+    }
+
+    pub fn header_u64(&mut self, name: &str, v: u64) -> &mut Self {
+        self.header(name, itoa::Buffer::new().format(v).as_bytes())
+    }
+
+    /// Close the head with `Content-Length` and append `body` (unless this
+    /// answers a HEAD request, which gets the length but no body).
+    pub fn body(self, body: &[u8], head_only: bool) {
+        self.out.extend_from_slice(b"Content-Length: ");
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        self.out.extend_from_slice(b"\r\n\r\n");
+        if !head_only {
+            self.out.extend_from_slice(body);
+        }
+    }
+
+    /// Close the head for a chunked body (watches).
+    pub fn chunked(self) {
+        self.out
+            .extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+    }
+
+    /// Close the head of a body that runs until the connection closes
+    /// (HTTP/1.0 watches).
+    pub fn until_close(self) {
+        self.out.extend_from_slice(b"Connection: close\r\n\r\n");
+    }
+}
+
+/// Append one chunk of a chunked body.
+pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Append the last chunk.
+pub fn last_chunk(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"0\r\n\r\n");
+}
+
+/// A plain-text error with `Connection: close` (malformed requests).
+pub fn plain_close(out: &mut Vec<u8>, status: u16, msg: &str) {
+    let body = format!("{status} {}: {msg}", reason(status));
+    let mut r = Response::start(out, true, status);
+    r.header("Content-Type", TEXT)
+        .header("Connection", b"close");
+    r.body(body.as_bytes(), false);
+}

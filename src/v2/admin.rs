@@ -1,0 +1,307 @@
+//! The non-keys endpoints: `/version`, `/health`, `/v2/machines`,
+//! `/v2/members`, and `/v2/stats/{self,store,leader}` (spec 8.1–8.5).
+//!
+//! Each reads membership and shard state and writes one response; none of
+//! them touches the keyspace.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use super::json::{write_str, write_time};
+use super::{method_not_allowed, Api};
+use crate::http::response::{Response, JSON, TEXT};
+use crate::http::{Method, Request};
+
+/// The etcd version kardia answers as, for client compatibility.
+pub const ETCD_VERSION: &str = "3.4.23";
+pub const CLUSTER_VERSION: &str = "3.4.0";
+
+fn only_get(req: &Request<'_>, out: &mut Vec<u8>) -> bool {
+    if req.head.method == Method::Get {
+        return true;
+    }
+    method_not_allowed(req, b"GET", out);
+    false
+}
+
+fn send(
+    req: &Request<'_>,
+    status: u16,
+    ct: &[u8],
+    extra: &[(&str, &[u8])],
+    body: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let mut r = Response::start(out, req.head.http11, status);
+    r.header("Content-Type", ct);
+    for (k, v) in extra {
+        r.header(k, v);
+    }
+    r.body(body, req.head.method == Method::Head);
+}
+
+pub fn version(_api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
+    if !only_get(req, out) {
+        return;
+    }
+    let body =
+        format!("{{\"etcdserver\":\"{ETCD_VERSION}\",\"etcdcluster\":\"{CLUSTER_VERSION}\"}}");
+    send(req, 200, JSON, &[], body.as_bytes(), out);
+}
+
+pub fn health(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
+    if !only_get(req, out) {
+        return;
+    }
+    let healthy = api.shard.failed.borrow().is_none() && api.shard.is_leader.get();
+    if healthy {
+        send(req, 200, TEXT, &[], b"{\"health\":\"true\"}", out);
+    } else {
+        send(req, 503, TEXT, &[], b"{\"health\":\"false\"}\n", out);
+    }
+}
+
+pub fn machines(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
+    if !matches!(req.head.method, Method::Get | Method::Head) {
+        method_not_allowed(req, b"GET,HEAD", out);
+        return;
+    }
+    let urls: Vec<&str> = api
+        .cluster
+        .sorted()
+        .iter()
+        .flat_map(|m| m.client_urls.iter().map(|s| s.as_str()))
+        .collect();
+    send(req, 200, TEXT, &[], urls.join(", ").as_bytes(), out);
+}
+
+fn member_json(m: &crate::cluster::Member, out: &mut Vec<u8>) {
+    let _ = write!(Str(out), "{{\"id\":\"{:x}\",\"name\":", m.id);
+    write_str(out, m.name.as_bytes());
+    for (field, urls) in [("peerURLs", &m.peer_urls), ("clientURLs", &m.client_urls)] {
+        let _ = write!(Str(out), ",\"{field}\":[");
+        for (i, u) in urls.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, u.as_bytes());
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+}
+
+/// `/v2/members[/...]`.
+pub fn members(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) {
+    let cid = format!("{:x}", api.cluster.id);
+    let hdr: &[(&str, &[u8])] = &[("X-Etcd-Cluster-Id", cid.as_bytes())];
+    match req.head.method {
+        Method::Get => {}
+        Method::Post | Method::Put | Method::Delete => {
+            let body = b"{\"message\":\"membership changes are not supported by this kardia build (single-member cluster)\"}";
+            send(req, 500, JSON, hdr, body, out);
+            return;
+        }
+        _ => {
+            method_not_allowed(req, b"GET,POST,DELETE,PUT", out);
+            return;
+        }
+    }
+    let mut body = Vec::new();
+    match rest {
+        b"" | b"/" => {
+            body.extend_from_slice(b"{\"members\":[");
+            for (i, m) in api.cluster.sorted().into_iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                member_json(m, &mut body);
+            }
+            body.extend_from_slice(b"]}\n");
+            send(req, 200, JSON, hdr, &body, out);
+        }
+        b"/leader" => {
+            if api.shard.is_leader.get() {
+                member_json(api.cluster.local(), &mut body);
+                body.push(b'\n');
+                send(req, 200, JSON, hdr, &body, out);
+            } else {
+                send(
+                    req,
+                    503,
+                    JSON,
+                    hdr,
+                    b"{\"message\":\"During election\"}",
+                    out,
+                );
+            }
+        }
+        _ => send(req, 404, JSON, hdr, b"{\"message\":\"Not found\"}", out),
+    }
+}
+
+pub fn stats_store(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
+    if !only_get(req, out) {
+        return;
+    }
+    let store = api.shard.store.borrow();
+    let s = store.stats;
+    let body = format!(
+        "{{\"getsSuccess\":{},\"getsFail\":{},\"setsSuccess\":{},\"setsFail\":{},\"deleteSuccess\":{},\"deleteFail\":{},\"updateSuccess\":{},\"updateFail\":{},\"createSuccess\":{},\"createFail\":{},\"compareAndSwapSuccess\":{},\"compareAndSwapFail\":{},\"compareAndDeleteSuccess\":{},\"compareAndDeleteFail\":{},\"expireCount\":{},\"watchers\":{}}}",
+        s.gets_success,
+        s.gets_fail,
+        s.sets_success,
+        s.sets_fail,
+        s.delete_success,
+        s.delete_fail,
+        s.update_success,
+        s.update_fail,
+        s.create_success,
+        s.create_fail,
+        s.cas_success,
+        s.cas_fail,
+        s.cad_success,
+        s.cad_fail,
+        s.expire_count,
+        store.hub.count()
+    );
+    drop(store);
+    send(req, 200, JSON, &[], body.as_bytes(), out);
+}
+
+pub fn stats_self(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
+    if !only_get(req, out) {
+        return;
+    }
+    let me = api.cluster.local();
+    let leader = api.shard.is_leader.get();
+    let start = nanos(api.start);
+    let mut body = Vec::new();
+    let _ = write!(Str(&mut body), "{{\"name\":");
+    write_str(&mut body, me.name.as_bytes());
+    let _ = write!(
+        Str(&mut body),
+        ",\"id\":\"{:x}\",\"state\":\"{}\",\"startTime\":",
+        me.id,
+        if leader {
+            "StateLeader"
+        } else {
+            "StateFollower"
+        }
+    );
+    write_time(&mut body, start);
+    let _ = write!(
+        Str(&mut body),
+        ",\"leaderInfo\":{{\"leader\":\"{}\",\"uptime\":\"",
+        if leader {
+            format!("{:x}", me.id)
+        } else {
+            String::new()
+        }
+    );
+    let up = SystemTime::now()
+        .duration_since(api.start)
+        .unwrap_or_default();
+    body.extend_from_slice(go_duration(up).as_bytes());
+    body.extend_from_slice(b"\",\"startTime\":");
+    write_time(&mut body, start);
+    body.extend_from_slice(b"},\"recvAppendRequestCnt\":0,\"sendAppendRequestCnt\":0}");
+    send(req, 200, JSON, &[], &body, out);
+}
+
+pub fn stats_leader(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
+    if !only_get(req, out) {
+        return;
+    }
+    if !api.shard.is_leader.get() {
+        send(
+            req,
+            403,
+            JSON,
+            &[],
+            b"{\"message\":\"not current leader\"}",
+            out,
+        );
+        return;
+    }
+    let body = format!(
+        "{{\"leader\":\"{:x}\",\"followers\":{{}}}}",
+        api.cluster.local().id
+    );
+    send(req, 200, JSON, &[], body.as_bytes(), out);
+}
+
+fn nanos(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Go's `time.Duration.String()` (e.g. `56.1476099s`, `1m2.5s`).
+pub fn go_duration(d: std::time::Duration) -> String {
+    let total = d.as_nanos();
+    if total == 0 {
+        return "0s".into();
+    }
+    if total < 1_000_000_000 {
+        let (unit, div) = if total < 1_000 {
+            ("ns", 1)
+        } else if total < 1_000_000 {
+            ("µs", 1_000)
+        } else {
+            ("ms", 1_000_000)
+        };
+        return format!("{}{unit}", frac(total, div));
+    }
+    let secs = total / 1_000_000_000;
+    let ns = total % 1_000_000_000;
+    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+    let sec = frac(s as u128 * 1_000_000_000 + ns, 1_000_000_000);
+    match (h, m) {
+        (0, 0) => format!("{sec}s"),
+        (0, m) => format!("{m}m{sec}s"),
+        (h, m) => format!("{h}h{m}m{sec}s"),
+    }
+}
+
+fn frac(v: u128, div: u128) -> String {
+    let whole = v / div;
+    let mut rest = v % div;
+    if rest == 0 {
+        return whole.to_string();
+    }
+    let mut digits = String::new();
+    let mut d = div;
+    while rest > 0 {
+        d /= 10;
+        digits.push(char::from(b'0' + (rest / d) as u8));
+        rest %= d;
+    }
+    format!("{whole}.{digits}")
+}
+
+/// `fmt::Write` into a byte buffer.
+struct Str<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Str<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(
+            go_duration(Duration::from_nanos(56_147_609_900)),
+            "56.1476099s"
+        );
+        assert_eq!(go_duration(Duration::from_millis(62_500)), "1m2.5s");
+        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(go_duration(Duration::from_micros(1500)), "1.5ms");
+    }
+}

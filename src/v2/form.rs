@@ -1,0 +1,319 @@
+//! Form parameters with Go's `Request.ParseForm` semantics (spec 2.4).
+//!
+//! The url-encoded body (PUT/POST with the form content type) is read
+//! before the query string and the first value of each parameter wins.
+//! Only the parameters the keys API knows are kept; their decoded values
+//! live in one reusable buffer, so parsing allocates nothing once warm.
+
+/// The keys API's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Field {
+    Value,
+    PrevValue,
+    PrevIndex,
+    PrevExist,
+    Ttl,
+    Dir,
+    Recursive,
+    Sorted,
+    Wait,
+    WaitIndex,
+    Quorum,
+    Stream,
+    NoValueOnSuccess,
+    Refresh,
+}
+
+const FIELDS: usize = 14;
+
+impl Field {
+    fn from_name(n: &[u8]) -> Option<Field> {
+        Some(match n {
+            b"value" => Field::Value,
+            b"prevValue" => Field::PrevValue,
+            b"prevIndex" => Field::PrevIndex,
+            b"prevExist" => Field::PrevExist,
+            b"ttl" => Field::Ttl,
+            b"dir" => Field::Dir,
+            b"recursive" => Field::Recursive,
+            b"sorted" => Field::Sorted,
+            b"wait" => Field::Wait,
+            b"waitIndex" => Field::WaitIndex,
+            b"quorum" => Field::Quorum,
+            b"stream" => Field::Stream,
+            b"noValueOnSuccess" => Field::NoValueOnSuccess,
+            b"refresh" => Field::Refresh,
+            _ => return None,
+        })
+    }
+}
+
+/// Decoded parameters of one request.
+#[derive(Default)]
+pub struct Form {
+    buf: Vec<u8>,
+    fields: [Option<(u32, u32)>; FIELDS],
+    key: Vec<u8>,
+}
+
+/// The most a url-encoded body may hold (Go's 10 MB form limit).
+pub const MAX_FORM: usize = 10 << 20;
+
+impl Form {
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.fields = [None; FIELDS];
+    }
+
+    /// Parse `body` (when `use_body`) then `query`. The error is Go's text
+    /// (the cause of etcd's 210), body errors first.
+    pub fn parse(&mut self, body: Option<&[u8]>, query: &[u8]) -> Result<(), String> {
+        self.clear();
+        let mut err = None;
+        if let Some(b) = body {
+            if b.len() > MAX_FORM {
+                err = Some("http: POST too large".to_string());
+            } else if let Err(e) = self.parse_query(b) {
+                err = Some(e);
+            }
+        }
+        if let Err(e) = self.parse_query(query) {
+            err.get_or_insert(e);
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn parse_query(&mut self, q: &[u8]) -> Result<(), String> {
+        let mut err = None;
+        for pair in q.split(|&b| b == b'&') {
+            if pair.contains(&b';') {
+                err = Some("invalid semicolon separator in query".to_string());
+                continue;
+            }
+            if pair.is_empty() {
+                continue;
+            }
+            let (k, v) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            let mut key = std::mem::take(&mut self.key);
+            let r = unescape(k, &mut key);
+            if let Err(e) = r {
+                err.get_or_insert(e);
+                self.key = key;
+                continue;
+            }
+            let field = Field::from_name(&key);
+            self.key = key;
+            let start = self.buf.len();
+            if let Err(e) = unescape_into(v, &mut self.buf) {
+                self.buf.truncate(start);
+                err.get_or_insert(e);
+                continue;
+            }
+            match field {
+                Some(f) if self.fields[f as usize].is_none() => {
+                    self.fields[f as usize] = Some((start as u32, self.buf.len() as u32));
+                }
+                _ => self.buf.truncate(start),
+            }
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The first value, if the parameter was given.
+    pub fn get(&self, f: Field) -> Option<&[u8]> {
+        self.fields[f as usize].map(|(s, e)| &self.buf[s as usize..e as usize])
+    }
+
+    /// `FormValue`: the first value or "".
+    pub fn value(&self, f: Field) -> &[u8] {
+        self.get(f).unwrap_or(b"")
+    }
+
+    /// Go's `strconv.ParseBool`; absent = false.
+    pub fn bool(&self, f: Field) -> Result<bool, ()> {
+        match self.get(f) {
+            None => Ok(false),
+            Some(v) => parse_bool(v),
+        }
+    }
+
+    /// Go's `strconv.ParseUint(v, 10, 64)`; absent = 0.
+    pub fn u64(&self, f: Field) -> Result<u64, ()> {
+        match self.get(f) {
+            None => Ok(0),
+            Some(v) => parse_u64(v),
+        }
+    }
+}
+
+pub fn parse_bool(v: &[u8]) -> Result<bool, ()> {
+    match v {
+        b"1" | b"t" | b"T" | b"TRUE" | b"true" | b"True" => Ok(true),
+        b"0" | b"f" | b"F" | b"FALSE" | b"false" | b"False" => Ok(false),
+        _ => Err(()),
+    }
+}
+
+pub fn parse_u64(v: &[u8]) -> Result<u64, ()> {
+    if v.is_empty() {
+        return Err(());
+    }
+    let mut n: u64 = 0;
+    for &c in v {
+        if !c.is_ascii_digit() {
+            return Err(());
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add((c - b'0') as u64))
+            .ok_or(())?;
+    }
+    Ok(n)
+}
+
+fn unescape(s: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    out.clear();
+    unescape_into(s, out)
+}
+
+/// Go's `url.QueryUnescape`: `+` is a space, `%XX` a byte.
+fn unescape_into(s: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'%' => {
+                let h = s.get(i + 1).and_then(|&c| crate::http::request::hex(c));
+                let l = s.get(i + 2).and_then(|&c| crate::http::request::hex(c));
+                match (h, l) {
+                    (Some(h), Some(l)) => out.push(h << 4 | l),
+                    _ => {
+                        let bad = &s[i..(i + 3).min(s.len())];
+                        return Err(format!("invalid URL escape {}", go_quote(bad)));
+                    }
+                }
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Go's `strconv.Quote` for the short strings in error causes.
+fn go_quote(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Check a Content-Type with Go's `mime.ParseMediaType` and return the
+/// lower-cased media type, or Go's error text.
+pub fn media_type(ct: &[u8]) -> Result<String, String> {
+    let s = String::from_utf8_lossy(ct);
+    let mut parts = s.split(';');
+    let mt = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    if mt.is_empty() {
+        return Err("mime: no media type".into());
+    }
+    let is_token = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b))
+    };
+    match mt.split_once('/') {
+        None if !is_token(&mt) => return Err("mime: expected token after slash".into()),
+        None => return Err("mime: expected slash after first token".into()),
+        Some((a, b)) => {
+            if !is_token(a) {
+                return Err("mime: expected token after slash".into());
+            }
+            if !is_token(b) {
+                return Err("mime: unexpected content after media subtype".into());
+            }
+        }
+    }
+    for p in parts {
+        let p = p.trim();
+        if p.is_empty() {
+            continue;
+        }
+        match p.split_once('=') {
+            Some((k, _)) if is_token(k.trim()) => {}
+            _ => return Err("mime: invalid media parameter".into()),
+        }
+    }
+    Ok(mt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_wins_and_first_value_wins() {
+        let mut f = Form::default();
+        f.parse(Some(b"value=b"), b"value=q&ttl=5&ttl=6").unwrap();
+        assert_eq!(f.value(Field::Value), b"b");
+        assert_eq!(f.u64(Field::Ttl), Ok(5));
+        f.parse(None, b"value=1&value=2&val%75e=3").unwrap();
+        assert_eq!(f.value(Field::Value), b"1");
+        f.parse(None, b"value=a+b%21").unwrap();
+        assert_eq!(f.value(Field::Value), b"a b!");
+    }
+
+    #[test]
+    fn go_errors() {
+        let mut f = Form::default();
+        assert_eq!(
+            f.parse(None, b"value=%zz").unwrap_err(),
+            "invalid URL escape \"%zz\""
+        );
+        assert_eq!(
+            f.parse(None, b"value=%z").unwrap_err(),
+            "invalid URL escape \"%z\""
+        );
+        assert_eq!(media_type(b";;;").unwrap_err(), "mime: no media type");
+        assert_eq!(
+            media_type(b"Application/X-WWW-Form-Urlencoded; charset=utf-8").unwrap(),
+            "application/x-www-form-urlencoded"
+        );
+    }
+
+    #[test]
+    fn go_parse_bool_and_uint() {
+        assert_eq!(parse_bool(b"True"), Ok(true));
+        assert_eq!(parse_bool(b"yes"), Err(()));
+        assert_eq!(parse_bool(b""), Err(()));
+        assert_eq!(parse_u64(b"18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(parse_u64(b"18446744073709551616"), Err(()));
+        assert_eq!(parse_u64(b"-1"), Err(()));
+    }
+}

@@ -1,0 +1,542 @@
+//! The keys API (`/v2/keys`): etcd's request parsing and validation order
+//! (spec 2.4–2.6), its PUT/POST/DELETE decision tables (4.2–4.5), reads,
+//! watches (5) and the exact response headers (2.7).
+//!
+//! A request enters with its decoded key. Validation errors and reads are
+//! answered at once. Writes are encoded as a store [`Command`], proposed to
+//! the shard, and answered by [`complete`] after apply. Watches come back as
+//! a [`Watch`] that the HTTP layer streams with [`next_event`].
+
+use std::rc::Rc;
+
+use super::error::*;
+use super::form::{media_type, Field};
+use super::Api;
+use crate::http::response::{Response, JSON};
+use crate::http::{Handled, Method, Request};
+use crate::raft::wall_nanos;
+use crate::shard::ReplyFuture;
+use crate::store::watch::WatchHandle;
+use crate::store::{Action, Command, Event, Op, WatchStart};
+
+/// A write waiting for raft.
+pub struct PendingWrite {
+    fut: ReplyFuture,
+    no_value: bool,
+    http11: bool,
+}
+
+/// A watch being streamed.
+pub struct Watch {
+    key: Box<[u8]>,
+    recursive: bool,
+    pub stream: bool,
+    past: Option<Rc<Event>>,
+    handle: Option<WatchHandle>,
+    next_since: u64,
+}
+
+type Out = Handled<PendingWrite, Watch>;
+
+const FORM_TYPE: &str = "application/x-www-form-urlencoded";
+
+/// Handle `/v2/keys<rest>`.
+pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> Out {
+    let m = req.head.method;
+    if !matches!(
+        m,
+        Method::Get | Method::Head | Method::Put | Method::Post | Method::Delete
+    ) {
+        super::method_not_allowed(req, b"HEAD,GET,PUT,POST,DELETE", out);
+        return Handled::Done;
+    }
+    let mut form = api.form.borrow_mut();
+    // Form: the url-encoded body (PUT/POST only) before the query string.
+    let mut body = None;
+    let mut parse_err = None;
+    if matches!(m, Method::Put | Method::Post) {
+        if let Some(ct) = req.head.content_type {
+            match media_type(ct) {
+                Ok(mt) if mt == FORM_TYPE => body = Some(req.body),
+                Ok(_) => {}
+                Err(e) => parse_err = Some(e),
+            }
+        }
+    }
+    let r = form.parse(body, req.head.query);
+    if let Some(e) = parse_err.or(r.err()) {
+        return request_error(api, req, INVALID_FORM, &e, out);
+    }
+    // The key: path.Join("/", rest).
+    let mut key = rest;
+    while key.len() > 1 && key.ends_with(b"/") {
+        key = &key[..key.len() - 1];
+    }
+    if key.is_empty() {
+        key = b"/";
+    }
+
+    // Validation, in etcd's order (spec 2.6).
+    let Ok(prev_index) = form.u64(Field::PrevIndex) else {
+        return request_error(api, req, INDEX_NAN, "invalid value for \"prevIndex\"", out);
+    };
+    let Ok(wait_index) = form.u64(Field::WaitIndex) else {
+        return request_error(api, req, INDEX_NAN, "invalid value for \"waitIndex\"", out);
+    };
+    let mut flags = [false; 6];
+    for (i, (f, name)) in [
+        (Field::Recursive, "recursive"),
+        (Field::Sorted, "sorted"),
+        (Field::Wait, "wait"),
+        (Field::Dir, "dir"),
+        (Field::Quorum, "quorum"),
+        (Field::Stream, "stream"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        match form.bool(f) {
+            Ok(b) => flags[i] = b,
+            Err(()) => {
+                return request_error(
+                    api,
+                    req,
+                    INVALID_FIELD,
+                    &format!("invalid value for \"{name}\""),
+                    out,
+                )
+            }
+        }
+    }
+    let [recursive, sorted, wait, dir, quorum, stream] = flags;
+    if wait && m != Method::Get {
+        return request_error(
+            api,
+            req,
+            INVALID_FIELD,
+            "\"wait\" can only be used with GET requests",
+            out,
+        );
+    }
+    let prev_value = form.value(Field::PrevValue);
+    if form.get(Field::PrevValue).is_some() && prev_value.is_empty() {
+        return request_error(
+            api,
+            req,
+            PREV_VALUE_REQUIRED,
+            "\"prevValue\" cannot be empty",
+            out,
+        );
+    }
+    let Ok(no_value) = form.bool(Field::NoValueOnSuccess) else {
+        return request_error(
+            api,
+            req,
+            INVALID_FIELD,
+            "invalid value for \"noValueOnSuccess\"",
+            out,
+        );
+    };
+    let ttl = match form.get(Field::Ttl) {
+        Some(v) if !v.is_empty() => match super::form::parse_u64(v) {
+            Ok(t) => Some(t),
+            Err(()) => return request_error(api, req, TTL_NAN, "invalid value for \"ttl\"", out),
+        },
+        _ => None,
+    };
+    let prev_exist = match form.get(Field::PrevExist) {
+        None => None,
+        Some(v) => match super::form::parse_bool(v) {
+            Ok(b) => Some(b),
+            Err(()) => {
+                return request_error(api, req, INVALID_FIELD, "invalid value for prevExist", out)
+            }
+        },
+    };
+    let mut refresh = false;
+    if let Some(v) = form.get(Field::Refresh) {
+        match super::form::parse_bool(v) {
+            Ok(b) => refresh = b,
+            Err(()) => {
+                return request_error(api, req, INVALID_FIELD, "invalid value for refresh", out)
+            }
+        }
+        if refresh {
+            if !form.value(Field::Value).is_empty() {
+                return request_error(
+                    api,
+                    req,
+                    REFRESH_VALUE,
+                    "A value was provided on a refresh",
+                    out,
+                );
+            }
+            if ttl.is_none() {
+                return request_error(api, req, REFRESH_TTL_REQUIRED, "No TTL value set", out);
+            }
+        }
+    }
+
+    let now = wall_nanos();
+    match m {
+        Method::Get | Method::Head => {
+            if wait && !quorum {
+                drop(form);
+                return start_watch(api, req, key, recursive, stream, wait_index, out);
+            }
+            get(api, req, key, recursive, sorted, now, out);
+            Handled::Done
+        }
+        _ => {
+            let op = match m {
+                Method::Post => Op::CreateUnique,
+                Method::Delete if prev_index > 0 || !prev_value.is_empty() => Op::CompareAndDelete,
+                Method::Delete => Op::Delete,
+                _ => match prev_exist {
+                    Some(true) if prev_index == 0 && prev_value.is_empty() => Op::Update,
+                    Some(true) => Op::CompareAndSwap,
+                    Some(false) => Op::Create,
+                    None if prev_index > 0 || !prev_value.is_empty() => Op::CompareAndSwap,
+                    None => Op::Set,
+                },
+            };
+            let mut c = Command::new(op, key, now);
+            if m != Method::Delete {
+                c.value = form.value(Field::Value);
+                // Go: now.Add(Duration(ttl) * Second).UnixNano(), wrapping.
+                c.expire = ttl.map(|t| now.wrapping_add((t as i64).wrapping_mul(1_000_000_000)));
+                c.refresh = refresh && op != Op::Create && op != Op::CreateUnique;
+            }
+            c.dir = dir;
+            c.recursive = recursive;
+            c.prev_value = prev_value;
+            c.prev_index = prev_index;
+            let mut data = Vec::new();
+            c.encode(&mut data);
+            drop(form);
+            Handled::Pending(PendingWrite {
+                fut: api.shard.propose(data),
+                no_value,
+                http11: req.head.http11,
+            })
+        }
+    }
+}
+
+fn request_error(api: &Api, req: &Request<'_>, code: u16, cause: &str, out: &mut Vec<u8>) -> Out {
+    write_error(
+        api,
+        req.head.http11,
+        &V2Error::request(code, cause),
+        req.head.method == Method::Head,
+        out,
+    );
+    Handled::Done
+}
+
+/// etcd's error response: status by code, JSON body, `X-Etcd-Index`.
+pub fn write_error(api: &Api, http11: bool, e: &V2Error, head_only: bool, out: &mut Vec<u8>) {
+    let mut body = api.scratch.borrow_mut();
+    body.clear();
+    e.write_json(&mut body);
+    let mut r = Response::start(out, http11, e.status());
+    r.header("Content-Type", JSON)
+        .header("X-Etcd-Cluster-Id", &api.cluster_id_hex)
+        .header_u64("X-Etcd-Index", e.index);
+    r.body(&body, head_only);
+}
+
+fn success_headers<'o>(
+    api: &Api,
+    out: &'o mut Vec<u8>,
+    http11: bool,
+    status: u16,
+    etcd_index: u64,
+    raft_index: u64,
+    raft_term: u64,
+) -> Response<'o> {
+    let mut r = Response::start(out, http11, status);
+    r.header("Content-Type", JSON)
+        .header("X-Etcd-Cluster-Id", &api.cluster_id_hex)
+        .header_u64("X-Etcd-Index", etcd_index)
+        .header_u64("X-Raft-Index", raft_index)
+        .header_u64("X-Raft-Term", raft_term);
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn get(
+    api: &Api,
+    req: &Request<'_>,
+    key: &[u8],
+    recursive: bool,
+    sorted: bool,
+    now: i64,
+    out: &mut Vec<u8>,
+) {
+    let head_only = req.head.method == Method::Head;
+    let mut body = api.scratch.borrow_mut();
+    body.clear();
+    let r = api
+        .shard
+        .store
+        .borrow_mut()
+        .get(key, recursive, sorted, now, &mut body);
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            drop(body);
+            api.shard.fail(e.to_string());
+            let e = V2Error::new(RAFT_INTERNAL, "etcdserver: server stopped", 0);
+            return write_error(api, req.head.http11, &e, head_only, out);
+        }
+    };
+    match r {
+        Ok(index) => {
+            let r = success_headers(
+                api,
+                out,
+                req.head.http11,
+                200,
+                index,
+                api.shard.raft_index.get(),
+                api.shard.raft_term.get(),
+            );
+            r.body(&body, head_only);
+        }
+        Err(e) if e.code == KEY_NOT_FOUND && is_machines_path(key) => {
+            body.clear();
+            let index = machines_listing(api, key, recursive, &mut body);
+            let r = success_headers(
+                api,
+                out,
+                req.head.http11,
+                200,
+                index,
+                api.shard.raft_index.get(),
+                api.shard.raft_term.get(),
+            );
+            r.body(&body, head_only);
+        }
+        Err(e) => {
+            drop(body);
+            write_error(api, req.head.http11, &e, head_only, out);
+        }
+    }
+}
+
+fn is_machines_path(key: &[u8]) -> bool {
+    key == b"/_etcd" || key == b"/_etcd/machines" || key.starts_with(b"/_etcd/machines/")
+}
+
+/// The 0.4-era registry `/_etcd/machines`, synthesised from membership
+/// (spec 8.7): one file per member, `raft=<peer>&etcd=<client>`.
+fn machines_listing(api: &Api, key: &[u8], recursive: bool, out: &mut Vec<u8>) -> u64 {
+    use crate::store::NodeJson;
+    let index = api.shard.store.borrow().index();
+    let members = api.cluster.sorted();
+    let value = |m: &crate::cluster::Member| {
+        let mut v = b"raft=".to_vec();
+        enc(&mut v, m.peer_urls.first().map_or("", |s| s.as_str()));
+        v.extend_from_slice(b"&etcd=");
+        enc(&mut v, m.client_urls.first().map_or("", |s| s.as_str()));
+        v
+    };
+    let file = |m: &crate::cluster::Member, out: &mut Vec<u8>| {
+        let k = format!("/_etcd/machines/{}", m.name);
+        NodeJson {
+            key: k.as_bytes(),
+            value: Some(&value(m)),
+            dir: false,
+            expire: None,
+            now: 0,
+            modified: 1,
+            created: 1,
+        }
+        .write(out);
+    };
+    out.extend_from_slice(b"{\"action\":\"get\",\"node\":");
+    if let Some(name) = key.strip_prefix(b"/_etcd/machines/") {
+        if let Some(m) = members.iter().find(|m| m.name.as_bytes() == name) {
+            file(m, out);
+            out.extend_from_slice(b"}\n");
+            return index;
+        }
+    }
+    let dir = |k: &[u8], out: &mut Vec<u8>, children: &dyn Fn(&mut Vec<u8>)| {
+        NodeJson {
+            key: k,
+            value: None,
+            dir: true,
+            expire: None,
+            now: 0,
+            modified: 1,
+            created: 1,
+        }
+        .write_head(out);
+        out.extend_from_slice(b",\"nodes\":[");
+        children(out);
+        out.push(b']');
+        crate::store::event::write_tail(out, 1, 1);
+    };
+    let machines = |out: &mut Vec<u8>| {
+        for (i, m) in members.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            file(m, out);
+        }
+    };
+    if key == b"/_etcd" {
+        dir(b"/_etcd", out, &|out: &mut Vec<u8>| {
+            if recursive {
+                dir(b"/_etcd/machines", out, &machines);
+            } else {
+                NodeJson {
+                    key: b"/_etcd/machines",
+                    value: None,
+                    dir: true,
+                    expire: None,
+                    now: 0,
+                    modified: 1,
+                    created: 1,
+                }
+                .write(out);
+            }
+        });
+    } else {
+        dir(b"/_etcd/machines", out, &machines);
+    }
+    out.extend_from_slice(b"}\n");
+    index
+}
+
+/// Go's `url.QueryEscape`.
+fn enc(out: &mut Vec<u8>, s: &str) {
+    for &c in s.as_bytes() {
+        if c.is_ascii_alphanumeric() || b"-_.~".contains(&c) {
+            out.push(c);
+        } else if c == b' ' {
+            out.push(b'+');
+        } else {
+            out.extend_from_slice(format!("%{c:02X}").as_bytes());
+        }
+    }
+}
+
+/// Answer a write once raft has applied it.
+pub async fn complete(api: &Api, p: PendingWrite, out: &mut Vec<u8>) {
+    let reply = p.fut.await;
+    match reply.outcome {
+        Ok(ev) => {
+            let status = if ev.created { 201 } else { 200 };
+            let r = success_headers(
+                api,
+                out,
+                p.http11,
+                status,
+                ev.index,
+                reply.raft_index,
+                reply.raft_term,
+            );
+            let plain = matches!(
+                ev.action,
+                Action::Set | Action::Create | Action::Update | Action::CompareAndSwap
+            );
+            if p.no_value && plain {
+                let body = format!("{{\"action\":\"{}\"}}\n", ev.action.as_str());
+                r.body(body.as_bytes(), false);
+            } else {
+                r.body(&ev.json, false);
+            }
+        }
+        Err(e) => write_error(api, p.http11, &e, false, out),
+    }
+}
+
+fn start_watch(
+    api: &Api,
+    req: &Request<'_>,
+    key: &[u8],
+    recursive: bool,
+    stream: bool,
+    since: u64,
+    out: &mut Vec<u8>,
+) -> Out {
+    let r = api
+        .shard
+        .store
+        .borrow_mut()
+        .watch(key, recursive, stream, since);
+    let (start, index) = match r {
+        Ok(x) => x,
+        Err(e) => {
+            write_error(api, req.head.http11, &e, false, out);
+            return Handled::Done;
+        }
+    };
+    let r = success_headers(
+        api,
+        out,
+        req.head.http11,
+        200,
+        index,
+        api.shard.raft_index.get(),
+        api.shard.raft_term.get(),
+    );
+    if req.head.http11 {
+        r.chunked();
+    } else {
+        r.until_close();
+    }
+    let (past, handle) = match start {
+        WatchStart::Past(e) => (Some(e), None),
+        WatchStart::Waiting(h) => (None, Some(h)),
+    };
+    Handled::Watch(Watch {
+        key: key.into(),
+        recursive,
+        stream,
+        past,
+        handle,
+        next_since: 0,
+    })
+}
+
+/// The next event of a watch; `None` when the watcher was dropped.
+pub async fn next_event(api: &Api, w: &mut Watch) -> Option<Rc<[u8]>> {
+    loop {
+        if let Some(e) = w.past.take() {
+            w.next_since = e.index + 1;
+            return Some(e.json.clone());
+        }
+        if w.handle.is_none() {
+            // A stream that started in history goes on from after that event.
+            if !w.stream {
+                return None;
+            }
+            let r = api
+                .shard
+                .store
+                .borrow_mut()
+                .watch(&w.key, w.recursive, true, w.next_since);
+            match r {
+                Ok((WatchStart::Past(e), _)) => {
+                    w.past = Some(e);
+                    continue;
+                }
+                Ok((WatchStart::Waiting(h), _)) => w.handle = Some(h),
+                Err(_) => return None,
+            }
+        }
+        let h = w.handle.as_ref().expect("registered");
+        return h.rx.recv().await.map(|e| e.json.clone());
+    }
+}
+
+/// Unregister a watch whose client is gone or that is finished.
+pub fn cancel(api: &Api, w: Watch) {
+    if let Some(h) = w.handle {
+        api.shard.store.borrow_mut().hub.remove(&h.key, h.id);
+    }
+}
