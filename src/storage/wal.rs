@@ -2,6 +2,12 @@
 //! records, written through io_uring and made durable with one `fdatasync`
 //! per batch.
 //!
+//! Segments are zero-filled before use (or recycled from released ones), so
+//! a sync overwrites allocated blocks and needs no metadata commit — about
+//! 2.5x cheaper than appending on ext4 (perf-anchors 8.2). Each record's
+//! CRC covers the segment's sequence number, so stale records left in a
+//! recycled segment never read back as valid.
+//!
 //! The raft loop hands each `Ready`'s entries and hard state to
 //! [`Wal::append_entries`] / [`Wal::append_hard_state`], which only buffer;
 //! [`Wal::sync`] then writes the buffer and syncs once. At start-up
@@ -17,6 +23,10 @@ use raft::eraftpb::{Entry, EntryType, HardState};
 
 /// Default segment size; segments are preallocated to this size.
 pub const SEGMENT_SIZE: u64 = 64 << 20;
+/// The first segment after a start is small, so starting stays fast; later
+/// ones are prepared in the background at full size.
+pub const FIRST_SEGMENT_SIZE: u64 = 4 << 20;
+const SPARE: &str = "spare.wal";
 
 const REC_ENTRY: u8 = 1;
 const REC_HARD_STATE: u8 = 2;
@@ -75,6 +85,10 @@ struct Segment {
 pub struct Wal {
     dir: PathBuf,
     segment_size: u64,
+    /// Size of the open segment.
+    current_size: u64,
+    /// Set while a spare segment is being prepared in the background.
+    preparing: std::rc::Rc<std::cell::Cell<bool>>,
     sealed: Vec<Segment>,
     file: Option<BufferedFile>,
     current: Segment,
@@ -117,7 +131,7 @@ impl Wal {
                     break;
                 }
                 let payload = &data[at + HEADER..at + HEADER + len];
-                if crc32fast::hash(payload) != crc {
+                if crc_of(seq, payload) != crc {
                     // A torn tail: the batch was never acknowledged.
                     break;
                 }
@@ -166,6 +180,8 @@ impl Wal {
         let mut w = Wal {
             dir: dir.to_path_buf(),
             segment_size,
+            current_size: 0,
+            preparing: Default::default(),
             sealed,
             file: None,
             current: Segment {
@@ -177,18 +193,52 @@ impl Wal {
             buf: Vec::with_capacity(1 << 16),
             buf_last: 0,
         };
-        w.file = Some(w.create_segment().await?);
+        w.file = Some(
+            w.create_segment(FIRST_SEGMENT_SIZE.min(segment_size))
+                .await?,
+        );
+        w.prepare_spare();
         Ok(w)
     }
 
-    async fn create_segment(&self) -> Result<BufferedFile> {
-        let f = BufferedFile::create(&self.current.path).await?;
-        f.pre_allocate(self.segment_size, false).await?;
-        f.fdatasync().await?;
+    /// Open the current segment: a prepared spare if there is one, else a
+    /// freshly zero-filled file of `size` bytes.
+    async fn create_segment(&mut self, size: u64) -> Result<BufferedFile> {
+        let spare = self.dir.join(SPARE);
+        if !self.preparing.get() && spare.exists() {
+            std::fs::rename(&spare, &self.current.path)?;
+        } else {
+            let path = self.current.path.clone();
+            glommio::executor()
+                .spawn_blocking(move || zero_fill(&path, size))
+                .await?;
+        }
+        self.current_size = std::fs::metadata(&self.current.path)?.len();
+        let f = BufferedFile::open(&self.current.path).await?;
         // Make the new file's directory entry durable.
-        let d = std::fs::File::open(&self.dir)?;
-        d.sync_all()?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
         Ok(f)
+    }
+
+    /// Zero-fill the next segment in the background, unless one is ready.
+    fn prepare_spare(&self) {
+        let spare = self.dir.join(SPARE);
+        if self.preparing.get() || spare.exists() {
+            return;
+        }
+        self.preparing.set(true);
+        let flag = self.preparing.clone();
+        let size = self.segment_size;
+        glommio::spawn_local(async move {
+            let r = glommio::executor()
+                .spawn_blocking(move || zero_fill(&spare, size))
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "could not prepare a spare wal segment");
+            }
+            flag.set(false);
+        })
+        .detach();
     }
 
     pub fn append_entries(&mut self, entries: &[Entry]) {
@@ -221,7 +271,7 @@ impl Wal {
 
     fn finish(&mut self, start: usize) {
         let len = (self.buf.len() - start - HEADER) as u32;
-        let crc = crc32fast::hash(&self.buf[start + HEADER..]);
+        let crc = crc_of(self.current.seq, &self.buf[start + HEADER..]);
         self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
         self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     }
@@ -235,7 +285,7 @@ impl Wal {
         if self.buf.is_empty() {
             return Ok(());
         }
-        if self.offset + self.buf.len() as u64 > self.segment_size && self.offset > 0 {
+        if self.offset + self.buf.len() as u64 > self.current_size && self.offset > 0 {
             self.rotate().await?;
         }
         let cap = self.buf.capacity();
@@ -269,7 +319,9 @@ impl Wal {
         );
         self.sealed.push(old);
         self.offset = 0;
-        self.file = Some(self.create_segment().await?);
+        let size = self.segment_size;
+        self.file = Some(self.create_segment(size).await?);
+        self.prepare_spare();
         Ok(())
     }
 
@@ -286,9 +338,18 @@ impl Wal {
     /// `durable_applied` (the state machine has them on disk).
     pub fn release(&mut self, durable_applied: u64) -> Result<()> {
         let mut keep = Vec::new();
+        let spare = self.dir.join(SPARE);
         for s in self.sealed.drain(..) {
             if s.last_index <= durable_applied {
-                std::fs::remove_file(&s.path)?;
+                // Recycle a full-size segment as the spare; drop the rest.
+                let full = std::fs::metadata(&s.path)
+                    .map(|m| m.len() == self.segment_size)
+                    .unwrap_or(false);
+                if full && !self.preparing.get() && !spare.exists() {
+                    std::fs::rename(&s.path, &spare)?;
+                } else {
+                    std::fs::remove_file(&s.path)?;
+                }
             } else {
                 keep.push(s);
             }
@@ -305,6 +366,32 @@ impl Wal {
         }
         Ok(())
     }
+}
+
+/// A record's checksum: CRC-32 of the segment sequence and the payload.
+fn crc_of(seq: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&seq.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+/// Create `path` as `size` bytes of zeros, durably (blocking; run it on a
+/// blocking thread).
+fn zero_fill(path: &Path, size: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 enum Record {

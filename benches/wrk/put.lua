@@ -1,0 +1,31 @@
+-- Distinct-key v2 PUT with ttl=30; each wrk thread gets its own key prefix.
+-- From ../shared/notes/perf-anchors.md section 8.1.
+local counter = 0
+local threads = {}
+local nthreads = 0
+function setup(thread)
+  nthreads = nthreads + 1
+  thread:set("tid", nthreads)
+  table.insert(threads, thread)
+end
+function init(args)
+  tid = tid or 0
+end
+local body = "value=" .. string.rep("a", 64) .. "&ttl=30"
+local hdrs = { ["Content-Type"] = "application/x-www-form-urlencoded" }
+function request()
+  counter = counter + 1
+  return wrk.format("PUT", "/v2/keys/hb/t" .. tostring(tid) .. "_" .. tostring(counter), hdrs, body)
+end
+local non2xx = 0
+function response(status, headers, b)
+  if status < 200 or status >= 300 then non2xx = non2xx + 1 end
+end
+function done(summary, latency, requests)
+  io.write(string.format("total=%d errors(connect=%d read=%d write=%d status=%d timeout=%d)\n",
+    summary.requests, summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.status, summary.errors.timeout))
+  for _, p in pairs({50, 90, 99, 99.9}) do
+    io.write(string.format("p%g=%.0fus ", p, latency:percentile(p)))
+  end
+  io.write("\n")
+end
