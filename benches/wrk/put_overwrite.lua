@@ -22,6 +22,7 @@ function response(status, headers, b)
   if status < 200 or status >= 300 then non2xx = non2xx + 1 end
 end
 function done(summary, latency, requests)
+  -- status counts every HTTP status >= 400: a run with any is not a result.
   io.write(string.format("total=%d errors(connect=%d read=%d write=%d status=%d timeout=%d)\n",
     summary.requests, summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.status, summary.errors.timeout))
   for _, p in pairs({50, 90, 99, 99.9}) do

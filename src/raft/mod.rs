@@ -19,7 +19,7 @@ use raft::eraftpb::{ConfState, Entry, EntryType, Snapshot};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole, Storage};
 
-use crate::shard::{Reply, Shard};
+use crate::shard::{Metrics, Reply, Shard};
 use crate::storage::wal::{Wal, SEGMENT_SIZE};
 use crate::store::{Command, Op};
 use crate::v2::error::{V2Error, RAFT_INTERNAL};
@@ -171,6 +171,7 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         }
 
         shard.take_proposals(&mut proposals);
+        Metrics::add(&shard.metrics.proposals, proposals.len() as u64);
         for p in proposals.drain(..) {
             match g.node.propose(Vec::new(), p.data) {
                 Ok(()) => {
@@ -282,7 +283,16 @@ async fn handle_ready(
         g.wal.append_hard_state(hs);
         g.node.mut_store().wl().set_hardstate(hs.clone());
     }
-    g.wal.sync().await?;
+    let entries = rd.entries().len() as u64;
+    if g.wal.has_pending() {
+        let m = &shard.metrics;
+        let t = Instant::now();
+        let bytes = g.wal.sync().await?;
+        Metrics::add(&m.sync_nanos, t.elapsed().as_nanos() as u64);
+        Metrics::add(&m.syncs, 1);
+        Metrics::add(&m.synced_entries, entries);
+        Metrics::add(&m.wal_bytes, bytes);
+    }
     // 5. Messages that had to wait for persistence.
     let _ = rd.take_persisted_messages();
     // 6. Advance, then the light ready.

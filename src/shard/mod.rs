@@ -57,6 +57,28 @@ pub struct Shard {
     pub is_leader: Cell<bool>,
     /// Set when the shard hit an I/O or corruption error and stopped.
     pub failed: RefCell<Option<String>>,
+    pub metrics: Metrics,
+}
+
+/// Counters of the write path, for diagnostics and benchmarks.
+#[derive(Default, Debug)]
+pub struct Metrics {
+    /// fdatasyncs of the WAL.
+    pub syncs: Cell<u64>,
+    /// Entries made durable by those syncs.
+    pub synced_entries: Cell<u64>,
+    /// Time spent writing and syncing the WAL.
+    pub sync_nanos: Cell<u64>,
+    /// Proposals handed to raft.
+    pub proposals: Cell<u64>,
+    /// WAL bytes written.
+    pub wal_bytes: Cell<u64>,
+}
+
+impl Metrics {
+    pub fn add(c: &Cell<u64>, v: u64) {
+        c.set(c.get() + v);
+    }
 }
 
 impl Shard {
@@ -69,6 +91,7 @@ impl Shard {
             raft_term: Cell::new(0),
             is_leader: Cell::new(false),
             failed: RefCell::new(None),
+            metrics: Metrics::default(),
         }
     }
 

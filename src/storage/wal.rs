@@ -214,7 +214,11 @@ impl Wal {
                 .await?;
         }
         self.current_size = std::fs::metadata(&self.current.path)?.len();
-        let f = BufferedFile::open(&self.current.path).await?;
+        let f = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .buffered_open(&self.current.path)
+            .await?;
         // Make the new file's directory entry durable.
         std::fs::File::open(&self.dir)?.sync_all()?;
         Ok(f)
@@ -281,9 +285,10 @@ impl Wal {
     }
 
     /// Write everything buffered and make it durable with one fdatasync.
-    pub async fn sync(&mut self) -> Result<()> {
+    /// Returns the bytes written.
+    pub async fn sync(&mut self) -> Result<u64> {
         if self.buf.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         if self.offset + self.buf.len() as u64 > self.current_size && self.offset > 0 {
             self.rotate().await?;
@@ -301,7 +306,7 @@ impl Wal {
         if self.buf_last > 0 {
             self.current.last_index = self.buf_last;
         }
-        Ok(())
+        Ok(len as u64)
     }
 
     async fn rotate(&mut self) -> Result<()> {

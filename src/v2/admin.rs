@@ -231,6 +231,36 @@ pub fn stats_leader(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     send(req, 200, JSON, &[], body.as_bytes(), out);
 }
 
+/// kardia's diagnostics: per-shard keys, applied index, write-path counters.
+pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
+    if !only_get(req, out) {
+        return;
+    }
+    let sh = &api.shard;
+    let store = sh.store.borrow();
+    let m = &sh.metrics;
+    let nodes = store.node_count().unwrap_or(0);
+    let body = format!(
+        "{{\"shards\":[{{\"id\":{},\"leader\":{},\"nodes\":{},\"etcdIndex\":{},\"appliedIndex\":{},\"raftIndex\":{},\"raftTerm\":{},\"proposals\":{},\"walSyncs\":{},\"walSyncedEntries\":{},\"walSyncSeconds\":{:.6},\"walBytes\":{},\"watchers\":{},\"failed\":{}}}]}}\n",
+        sh.id,
+        sh.is_leader.get(),
+        nodes,
+        store.index(),
+        store.applied().0,
+        sh.raft_index.get(),
+        sh.raft_term.get(),
+        m.proposals.get(),
+        m.syncs.get(),
+        m.synced_entries.get(),
+        m.sync_nanos.get() as f64 / 1e9,
+        m.wal_bytes.get(),
+        store.hub.count(),
+        sh.failed.borrow().is_some()
+    );
+    drop(store);
+    send(req, 200, JSON, &[], body.as_bytes(), out);
+}
+
 fn nanos(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
