@@ -99,9 +99,12 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HeadError> {
     let mut te_seen = false;
     let mut keep_alive = http11;
     let mut expect_continue = false;
+    let mut host = false;
     for h in req.headers.iter() {
         let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
+        if name.eq_ignore_ascii_case("host") {
+            host = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
             let v =
                 std::str::from_utf8(h.value).map_err(|_| HeadError::Bad("bad Content-Length"))?;
             let n: usize = v
@@ -137,6 +140,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HeadError> {
                 expect_continue = true;
             }
         }
+    }
+    if http11 && !host {
+        return Err(HeadError::Bad("missing required Host header"));
     }
     if chunked && length.is_some() {
         return Err(HeadError::Bad("both Content-Length and Transfer-Encoding"));
@@ -360,12 +366,13 @@ mod tests {
     fn refuses_smuggling_shapes() {
         let bad: &[&[u8]] = &[
             b"GET / HTTP/1.1\nHost: x\r\n\r\n",
-            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
-            b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n",
-            b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-            b"GE T / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nX: a\0b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"GE T / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
         ];
         for b in bad {
             assert!(parse_head(b).is_err(), "{:?}", String::from_utf8_lossy(b));

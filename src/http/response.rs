@@ -34,6 +34,7 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 pub const JSON: &[u8] = b"application/json";
+const CORS: &[u8] = b"Access-Control-Allow-Headers: accept, content-type, authorization\r\nAccess-Control-Allow-Methods: POST, GET, OPTIONS, PUT, DELETE\r\nAccess-Control-Allow-Origin: *\r\n";
 pub const TEXT: &[u8] = b"text/plain; charset=utf-8";
 
 /// A response being written into `out`.
@@ -42,8 +43,16 @@ pub struct Response<'o> {
 }
 
 impl<'o> Response<'o> {
-    /// Start with the status line.
+    /// Start with the status line and the CORS headers etcd 3.4 sends on
+    /// every response (its `--cors` default is `*`).
     pub fn start(out: &'o mut Vec<u8>, http11: bool, status: u16) -> Response<'o> {
+        let r = Response::start_bare(out, http11, status);
+        r.out.extend_from_slice(CORS);
+        r
+    }
+
+    /// Start with the status line only.
+    pub fn start_bare(out: &'o mut Vec<u8>, http11: bool, status: u16) -> Response<'o> {
         out.extend_from_slice(if http11 { b"HTTP/1.1 " } else { b"HTTP/1.0 " });
         out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
         out.push(b' ');

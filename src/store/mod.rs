@@ -176,9 +176,21 @@ impl Store {
         let fresh = read_u64(&wtxn, META_INDEX)?.is_none();
         let (index, applied, next_dir_id, history) = if fresh {
             meta.put(&mut wtxn, META_INDEX, &3u64.to_le_bytes())?;
-            // The window starts at 1, like etcd's after its three internal
-            // bootstrap writes.
-            (3, (0, 0), 1, EventHistory::new(opts.history, 1, 3))
+            // etcd's window holds its three internal bootstrap writes (1..=3);
+            // placeholders that match no key take their slots.
+            let mut h = EventHistory::new(opts.history, 1, 0);
+            for i in 1..=3 {
+                h.push(Rc::new(Event {
+                    index: i,
+                    action: Action::Set,
+                    key: (*b"\0internal").into(),
+                    prev_dir: false,
+                    refresh: false,
+                    created: false,
+                    json: Rc::from(&b""[..]),
+                }));
+            }
+            (3, (0, 0), 1, h)
         } else {
             let index = read_u64(&wtxn, META_INDEX)?.unwrap_or(3);
             let applied = match meta.get(&wtxn, META_APPLIED)? {

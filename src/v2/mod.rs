@@ -102,6 +102,11 @@ impl Service for Api {
     type Watch = keys::Watch;
 
     fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) -> Handled<Self::Pending, Self::Watch> {
+        // etcd's CORS wrapper answers every OPTIONS before routing.
+        if req.head.method == Method::Options {
+            Response::start(out, req.head.http11, 200).body(b"", false);
+            return Handled::Done;
+        }
         if let Some(clean) = mux_clean(req.path) {
             redirect(req, &clean, out);
             return Handled::Done;
