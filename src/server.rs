@@ -58,6 +58,24 @@ fn host_port(url: &str) -> &str {
     rest.split('/').next().unwrap_or(rest)
 }
 
+/// Bind a client port. A port held by our own previous incarnation is
+/// released by the kernel shortly after it dies (its io_uring is torn down
+/// asynchronously), so "in use" is retried for a few seconds.
+fn bind_retrying(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Run a member until killed. Errors are for the operator, one line each.
 pub fn run(cfg: Config) -> Result<(), String> {
     let cluster = cluster_of(&cfg);
