@@ -247,6 +247,15 @@ impl Conn {
         limits: &Limits,
         pending: &mut VecDeque<S::Pending>,
     ) -> Result<Option<Step>, ()> {
+        // A read must see every write queued before it on this connection:
+        // only writes may queue behind writes.
+        if !pending.is_empty() {
+            if let Ok(Some(h)) = parse_head(&self.buf[self.start..self.end]) {
+                if !matches!(h.method, Method::Put | Method::Post | Method::Delete) {
+                    self.drain(svc, pending).await;
+                }
+            }
+        }
         let avail = &self.buf[self.start..self.end];
         let head = match parse_head(avail) {
             Ok(Some(h)) => h,

@@ -30,17 +30,25 @@ pub struct Server {
     root: tempfile::TempDir,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Extra flags given at every start.
+    extra_args: Vec<String>,
 }
 
 impl Server {
     /// Starts kardia on free ports with a fresh data dir and waits for health.
     pub fn start() -> io::Result<Server> {
+        Server::start_with(&[])
+    }
+
+    /// Like [`Server::start`], with extra flags (e.g. limits) on every start.
+    pub fn start_with(args: &[&str]) -> io::Result<Server> {
         let root = tempfile::Builder::new().prefix("kardia-test-").tempdir()?;
         let mut server = Server {
             child: None,
             root,
             client_port: free_port()?,
             peer_port: free_port()?,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
         };
         server.spawn()?;
         Ok(server)
@@ -90,6 +98,7 @@ impl Server {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("default={peer}")])
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -387,6 +396,21 @@ impl Conn {
             }
         }
         Ok(self.buf.drain(..n).collect())
+    }
+
+    /// True when the peer closes the connection (with nothing more to read)
+    /// before `deadline`.
+    pub fn closed_by_peer(&mut self, deadline: Instant) -> bool {
+        loop {
+            if !self.buf.is_empty() {
+                return false;
+            }
+            match self.fill(deadline) {
+                Ok(false) => return true,
+                Ok(true) => {}
+                Err(_) => return false,
+            }
+        }
     }
 
     /// Status line and headers; None if the peer closed before sending any.

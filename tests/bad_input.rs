@@ -1,0 +1,315 @@
+//! Bad input (G6): malformed and oversized requests, slow clients, floods
+//! and awkward keys against the real binary. Each gets a clear error (400,
+//! 408, 413, 431 or 503) and the connection is closed; the server keeps
+//! running and stored data is untouched.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{request, BodyLimit, Conn, Server};
+
+const LIMITS: &[&str] = &[
+    "--max-header-bytes",
+    "8192",
+    "--max-body-bytes",
+    "65536",
+    "--header-timeout",
+    "700",
+    "--max-connections",
+    "16",
+];
+
+/// Send raw bytes on a fresh connection; return the status code and whether
+/// the server closed the connection afterwards.
+fn raw(port: u16, bytes: &[u8]) -> (u16, bool) {
+    let mut c = Conn::connect(port, Duration::from_secs(5)).unwrap();
+    c.send(bytes).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut resp = c.read_head(deadline).unwrap().expect("a response");
+    c.read_body(&mut resp, "GET", deadline, BodyLimit::default())
+        .unwrap();
+    (
+        resp.code(),
+        c.closed_by_peer(Instant::now() + Duration::from_secs(3)),
+    )
+}
+
+fn assert_alive_and_intact(port: u16) {
+    let r = request(port, "GET", "/v2/keys/keep", None, &[]).unwrap();
+    assert_eq!(r.code(), 200, "server lost data or died: {}", r.body_str());
+    assert!(
+        r.body_str().contains("\"value\":\"safe\""),
+        "{}",
+        r.body_str()
+    );
+}
+
+#[test]
+fn malformed_requests_get_400_and_close() {
+    let s = Server::start_with(LIMITS).unwrap();
+    let port = s.client_port;
+    assert_eq!(
+        request(port, "PUT", "/v2/keys/keep", Some("value=safe"), &[])
+            .unwrap()
+            .code(),
+        201
+    );
+    let cases: &[(&str, &[u8])] = &[
+        ("bad request line", b"GE T /v2/keys/keep HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("bad version", b"GET /v2/keys/keep HTTP/9.9\r\nHost: x\r\n\r\n"),
+        ("bare LF", b"GET /v2/keys/keep HTTP/1.1\nHost: x\n\n"),
+        ("obs-fold", b"GET /v2/keys/keep HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n"),
+        ("NUL in header", b"GET /v2/keys/keep HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n"),
+        (
+            "CL and TE",
+            b"PUT /v2/keys/keep HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "duplicate CL",
+            b"PUT /v2/keys/keep HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+        ),
+        ("TE not chunked", b"PUT /v2/keys/keep HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"),
+        (
+            "bad chunk size",
+            b"PUT /v2/keys/keep HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        ),
+        ("bad CL", b"PUT /v2/keys/keep HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"),
+        ("no Host on 1.1", b"GET /v2/keys/keep HTTP/1.1\r\n\r\n"),
+        ("bad escape in path", b"GET /v2/keys/%zz HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("bad target", b"GET keys HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ];
+    for (what, bytes) in cases {
+        let (code, closed) = raw(port, bytes);
+        assert_eq!(code, 400, "{what}");
+        assert!(closed, "{what}: connection left open");
+    }
+    assert_alive_and_intact(port);
+}
+
+#[test]
+fn oversized_requests_get_431_or_413_without_reading_the_body() {
+    let s = Server::start_with(LIMITS).unwrap();
+    let port = s.client_port;
+    assert_eq!(
+        request(port, "PUT", "/v2/keys/keep", Some("value=safe"), &[])
+            .unwrap()
+            .code(),
+        201
+    );
+    // A head over --max-header-bytes.
+    let mut big = b"GET /v2/keys/keep HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 20_000));
+    big.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(raw(port, &big), (431, true));
+    // Too many header lines.
+    let mut many = b"GET /v2/keys/keep HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..100 {
+        many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    assert_eq!(raw(port, &many), (431, true));
+    // A body over --max-body-bytes is refused from its Content-Length alone:
+    // the answer comes although not one body byte was sent.
+    let head = b"PUT /v2/keys/keep HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000000\r\n\r\n";
+    let t = Instant::now();
+    assert_eq!(raw(port, head), (413, true));
+    assert!(t.elapsed() < Duration::from_secs(2));
+    // The same through chunked framing.
+    let mut chunked = b"PUT /v2/keys/keep HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..20 {
+        chunked.extend_from_slice(b"1000\r\n");
+        chunked.extend(std::iter::repeat_n(b'v', 0x1000));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    assert_eq!(raw(port, &chunked).0, 413);
+    assert_alive_and_intact(port);
+}
+
+#[test]
+fn a_slow_client_is_cut_off_at_the_head_deadline() {
+    let s = Server::start_with(LIMITS).unwrap();
+    let port = s.client_port;
+    assert_eq!(
+        request(port, "PUT", "/v2/keys/keep", Some("value=safe"), &[])
+            .unwrap()
+            .code(),
+        201
+    );
+    // Several slowloris connections, each sending a byte now and then.
+    let mut slow: Vec<Conn> = (0..5)
+        .map(|_| Conn::connect(port, Duration::from_secs(2)).unwrap())
+        .collect();
+    let start = Instant::now();
+    for c in slow.iter_mut() {
+        c.send(b"GET /v2/keys/keep HTTP/1.1\r\nHo").unwrap();
+    }
+    // A well-behaved client is served meanwhile.
+    let t = Instant::now();
+    assert_alive_and_intact(port);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "slow clients delayed a good one"
+    );
+    for c in slow.iter_mut() {
+        std::thread::sleep(Duration::from_millis(100));
+        c.send(b"s").unwrap();
+    }
+    for c in slow.iter_mut() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        match c.read_head(deadline) {
+            Ok(Some(mut r)) => {
+                assert_eq!(r.code(), 408);
+                c.read_body(&mut r, "GET", deadline, BodyLimit::default())
+                    .unwrap();
+            }
+            Ok(None) => {}
+            Err(e) => panic!("slow client not cut off: {e}"),
+        }
+        assert!(c.closed_by_peer(Instant::now() + Duration::from_secs(2)));
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+        "cut off after {took:?}"
+    );
+    assert_alive_and_intact(port);
+}
+
+#[test]
+fn connections_over_the_cap_are_refused_and_the_rest_keep_working() {
+    let s = Server::start_with(LIMITS).unwrap();
+    let port = s.client_port;
+    assert_eq!(
+        request(port, "PUT", "/v2/keys/keep", Some("value=safe"), &[])
+            .unwrap()
+            .code(),
+        201
+    );
+    let mut held: Vec<Conn> = Vec::new();
+    for _ in 0..16 {
+        let mut c = Conn::connect(port, Duration::from_secs(2)).unwrap();
+        // A complete request proves the connection was accepted and counted.
+        c.send(b"GET /v2/keys/keep HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut r = c.read_head(deadline).unwrap().unwrap();
+        c.read_body(&mut r, "GET", deadline, BodyLimit::default())
+            .unwrap();
+        assert_eq!(r.code(), 200);
+        held.push(c);
+    }
+    let mut extra = Conn::connect(port, Duration::from_secs(2)).unwrap();
+    let mut r = extra
+        .read_head(Instant::now() + Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    extra
+        .read_body(
+            &mut r,
+            "GET",
+            Instant::now() + Duration::from_secs(5),
+            BodyLimit::default(),
+        )
+        .unwrap();
+    assert_eq!(r.code(), 503);
+    assert!(extra.closed_by_peer(Instant::now() + Duration::from_secs(2)));
+    // Held connections still work; freeing one lets a new client in.
+    let c = &mut held[3];
+    c.send(b"GET /v2/keys/keep HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut r = c.read_head(deadline).unwrap().unwrap();
+    c.read_body(&mut r, "GET", deadline, BodyLimit::default())
+        .unwrap();
+    assert_eq!(r.code(), 200);
+    held.truncate(8);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_alive_and_intact(port);
+}
+
+#[test]
+fn awkward_keys_work_as_in_etcd() {
+    let s = Server::start().unwrap();
+    let port = s.client_port;
+    // A 10 KB key (beyond LMDB's 511-byte key limit) and its neighbour that
+    // shares the first 5 KB.
+    let long: String = "k".repeat(10_000);
+    let long2 = format!("{}x", &long[..5000]);
+    for (k, v) in [(&long, "one"), (&long2, "two")] {
+        let r = request(
+            port,
+            "PUT",
+            &format!("/v2/keys/long/{k}"),
+            Some(&format!("value={v}")),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(r.code(), 201, "{}", r.body_str());
+    }
+    let r = request(port, "GET", &format!("/v2/keys/long/{long}"), None, &[]).unwrap();
+    assert!(r.body_str().contains("\"value\":\"one\""));
+    let r = request(port, "GET", "/v2/keys/long?sorted=true", None, &[]).unwrap();
+    let body = r.body_str();
+    let (a, b) = (body.find(&long).unwrap(), body.find(&long2).unwrap());
+    assert!(a < b, "sorted listing puts the 10000-k key first");
+    // Non-UTF-8 key bytes round-trip; JSON shows them as U+FFFD like Go.
+    let r = request(port, "PUT", "/v2/keys/bin/%FF%FEx", Some("value=b"), &[]).unwrap();
+    assert_eq!(r.code(), 201);
+    assert!(
+        r.body_str().contains("\"key\":\"/bin/\\ufffd\\ufffdx\""),
+        "{}",
+        r.body_str()
+    );
+    let r = request(port, "GET", "/v2/keys/bin/%FF%FEx", None, &[]).unwrap();
+    assert!(r.body_str().contains("\"value\":\"b\""));
+    // Deep nesting.
+    let deep: String = (0..500).map(|i| format!("/d{i}")).collect();
+    let r = request(
+        port,
+        "PUT",
+        &format!("/v2/keys{deep}"),
+        Some("value=deep"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(r.code(), 201);
+    let r = request(port, "DELETE", "/v2/keys/d0?recursive=true", None, &[]).unwrap();
+    assert_eq!(r.code(), 200);
+    let r = request(port, "GET", &format!("/v2/keys{deep}"), None, &[]).unwrap();
+    assert_eq!(r.code(), 404);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let s = Server::start_with(LIMITS).unwrap();
+    let port = s.client_port;
+    let mut c = Conn::connect(port, Duration::from_secs(2)).unwrap();
+    let mut batch = Vec::new();
+    for i in 0..20 {
+        let body = format!("value=v{i}");
+        batch.extend_from_slice(
+            format!(
+                "PUT /v2/keys/p HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        // A read after each write must see that write.
+        batch.extend_from_slice(b"GET /v2/keys/p HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    c.send(&batch).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0..20 {
+        for method in ["PUT", "GET"] {
+            let mut r = c.read_head(deadline).unwrap().unwrap();
+            c.read_body(&mut r, method, deadline, BodyLimit::default())
+                .unwrap();
+            let body = r.body_str();
+            assert!(
+                body.contains(&format!("\"value\":\"v{i}\"")),
+                "{method} #{i}: {body}"
+            );
+        }
+    }
+}
