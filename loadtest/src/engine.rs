@@ -268,6 +268,25 @@ async fn closed_loop<S: ConnSource>(addr: SocketAddr, mut src: S, ctx: &ConnCtx)
                     continue 'reconnect;
                 }
             }
+            // Handle every response that is already buffered before writing
+            // again, so a pipelined connection costs one write per read batch.
+            while !inflight.is_empty() {
+                match conn.reader.try_next() {
+                    Ok(Some(resp)) => {
+                        let (sent, meta) = inflight.pop_front().expect("in flight");
+                        let done = Instant::now();
+                        seq += 1;
+                        let sample = every > 0 && seq.is_multiple_of(every);
+                        let lat = done - sent;
+                        finish(ctx, &src, meta, &resp, sample, lat, lat, done);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        fail_all(ctx, &mut inflight, |x| x.1.class, read_error_kind(&e));
+                        continue 'reconnect;
+                    }
+                }
+            }
         }
     }
 }

@@ -209,6 +209,15 @@ impl ResponseReader {
         }
     }
 
+    /// The next response if it is already buffered (no I/O).
+    pub fn try_next(&mut self) -> Result<Option<Resp<'_>>, ReadError> {
+        self.consume_last();
+        match self.advance()? {
+            Some(done) => Ok(Some(self.finish(done))),
+            None => Ok(None),
+        }
+    }
+
     /// Drops the previously returned response from the buffers.
     fn consume_last(&mut self) {
         if self.last.take().is_some() {

@@ -142,6 +142,18 @@ enum WorkloadCmd {
     Watch(WatchArgs),
     /// GETs and PUTs over a pre-filled key set.
     Mixed(MixedArgs),
+    /// Only serve the null responder (to measure other clients, e.g. wrk, against it).
+    ServeNull(ServeNullArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct ServeNullArgs {
+    /// Loopback address to listen on.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    listen: String,
+    /// Pin the responder thread to this CPU.
+    #[arg(long)]
+    cpu: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -254,6 +266,7 @@ fn workload_name(w: &WorkloadCmd) -> &'static str {
         WorkloadCmd::RecursiveGet(_) => "recursive-get",
         WorkloadCmd::Watch(_) => "watch",
         WorkloadCmd::Mixed(_) => "mixed",
+        WorkloadCmd::ServeNull(_) => "serve-null",
     }
 }
 
@@ -290,6 +303,9 @@ fn systems(c: &Common) -> Vec<Kind> {
 fn real_main() -> i32 {
     let cli = Cli::parse();
     let c = &cli.common;
+    if let WorkloadCmd::ServeNull(a) = &cli.workload {
+        return serve_null(a, c.duration);
+    }
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTS.fetch_add(1, Ordering::SeqCst) == 0 {
             STOP.store(true, Ordering::SeqCst);
@@ -437,6 +453,28 @@ fn real_main() -> i32 {
         }
     }
     exit
+}
+
+/// Serves the null responder until Ctrl-C or `--duration`.
+fn serve_null(a: &ServeNullArgs, duration: Option<Duration>) -> i32 {
+    if !a.listen.starts_with("127.") && !a.listen.starts_with("localhost") {
+        eprintln!("serve-null listens on loopback only");
+        return 2;
+    }
+    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    let server = match nullserver::NullServer::start_on(&a.listen, a.cpu) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot listen on {}: {e}", a.listen);
+            return 2;
+        }
+    };
+    eprintln!("null server on http://{} (Ctrl-C to stop)", server.addr);
+    let until = duration.map(|d| Instant::now() + d);
+    while !STOP.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    0
 }
 
 /// Shows a live progress line until dropped.
@@ -614,7 +652,9 @@ fn execute(
                     a.read_ratio,
                     a.quorum,
                 ),
-                _ => unreachable!("handled above"),
+                WorkloadCmd::Hm9000(_) | WorkloadCmd::Watch(_) | WorkloadCmd::ServeNull(_) => {
+                    unreachable!("handled above")
+                }
             };
             let default_conns = if kind == RawKind::RecursiveGet { 4 } else { 64 };
             let conns = c.concurrency.unwrap_or(default_conns).max(1);

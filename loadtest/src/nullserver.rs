@@ -35,7 +35,12 @@ pub struct NullServer {
 impl NullServer {
     /// Starts listening on an ephemeral loopback port; `cpu` pins the thread.
     pub fn start(cpu: Option<usize>) -> io::Result<NullServer> {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        Self::start_on("127.0.0.1:0", cpu)
+    }
+
+    /// Starts listening on `addr` (e.g. `127.0.0.1:18080`).
+    pub fn start_on(addr: &str, cpu: Option<usize>) -> io::Result<NullServer> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let (tx, rx) = oneshot::channel();

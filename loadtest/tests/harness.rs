@@ -137,7 +137,7 @@ fn hm9000_and_watch_against_the_null_server() {
     assert_eq!(f["instances"], 1000);
     assert_eq!(f["all_fresh"], true);
     let presence = u(&class(s, "presence PUT").unwrap()["ok"]);
-    assert!(presence >= 1 && presence <= 20, "{presence}");
+    assert!((1..=20).contains(&presence), "{presence}");
     assert!(
         json["runs"][0]["model"]["expected_writes_per_s"]
             .as_f64()
