@@ -464,18 +464,22 @@ impl Runner {
             .collect()
     }
 
-    fn send(&self, req: &Request, keep_alive: bool) -> Result<Conn, String> {
-        let mut conn =
-            Conn::connect(self.port, REQUEST_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-        let bytes = common::build_request(
+    fn bytes(&self, req: &Request, keep_alive: bool) -> Vec<u8> {
+        common::build_request(
             self.port,
             &req.method,
             req.target.as_bytes(),
             req.body.as_deref(),
             &req.extra,
             keep_alive,
-        );
-        conn.send(&bytes).map_err(|e| format!("send: {e}"))?;
+        )
+    }
+
+    /// A fresh connection with `bytes` sent on it.
+    fn send(&self, bytes: &[u8]) -> Result<Conn, String> {
+        let mut conn =
+            Conn::connect(self.port, REQUEST_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+        conn.send(bytes).map_err(|e| format!("send: {e}"))?;
         Ok(conn)
     }
 
@@ -494,10 +498,7 @@ impl Runner {
                 Ok(Vec::new())
             }
             "RAW" => {
-                let mut conn = Conn::connect(self.port, REQUEST_TIMEOUT)
-                    .map_err(|e| format!("connect: {e}"))?;
-                conn.send(&unquote(rest.trim())?)
-                    .map_err(|e| format!("send: {e}"))?;
+                let mut conn = self.send(&unquote(rest.trim())?)?;
                 let deadline = Instant::now() + REQUEST_TIMEOUT;
                 let mut resp = match conn.read_head(deadline) {
                     Err(HttpError::Timeout) => return Ok(vec![NO_RESPONSE_NOTE.into()]),
@@ -523,7 +524,7 @@ impl Runner {
                     return Err(format!("watch {name} already exists"));
                 }
                 let req = parse_request(req)?;
-                let mut conn = self.send(&req, false)?;
+                let mut conn = self.send(&self.bytes(&req, false))?;
                 // The server flushes the head once the watcher is registered;
                 // waiting for it orders the watch before the next request.
                 let (head, out) = match conn.read_head(Instant::now() + AWAIT_TIMEOUT) {
@@ -577,7 +578,7 @@ impl Runner {
             }
             _ if is_method(word) => {
                 let req = parse_request(&expand(command))?;
-                let mut conn = self.send(&req, false)?;
+                let mut conn = self.send(&self.bytes(&req, false))?;
                 let deadline = Instant::now() + REQUEST_TIMEOUT;
                 let mut resp = conn.read_head(deadline).map_err(http)?;
                 if let Some(r) = resp.as_mut() {
@@ -592,15 +593,8 @@ impl Runner {
 
     /// `count` requests over one keep-alive connection; a status summary.
     fn repeat(&self, count: usize, req: &Request) -> Result<Vec<String>, String> {
-        let mut conn = self.send(req, true)?;
-        let bytes = common::build_request(
-            self.port,
-            &req.method,
-            req.target.as_bytes(),
-            req.body.as_deref(),
-            &req.extra,
-            true,
-        );
+        let bytes = self.bytes(req, true);
+        let mut conn = self.send(&bytes)?;
         let mut counts: Vec<(usize, String)> = Vec::new();
         for i in 0..count {
             if i > 0 {
