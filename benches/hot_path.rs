@@ -1,1 +1,162 @@
-fn main() {}
+//! Criterion benches of the request path, piece by piece: parsing a request
+//! head, decoding a form, encoding JSON, applying a batch to the store, and
+//! appending a batch to the raft log (with its fdatasync).
+//!
+//! Run with `cargo bench --bench hot_path`. Speed is never asserted in tests;
+//! numbers go to docs/performance.md.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use kardia::http::request::parse_head;
+use kardia::storage::wal::Wal;
+use kardia::store::{Command, NodeJson, Op, Options, Store};
+use kardia::v2::form::{Field, Form};
+
+const PUT: &[u8] = b"PUT /v2/keys/hm/v4/dea-presence/4a1b6c2e-4c5f-4a55-9a3b-0c1f2d3e4f50 HTTP/1.1\r\nHost: 127.0.0.1:2379\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: 52\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept-Encoding: gzip\r\n\r\nvalue=4a1b6c2e-4c5f-4a55-9a3b-0c1f2d3e4f50&ttl=30";
+
+fn parsing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("http");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse_head_put", |b| {
+        b.iter(|| {
+            let h = parse_head(std::hint::black_box(PUT)).unwrap().unwrap();
+            std::hint::black_box(h.len)
+        })
+    });
+    let mut form = Form::default();
+    g.bench_function("form_body_and_query", |b| {
+        b.iter(|| {
+            form.parse(
+                Some(b"value=4a1b6c2e-4c5f-4a55-9a3b-0c1f2d3e4f50&ttl=30"),
+                b"prevExist=false",
+            )
+            .unwrap();
+            std::hint::black_box(form.value(Field::Value).len())
+        })
+    });
+    g.finish();
+}
+
+fn json(c: &mut Criterion) {
+    let mut g = c.benchmark_group("json");
+    g.throughput(Throughput::Elements(1));
+    let mut out = Vec::with_capacity(512);
+    g.bench_function("node_with_ttl", |b| {
+        b.iter(|| {
+            out.clear();
+            NodeJson {
+                key: b"/hm/v4/apps/actual/4a1b6c2e-4c5f-4a55-9a3b-0c1f2d3e4f50,f2d3/0c1f2d3e",
+                value: Some(b"0c1f2d3e-4f50-4a55-9a3b-4a1b6c2e4c5f,RUNNING,1385000000.0,3"),
+                dir: false,
+                expire: Some(1_795_756_065_488_524_050),
+                now: 1_795_756_035_488_524_050,
+                modified: 123_456,
+                created: 120_000,
+            }
+            .write(&mut out);
+            std::hint::black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+fn apply(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store");
+    const BATCH: u64 = 64;
+    g.throughput(Throughput::Elements(BATCH));
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(
+        dir.path(),
+        &Options {
+            map_size: 1 << 30,
+            history: 1000,
+        },
+    )
+    .unwrap();
+    let mut raft_index = 0u64;
+    let mut n = 0u64;
+    let mut results = Vec::new();
+    g.bench_function("apply_batch_64_ttl_puts_10k_keys", |b| {
+        b.iter_batched(
+            || {
+                (0..BATCH)
+                    .map(|_| {
+                        n += 1;
+                        let key = format!("/hm/v4/dea-presence/dea-{:05}", n % 10_000);
+                        let mut c =
+                            Command::new(Op::Set, key.as_bytes(), 1_795_756_035_000_000_000);
+                        c.value = b"4a1b6c2e-4c5f-4a55-9a3b-0c1f2d3e4f50";
+                        c.expire = Some(1_795_756_065_000_000_000);
+                        let mut data = Vec::new();
+                        c.encode(&mut data);
+                        data
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |batch| {
+                results.clear();
+                let first = raft_index + 1;
+                raft_index += BATCH;
+                store
+                    .apply_batch(
+                        batch
+                            .iter()
+                            .enumerate()
+                            .map(|(i, d)| (first + i as u64, 1, &d[..])),
+                        &mut results,
+                    )
+                    .unwrap();
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn wal(c: &mut Criterion) {
+    let mut g = c.benchmark_group("wal");
+    g.sample_size(20).measurement_time(Duration::from_secs(4));
+    for batch in [1usize, 64] {
+        g.throughput(Throughput::Elements(batch as u64));
+        g.bench_function(format!("append_and_sync_{batch}_entries"), |b| {
+            b.iter_custom(|iters| {
+                let dir = tempfile::tempdir().unwrap();
+                let d = dir.path().to_path_buf();
+                glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                    .spawn(move || async move {
+                        let (_, segs) = Wal::recover(&d).unwrap();
+                        let mut w = Wal::open(&d, segs, 64 << 20).await.unwrap();
+                        let mut index = 0;
+                        let entry = |i: u64| raft::eraftpb::Entry {
+                            index: i,
+                            term: 1,
+                            data: bytes::Bytes::from(vec![7u8; 120]),
+                            ..Default::default()
+                        };
+                        let t = Instant::now();
+                        for _ in 0..iters {
+                            let ents: Vec<_> = (0..batch)
+                                .map(|_| {
+                                    index += 1;
+                                    entry(index)
+                                })
+                                .collect();
+                            w.append_entries(&ents);
+                            w.sync().await.unwrap();
+                        }
+                        let took = t.elapsed();
+                        w.settle().await;
+                        took
+                    })
+                    .unwrap()
+                    .join()
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, parsing, json, apply, wal);
+criterion_main!(benches);

@@ -103,8 +103,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot resolve listen address {url}: {e}"))?
             .next()
             .ok_or_else(|| format!("cannot resolve listen address {url}"))?;
-        let l = std::net::TcpListener::bind(addr)
-            .map_err(|e| format!("cannot listen on {url}: {e}"))?;
+        let l = bind_retrying(addr).map_err(|e| format!("cannot listen on {url}: {e}"))?;
         l.set_nonblocking(true).map_err(|e| e.to_string())?;
         fds.push(l.into_raw_fd());
     }

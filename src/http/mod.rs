@@ -341,7 +341,6 @@ impl Conn {
             self.scratch.clear();
             svc.handle(&req, &mut self.scratch)
         };
-        drop(req);
         self.start += consumed;
         let step = match handled {
             Handled::Pending(p) => {

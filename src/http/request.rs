@@ -135,10 +135,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HeadError> {
                     keep_alive = true;
                 }
             }
-        } else if name.eq_ignore_ascii_case("expect") {
-            if h.value.eq_ignore_ascii_case(b"100-continue") {
-                expect_continue = true;
-            }
+        } else if name.eq_ignore_ascii_case("expect")
+            && h.value.eq_ignore_ascii_case(b"100-continue")
+        {
+            expect_continue = true;
         }
     }
     if http11 && !host {

@@ -66,6 +66,9 @@ impl From<glommio::GlommioError<()>> for Error {
 
 type Result<T> = std::result::Result<T, Error>;
 
+/// A segment found on disk: (sequence, path, last entry index).
+pub type SegmentInfo = (u64, PathBuf, u64);
+
 /// What recovery found.
 #[derive(Debug, Default)]
 pub struct Recovered {
@@ -104,7 +107,7 @@ fn segment_name(seq: u64) -> String {
 
 impl Wal {
     /// Read all segments in `dir` (creating it if needed).
-    pub fn recover(dir: &Path) -> Result<(Recovered, Vec<(u64, PathBuf, u64)>)> {
+    pub fn recover(dir: &Path) -> Result<(Recovered, Vec<SegmentInfo>)> {
         std::fs::create_dir_all(dir)?;
         let mut segs: Vec<(u64, PathBuf)> = Vec::new();
         for ent in std::fs::read_dir(dir)? {
@@ -163,11 +166,7 @@ impl Wal {
     }
 
     /// Open for writing, in a fresh segment after the recovered ones.
-    pub async fn open(
-        dir: &Path,
-        existing: Vec<(u64, PathBuf, u64)>,
-        segment_size: u64,
-    ) -> Result<Wal> {
+    pub async fn open(dir: &Path, existing: Vec<SegmentInfo>, segment_size: u64) -> Result<Wal> {
         let next = existing.last().map_or(1, |s| s.0 + 1);
         let sealed = existing
             .into_iter()
@@ -222,6 +221,14 @@ impl Wal {
         // Make the new file's directory entry durable.
         std::fs::File::open(&self.dir)?.sync_all()?;
         Ok(f)
+    }
+
+    /// Wait until no spare segment is being prepared (before shutting an
+    /// executor down).
+    pub async fn settle(&self) {
+        while self.preparing.get() {
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Zero-fill the next segment in the background, unless one is ready.
@@ -412,9 +419,12 @@ fn decode(p: &[u8]) -> Result<Record> {
     };
     match p.first() {
         Some(&REC_ENTRY) => {
-            let mut e = Entry::default();
-            e.term = u(1)?;
-            e.index = u(9)?;
+            let mut e = Entry {
+                term: u(1)?,
+                index: u(9)?,
+                data: bytes::Bytes::copy_from_slice(p.get(18..).unwrap_or_default()),
+                ..Default::default()
+            };
             let ty = *p
                 .get(17)
                 .ok_or_else(|| Error::Corrupt("short entry".into()))?;
@@ -424,16 +434,14 @@ fn decode(p: &[u8]) -> Result<Record> {
                 2 => EntryType::EntryConfChangeV2,
                 t => return Err(Error::Corrupt(format!("entry type {t}"))),
             });
-            e.data = bytes::Bytes::copy_from_slice(&p[18..]);
             Ok(Record::Entry(e))
         }
-        Some(&REC_HARD_STATE) => {
-            let mut hs = HardState::default();
-            hs.term = u(1)?;
-            hs.vote = u(9)?;
-            hs.commit = u(17)?;
-            Ok(Record::HardState(hs))
-        }
+        Some(&REC_HARD_STATE) => Ok(Record::HardState(HardState {
+            term: u(1)?,
+            vote: u(9)?,
+            commit: u(17)?,
+            ..Default::default()
+        })),
         _ => Err(Error::Corrupt("unknown record type".into())),
     }
 }
@@ -443,11 +451,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = bytes::Bytes::copy_from_slice(data);
-        e
+        Entry {
+            index,
+            term,
+            data: bytes::Bytes::copy_from_slice(data),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -459,10 +468,11 @@ mod tests {
             assert!(rec.entries.is_empty());
             let mut w = Wal::open(&d, segs, 1 << 20).await.unwrap();
             w.append_entries(&[entry(1, 1, b"a"), entry(2, 1, b"bb")]);
-            let mut hs = HardState::default();
-            hs.term = 1;
-            hs.commit = 2;
-            w.append_hard_state(&hs);
+            w.append_hard_state(&HardState {
+                term: 1,
+                commit: 2,
+                ..Default::default()
+            });
             w.sync().await.unwrap();
             // A rewritten index replaces the old one (leader change).
             w.append_entries(&[entry(2, 2, b"cc"), entry(3, 2, b"d")]);

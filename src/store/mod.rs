@@ -59,6 +59,9 @@ type Result<T> = std::result::Result<T, Error>;
 /// The outcome of one command: an event, or etcd's error for it.
 pub type Outcome = std::result::Result<Rc<Event>, V2Error>;
 
+/// Paths a delete or expiry removed (only gathered when watchers need them).
+type RemovedPaths = Vec<Box<[u8]>>;
+
 /// Counters reported by `/v2/stats/store`.
 #[derive(Default, Debug, Clone, Copy)]
 pub struct Stats {
@@ -139,7 +142,7 @@ pub struct Store {
     pub hub: WatcherHub,
     pub stats: Stats,
     /// Events of the batch being applied, with the paths each delete removed.
-    pending: Vec<(Rc<Event>, Vec<Box<[u8]>>)>,
+    pending: Vec<(Rc<Event>, RemovedPaths)>,
     kbuf: Vec<u8>,
     vbuf: Vec<u8>,
     prev: Vec<u8>,

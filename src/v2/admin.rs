@@ -285,7 +285,7 @@ pub fn go_duration(d: std::time::Duration) -> String {
     let secs = total / 1_000_000_000;
     let ns = total % 1_000_000_000;
     let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
-    let sec = frac(s as u128 * 1_000_000_000 + ns, 1_000_000_000);
+    let sec = frac(s * 1_000_000_000 + ns, 1_000_000_000);
     match (h, m) {
         (0, 0) => format!("{sec}s"),
         (0, m) => format!("{m}m{sec}s"),

@@ -5,6 +5,10 @@
 //! Only the parameters the keys API knows are kept; their decoded values
 //! live in one reusable buffer, so parsing allocates nothing once warm.
 
+/// A parameter value that does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invalid;
+
 /// The keys API's parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
@@ -140,7 +144,7 @@ impl Form {
     }
 
     /// Go's `strconv.ParseBool`; absent = false.
-    pub fn bool(&self, f: Field) -> Result<bool, ()> {
+    pub fn bool(&self, f: Field) -> Result<bool, Invalid> {
         match self.get(f) {
             None => Ok(false),
             Some(v) => parse_bool(v),
@@ -148,7 +152,7 @@ impl Form {
     }
 
     /// Go's `strconv.ParseUint(v, 10, 64)`; absent = 0.
-    pub fn u64(&self, f: Field) -> Result<u64, ()> {
+    pub fn u64(&self, f: Field) -> Result<u64, Invalid> {
         match self.get(f) {
             None => Ok(0),
             Some(v) => parse_u64(v),
@@ -156,27 +160,27 @@ impl Form {
     }
 }
 
-pub fn parse_bool(v: &[u8]) -> Result<bool, ()> {
+pub fn parse_bool(v: &[u8]) -> Result<bool, Invalid> {
     match v {
         b"1" | b"t" | b"T" | b"TRUE" | b"true" | b"True" => Ok(true),
         b"0" | b"f" | b"F" | b"FALSE" | b"false" | b"False" => Ok(false),
-        _ => Err(()),
+        _ => Err(Invalid),
     }
 }
 
-pub fn parse_u64(v: &[u8]) -> Result<u64, ()> {
+pub fn parse_u64(v: &[u8]) -> Result<u64, Invalid> {
     if v.is_empty() {
-        return Err(());
+        return Err(Invalid);
     }
     let mut n: u64 = 0;
     for &c in v {
         if !c.is_ascii_digit() {
-            return Err(());
+            return Err(Invalid);
         }
         n = n
             .checked_mul(10)
             .and_then(|n| n.checked_add((c - b'0') as u64))
-            .ok_or(())?;
+            .ok_or(Invalid)?;
     }
     Ok(n)
 }
@@ -310,10 +314,10 @@ mod tests {
     #[test]
     fn go_parse_bool_and_uint() {
         assert_eq!(parse_bool(b"True"), Ok(true));
-        assert_eq!(parse_bool(b"yes"), Err(()));
-        assert_eq!(parse_bool(b""), Err(()));
+        assert_eq!(parse_bool(b"yes"), Err(Invalid));
+        assert_eq!(parse_bool(b""), Err(Invalid));
         assert_eq!(parse_u64(b"18446744073709551615"), Ok(u64::MAX));
-        assert_eq!(parse_u64(b"18446744073709551616"), Err(()));
-        assert_eq!(parse_u64(b"-1"), Err(()));
+        assert_eq!(parse_u64(b"18446744073709551616"), Err(Invalid));
+        assert_eq!(parse_u64(b"-1"), Err(Invalid));
     }
 }

@@ -97,7 +97,7 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
     {
         match form.bool(f) {
             Ok(b) => flags[i] = b,
-            Err(()) => {
+            Err(_) => {
                 return request_error(
                     api,
                     req,
@@ -140,7 +140,7 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
     let ttl = match form.get(Field::Ttl) {
         Some(v) if !v.is_empty() => match super::form::parse_u64(v) {
             Ok(t) => Some(t),
-            Err(()) => return request_error(api, req, TTL_NAN, "invalid value for \"ttl\"", out),
+            Err(_) => return request_error(api, req, TTL_NAN, "invalid value for \"ttl\"", out),
         },
         _ => None,
     };
@@ -148,7 +148,7 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
         None => None,
         Some(v) => match super::form::parse_bool(v) {
             Ok(b) => Some(b),
-            Err(()) => {
+            Err(_) => {
                 return request_error(api, req, INVALID_FIELD, "invalid value for prevExist", out)
             }
         },
@@ -157,7 +157,7 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
     if let Some(v) = form.get(Field::Refresh) {
         match super::form::parse_bool(v) {
             Ok(b) => refresh = b,
-            Err(()) => {
+            Err(_) => {
                 return request_error(api, req, INVALID_FIELD, "invalid value for refresh", out)
             }
         }
