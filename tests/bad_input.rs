@@ -69,7 +69,6 @@ fn malformed_requests_get_400_and_close() {
             "duplicate CL",
             b"PUT /v2/keys/keep HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
         ),
-        ("TE not chunked", b"PUT /v2/keys/keep HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"),
         (
             "bad chunk size",
             b"PUT /v2/keys/keep HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
@@ -79,6 +78,9 @@ fn malformed_requests_get_400_and_close() {
         ("bad escape in path", b"GET /v2/keys/%zz HTTP/1.1\r\nHost: x\r\n\r\n"),
         ("bad target", b"GET keys HTTP/1.1\r\nHost: x\r\n\r\n"),
     ];
+    // Go (and so etcd) answers 501 to a transfer coding it does not know.
+    let gzip = b"PUT /v2/keys/keep HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n";
+    assert_eq!(raw(port, gzip), (501, true));
     for (what, bytes) in cases {
         let (code, closed) = raw(port, bytes);
         assert_eq!(code, 400, "{what}");

@@ -256,6 +256,15 @@ impl Conn {
                 }
             }
         }
+        // Go accepts raw bytes >= 0x80 in the request target; httparse does
+        // not. Percent-encode them in place (they are decoded again with the
+        // path), a slow path only such requests take.
+        if matches!(
+            parse_head(&self.buf[self.start..self.end]),
+            Err(HeadError::Bad(_))
+        ) {
+            self.escape_high_bytes_in_target();
+        }
         let avail = &self.buf[self.start..self.end];
         let head = match parse_head(avail) {
             Ok(Some(h)) => h,
@@ -269,6 +278,11 @@ impl Conn {
             }
             Err(HeadError::TooLarge) => {
                 return self.refuse(svc, pending, 431, "too many headers").await
+            }
+            Err(HeadError::Unsupported) => {
+                return self
+                    .refuse(svc, pending, 501, "unsupported transfer encoding")
+                    .await
             }
             Err(HeadError::Bad(why)) => return self.refuse(svc, pending, 400, why).await,
         };
@@ -316,6 +330,7 @@ impl Conn {
                             .await
                     }
                     Err(HeadError::Bad(why)) => return self.refuse(svc, pending, 400, why).await,
+                    Err(HeadError::Unsupported) => unreachable!("chunk decoding"),
                 }
             }
         };
@@ -373,6 +388,44 @@ impl Conn {
             return Ok(Some(Step::Close));
         }
         Ok(Some(step))
+    }
+
+    /// Percent-encode bytes >= 0x80 in the request line's target.
+    fn escape_high_bytes_in_target(&mut self) {
+        let line_end = match self.buf[self.start..self.end]
+            .iter()
+            .position(|&b| b == b'\n')
+        {
+            Some(i) => self.start + i,
+            None => return,
+        };
+        let line = &self.buf[self.start..line_end];
+        let Some(sp1) = line.iter().position(|&b| b == b' ') else {
+            return;
+        };
+        let Some(sp2) = line.iter().rposition(|&b| b == b' ') else {
+            return;
+        };
+        if sp2 <= sp1 || !line[sp1..sp2].iter().any(|&b| b >= 0x80) {
+            return;
+        }
+        let (t0, t1) = (self.start + sp1 + 1, self.start + sp2);
+        let mut target = Vec::with_capacity((t1 - t0) * 3);
+        for &b in &self.buf[t0..t1] {
+            if b >= 0x80 {
+                target.extend_from_slice(format!("%{b:02X}").as_bytes());
+            } else {
+                target.push(b);
+            }
+        }
+        let grow = target.len() - (t1 - t0);
+        let mut rest = self.buf[t1..self.end].to_vec();
+        self.buf.truncate(t0);
+        self.buf.extend_from_slice(&target);
+        self.buf.append(&mut rest);
+        self.end += grow;
+        let len = self.buf.len().max(16 << 10);
+        self.buf.resize(len, 0);
     }
 
     async fn refuse<S: Service>(

@@ -62,6 +62,8 @@ pub enum HeadError {
     Bad(&'static str),
     /// 431.
     TooLarge,
+    /// 501: a Transfer-Encoding other than chunked (as Go answers).
+    Unsupported,
 }
 
 pub const MAX_HEADERS: usize = 64;
@@ -103,6 +105,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HeadError> {
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
+            if host {
+                return Err(HeadError::Bad("too many Host headers"));
+            }
             host = true;
         } else if name.eq_ignore_ascii_case("content-length") {
             let v =
@@ -119,8 +124,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HeadError> {
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if te_seen || !h.value.eq_ignore_ascii_case(b"chunked") {
-                return Err(HeadError::Bad("unsupported Transfer-Encoding"));
+            if te_seen {
+                return Err(HeadError::Bad("repeated Transfer-Encoding"));
+            }
+            if !h.value.eq_ignore_ascii_case(b"chunked") {
+                return Err(HeadError::Unsupported);
             }
             te_seen = true;
             chunked = true;
