@@ -183,6 +183,11 @@ impl Conn {
             if self.start == self.end {
                 self.start = 0;
                 self.end = 0;
+                // Give back the memory of an unusually large request.
+                if self.buf.len() > 64 << 10 {
+                    self.buf.truncate(16 << 10);
+                    self.buf.shrink_to_fit();
+                }
             } else if self.start > 0 {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;

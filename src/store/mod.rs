@@ -266,6 +266,37 @@ impl Store {
         entries: impl Iterator<Item = (u64, u64, &'d [u8])>,
         out: &mut Vec<(u64, Outcome)>,
     ) -> Result<()> {
+        let index_before = self.index;
+        let dir_id_before = self.next_dir_id;
+        let stats_before = self.stats;
+        let out_before = out.len();
+        match self.apply_txn(entries, out) {
+            Ok(Some(last)) => self.applied = last,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                // The transaction was aborted: leave memory as LMDB has it.
+                self.index = index_before;
+                self.next_dir_id = dir_id_before;
+                self.stats = stats_before;
+                self.pending.clear();
+                out.truncate(out_before);
+                return Err(e);
+            }
+        }
+        for (e, removed) in std::mem::take(&mut self.pending) {
+            self.hub.notify(&e, &removed);
+            self.history.push(e);
+        }
+        Ok(())
+    }
+
+    /// The transaction of [`Store::apply_batch`]: the last (index, term)
+    /// applied, or `None` for an empty batch.
+    fn apply_txn<'d>(
+        &mut self,
+        entries: impl Iterator<Item = (u64, u64, &'d [u8])>,
+        out: &mut Vec<(u64, Outcome)>,
+    ) -> Result<Option<(u64, u64)>> {
         let env = self.env.clone();
         let mut wtxn = env.write_txn()?;
         let index_before = self.index;
@@ -281,13 +312,12 @@ impl Store {
                     "undecodable command at raft index {ri}"
                 )));
             };
-            let outcome = self.apply_one(&mut wtxn, &cmd)?;
-            if let Some(o) = outcome {
+            if let Some(o) = self.apply_one(&mut wtxn, &cmd)? {
                 out.push((ri, o));
             }
         }
         let Some(last) = last else {
-            return Ok(());
+            return Ok(None);
         };
         let mut a = [0u8; 16];
         a[..8].copy_from_slice(&last.0.to_le_bytes());
@@ -302,12 +332,7 @@ impl Store {
                 .put(&mut wtxn, META_DIR_ID, &self.next_dir_id.to_le_bytes())?;
         }
         wtxn.commit()?;
-        self.applied = last;
-        for (e, removed) in std::mem::take(&mut self.pending) {
-            self.hub.notify(&e, &removed);
-            self.history.push(e);
-        }
-        Ok(())
+        Ok(Some(last))
     }
 
     fn apply_one(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Option<Outcome>> {
