@@ -112,7 +112,6 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Pa
             vals.insert(name, v);
         }
     }
-    let mut set_by_flag = std::collections::HashSet::new();
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
@@ -150,7 +149,6 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Pa
         if matches!(kind, Kind::Bool | Kind::IgnoredBool) {
             parse_bool(fname, &v)?;
         }
-        set_by_flag.insert(fname);
         vals.insert(fname, v);
     }
     build(&vals).map(|c| Parsed::Run(Box::new(c)))

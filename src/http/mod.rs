@@ -115,7 +115,7 @@ pub async fn serve<S: Service>(
         open.set(open.get() + 1);
         let (svc, limits, open) = (svc.clone(), limits.clone(), open.clone());
         glommio::spawn_local(async move {
-            Conn::new(stream, &limits).run(&*svc, &limits).await;
+            Conn::new(stream).run(&*svc, &limits).await;
             open.set(open.get() - 1);
         })
         .detach();
@@ -139,7 +139,7 @@ enum Step {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, _limits: &Limits) -> Conn {
+    fn new(stream: TcpStream) -> Conn {
         Conn {
             stream,
             buf: vec![0; 16 << 10],

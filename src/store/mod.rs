@@ -26,7 +26,6 @@ use node::{child_key, expiry_prefix, expiry_time, NodeRec};
 use watch::{EventHistory, WatchHandle, WatcherHub};
 
 use crate::v2::error::*;
-use crate::v2::json::write_str;
 
 /// Expiry times before 2000-01-01 mean "permanent" (etcd's minExpireTime).
 pub const MIN_EXPIRE: i64 = 946_684_800_000_000_000;
@@ -492,7 +491,6 @@ impl Store {
         let mut start = 1;
         let mut kbuf = std::mem::take(&mut self.kbuf);
         let mut vbuf = std::mem::take(&mut self.vbuf);
-        let mut created_dirs = Vec::new();
         while start <= split {
             let end = path[start..]
                 .iter()
@@ -524,7 +522,6 @@ impl Store {
                     };
                     rec.encode(comp, &mut vbuf);
                     self.nodes.put(txn, &kbuf, &vbuf)?;
-                    created_dirs.push(&path[..end]);
                     parent = Meta {
                         dir: true,
                         created: next,
@@ -536,7 +533,6 @@ impl Store {
             }
             start = end + 1;
         }
-        let _ = created_dirs;
         child_key(&mut kbuf, parent.dir_id, name);
         if let Some(v) = self.nodes.get(txn, &kbuf)? {
             let m = decode_meta(v)?;
@@ -1132,9 +1128,4 @@ fn key_field(path: &[u8]) -> &[u8] {
     } else {
         path
     }
-}
-
-/// Write a node key for error causes (used by callers that build causes).
-pub fn write_key(out: &mut Vec<u8>, key: &[u8]) {
-    write_str(out, key);
 }
