@@ -379,13 +379,17 @@ fn real_main() -> i32 {
                 execute(
                     &cli.workload,
                     c,
-                    &sys,
+                    &mut sys,
+                    kind,
+                    &opts,
                     &mut run,
                     i as u64,
                     &client_cpus,
                     &stop,
                 );
-                run.server_rss_bytes = sys.rss_bytes();
+                if run.server_rss_bytes.is_none() {
+                    run.server_rss_bytes = sys.rss_bytes();
+                }
                 sys.stop();
                 if run.has_errors() {
                     exit = exit.max(1);
@@ -529,10 +533,13 @@ impl Drop for Progress {
 }
 
 /// Runs the workload against one ready system and fills `run`.
+#[allow(clippy::too_many_arguments)]
 fn execute(
     cmd: &WorkloadCmd,
     c: &Common,
-    sys: &System,
+    sys: &mut System,
+    kind: &Kind,
+    server_opts: &ServerOpts,
     run: &mut SystemRun,
     index: u64,
     client_cpus: &[usize],
@@ -579,11 +586,12 @@ fn execute(
                 });
                 find_max(
                     &spec,
-                    &addrs,
                     &opts,
                     trial,
                     a.max_instances,
                     sys,
+                    kind,
+                    server_opts,
                     run,
                     &live,
                     stop,
@@ -724,11 +732,12 @@ fn notes_model(spec: &HmSpec, run: &mut SystemRun) {
 #[allow(clippy::too_many_arguments)]
 fn find_max(
     base: &HmSpec,
-    addrs: &[std::net::SocketAddr],
     opts: &hm9000::RunOpts,
     trial_len: Duration,
     max_instances: u64,
-    sys: &System,
+    sys: &mut System,
+    kind: &Kind,
+    server_opts: &ServerOpts,
     run: &mut SystemRun,
     live: &Arc<Live>,
     stop: &Arc<AtomicBool>,
@@ -740,17 +749,32 @@ fn find_max(
     let mut lo: Option<usize> = None; // largest fresh DEA count
     let mut hi: Option<usize> = None; // smallest stale DEA count
     let mut deas = base.deas.min(max_deas);
-    let cpu0 = sys.cpu_seconds();
-    let mut best: Option<hm9000::HmOutcome> = None;
-    let mut last: Option<hm9000::HmOutcome> = None;
+    // (outcome, server CPU seconds and RSS of that trial)
+    type Kept = (hm9000::HmOutcome, Option<f64>, Option<u64>);
+    let mut best: Option<Kept> = None;
+    let mut last: Option<Kept> = None;
     for trial in 0..12u32 {
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        // Every trial starts from a fresh server (the store of earlier trials
+        // would otherwise slow later ones); external targets are reused.
+        if trial > 0 && !matches!(kind, Kind::External(_)) {
+            sys.stop();
+            match servers::start(kind, server_opts) {
+                Ok(fresh) => *sys = fresh,
+                Err(e) => {
+                    run.failure = Some(format!("restart for trial {} failed: {e}", trial + 1));
+                    break;
+                }
+            }
+        }
+        let addrs = &sys.addrs.clone();
+        let mut o = opts.clone();
+        o.host = addrs[0].to_string();
         let mut spec = base.clone();
         spec.deas = deas;
         spec.schema = base.schema + 1 + trial;
-        let mut o = opts.clone();
         o.duration = trial_len;
         let progress = Progress::start(
             format!(
@@ -763,7 +787,10 @@ fn find_max(
             quiet,
         );
         let prepared = hm9000::prepare(&spec, addrs, &o);
+        let cpu0 = sys.cpu_seconds();
         let out = hm9000::run(&spec, addrs, &o, prepared, live, stop);
+        let cpu = sys.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
+        let rss = sys.rss_bytes();
         drop(progress);
         let errors = out.rec.error_count() + out.prefill_failures;
         let fresh = out.freshness.all_fresh && errors == 0;
@@ -785,10 +812,10 @@ fn find_max(
         }
         if fresh {
             lo = Some(lo.map_or(deas, |l| l.max(deas)));
-            best = Some(out);
+            best = Some((out, cpu, rss));
         } else {
             hi = Some(hi.map_or(deas, |h| h.min(deas)));
-            last = Some(out);
+            last = Some((out, cpu, rss));
         }
         deas = match (lo, hi) {
             (Some(l), None) if l >= max_deas => break,
@@ -802,8 +829,10 @@ fn find_max(
     }
     fm.largest_fresh = lo.map(|d| d as u64 * per_dea);
     fm.smallest_stale = hi.map(|d| d as u64 * per_dea);
-    run.server_cpu_s = sys.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
-    if let Some(out) = best.or(last) {
+    // The table shows the largest fresh trial (or the last stale one).
+    if let Some((out, cpu, rss)) = best.or(last) {
+        run.server_cpu_s = cpu;
+        run.server_rss_bytes = rss;
         run.prefill_failures = out.prefill_failures;
         run.summary = Some(out.rec.summary(out.elapsed));
         run.freshness = Some(out.freshness);

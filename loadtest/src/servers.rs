@@ -223,7 +223,11 @@ fn start_processes(kind: &Kind, opts: &ServerOpts) -> Result<System, String> {
             let v = etcd_version(&bin);
             (bin, v)
         }
-        _ => (find_kardia(opts)?, None),
+        _ => {
+            let bin = find_kardia(opts)?;
+            let v = kardia_version(&bin);
+            (bin, v)
+        }
     };
     let dir = tempfile::Builder::new()
         .prefix(&format!("kardia-loadtest-{}-", kind.label()))
@@ -441,6 +445,36 @@ fn etcd_version(bin: &Path) -> Option<String> {
         l.strip_prefix("etcd Version: ")
             .map(|v| v.trim().to_string())
     })
+}
+
+/// `kardia --version` prints `kardia X.Y.Z`. Bounded to 2 s, in case a build
+/// without the flag starts serving instead.
+fn kardia_version(bin: &Path) -> Option<String> {
+    let mut child = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let until = Instant::now() + Duration::from_secs(2);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    };
+    let mut text = String::new();
+    child.stdout.take()?.read_to_string(&mut text).ok()?;
+    let line = text.lines().next()?.trim().to_string();
+    status
+        .success()
+        .then(|| line.strip_prefix("kardia ").unwrap_or(&line).to_string())
 }
 
 /// Looks `name` up on PATH.
