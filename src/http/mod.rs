@@ -75,12 +75,14 @@ pub enum Handled<P, W> {
 pub trait Service: 'static {
     type Pending;
     type Watch;
+    /// One watch event's body bytes.
+    type Event: AsRef<[u8]>;
     /// Handle a request: write the response, or return what to wait for.
     fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) -> Handled<Self::Pending, Self::Watch>;
     /// Write the response of a pending request once it resolves.
     fn complete(&self, p: Self::Pending, out: &mut Vec<u8>) -> impl Future<Output = ()>;
     /// The next event body of a watch; `None` ends the watch.
-    fn next_event(&self, w: &mut Self::Watch) -> impl Future<Output = Option<Rc<[u8]>>>;
+    fn next_event(&self, w: &mut Self::Watch) -> impl Future<Output = Option<Self::Event>>;
     /// Whether the watch keeps streaming after one event.
     fn is_stream(&self, w: &Self::Watch) -> bool;
     /// The client went away: unregister the watch.
@@ -488,9 +490,9 @@ impl Conn {
                 Wake::Data => {}
                 Wake::Event(Some(body)) => {
                     if http11 {
-                        response::chunk(&mut self.out, &body);
+                        response::chunk(&mut self.out, body.as_ref());
                     } else {
-                        self.out.extend_from_slice(&body);
+                        self.out.extend_from_slice(body.as_ref());
                     }
                     if !stream {
                         if http11 {
@@ -517,8 +519,8 @@ impl Conn {
     }
 }
 
-enum Wake {
-    Event(Option<Rc<[u8]>>),
+enum Wake<E> {
+    Event(Option<E>),
     Data,
     Closed,
 }

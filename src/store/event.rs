@@ -5,8 +5,6 @@
 //! event is encoded exactly once. Node rendering helpers ([`NodeJson`]) are
 //! shared with reads.
 
-use std::rc::Rc;
-
 use crate::v2::json::{write_i64, write_str, write_time, write_u64};
 
 /// What happened (etcd's `action` strings).
@@ -52,7 +50,7 @@ pub struct Event {
     /// HTTP 201 (create, or set without prevNode).
     pub created: bool,
     /// `{"action":..,"node":..,"prevNode":..}\n`
-    pub json: Rc<[u8]>,
+    pub json: Vec<u8>,
 }
 
 impl Event {

@@ -189,7 +189,7 @@ impl Store {
                     prev_dir: false,
                     refresh: false,
                     created: false,
-                    json: Rc::from(&b""[..]),
+                    json: Vec::new(),
                 }));
             }
             (3, (0, 0), 1, h)
@@ -924,7 +924,7 @@ impl Store {
             prev_dir,
             refresh,
             created,
-            json: json.into(),
+            json,
         });
         self.pending.push((e.clone(), removed));
         e

@@ -240,7 +240,7 @@ mod tests {
             prev_dir,
             refresh: false,
             created: false,
-            json: Rc::from(&b"{}\n"[..]),
+            json: b"{}\n".to_vec(),
         })
     }
 

@@ -26,6 +26,15 @@ pub struct PendingWrite {
     http11: bool,
 }
 
+/// A watch event as the HTTP layer writes it: the shared event's JSON.
+pub struct EventBody(Rc<Event>);
+
+impl AsRef<[u8]> for EventBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.json
+    }
+}
+
 /// A watch being streamed.
 pub struct Watch {
     key: Box<[u8]>,
@@ -504,11 +513,11 @@ fn start_watch(
 }
 
 /// The next event of a watch; `None` when the watcher was dropped.
-pub async fn next_event(api: &Api, w: &mut Watch) -> Option<Rc<[u8]>> {
+pub async fn next_event(api: &Api, w: &mut Watch) -> Option<EventBody> {
     loop {
         if let Some(e) = w.past.take() {
             w.next_since = e.index + 1;
-            return Some(e.json.clone());
+            return Some(EventBody(e));
         }
         if w.handle.is_none() {
             // A stream that started in history goes on from after that event.
@@ -530,7 +539,7 @@ pub async fn next_event(api: &Api, w: &mut Watch) -> Option<Rc<[u8]>> {
             }
         }
         let h = w.handle.as_ref().expect("registered");
-        return h.rx.recv().await.map(|e| e.json.clone());
+        return h.rx.recv().await.map(EventBody);
     }
 }
 

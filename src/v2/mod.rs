@@ -100,6 +100,7 @@ pub fn method_not_allowed(req: &Request<'_>, allow: &[u8], out: &mut Vec<u8>) {
 impl Service for Api {
     type Pending = keys::PendingWrite;
     type Watch = keys::Watch;
+    type Event = keys::EventBody;
 
     fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) -> Handled<Self::Pending, Self::Watch> {
         // etcd's CORS wrapper answers every OPTIONS before routing.
@@ -135,7 +136,7 @@ impl Service for Api {
         keys::complete(self, p, out).await
     }
 
-    async fn next_event(&self, w: &mut Self::Watch) -> Option<Rc<[u8]>> {
+    async fn next_event(&self, w: &mut Self::Watch) -> Option<Self::Event> {
         keys::next_event(self, w).await
     }
 
