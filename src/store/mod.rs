@@ -399,6 +399,14 @@ impl Store {
         }
     }
 
+    /// [`Store::find`] with the store's own key buffer.
+    fn locate(&mut self, txn: &RoTxn, path: &[u8]) -> Result<std::result::Result<Found, V2Error>> {
+        let mut kbuf = std::mem::take(&mut self.kbuf);
+        let found = self.find(txn, path, &mut kbuf);
+        self.kbuf = kbuf;
+        found
+    }
+
     /// Render `found` non-recursively into `self.prev` (a prevNode).
     fn render_prev(&mut self, txn: &RoTxn, path: &[u8], found: &Found, now: i64) -> Result<()> {
         self.prev.clear();
@@ -426,9 +434,7 @@ impl Store {
     // ---- writes -----------------------------------------------------------
 
     fn set(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
-        let mut kbuf = std::mem::take(&mut self.kbuf);
-        let found = self.find(txn, c.key, &mut kbuf)?;
-        self.kbuf = kbuf;
+        let found = self.locate(txn, c.key)?;
         let found = match found {
             Ok(f) => Some(f),
             Err(e) if e.code == KEY_NOT_FOUND && !c.refresh => None,
@@ -583,25 +589,21 @@ impl Store {
             created: next,
         };
         let created = action == Action::Create || !has_prev;
-        Ok(Ok(self.event(
+        let kind = EventKind {
             action,
-            path,
-            &node,
             has_prev,
-            false,
-            c.refresh,
+            prev_dir: false,
+            refresh: c.refresh,
             created,
-            Vec::new(),
-        )))
+        };
+        Ok(Ok(self.event(kind, &node, Vec::new())))
     }
 
     fn update(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
         if c.key == b"/" {
             return Ok(Err(V2Error::new(ROOT_RONLY, "/", self.index)));
         }
-        let mut kbuf = std::mem::take(&mut self.kbuf);
-        let found = self.find(txn, c.key, &mut kbuf)?;
-        self.kbuf = kbuf;
+        let found = self.locate(txn, c.key)?;
         let f = match found {
             Ok(f) => f,
             Err(e) => return Ok(Err(e)),
@@ -616,9 +618,7 @@ impl Store {
         if c.key == b"/" {
             return Ok(Err(V2Error::new(ROOT_RONLY, "/", self.index)));
         }
-        let mut kbuf = std::mem::take(&mut self.kbuf);
-        let found = self.find(txn, c.key, &mut kbuf)?;
-        self.kbuf = kbuf;
+        let found = self.locate(txn, c.key)?;
         let f = match found {
             Ok(f) => f,
             Err(e) => return Ok(Err(e)),
@@ -711,16 +711,14 @@ impl Store {
             modified: next,
             created: f.meta.created,
         };
-        Ok(Ok(self.event(
+        let kind = EventKind {
             action,
-            c.key,
-            &node,
-            true,
-            false,
-            c.refresh,
-            false,
-            Vec::new(),
-        )))
+            has_prev: true,
+            prev_dir: false,
+            refresh: c.refresh,
+            created: false,
+        };
+        Ok(Ok(self.event(kind, &node, Vec::new())))
     }
 
     fn delete(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
@@ -728,9 +726,7 @@ impl Store {
             return Ok(Err(V2Error::new(ROOT_RONLY, "/", self.index)));
         }
         let dir = c.dir || c.recursive;
-        let mut kbuf = std::mem::take(&mut self.kbuf);
-        let found = self.find(txn, c.key, &mut kbuf)?;
-        self.kbuf = kbuf;
+        let found = self.locate(txn, c.key)?;
         let f = match found {
             Ok(f) => f,
             Err(e) => return Ok(Err(e)),
@@ -747,9 +743,7 @@ impl Store {
     }
 
     fn cad(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
-        let mut kbuf = std::mem::take(&mut self.kbuf);
-        let found = self.find(txn, c.key, &mut kbuf)?;
-        self.kbuf = kbuf;
+        let found = self.locate(txn, c.key)?;
         let f = match found {
             Ok(f) => f,
             Err(e) => return Ok(Err(e)),
@@ -798,9 +792,14 @@ impl Store {
             modified: next,
             created: f.meta.created,
         };
-        Ok(self.event(
-            action, c.key, &node, true, f.meta.dir, false, false, removed,
-        ))
+        let kind = EventKind {
+            action,
+            has_prev: true,
+            prev_dir: f.meta.dir,
+            refresh: false,
+            created: false,
+        };
+        Ok(self.event(kind, &node, removed))
     }
 
     fn has_children(&self, txn: &RoTxn, dir_id: u64) -> Result<bool> {
@@ -859,9 +858,7 @@ impl Store {
             }
             let path = v.to_vec();
             let ek = k.to_vec();
-            let mut kbuf = std::mem::take(&mut self.kbuf);
-            let found = self.find(txn, &path, &mut kbuf)?;
-            self.kbuf = kbuf;
+            let found = self.locate(txn, &path)?;
             match found {
                 Ok(f) if f.meta.expire == Some(t) && ek[8..] == f.lkey[..] => {
                     let mut c = Command::new(Op::Delete, &path, now);
@@ -895,18 +892,15 @@ impl Store {
 
     /// Render the event JSON (`self.prev` holds the prevNode when `has_prev`)
     /// and queue it for history and watchers after commit.
-    #[allow(clippy::too_many_arguments)]
-    fn event(
-        &mut self,
-        action: Action,
-        key: &[u8],
-        node: &NodeJson,
-        has_prev: bool,
-        prev_dir: bool,
-        refresh: bool,
-        created: bool,
-        removed: Vec<Box<[u8]>>,
-    ) -> Rc<Event> {
+    fn event(&mut self, kind: EventKind, node: &NodeJson, removed: RemovedPaths) -> Rc<Event> {
+        let EventKind {
+            action,
+            has_prev,
+            prev_dir,
+            refresh,
+            created,
+        } = kind;
+        let key = node.key;
         let mut json = Vec::with_capacity(64 + node.key.len() * 2 + self.prev.len() * 2);
         json.extend_from_slice(b"{\"action\":\"");
         json.extend_from_slice(action.as_str().as_bytes());
@@ -1096,6 +1090,18 @@ impl Store {
             )),
         }
     }
+}
+
+/// What kind of event [`Store::event`] renders.
+struct EventKind {
+    action: Action,
+    /// `self.prev` holds a prevNode to include.
+    has_prev: bool,
+    /// A delete/expire of a directory (history prefix rule).
+    prev_dir: bool,
+    refresh: bool,
+    /// Answered with 201.
+    created: bool,
 }
 
 /// How a watch begins.

@@ -300,38 +300,27 @@ fn get(
             return write_error(api, req.head.http11, &e, head_only, out);
         }
     };
-    match r {
-        Ok(index) => {
-            let r = success_headers(
-                api,
-                out,
-                req.head.http11,
-                200,
-                index,
-                api.shard.raft_index.get(),
-                api.shard.raft_term.get(),
-            );
-            r.body(&body, head_only);
-        }
+    let index = match r {
+        Ok(index) => index,
         Err(e) if e.code == KEY_NOT_FOUND && is_machines_path(key) => {
             body.clear();
-            let index = machines_listing(api, key, recursive, &mut body);
-            let r = success_headers(
-                api,
-                out,
-                req.head.http11,
-                200,
-                index,
-                api.shard.raft_index.get(),
-                api.shard.raft_term.get(),
-            );
-            r.body(&body, head_only);
+            machines_listing(api, key, recursive, &mut body)
         }
         Err(e) => {
             drop(body);
-            write_error(api, req.head.http11, &e, head_only, out);
+            return write_error(api, req.head.http11, &e, head_only, out);
         }
-    }
+    };
+    let r = success_headers(
+        api,
+        out,
+        req.head.http11,
+        200,
+        index,
+        api.shard.raft_index.get(),
+        api.shard.raft_term.get(),
+    );
+    r.body(&body, head_only);
 }
 
 fn is_machines_path(key: &[u8]) -> bool {
