@@ -288,7 +288,12 @@ async fn handle_ready(
         let m = &shard.metrics;
         let t = Instant::now();
         let bytes = g.wal.sync().await?;
-        Metrics::add(&m.sync_nanos, t.elapsed().as_nanos() as u64);
+        let took = t.elapsed();
+        Metrics::add(&m.sync_nanos, took.as_nanos() as u64);
+        let _ = m
+            .sync_micros
+            .borrow_mut()
+            .record(took.as_micros().max(1) as u64);
         Metrics::add(&m.syncs, 1);
         Metrics::add(&m.synced_entries, entries);
         Metrics::add(&m.wal_bytes, bytes);

@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+use hdrhistogram::Histogram;
 use slab::Slab;
 
 use crate::store::{Outcome, Store};
@@ -61,7 +62,7 @@ pub struct Shard {
 }
 
 /// Counters of the write path, for diagnostics and benchmarks.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Metrics {
     /// fdatasyncs of the WAL.
     pub syncs: Cell<u64>,
@@ -73,6 +74,23 @@ pub struct Metrics {
     pub proposals: Cell<u64>,
     /// WAL bytes written.
     pub wal_bytes: Cell<u64>,
+    /// Duration of each WAL write + fdatasync, in microseconds.
+    pub sync_micros: RefCell<Histogram<u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            syncs: Cell::default(),
+            synced_entries: Cell::default(),
+            sync_nanos: Cell::default(),
+            proposals: Cell::default(),
+            wal_bytes: Cell::default(),
+            sync_micros: RefCell::new(
+                Histogram::new_with_bounds(1, 60_000_000, 2).expect("histogram bounds"),
+            ),
+        }
+    }
 }
 
 impl Metrics {

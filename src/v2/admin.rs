@@ -240,8 +240,11 @@ pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     let store = sh.store.borrow();
     let m = &sh.metrics;
     let nodes = store.node_count().unwrap_or(0);
+    let h = m.sync_micros.borrow();
+    let (p50, p99, max) = (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max());
+    drop(h);
     let body = format!(
-        "{{\"shards\":[{{\"id\":{},\"leader\":{},\"nodes\":{},\"etcdIndex\":{},\"appliedIndex\":{},\"raftIndex\":{},\"raftTerm\":{},\"proposals\":{},\"walSyncs\":{},\"walSyncedEntries\":{},\"walSyncSeconds\":{:.6},\"walBytes\":{},\"watchers\":{},\"failed\":{}}}]}}\n",
+        "{{\"shards\":[{{\"id\":{},\"leader\":{},\"nodes\":{},\"etcdIndex\":{},\"appliedIndex\":{},\"raftIndex\":{},\"raftTerm\":{},\"proposals\":{},\"walSyncs\":{},\"walSyncedEntries\":{},\"walSyncSeconds\":{:.6},\"walBytes\":{},\"walSyncMicros\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"watchers\":{},\"failed\":{}}}]}}\n",
         sh.id,
         sh.is_leader.get(),
         nodes,
@@ -254,6 +257,9 @@ pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
         m.synced_entries.get(),
         m.sync_nanos.get() as f64 / 1e9,
         m.wal_bytes.get(),
+        p50,
+        p99,
+        max,
         store.hub.count(),
         sh.failed.borrow().is_some()
     );
