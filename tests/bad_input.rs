@@ -315,3 +315,47 @@ fn pipelined_requests_are_answered_in_order() {
         }
     }
 }
+
+#[test]
+fn mutated_requests_never_take_the_server_down() {
+    let s = Server::start_with(LIMITS).unwrap();
+    let port = s.client_port;
+    assert_eq!(
+        request(port, "PUT", "/v2/keys/keep", Some("value=safe"), &[])
+            .unwrap()
+            .code(),
+        201
+    );
+    let seed: &[u8] = b"PUT /v2/keys/m%20x?ttl=5&prevExist=false HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\nvalue=1";
+    let alphabet = b"\r\n :%/?&=;\0\x7f\xff0aZ-";
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as usize
+    };
+    for _ in 0..400 {
+        let mut b = seed.to_vec();
+        for _ in 0..1 + next() % 4 {
+            let at = next() % b.len();
+            match next() % 3 {
+                0 => b[at] = alphabet[next() % alphabet.len()],
+                1 => {
+                    b.remove(at);
+                }
+                _ => b.insert(at, alphabet[next() % alphabet.len()]),
+            }
+        }
+        let mut c = Conn::connect(port, Duration::from_secs(2)).unwrap();
+        c.send(&b).unwrap();
+        let _ = c.send(b"\r\n\r\n");
+        // Any answer, or a close; never a hang past the head deadline.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        if let Ok(Some(mut r)) = c.read_head(deadline) {
+            let _ = c.read_body(&mut r, "GET", deadline, BodyLimit::default());
+            assert!(r.code() >= 100, "{:?}", String::from_utf8_lossy(&b));
+        }
+    }
+    assert_alive_and_intact(port);
+}

@@ -419,3 +419,69 @@ mod tests {
         assert_eq!(o, b"/sp%20ace/%C3%A9");
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    //! Random and mutated inputs: the parsers answer or refuse, never panic.
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const SEED: &[u8] = b"PUT /v2/keys/a%20b?ttl=5&prevExist=true HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nvalue\r\n2\r\n=1\r\n0\r\n\r\n";
+
+    #[test]
+    fn mutated_requests_never_panic() {
+        let mut rng = Rng(0x9e3779b97f4a7c15);
+        let alphabet = b"\r\n :%/?&=;\0\x7f\xff0aZ-";
+        let mut body = Vec::new();
+        let mut path = Vec::new();
+        for _ in 0..50_000 {
+            let mut b = SEED.to_vec();
+            for _ in 0..1 + rng.below(6) {
+                if b.is_empty() {
+                    break;
+                }
+                let at = rng.below(b.len());
+                match rng.below(4) {
+                    0 => b[at] = alphabet[rng.below(alphabet.len())],
+                    1 => {
+                        b.remove(at);
+                    }
+                    2 => b.insert(at, alphabet[rng.below(alphabet.len())]),
+                    _ => b.truncate(at),
+                }
+            }
+            if let Ok(Some(h)) = parse_head(&b) {
+                let _ = decode_path(h.raw_path, &mut path);
+                let _ = mux_clean(&path);
+                if h.framing == Framing::Chunked {
+                    let _ = decode_chunked(&b[h.len..], &mut body, 1 << 20);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = Rng(42);
+        let mut body = Vec::new();
+        for _ in 0..20_000 {
+            let n = rng.below(200);
+            let b: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let _ = parse_head(&b);
+            let _ = decode_chunked(&b, &mut body, 64);
+            let _ = clean(&b);
+        }
+    }
+}

@@ -321,3 +321,28 @@ mod tests {
         assert_eq!(parse_u64(b"-1"), Err(Invalid));
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+
+    #[test]
+    fn random_forms_and_content_types_never_panic() {
+        let mut x: u64 = 7;
+        let alphabet = b"%+=&;aZ09\xff\x00 /";
+        let mut f = Form::default();
+        for _ in 0..30_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = (x % 40) as usize;
+            let s: Vec<u8> = (0..n)
+                .map(|i| alphabet[((x >> (i % 50)) as usize + i) % alphabet.len()])
+                .collect();
+            let _ = f.parse(Some(&s), &s);
+            let _ = f.bool(Field::Dir);
+            let _ = f.u64(Field::Ttl);
+            let _ = media_type(&s);
+        }
+    }
+}
