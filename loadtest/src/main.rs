@@ -111,7 +111,7 @@ struct Common {
     /// Print the results as JSON on stdout (no table).
     #[arg(long, global = true)]
     json: bool,
-    /// Report file (SVG). Default: loadtest-reports/<workload>-<unix time>.svg
+    /// Report file (SVG). Default: <target dir>/loadtest-reports/<workload>-<unix time>.svg
     #[arg(long, global = true, value_name = "PATH")]
     report: Option<PathBuf>,
     /// Do not write a report file.
@@ -430,7 +430,9 @@ fn real_main() -> i32 {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            PathBuf::from("loadtest-reports").join(format!("{name}-{unix}.svg"))
+            servers::target_dir()
+                .join("loadtest-reports")
+                .join(format!("{name}-{unix}.svg"))
         });
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             let _ = std::fs::create_dir_all(dir);
