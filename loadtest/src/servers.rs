@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 /// PIDs of every server process alive, for the Ctrl-C handler.
 pub static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Data directories of live systems, removed by the Ctrl-C handler too.
+pub static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Which system to run against.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +128,11 @@ impl System {
             }
         }
         self.null = None;
+        if let Some(dir) = &self._dir {
+            DIRS.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|d| d != dir.path());
+        }
     }
 }
 
@@ -146,13 +153,18 @@ pub fn pin_current_thread(cpus: &[usize]) {
     }
 }
 
-/// Kills every registered server process (Ctrl-C path).
+/// Kills every registered server process and removes the data directories
+/// (the abort path, where destructors do not run).
 pub fn kill_all_children() {
     let pids = CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for p in pids {
+    for p in &pids {
         unsafe {
-            libc::kill(p as libc::pid_t, libc::SIGKILL);
+            libc::kill(*p as libc::pid_t, libc::SIGKILL);
+            libc::waitpid(*p as libc::pid_t, std::ptr::null_mut(), 0);
         }
+    }
+    for d in DIRS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = std::fs::remove_dir_all(d);
     }
 }
 
@@ -316,6 +328,9 @@ fn start_processes(kind: &Kind, opts: &ServerOpts) -> Result<System, String> {
         sys.urls.push(client(i));
         sys.addrs.push(parse_url(&client(i))?);
     }
+    DIRS.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir.path().to_path_buf());
     sys._dir = Some(dir);
     let deadline = Duration::from_secs(if members > 1 { 30 } else { 20 });
     for i in 0..members {
