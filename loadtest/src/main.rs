@@ -724,6 +724,11 @@ fn notes_model(spec: &HmSpec, run: &mut SystemRun) {
         "cold_start": spec.cold_start,
         "concurrency": spec.concurrency,
         "expected_writes_per_s": spec.expected_writes_per_s(),
+        "cold_start_extra_writes_per_s": if spec.cold_start {
+            spec.instances() as f64 / spec.heartbeat.as_secs_f64()
+        } else {
+            0.0
+        },
         "expected_reads_per_s": spec.expected_reads_per_s(),
     }));
 }
