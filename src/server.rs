@@ -139,8 +139,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 heartbeat: cfg.heartbeat,
                 election_ticks: (cfg.election.as_millis() / cfg.heartbeat.as_millis().max(1)).max(2)
                     as usize,
-                checkpoint_bytes: 32 << 20,
-                checkpoint_interval: Duration::from_secs(10),
+                checkpoint_interval: Duration::from_secs(2),
             };
             let group = crate::raft::start(&shard, &shard_dir.join("wal"), opts)
                 .await

@@ -30,8 +30,6 @@ pub struct RaftOptions {
     pub member_id: u64,
     pub heartbeat: Duration,
     pub election_ticks: usize,
-    /// Seal and checkpoint when the WAL's open segment passes this size.
-    pub checkpoint_bytes: u64,
     pub checkpoint_interval: Duration,
 }
 
@@ -154,6 +152,7 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     // Filled by the checkpoint task with the applied index it made durable.
     let checkpoint_done: Rc<RefCell<Option<Result<u64, String>>>> = Rc::default();
     let mut checkpointing = false;
+    let mut checkpointed = shard.store.borrow().applied().0;
     let mut sync_in_flight: Option<u64> = None;
     let mut next_expiry: Option<i64> = shard.store.borrow().next_expiry()?;
     let mut results = Vec::new();
@@ -214,10 +213,11 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         }
 
         // Checkpoint: sync LMDB off the executor, then drop covered log.
-        if let Some(done) = checkpoint_done.borrow_mut().take() {
+        let finished = checkpoint_done.borrow_mut().take();
+        if let Some(done) = finished {
             checkpointing = false;
             match done {
-                Ok(durable) => g.wal.release(durable)?,
+                Ok(durable) => g.wal.release(durable).await?,
                 Err(e) => {
                     return Err(Error::Store(crate::store::Error::Corrupt(format!(
                         "checkpoint: {e}"
@@ -225,12 +225,14 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
                 }
             }
         }
-        let due = last_checkpoint.elapsed() >= g.opts.checkpoint_interval
-            || g.wal.current_offset() >= g.opts.checkpoint_bytes;
-        if !checkpointing && due && (g.wal.current_offset() > 0 || g.wal.sealed_segments() > 0) {
+        // Frequent small checkpoints keep each writeback burst short, so
+        // WAL syncs never queue behind a large one. Segments roll only when
+        // full; a checkpoint releases the sealed ones it covers.
+        let applied = shard.store.borrow().applied().0;
+        let due = last_checkpoint.elapsed() >= g.opts.checkpoint_interval && applied > checkpointed;
+        if !checkpointing && due {
             last_checkpoint = Instant::now();
-            g.wal.roll_if(1).await?;
-            let applied = shard.store.borrow().applied().0;
+            checkpointed = applied;
             let env = shard.store.borrow().env().clone();
             let done = checkpoint_done.clone();
             checkpointing = true;

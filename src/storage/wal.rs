@@ -204,22 +204,27 @@ impl Wal {
     /// freshly zero-filled file of `size` bytes.
     async fn create_segment(&mut self, size: u64) -> Result<BufferedFile> {
         let spare = self.dir.join(SPARE);
-        if !self.preparing.get() && spare.exists() {
-            std::fs::rename(&spare, &self.current.path)?;
-        } else {
-            let path = self.current.path.clone();
-            glommio::executor()
-                .spawn_blocking(move || zero_fill(&path, size))
-                .await?;
-        }
-        self.current_size = std::fs::metadata(&self.current.path)?.len();
+        let use_spare = !self.preparing.get() && spare.exists();
+        let (path, dir) = (self.current.path.clone(), self.dir.clone());
+        // File creation and the directory sync are blocking calls: keep them
+        // off the executor.
+        self.current_size = glommio::executor()
+            .spawn_blocking(move || -> std::io::Result<u64> {
+                if use_spare {
+                    std::fs::rename(&spare, &path)?;
+                } else {
+                    zero_fill(&path, size)?;
+                }
+                // Make the new file's directory entry durable.
+                std::fs::File::open(&dir)?.sync_all()?;
+                Ok(std::fs::metadata(&path)?.len())
+            })
+            .await?;
         let f = glommio::io::OpenOptions::new()
             .read(true)
             .write(true)
             .buffered_open(&self.current.path)
             .await?;
-        // Make the new file's directory entry durable.
-        std::fs::File::open(&self.dir)?.sync_all()?;
         Ok(f)
     }
 
@@ -337,45 +342,40 @@ impl Wal {
         Ok(())
     }
 
-    /// Bytes of log kept on disk beyond the current segment's start.
-    pub fn sealed_segments(&self) -> usize {
-        self.sealed.len()
-    }
-
-    pub fn current_offset(&self) -> u64 {
-        self.offset
-    }
-
     /// Delete sealed segments whose entries are all at or below
-    /// `durable_applied` (the state machine has them on disk).
-    pub fn release(&mut self, durable_applied: u64) -> Result<()> {
-        let mut keep = Vec::new();
-        let spare = self.dir.join(SPARE);
-        for s in self.sealed.drain(..) {
-            if s.last_index <= durable_applied {
-                // Recycle a full-size segment as the spare; drop the rest.
-                let full = std::fs::metadata(&s.path)
-                    .map(|m| m.len() == self.segment_size)
-                    .unwrap_or(false);
-                if full && !self.preparing.get() && !spare.exists() {
-                    std::fs::rename(&s.path, &spare)?;
-                } else {
-                    std::fs::remove_file(&s.path)?;
-                }
-            } else {
-                keep.push(s);
-            }
-        }
+    /// `durable_applied` (the state machine has them on disk). One full-size
+    /// segment is kept as the next spare instead, so a rotation rarely has
+    /// to zero-fill a new file. File operations run off the executor.
+    pub async fn release(&mut self, durable_applied: u64) -> Result<()> {
+        let (done, keep): (Vec<Segment>, Vec<Segment>) = self
+            .sealed
+            .drain(..)
+            .partition(|s| s.last_index <= durable_applied);
         self.sealed = keep;
-        Ok(())
-    }
-
-    /// Seal the current segment now (so it can be released after the next
-    /// checkpoint) if it holds at least `min_bytes`.
-    pub async fn roll_if(&mut self, min_bytes: u64) -> Result<()> {
-        if self.offset >= min_bytes {
-            self.rotate().await?;
+        if done.is_empty() {
+            return Ok(());
         }
+        let spare = self.dir.join(SPARE);
+        let may_recycle = !self.preparing.get();
+        let full_size = self.segment_size;
+        let paths: Vec<PathBuf> = done.into_iter().map(|s| s.path).collect();
+        glommio::executor()
+            .spawn_blocking(move || -> std::io::Result<()> {
+                let mut recycle = may_recycle && !spare.exists();
+                for p in paths {
+                    let full = std::fs::metadata(&p)
+                        .map(|m| m.len() == full_size)
+                        .unwrap_or(false);
+                    if recycle && full {
+                        std::fs::rename(&p, &spare)?;
+                        recycle = false;
+                    } else {
+                        std::fs::remove_file(&p)?;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
 }
