@@ -27,6 +27,9 @@ use watch::{EventHistory, WatchHandle, WatcherHub};
 
 use crate::v2::error::*;
 
+/// Most nodes one SYNC entry expires.
+pub const MAX_EXPIRE_PER_SYNC: usize = 10_000;
+
 /// Expiry times before 2000-01-01 mean "permanent" (etcd's minExpireTime).
 pub const MIN_EXPIRE: i64 = 946_684_800_000_000_000;
 
@@ -848,7 +851,10 @@ impl Store {
     /// Expire every node whose time is at or before `now` (etcd's
     /// DeleteExpiredKeys driven by a SYNC entry): one event and one index each.
     fn expire_until(&mut self, txn: &mut RwTxn, now: i64) -> Result<()> {
-        loop {
+        // Bounded per entry, so a backlog (say, after a long downtime) is
+        // expired over several small batches instead of one huge one; the
+        // leader proposes the next SYNC at once while keys are still due.
+        for _ in 0..MAX_EXPIRE_PER_SYNC {
             let Some((k, v)) = self.expiry.first(txn)? else {
                 return Ok(());
             };
@@ -872,6 +878,7 @@ impl Store {
                 }
             }
         }
+        Ok(())
     }
 
     fn put_expiry(&mut self, txn: &mut RwTxn, t: i64, lkey: &[u8], path: &[u8]) -> Result<()> {
