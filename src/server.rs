@@ -139,7 +139,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 heartbeat: cfg.heartbeat,
                 election_ticks: (cfg.election.as_millis() / cfg.heartbeat.as_millis().max(1)).max(2)
                     as usize,
-                checkpoint_interval: Duration::from_secs(2),
+                checkpoint_interval: cfg.checkpoint_interval,
+                segment_bytes: cfg.wal_segment_bytes,
             };
             let group = crate::raft::start(&shard, &shard_dir.join("wal"), opts)
                 .await

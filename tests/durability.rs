@@ -41,7 +41,29 @@ type Acked = Arc<Mutex<Vec<(String, String, u64)>>>;
 
 #[test]
 fn acknowledged_writes_survive_sigkill_under_load() {
-    let mut server = Server::start().expect("start kardia");
+    sigkill_rounds(Server::start().expect("start kardia"));
+}
+
+/// The same with 64 KiB WAL segments: segments roll, checkpoints release and
+/// recycle them, all while the server is being killed.
+#[test]
+fn acknowledged_writes_survive_sigkill_across_wal_rotations() {
+    let server = sigkill_rounds(
+        Server::start_with(&["--wal-segment-bytes", "65536"]).expect("start kardia"),
+    );
+    // Segments are named by sequence: check that several were used.
+    let highest = std::fs::read_dir(server.data_dir().join("shard-0/wal"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            u64::from_str_radix(name.strip_suffix(".wal")?, 16).ok()
+        })
+        .max()
+        .unwrap();
+    assert!(highest >= 8, "only {highest} WAL segments were used");
+}
+
+fn sigkill_rounds(mut server: Server) -> Server {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -154,6 +176,7 @@ fn acknowledged_writes_survive_sigkill_under_load() {
             acked.len()
         );
     }
+    server
 }
 
 #[test]

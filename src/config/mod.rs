@@ -29,6 +29,10 @@ pub struct Config {
     pub shards: usize,
     pub history: usize,
     pub map_size: usize,
+    /// How often the store is synced to disk (and the WAL it covers freed).
+    pub checkpoint_interval: Duration,
+    /// Size of a WAL segment (each filled segment triggers a checkpoint).
+    pub wal_segment_bytes: u64,
     pub limits: Limits,
     pub log_level: String,
     pub force_new_cluster: bool,
@@ -75,6 +79,8 @@ const FLAGS: &[(&str, Kind)] = &[
     ("header-timeout", Kind::Str),
     ("idle-timeout", Kind::Str),
     ("map-size", Kind::Str),
+    ("checkpoint-interval", Kind::Str),
+    ("wal-segment-bytes", Kind::Str),
     ("log-level", Kind::Str),
     // etcd flags kardia accepts and ignores.
     ("snapshot-count", Kind::IgnoredStr),
@@ -346,6 +352,11 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         shards,
         history: num(vals, "history-size", 1000)?,
         map_size: num::<usize>(vals, "map-size", 64 << 30)?,
+        wal_segment_bytes: num(vals, "wal-segment-bytes", crate::storage::wal::SEGMENT_SIZE)?
+            .max(64 << 10),
+        checkpoint_interval: Duration::from_millis(
+            num(vals, "checkpoint-interval", 60_000u64)?.max(10),
+        ),
         limits,
         log_level: get("log-level").unwrap_or("info").to_string(),
         force_new_cluster: force,
@@ -377,6 +388,9 @@ usage: kardia [flags]      (flags take one or two dashes; each is also ETCD_<NAM
   --header-timeout MS               a request head must arrive within this (default 10000)
   --idle-timeout MS                 idle keep-alive connections close after this (default 300000)
   --map-size BYTES                  LMDB map size per shard (default 64 GiB, sparse)
+  --checkpoint-interval MS          sync the store to disk at least this often (default 60000;
+                                    also whenever a WAL segment fills)
+  --wal-segment-bytes N             WAL segment size (default 67108864)
   --log-level LEVEL                 error|warn|info|debug (default info)
 
 0.4-era flags: -name -data-dir -addr -bind-addr -peer-addr -peer-bind-addr -peers -f/-force

@@ -20,7 +20,7 @@ use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole, Storage};
 
 use crate::shard::{Metrics, Reply, Shard};
-use crate::storage::wal::{Wal, SEGMENT_SIZE};
+use crate::storage::wal::Wal;
 use crate::store::{Command, Op};
 use crate::v2::error::{V2Error, RAFT_INTERNAL};
 
@@ -31,6 +31,8 @@ pub struct RaftOptions {
     pub heartbeat: Duration,
     pub election_ticks: usize,
     pub checkpoint_interval: Duration,
+    /// Size of a WAL segment.
+    pub segment_bytes: u64,
 }
 
 /// Fatal errors of the loop.
@@ -132,7 +134,7 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
     if node.raft.prs().conf().voters().ids().len() == 1 {
         node.campaign()?;
     }
-    let wal = Wal::open(wal_dir, segments, SEGMENT_SIZE).await?;
+    let wal = Wal::open(wal_dir, segments, opts.segment_bytes).await?;
     Ok(Group { node, wal, opts })
 }
 
@@ -225,11 +227,14 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
                 }
             }
         }
-        // Frequent small checkpoints keep each writeback burst short, so
-        // WAL syncs never queue behind a large one. Segments roll only when
-        // full; a checkpoint releases the sealed ones it covers.
+        // Checkpoint when a WAL segment has filled (to free it) or, with
+        // progress, after the interval. Each checkpoint's writeback delays
+        // the WAL syncs around it, so they are kept rare: about once per
+        // 64 MiB of log. Segments roll only when full.
         let applied = shard.store.borrow().applied().0;
-        let due = last_checkpoint.elapsed() >= g.opts.checkpoint_interval && applied > checkpointed;
+        let due = applied > checkpointed
+            && (g.wal.sealed_segments() > 0
+                || last_checkpoint.elapsed() >= g.opts.checkpoint_interval);
         if !checkpointing && due {
             last_checkpoint = Instant::now();
             checkpointed = applied;
