@@ -250,15 +250,19 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
                 *done.borrow_mut() = Some(r);
             })
             .detach();
-            // Keep the in-memory log short too.
-            let store = g.node.mut_store();
-            let first = store.first_index()?;
-            if applied > first {
-                store.wl().compact(applied)?;
-            }
+        }
+        // Applied entries need not stay in memory (a one-member group has no
+        // follower to send them to): drop them in small steps, so memory
+        // stays flat and no single compaction frees a huge log at once.
+        let store = g.node.mut_store();
+        if applied >= store.first_index()? + COMPACT_EVERY {
+            store.wl().compact(applied)?;
         }
     }
 }
+
+/// Compact the in-memory raft log once this many applied entries pile up.
+const COMPACT_EVERY: u64 = 1024;
 
 /// One `Ready`, in the order raft-rs documents.
 async fn handle_ready(

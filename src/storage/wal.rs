@@ -203,8 +203,10 @@ impl Wal {
     /// (no blocking work on the write path), else a freshly zero-filled file
     /// of `size` bytes.
     async fn create_segment(&mut self, size: u64) -> Result<BufferedFile> {
-        let ready = !self.preparing.get() && self.current.path.exists();
-        if !ready {
+        // The file may be the one being prepared right now: never fill it
+        // twice (the second rename would orphan the file opened first).
+        self.settle().await;
+        if !self.current.path.exists() {
             let (path, dir) = (self.current.path.clone(), self.dir.clone());
             // File creation and the directory sync are blocking calls: keep
             // them off the executor.
