@@ -25,7 +25,7 @@ use raft::eraftpb::{Entry, EntryType, HardState};
 pub const SEGMENT_SIZE: u64 = 64 << 20;
 /// The first segment after a start is small, so starting stays fast; later
 /// ones are prepared in the background at full size.
-pub const FIRST_SEGMENT_SIZE: u64 = 4 << 20;
+pub const FIRST_SEGMENT_SIZE: u64 = 16 << 20;
 
 const REC_ENTRY: u8 = 1;
 const REC_HARD_STATE: u8 = 2;
@@ -212,7 +212,7 @@ impl Wal {
             // them off the executor.
             glommio::executor()
                 .spawn_blocking(move || -> std::io::Result<()> {
-                    zero_fill(&path, size)?;
+                    zero_fill(&path, size, None)?;
                     std::fs::File::open(&dir)?.sync_all()
                 })
                 .await?;
@@ -258,7 +258,7 @@ impl Wal {
                 .spawn_blocking(move || -> std::io::Result<()> {
                     match recycle {
                         Some(old) => std::fs::rename(&old, &next)?,
-                        None => zero_fill(&next, size)?,
+                        None => zero_fill(&next, size, Some(std::time::Duration::from_millis(10)))?,
                     }
                     std::fs::File::open(&dir)?.sync_all()
                 })
@@ -416,8 +416,10 @@ fn crc_of(seq: u64, payload: &[u8]) -> u32 {
 }
 
 /// Create `path` as `size` bytes of zeros, durably (blocking; run it on a
-/// blocking thread).
-fn zero_fill(path: &Path, size: u64) -> std::io::Result<()> {
+/// blocking thread). With `pace`, it writes and syncs 1 MiB at a time with a
+/// pause in between, so preparing a segment in the background never floods
+/// the device queue that the WAL's own syncs wait in.
+fn zero_fill(path: &Path, size: u64, pace: Option<std::time::Duration>) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
@@ -427,6 +429,10 @@ fn zero_fill(path: &Path, size: u64) -> std::io::Result<()> {
         let n = left.min(zeros.len() as u64) as usize;
         f.write_all(&zeros[..n])?;
         left -= n as u64;
+        if let Some(p) = pace {
+            f.sync_data()?;
+            std::thread::sleep(p);
+        }
     }
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
