@@ -11,6 +11,7 @@ use common::Server;
 
 fn have(cmd: &str, args: &[&str]) -> bool {
     Command::new(cmd)
+        .env("ETCDCTL_API", "2")
         .args(args)
         .output()
         .is_ok_and(|o| o.status.success())
