@@ -35,6 +35,12 @@ fn raw(port: u16, bytes: &[u8]) -> (u16, bool) {
     )
 }
 
+/// Store the key `assert_alive_and_intact` checks at the end.
+fn put_keep(port: u16) {
+    let r = request(port, "PUT", "/v2/keys/keep", Some("value=safe"), &[]).unwrap();
+    assert_eq!(r.code(), 201, "{}", r.body_str());
+}
+
 fn assert_alive_and_intact(port: u16) {
     let r = request(port, "GET", "/v2/keys/keep", None, &[]).unwrap();
     assert_eq!(r.code(), 200, "server lost data or died: {}", r.body_str());
@@ -49,12 +55,7 @@ fn assert_alive_and_intact(port: u16) {
 fn malformed_requests_get_400_and_close() {
     let s = Server::start_with(LIMITS).unwrap();
     let port = s.client_port;
-    assert_eq!(
-        request(port, "PUT", "/v2/keys/keep", Some("value=safe"), &[])
-            .unwrap()
-            .code(),
-        201
-    );
+    put_keep(port);
     let cases: &[(&str, &[u8])] = &[
         ("bad request line", b"GE T /v2/keys/keep HTTP/1.1\r\nHost: x\r\n\r\n"),
         ("bad version", b"GET /v2/keys/keep HTTP/9.9\r\nHost: x\r\n\r\n"),
@@ -93,12 +94,7 @@ fn malformed_requests_get_400_and_close() {
 fn oversized_requests_get_431_or_413_without_reading_the_body() {
     let s = Server::start_with(LIMITS).unwrap();
     let port = s.client_port;
-    assert_eq!(
-        request(port, "PUT", "/v2/keys/keep", Some("value=safe"), &[])
-            .unwrap()
-            .code(),
-        201
-    );
+    put_keep(port);
     // A head over --max-header-bytes.
     let mut big = b"GET /v2/keys/keep HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
     big.extend(std::iter::repeat_n(b'a', 20_000));
@@ -132,12 +128,7 @@ fn oversized_requests_get_431_or_413_without_reading_the_body() {
 fn a_slow_client_is_cut_off_at_the_head_deadline() {
     let s = Server::start_with(LIMITS).unwrap();
     let port = s.client_port;
-    assert_eq!(
-        request(port, "PUT", "/v2/keys/keep", Some("value=safe"), &[])
-            .unwrap()
-            .code(),
-        201
-    );
+    put_keep(port);
     // Several slowloris connections, each sending a byte now and then.
     let mut slow: Vec<Conn> = (0..5)
         .map(|_| Conn::connect(port, Duration::from_secs(2)).unwrap())
@@ -182,12 +173,7 @@ fn a_slow_client_is_cut_off_at_the_head_deadline() {
 fn connections_over_the_cap_are_refused_and_the_rest_keep_working() {
     let s = Server::start_with(LIMITS).unwrap();
     let port = s.client_port;
-    assert_eq!(
-        request(port, "PUT", "/v2/keys/keep", Some("value=safe"), &[])
-            .unwrap()
-            .code(),
-        201
-    );
+    put_keep(port);
     let mut held: Vec<Conn> = Vec::new();
     for _ in 0..16 {
         let mut c = Conn::connect(port, Duration::from_secs(2)).unwrap();
@@ -320,12 +306,7 @@ fn pipelined_requests_are_answered_in_order() {
 fn mutated_requests_never_take_the_server_down() {
     let s = Server::start_with(LIMITS).unwrap();
     let port = s.client_port;
-    assert_eq!(
-        request(port, "PUT", "/v2/keys/keep", Some("value=safe"), &[])
-            .unwrap()
-            .code(),
-        201
-    );
+    put_keep(port);
     let seed: &[u8] = b"PUT /v2/keys/m%20x?ttl=5&prevExist=false HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\nvalue=1";
     let alphabet = b"\r\n :%/?&=;\0\x7f\xff0aZ-";
     let mut x: u64 = 0x2545F4914F6CDD1D;

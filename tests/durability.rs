@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{request, Server};
+use common::{json_u64, request, Server};
 
 /// A tiny deterministic PRNG (xorshift64*), seeded per run.
 struct Rng(u64);
@@ -25,15 +25,6 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545F4914F6CDD1D)
     }
-}
-
-fn json_u64(body: &str, field: &str) -> Option<u64> {
-    let at = body.find(&format!("\"{field}\":"))? + field.len() + 3;
-    let digits: String = body[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
 }
 
 /// (key, value, acknowledged modifiedIndex)

@@ -9,16 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{build_request, request, BodyLimit, Conn, Server};
-
-fn json_u64(body: &str, field: &str) -> Option<u64> {
-    let at = body.find(&format!("\"{field}\":"))? + field.len() + 3;
-    let digits: String = body[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
-}
+use common::{build_request, json_u64, request, BodyLimit, Conn, Server};
 
 fn json_key(line: &str) -> String {
     let at = line.find("\"key\":\"").unwrap() + 7;

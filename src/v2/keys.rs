@@ -273,6 +273,17 @@ fn success_headers<'o>(
     r
 }
 
+/// 200 headers of a read or watch: the raft position is the current one.
+fn read_headers<'o>(
+    api: &Api,
+    out: &'o mut Vec<u8>,
+    http11: bool,
+    etcd_index: u64,
+) -> Response<'o> {
+    let (ri, rt) = (api.shard.raft_index.get(), api.shard.raft_term.get());
+    success_headers(api, out, http11, 200, etcd_index, ri, rt)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn get(
     api: &Api,
@@ -311,15 +322,7 @@ fn get(
             return write_error(api, req.head.http11, &e, head_only, out);
         }
     };
-    let r = success_headers(
-        api,
-        out,
-        req.head.http11,
-        200,
-        index,
-        api.shard.raft_index.get(),
-        api.shard.raft_term.get(),
-    );
+    let r = read_headers(api, out, req.head.http11, index);
     r.body(&body, head_only);
 }
 
@@ -473,15 +476,7 @@ fn start_watch(
             return Handled::Done;
         }
     };
-    let r = success_headers(
-        api,
-        out,
-        req.head.http11,
-        200,
-        index,
-        api.shard.raft_index.get(),
-        api.shard.raft_term.get(),
-    );
+    let r = read_headers(api, out, req.head.http11, index);
     if req.head.http11 {
         r.chunked();
     } else {

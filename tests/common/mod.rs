@@ -140,6 +140,16 @@ impl Drop for Server {
     }
 }
 
+/// The unsigned number after `"field":` in a JSON body, if any.
+pub fn json_u64(body: &str, field: &str) -> Option<u64> {
+    let at = body.find(&format!("\"{field}\":"))? + field.len() + 3;
+    let digits: String = body[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
