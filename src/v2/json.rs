@@ -7,8 +7,79 @@
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Bytes the fast path of [`write_str`] must look at: controls, `"`, `\\`,
+/// Go's HTML-escaped `<>&`, and 0xE2 (the lead byte of U+2028/U+2029).
+static SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[b'&' as usize] = true;
+    t[0xE2] = true;
+    t
+};
+
 /// Append `s` as a JSON string literal, escaped the way Go 1.19 does.
+/// Valid UTF-8 (the common case) takes a table-driven scan that copies runs
+/// of plain bytes at once; anything else takes the general path.
 pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
+    if std::str::from_utf8(s).is_err() {
+        return write_str_slow(out, s);
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < s.len() {
+        let b = s[i];
+        if !SPECIAL[b as usize] {
+            i += 1;
+            continue;
+        }
+        if b == 0xE2 {
+            // Only U+2028 / U+2029 (E2 80 A8 / E2 80 A9) are escaped.
+            if s.get(i + 1) == Some(&0x80) && matches!(s.get(i + 2), Some(0xA8 | 0xA9)) {
+                out.extend_from_slice(&s[start..i]);
+                out.extend_from_slice(if s[i + 2] == 0xA8 {
+                    b"\\u2028"
+                } else {
+                    b"\\u2029"
+                });
+                i += 3;
+                start = i;
+            } else {
+                i += 1;
+            }
+            continue;
+        }
+        out.extend_from_slice(&s[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => {
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(b >> 4) as usize]);
+                out.push(HEX[(b & 0xf) as usize]);
+            }
+        }
+        i += 1;
+        start = i;
+    }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'"');
+}
+
+/// The general path: also replaces invalid UTF-8 with `\ufffd`.
+fn write_str_slow(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
     let mut start = 0;
     let mut i = 0;
@@ -165,6 +236,39 @@ mod tests {
         assert_eq!(s(b"\x01\x7f"), "\"\\u0001\x7f\"");
         assert_eq!(s(b"\xff/x"), r#""\ufffd/x""#);
         assert_eq!(s("\u{2028}".as_bytes()), r#""\u2028""#);
+    }
+
+    #[test]
+    fn fast_path_matches_the_general_one() {
+        let alphabet: &[&[u8]] = &[
+            b"a",
+            b"<",
+            b"&",
+            b"\"",
+            b"\\",
+            b"\n",
+            b"\x01",
+            "é".as_bytes(),
+            "\u{2028}".as_bytes(),
+            "\u{2029}".as_bytes(),
+            "\u{2030}".as_bytes(),
+            "\u{20ac}".as_bytes(),
+            b"/",
+        ];
+        let mut x: u64 = 99;
+        for _ in 0..5000 {
+            let mut v = Vec::new();
+            for _ in 0..(x % 12) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                v.extend_from_slice(alphabet[(x % alphabet.len() as u64) as usize]);
+            }
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            write_str(&mut a, &v);
+            write_str_slow(&mut b, &v);
+            assert_eq!(a, b, "{:?}", String::from_utf8_lossy(&v));
+        }
     }
 
     #[test]
