@@ -678,7 +678,7 @@ impl Store {
         {
             let v = self.nodes.get(txn, &f.lkey)?.ok_or_else(corrupt)?;
             let rec = NodeRec::decode(v).ok_or_else(corrupt)?;
-            let name = rec.name(&f.lkey).to_vec();
+            let name = rec.name(&f.lkey);
             let value = if c.refresh || f.meta.dir {
                 rec.value
             } else {
@@ -692,7 +692,7 @@ impl Store {
                 value: &value_copy,
                 ..rec
             };
-            new.encode(&name, &mut vbuf);
+            new.encode(name, &mut vbuf);
         }
         self.nodes.put(txn, &f.lkey, &vbuf)?;
         self.vbuf = vbuf;

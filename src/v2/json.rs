@@ -7,7 +7,7 @@
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Bytes the fast path of [`write_str`] must look at: controls, `"`, `\\`,
+/// Bytes [`write_valid`] must look at: controls, `"`, `\\`,
 /// Go's HTML-escaped `<>&`, and 0xE2 (the lead byte of U+2028/U+2029).
 static SPECIAL: [bool; 256] = {
     let mut t = [false; 256];
@@ -25,15 +25,24 @@ static SPECIAL: [bool; 256] = {
     t
 };
 
-/// Append `s` as a JSON string literal, escaped the way Go 1.19 does.
-/// Valid UTF-8 (the common case) takes a table-driven scan that copies runs
-/// of plain bytes at once; anything else takes the general path.
+/// Append `s` as a JSON string literal, escaped the way Go 1.19 does: each
+/// valid UTF-8 run is scanned by [`write_valid`]; each byte of an invalid
+/// sequence becomes `\ufffd` (Go decodes invalid bytes one at a time).
 pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
-    if std::str::from_utf8(s).is_err() {
-        return write_str_slow(out, s);
-    }
     out.reserve(s.len() + 2);
     out.push(b'"');
+    for chunk in s.utf8_chunks() {
+        write_valid(out, chunk.valid().as_bytes());
+        for _ in chunk.invalid() {
+            out.extend_from_slice(b"\\ufffd");
+        }
+    }
+    out.push(b'"');
+}
+
+/// Escape valid UTF-8: a table-driven scan that copies runs of plain bytes
+/// at once.
+fn write_valid(out: &mut Vec<u8>, s: &[u8]) {
     let mut start = 0;
     let mut i = 0;
     while i < s.len() {
@@ -75,83 +84,6 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
         start = i;
     }
     out.extend_from_slice(&s[start..]);
-    out.push(b'"');
-}
-
-/// The general path: also replaces invalid UTF-8 with `\ufffd`.
-fn write_str_slow(out: &mut Vec<u8>, s: &[u8]) {
-    out.push(b'"');
-    let mut start = 0;
-    let mut i = 0;
-    while i < s.len() {
-        let b = s[i];
-        if b < 0x80 {
-            let esc: Option<&[u8]> = match b {
-                b'"' => Some(b"\\\""),
-                b'\\' => Some(b"\\\\"),
-                b'\n' => Some(b"\\n"),
-                b'\r' => Some(b"\\r"),
-                b'\t' => Some(b"\\t"),
-                b'<' | b'>' | b'&' | 0..=0x1f => None,
-                _ => {
-                    i += 1;
-                    continue;
-                }
-            };
-            out.extend_from_slice(&s[start..i]);
-            match esc {
-                Some(e) => out.extend_from_slice(e),
-                None => {
-                    out.extend_from_slice(b"\\u00");
-                    out.push(HEX[(b >> 4) as usize]);
-                    out.push(HEX[(b & 0xf) as usize]);
-                }
-            }
-            i += 1;
-            start = i;
-            continue;
-        }
-        // Multi-byte: validate one UTF-8 sequence.
-        match utf8_len(&s[i..]) {
-            Some(n) => {
-                // U+2028 / U+2029 are E2 80 A8 / E2 80 A9.
-                if n == 3 && s[i] == 0xE2 && s[i + 1] == 0x80 && (s[i + 2] & 0xFE) == 0xA8 {
-                    out.extend_from_slice(&s[start..i]);
-                    out.extend_from_slice(if s[i + 2] == 0xA8 {
-                        b"\\u2028"
-                    } else {
-                        b"\\u2029"
-                    });
-                    i += 3;
-                    start = i;
-                } else {
-                    i += n;
-                }
-            }
-            None => {
-                out.extend_from_slice(&s[start..i]);
-                out.extend_from_slice(b"\\ufffd");
-                i += 1;
-                start = i;
-            }
-        }
-    }
-    out.extend_from_slice(&s[start..]);
-    out.push(b'"');
-}
-
-/// Length of the valid UTF-8 sequence at the start of `s`, if it is one.
-fn utf8_len(s: &[u8]) -> Option<usize> {
-    let n = match s[0] {
-        0xC2..=0xDF => 2,
-        0xE0..=0xEF => 3,
-        0xF0..=0xF4 => 4,
-        _ => return None,
-    };
-    if s.len() < n {
-        return None;
-    }
-    std::str::from_utf8(&s[..n]).ok().map(|_| n)
 }
 
 /// Append an unsigned integer.
@@ -239,36 +171,15 @@ mod tests {
     }
 
     #[test]
-    fn fast_path_matches_the_general_one() {
-        let alphabet: &[&[u8]] = &[
-            b"a",
-            b"<",
-            b"&",
-            b"\"",
-            b"\\",
-            b"\n",
-            b"\x01",
-            "é".as_bytes(),
-            "\u{2028}".as_bytes(),
-            "\u{2029}".as_bytes(),
-            "\u{2030}".as_bytes(),
-            "\u{20ac}".as_bytes(),
-            b"/",
-        ];
-        let mut x: u64 = 99;
-        for _ in 0..5000 {
-            let mut v = Vec::new();
-            for _ in 0..(x % 12) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                v.extend_from_slice(alphabet[(x % alphabet.len() as u64) as usize]);
-            }
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            write_str(&mut a, &v);
-            write_str_slow(&mut b, &v);
-            assert_eq!(a, b, "{:?}", String::from_utf8_lossy(&v));
-        }
+    fn invalid_utf8_is_one_replacement_per_byte_like_go() {
+        // Go's encoder decodes an invalid byte as RuneError of size 1.
+        assert_eq!(s(b"\xe2\x80"), r#""\ufffd\ufffd""#);
+        assert_eq!(s(b"\xe2A<"), r#""\ufffdA\u003c""#);
+        assert_eq!(
+            s(b"\xf0\x9f\x98\xe2\x80\xa8"),
+            r#""\ufffd\ufffd\ufffd\u2028""#
+        );
+        assert_eq!(s("\u{20ac}\u{2030}".as_bytes()), "\"\u{20ac}\u{2030}\"");
     }
 
     #[test]
