@@ -10,6 +10,8 @@ use std::cell::Cell;
 use std::net::ToSocketAddrs;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -17,7 +19,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::cluster::{cluster_id, member_id, Cluster, Member};
 use crate::config::Config;
 use crate::raft::RaftOptions;
-use crate::shard::Shard;
+use crate::shard::{Orderer, Shard, Shared};
 use crate::storage::identity::{self, Identity};
 use crate::store::{Options, Store};
 use crate::v2::Api;
@@ -83,7 +85,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     if cfg.force_new_cluster {
         tracing::warn!("-force / --force-new-cluster: a single-member kardia always starts as its own cluster; nothing is wiped");
     }
-    identity::load_or_create(
+    let id = identity::load_or_create(
         &cfg.data_dir,
         &Identity {
             name: cfg.name.clone(),
@@ -92,6 +94,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             shards: cfg.shards,
         },
     )?;
+    let shards = id.shards.max(1);
     // Bind before starting anything, without SO_REUSEPORT, so a port that
     // is already in use (by etcd, or another kardia) is an error, not a
     // silently shared socket.
@@ -116,60 +119,128 @@ pub fn run(cfg: Config) -> Result<(), String> {
         advertise_client_urls = %cfg.advertise_client_urls.join(","),
         "kardia starting"
     );
-    let shard_dir = cfg.data_dir.join("shard-0");
-    let cfg2 = cfg.clone();
-    let handle = LocalExecutorBuilder::new(Placement::Unbound)
-        .name("kardia-shard-0")
-        .io_memory(1 << 20)
-        .spawn(move || async move {
-            let cfg = cfg2;
-            let store = match Store::open(
-                &shard_dir.join("lmdb"),
-                &Options {
-                    map_size: cfg.map_size,
-                    history: cfg.history,
-                },
-            ) {
-                Ok(s) => s,
-                Err(e) => return Err(format!("cannot open store in {}: {e}", shard_dir.display())),
-            };
-            let shard = Rc::new(Shard::new(0, store));
-            let opts = RaftOptions {
-                member_id: me.id,
-                heartbeat: cfg.heartbeat,
-                election_ticks: (cfg.election.as_millis() / cfg.heartbeat.as_millis().max(1)).max(2)
-                    as usize,
-                checkpoint_interval: cfg.checkpoint_interval,
-                segment_bytes: cfg.wal_segment_bytes,
-            };
-            let group = crate::raft::start(&shard, &shard_dir.join("wal"), opts)
-                .await
-                .map_err(|e| format!("cannot recover shard 0 in {}: {e}", shard_dir.display()))?;
-            glommio::spawn_local(crate::raft::run(shard.clone(), group)).detach();
-            let api = Rc::new(Api::new(shard.clone(), Rc::new(cluster)));
-            let limits = Rc::new(cfg.limits.clone());
-            let open = Rc::new(Cell::new(0usize));
-            for fd in fds {
-                // SAFETY: `fd` is a bound, listening socket we own.
-                let l = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                glommio::spawn_local(crate::http::serve(
-                    l,
-                    api.clone(),
-                    limits.clone(),
-                    open.clone(),
-                ))
-                .detach();
-            }
-            tracing::info!(
-                applied = shard.store.borrow().applied().0,
-                index = shard.store.borrow().index(),
-                "kardia ready"
-            );
-            // Serve until killed.
-            loop {
-                glommio::timer::sleep(Duration::from_secs(3600)).await;
-            }
-        })
-        .map_err(|e| format!("cannot start executor: {e}"))?;
-    handle.join().map_err(|e| format!("executor failed: {e}"))?
+    let shared = Arc::new(Shared::new(shards));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut mesh = crate::shard::mesh::build(shards).into_iter();
+    let barrier = Arc::new(Barrier::new(shards));
+    let not_fresh = Arc::new(AtomicBool::new(false));
+    let cluster = Arc::new(cluster);
+    let mut handles = Vec::new();
+    for i in 0..shards {
+        let cfg = cfg.clone();
+        let shared = shared.clone();
+        let mesh = mesh.next().expect("mesh ends");
+        let barrier = barrier.clone();
+        let not_fresh = not_fresh.clone();
+        let cluster = cluster.clone();
+        // Each executor accepts on its own descriptor of the shared sockets.
+        let fds: Vec<i32> = fds.iter().map(|&fd| unsafe { libc::dup(fd) }).collect();
+        let me_id = me.id;
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cores))
+            .name(&format!("kardia-shard-{i}"))
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let r = shard_main(
+                    i, cfg, me_id, shared, mesh, barrier, not_fresh, cluster, fds,
+                )
+                .await;
+                if let Err(e) = &r {
+                    eprintln!("kardia: {e}");
+                    std::process::exit(1);
+                }
+                r
+            })
+            .map_err(|e| format!("cannot start executor: {e}"))?;
+        handles.push(handle);
+    }
+    for fd in fds {
+        unsafe { libc::close(fd) };
+    }
+    for h in handles {
+        h.join().map_err(|e| format!("executor failed: {e}"))??;
+    }
+    Ok(())
+}
+
+/// One executor: recover its shard, wait for the others, then serve.
+#[allow(clippy::too_many_arguments)]
+async fn shard_main(
+    i: usize,
+    cfg: Config,
+    member_id: u64,
+    shared: Arc<Shared>,
+    mesh: crate::shard::mesh::Ends,
+    barrier: Arc<Barrier>,
+    not_fresh: Arc<AtomicBool>,
+    cluster: Arc<Cluster>,
+    fds: Vec<i32>,
+) -> Result<(), String> {
+    let shards = shared.shards;
+    let shard_dir = cfg.data_dir.join(format!("shard-{i}"));
+    let store = Store::open(
+        &shard_dir.join("lmdb"),
+        &Options {
+            map_size: cfg.map_size,
+            history: cfg.history,
+        },
+        crate::store::Placement { shard: i, shards },
+        shared.counter.clone(),
+    )
+    .map_err(|e| format!("cannot open store in {}: {e}", shard_dir.display()))?;
+    if !store.is_fresh() {
+        not_fresh.store(true, Ordering::SeqCst);
+    }
+    let placeholder = Orderer::new(1, 0, false, Arc::new(AtomicU64::new(0)));
+    let shard = Rc::new(Shard::new(store, placeholder, shared.clone()));
+    let opts = RaftOptions {
+        member_id,
+        heartbeat: cfg.heartbeat,
+        election_ticks: (cfg.election.as_millis() / cfg.heartbeat.as_millis().max(1)).max(2)
+            as usize,
+        checkpoint_interval: cfg.checkpoint_interval,
+        segment_bytes: cfg.wal_segment_bytes,
+    };
+    let group = crate::raft::start(&shard, &shard_dir.join("wal"), opts)
+        .await
+        .map_err(|e| format!("cannot recover shard {i} in {}: {e}", shard_dir.display()))?;
+    // Every shard has replayed its log: the counter holds the member's index.
+    blocking_wait(&barrier);
+    let index = shared.counter.load(Ordering::SeqCst);
+    let fresh = !not_fresh.load(Ordering::SeqCst) && index == 3;
+    *shard.orderer.borrow_mut() = Orderer::new(cfg.history, index, fresh, shared.closed.clone());
+    shard.executed.set(shard.store.borrow().index());
+    shard.publish_figures();
+    if shards > 1 {
+        crate::shard::mesh::join(&shard, mesh).await?;
+        if i == 0 {
+            glommio::spawn_local(crate::shard::global::coordinate(shard.clone())).detach();
+        }
+    }
+    glommio::spawn_local(crate::raft::run(shard.clone(), group)).detach();
+    let api = Rc::new(Api::new(shard.clone(), cluster));
+    let limits = Rc::new(cfg.limits.clone());
+    let open = Rc::new(Cell::new(0usize));
+    for fd in fds {
+        // SAFETY: `fd` is a duplicate of a bound, listening socket we own.
+        let l = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+        glommio::spawn_local(crate::http::serve(
+            l,
+            api.clone(),
+            limits.clone(),
+            open.clone(),
+        ))
+        .detach();
+    }
+    if i == 0 {
+        tracing::info!(shards, index, "kardia ready");
+    }
+    // Serve until killed.
+    loop {
+        glommio::timer::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+/// Wait at the start-up barrier (before serving, so blocking is harmless).
+fn blocking_wait(b: &Barrier) {
+    b.wait();
 }

@@ -667,13 +667,13 @@ enum Outcome {
     Error(String),
 }
 
-fn run_scenario(sc: &Scenario, target: &Target) -> Outcome {
+fn run_scenario(sc: &Scenario, target: &Target, shards: usize) -> Outcome {
     match target {
         Target::Kardia => {
             if sc.etcd_only {
                 return Outcome::Skipped;
             }
-            let server = match Server::start() {
+            let server = match Server::start_with(&["--shards", &shards.to_string()]) {
                 Ok(s) => s,
                 Err(e) => return Outcome::Error(format!("could not start kardia: {e}")),
             };
@@ -828,22 +828,40 @@ fn golden_scenarios() {
             .unwrap_or(2usize)
             .max(1),
     };
-    let queue = Mutex::new(files.into_iter().collect::<VecDeque<_>>());
+    // Every scenario at every shard width: the answers must not depend on
+    // how the keyspace is split (KARDIA_GOLDEN_SHARDS=1,4 narrows it).
+    let widths: Vec<usize> = match target {
+        Target::Etcd { .. } => vec![1],
+        Target::Kardia => std::env::var("KARDIA_GOLDEN_SHARDS")
+            .unwrap_or_else(|_| "1,2,4,8".into())
+            .split(',')
+            .filter_map(|w| w.trim().parse().ok())
+            .collect(),
+    };
+    let queue = Mutex::new(
+        files
+            .iter()
+            .flat_map(|f| widths.iter().map(move |&w| (f.clone(), w)))
+            .collect::<VecDeque<_>>(),
+    );
     let results = Mutex::new(Vec::new());
     let started = Instant::now();
     thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| loop {
-                let Some(path) = queue.lock().unwrap().pop_front() else {
+                let Some((path, shards)) = queue.lock().unwrap().pop_front() else {
                     break;
                 };
-                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                let mut name = path.file_name().unwrap().to_string_lossy().into_owned();
+                if matches!(target, Target::Kardia) {
+                    name = format!("{name} [shards={shards}]");
+                }
                 let t0 = Instant::now();
                 let outcome = match std::fs::read_to_string(&path)
                     .map_err(|e| e.to_string())
                     .and_then(|text| parse_scenario(&text))
                 {
-                    Ok(sc) => run_scenario(&sc, &target),
+                    Ok(sc) => run_scenario(&sc, &target, shards),
                     Err(e) => Outcome::Error(format!("bad scenario file: {e}")),
                 };
                 let verdict = match &outcome {

@@ -319,10 +319,11 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
             "flag -election-timeout ({election_ms}) must be at least twice -heartbeat-interval ({heartbeat_ms})"
         ));
     }
-    let shards: usize = num(vals, "shards", 1)?;
-    if shards != 1 {
+    // 0 = automatic: the data dir's count, or one per core for a new one.
+    let shards: usize = num(vals, "shards", 0)?;
+    if shards > 256 {
         return Err(format!(
-            "invalid value {shards} for flag -shards: this build runs one shard"
+            "invalid value {shards} for flag -shards: at most 256 shards per member"
         ));
     }
     let mut limits = Limits::default();
@@ -380,7 +381,8 @@ usage: kardia [flags]      (flags take one or two dashes; each is also ETCD_<NAM
   --heartbeat-interval MS           (default 100)
   --election-timeout MS             (default 1000)
   --enable-v2                       accepted (the v2 API is always on)
-  --shards N                        shards (executors) per member (default 1)
+  --shards N                        shards (executors) per member (default: the data
+                                    dir's count, or one per core for a new data dir)
   --history-size N                  watch event history window (default 1000, as etcd)
   --max-header-bytes N              request head limit, 431 above (default 1048576)
   --max-body-bytes N                request body limit, 413 above (default 10551296)

@@ -10,7 +10,6 @@
 //! through the shard's reply slots.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -19,9 +18,11 @@ use raft::eraftpb::{ConfState, Entry, EntryType, Snapshot};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole, Storage};
 
-use crate::shard::{Metrics, Reply, Shard};
+use crate::shard::global::{self, Job, SubOp, SubResult};
+use crate::shard::{Metrics, Proposal, Reply, Shard, Target};
 use crate::storage::wal::Wal;
-use crate::store::{Command, Op};
+use crate::store::command::push_index;
+use crate::store::{Command, Op, ESCALATE};
 use crate::v2::error::{V2Error, RAFT_INTERNAL};
 
 /// Timing and sizing of a raft group.
@@ -79,20 +80,10 @@ pub struct Group {
 /// Rebuild the raft group of `shard` from its store and the WAL in `wal_dir`.
 pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<Group, Error> {
     let (recovered, segments) = Wal::recover(wal_dir)?;
-    let (applied, applied_term) = shard.store.borrow().applied();
+    let (applied, _) = shard.store.borrow().applied();
     let id = opts.member_id;
-    let storage = if applied > 0 {
-        let s = MemStorage::new();
-        let mut snap = Snapshot::default();
-        snap.mut_metadata().index = applied;
-        snap.mut_metadata().term = applied_term;
-        snap.mut_metadata()
-            .set_conf_state(ConfState::from((vec![id], vec![])));
-        s.wl().apply_snapshot(snap)?;
-        s
-    } else {
-        MemStorage::new_with_conf_state(ConfState::from((vec![id], vec![])))
-    };
+    // Replay the logged entries the store has not applied: each carries the
+    // indexes it took when first executed, so replay repeats them exactly.
     let entries: Vec<Entry> = recovered
         .entries
         .into_iter()
@@ -106,14 +97,39 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
             ))));
         }
     }
-    let last = entries.last().map_or(applied, |e| e.index);
-    storage.wl().append(&entries)?;
+    if !entries.is_empty() {
+        let mut out = Vec::new();
+        shard.store.borrow_mut().apply_batch(
+            entries.iter().map(|e| {
+                let data: &[u8] = if e.get_entry_type() == EntryType::EntryNormal {
+                    &e.data
+                } else {
+                    &[]
+                };
+                (e.index, e.term, data)
+            }),
+            &mut out,
+        )?;
+        let mut events = Vec::new();
+        shard.store.borrow_mut().take_events(&mut events);
+    }
+    let (applied, applied_term) = shard.store.borrow().applied();
+    let storage = MemStorage::new();
+    if applied > 0 {
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = applied;
+        snap.mut_metadata().term = applied_term;
+        snap.mut_metadata()
+            .set_conf_state(ConfState::from((vec![id], vec![])));
+        storage.wl().apply_snapshot(snap)?;
+    } else {
+        storage
+            .wl()
+            .set_conf_state(ConfState::from((vec![id], vec![])));
+    }
     let mut hs = recovered.hard_state.unwrap_or_default();
-    hs.commit = hs.commit.clamp(applied, last);
-    hs.term = hs
-        .term
-        .max(applied_term)
-        .max(entries.last().map_or(0, |e| e.term));
+    hs.commit = applied;
+    hs.term = hs.term.max(applied_term);
     storage.wl().set_hardstate(hs);
     let cfg = Config {
         id,
@@ -133,6 +149,7 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
     // A group whose only voter is this member elects itself at once.
     if node.raft.prs().conf().voters().ids().len() == 1 {
         node.campaign()?;
+        shard.is_leader.set(node.raft.state == StateRole::Leader);
     }
     let wal = Wal::open(wal_dir, segments, opts.segment_bytes).await?;
     Ok(Group { node, wal, opts })
@@ -147,71 +164,78 @@ pub async fn run(shard: Rc<Shard>, mut g: Group) {
 
 async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     let mut proposals = Vec::new();
-    // Raft index of each waiting proposal, in log order.
-    let mut waiting: VecDeque<(u64, usize)> = VecDeque::new();
+    // Executed proposals waiting for their entries to be durable.
+    let mut answers: Vec<(Target, Reply)> = Vec::new();
+    let mut events = Vec::new();
     let mut next_tick = Instant::now() + g.opts.heartbeat;
     let mut last_checkpoint = Instant::now();
     // Filled by the checkpoint task with the applied index it made durable.
     let checkpoint_done: Rc<RefCell<Option<Result<u64, String>>>> = Rc::default();
     let mut checkpointing = false;
     let mut checkpointed = shard.store.borrow().applied().0;
-    let mut sync_in_flight: Option<u64> = None;
     let mut next_expiry: Option<i64> = shard.store.borrow().next_expiry()?;
-    let mut results = Vec::new();
     loop {
         // Wait for proposals, the next tick or the next expiry.
         let now = Instant::now();
         let mut wake = next_tick;
-        if let (Some(t), None) = (next_expiry, sync_in_flight) {
+        if let Some(t) = next_expiry {
             let d = Duration::from_nanos((t - wall_nanos()).max(0) as u64);
             wake = wake.min(now + d);
         }
         if wake > now && !g.node.has_ready() {
             let sleep = glommio::timer::sleep(wake - now);
             futures_lite::future::or(shard.proposals_ready(), sleep).await;
+        } else {
+            // Due work: still let the executor's other tasks (the
+            // coordinator, connections) run between batches.
+            futures_lite::future::yield_now().await;
+        }
+        // Member-wide operations run while every shard is parked here, at
+        // a batch boundary.
+        if shard.global.park_requested() {
+            park_session(shard, g).await?;
+            next_expiry = shard.store.borrow().next_expiry()?;
         }
 
         shard.take_proposals(&mut proposals);
-        Metrics::add(&shard.metrics.proposals, proposals.len() as u64);
-        for p in proposals.drain(..) {
-            match g.node.propose(Vec::new(), p.data) {
-                Ok(()) => {
-                    if let Some(slot) = p.slot {
-                        waiting.push_back((g.node.raft.raft_log.last_index(), slot));
-                    }
-                }
-                Err(e) => {
-                    if let Some(slot) = p.slot {
-                        shard.complete(slot, error_reply(&format!("etcdserver: {e}")));
-                    }
-                }
-            }
-        }
         let now = Instant::now();
         if now >= next_tick {
             g.node.tick();
             next_tick = now + g.opts.heartbeat;
         }
-        // Expiry: the leader proposes one SYNC at a time, stamped with its clock.
-        if let (Some(t), None, true) = (next_expiry, sync_in_flight, shard.is_leader.get()) {
-            let wall = wall_nanos();
-            if t <= wall {
-                let mut data = Vec::with_capacity(40);
-                Command::new(Op::Sync, b"/", wall).encode(&mut data);
-                if g.node.propose(Vec::new(), data).is_ok() {
-                    sync_in_flight = Some(g.node.raft.raft_log.last_index());
+        // Expiry: the leader executes one SYNC per batch, stamped with its clock.
+        let expire_now = match next_expiry {
+            Some(t) if shard.is_leader.get() && t <= wall_nanos() => Some(wall_nanos()),
+            _ => None,
+        };
+        if !proposals.is_empty() || expire_now.is_some() {
+            Metrics::add(&shard.metrics.proposals, proposals.len() as u64);
+            execute(shard, g, &mut proposals, expire_now, &mut answers)?;
+            shard.executed.set(shard.store.borrow().index());
+            next_expiry = shard.store.borrow().next_expiry()?;
+            if expire_now.is_some() && shard.id == 0 && shard.shared.shards > 1 {
+                expire_dirs(shard)?;
+                // A directory expiry in progress is the coordinator's now:
+                // look again shortly rather than spin on it.
+                if !shard.global.expiring.borrow().is_empty() {
+                    let soon = wall_nanos() + 2_000_000;
+                    next_expiry = next_expiry.map(|t| t.max(soon));
                 }
             }
         }
 
-        if g.node.has_ready() {
-            handle_ready(shard, g, &mut waiting, &mut results).await?;
-            if let Some(i) = sync_in_flight {
-                if shard.store.borrow().applied().0 >= i {
-                    sync_in_flight = None;
-                }
+        if g.node.has_ready() || !answers.is_empty() {
+            handle_ready(shard, g).await?;
+            // The batch is durable: deliver its events, then answer.
+            shard.store.borrow_mut().take_events(&mut events);
+            shard.publish(&mut events);
+            shard.publish_figures();
+            let (ri, rt) = (g.node.raft.raft_log.committed, g.node.raft.term);
+            for (target, mut reply) in answers.drain(..) {
+                reply.raft_index = ri;
+                reply.raft_term = rt;
+                shard.answer(target, reply);
             }
-            next_expiry = shard.store.borrow().next_expiry()?;
         }
 
         // Checkpoint: sync LMDB off the executor, then drop covered log.
@@ -264,13 +288,172 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
 /// Compact the in-memory raft log once this many applied entries pile up.
 const COMPACT_EVERY: u64 = 1024;
 
-/// One `Ready`, in the order raft-rs documents.
-async fn handle_ready(
+/// Execute a batch of proposals (and an expiry) in one store transaction,
+/// before their entries are logged: each command takes its member-wide etcd
+/// indexes now, in this shard's log order, and its entry records them, so a
+/// replay repeats them exactly. Successful commands enter the raft log;
+/// failed ones change nothing and are not logged. Every answer waits in
+/// `answers` until the batch is durable.
+fn execute(
     shard: &Rc<Shard>,
     g: &mut Group,
-    waiting: &mut VecDeque<(u64, usize)>,
-    results: &mut Vec<(u64, crate::store::Outcome)>,
+    proposals: &mut Vec<Proposal>,
+    expire_now: Option<i64>,
+    answers: &mut Vec<(Target, Reply)>,
 ) -> Result<(), Error> {
+    if !shard.is_leader.get() {
+        for p in proposals.drain(..) {
+            if let Some(t) = p.target {
+                shard.answer(t, error_reply("etcdserver: no leader"));
+            }
+        }
+        return Ok(());
+    }
+    let node = &mut g.node;
+    let mut escalated = Vec::new();
+    shard.store.borrow_mut().batch(|st, txn| {
+        for p in proposals.drain(..) {
+            let mut data = p.data;
+            let outcome = st.execute(txn, &data)?;
+            match &outcome {
+                Some(Ok(_)) => {
+                    for &i in st.taken() {
+                        push_index(&mut data, i);
+                    }
+                    node.propose(Vec::new(), data).map_err(raft_fatal)?;
+                }
+                Some(Err(e)) if e.code == ESCALATE => {
+                    escalated.push((data, p.target));
+                    continue;
+                }
+                _ => {}
+            }
+            if let (Some(t), Some(outcome)) = (p.target, outcome) {
+                answers.push((
+                    t,
+                    Reply {
+                        outcome,
+                        raft_index: 0,
+                        raft_term: 0,
+                    },
+                ));
+            }
+        }
+        if let Some(now) = expire_now {
+            let mut data = Vec::with_capacity(48);
+            Command::new(Op::Sync, b"/", now).encode(&mut data);
+            st.execute(txn, &data)?;
+            if !st.taken().is_empty() {
+                for &i in st.taken() {
+                    push_index(&mut data, i);
+                }
+                node.propose(Vec::new(), data).map_err(raft_fatal)?;
+            }
+        }
+        let last = node.raft.raft_log.last_index();
+        let term = node.raft.raft_log.term(last).unwrap_or(node.raft.term);
+        Ok(((), Some((last, term))))
+    })?;
+    for (data, target) in escalated {
+        global::submit(shard, Job::Write(data), target);
+    }
+    Ok(())
+}
+
+fn raft_fatal(e: raft::Error) -> crate::store::Error {
+    crate::store::Error::Corrupt(format!("raft: {e}"))
+}
+
+/// Shard 0 of a sharded member turns each due directory TTL into a
+/// member-wide expiry.
+fn expire_dirs(shard: &Rc<Shard>) -> Result<(), Error> {
+    let due = shard.store.borrow().due_dirs(wall_nanos(), 64)?;
+    for dir in due {
+        if shard.global.expiring.borrow().contains(&dir) {
+            continue;
+        }
+        shard.global.expiring.borrow_mut().push(dir.clone());
+        let mut data = Vec::with_capacity(48 + dir.len());
+        Command::new(Op::Sync, &dir, wall_nanos()).encode(&mut data);
+        global::submit(shard, Job::Write(data), None);
+    }
+    Ok(())
+}
+
+/// Parked for a member-wide operation: carry out the coordinator's steps
+/// until it releases the shard. The loop is at a batch boundary: nothing of
+/// this shard is in flight.
+async fn park_session(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
+    global::report_parked(shard);
+    loop {
+        match global::next_subop(shard).await {
+            SubOp::Unpark => {
+                global::set_applying(shard, false);
+                return Ok(());
+            }
+            SubOp::Trial(data) => {
+                let r = shard.store.borrow_mut().trial(&data);
+                match r {
+                    Ok(o) => global::report(shard, SubResult::Outcome(o)),
+                    Err(e) => {
+                        global::report(shard, SubResult::Failed(e.to_string()));
+                        return Err(e.into());
+                    }
+                }
+            }
+            SubOp::Collect { key, now } => {
+                let r = shard.store.borrow().collect_files(&key, now);
+                match r {
+                    Ok(files) => global::report(shard, SubResult::Collected(files)),
+                    Err(e) => {
+                        global::report(shard, SubResult::Failed(e.to_string()));
+                        return Err(e.into());
+                    }
+                }
+            }
+            SubOp::Apply(data) => {
+                global::set_applying(shard, true);
+                let r = apply_global(shard, g, data).await;
+                match r {
+                    Ok(o) => global::report(shard, SubResult::Outcome(o)),
+                    Err(e) => {
+                        global::report(shard, SubResult::Failed(e.to_string()));
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Execute, log and sync one member-wide write on this shard.
+async fn apply_global(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    data: Vec<u8>,
+) -> Result<Option<crate::store::Outcome>, Error> {
+    let node = &mut g.node;
+    let o = shard.store.borrow_mut().batch(|st, txn| {
+        let o = st.execute(txn, &data)?;
+        node.propose(Vec::new(), data.clone()).map_err(raft_fatal)?;
+        let last = node.raft.raft_log.last_index();
+        let term = node.raft.raft_log.term(last).unwrap_or(node.raft.term);
+        Ok((o, Some((last, term))))
+    })?;
+    handle_ready(shard, g).await?;
+    // The coordinator publishes the one merged event.
+    let mut events = Vec::new();
+    shard.store.borrow_mut().take_events(&mut events);
+    shard.executed.set(shard.store.borrow().index());
+    shard.publish_figures();
+    Ok(o)
+}
+
+/// One `Ready`, in the order raft-rs documents.
+async fn handle_ready(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
+    if !g.node.has_ready() {
+        return Ok(());
+    }
     let mut rd = g.node.ready();
     if let Some(ss) = rd.ss() {
         let leader = ss.raft_state == StateRole::Leader;
@@ -283,8 +466,9 @@ async fn handle_ready(
     if !rd.snapshot().is_empty() {
         unimplemented_snapshot()?;
     }
-    // 3. Entries committed earlier.
-    apply(shard, g, rd.take_committed_entries(), waiting, results)?;
+    // 3. Entries committed earlier: the store executed them before they
+    //    were logged (a one-member group commits what it logs).
+    check_applied(shard, &rd.take_committed_entries())?;
     // 4. Persist new entries and hard state: one write, one fdatasync.
     if !rd.entries().is_empty() {
         g.wal.append_entries(rd.entries());
@@ -317,7 +501,7 @@ async fn handle_ready(
         g.node.mut_store().wl().mut_hard_state().set_commit(commit);
     }
     let _ = light.take_messages();
-    apply(shard, g, light.take_committed_entries(), waiting, results)?;
+    check_applied(shard, &light.take_committed_entries())?;
     g.node.advance_apply();
     shard.raft_index.set(g.node.raft.raft_log.committed);
     shard.raft_term.set(g.node.raft.term);
@@ -330,56 +514,20 @@ fn unimplemented_snapshot() -> Result<(), Error> {
     )))
 }
 
-/// Apply committed entries to the store and answer their proposers.
-fn apply(
-    shard: &Rc<Shard>,
-    g: &mut Group,
-    entries: Vec<Entry>,
-    waiting: &mut VecDeque<(u64, usize)>,
-    results: &mut Vec<(u64, crate::store::Outcome)>,
-) -> Result<(), Error> {
-    if entries.is_empty() {
-        return Ok(());
+/// Committed entries must already be in the store (executed before logging).
+fn check_applied(shard: &Shard, entries: &[Entry]) -> Result<(), Error> {
+    // Raft's own empty entries (a new leader's) need no execution.
+    let applied = shard.store.borrow().applied().0;
+    match entries
+        .iter()
+        .find(|e| e.index > applied && !e.data.is_empty())
+    {
+        Some(e) => Err(Error::Store(crate::store::Error::Corrupt(format!(
+            "raft committed entry {} that the store has not executed (applied {applied})",
+            e.index
+        )))),
+        None => Ok(()),
     }
-    let last = entries.last().map_or(0, |e| e.index);
-    results.clear();
-    shard.store.borrow_mut().apply_batch(
-        entries.iter().map(|e| {
-            let data: &[u8] = if e.get_entry_type() == EntryType::EntryNormal {
-                &e.data
-            } else {
-                &[]
-            };
-            (e.index, e.term, data)
-        }),
-        results,
-    )?;
-    let raft_index = g.node.raft.raft_log.committed.max(last);
-    let raft_term = g.node.raft.term;
-    let mut results = results.drain(..).peekable();
-    while let Some(&(idx, slot)) = waiting.front() {
-        if idx > last {
-            break;
-        }
-        waiting.pop_front();
-        // Results are in log order; a proposal without one was dropped.
-        while results.peek().is_some_and(|r| r.0 < idx) {
-            results.next();
-        }
-        let reply = match results.peek() {
-            Some(r) if r.0 == idx => {
-                let (_, outcome) = results.next().unwrap();
-                Reply {
-                    outcome,
-                    raft_index,
-                    raft_term,
-                }
-            }
-            _ => error_reply("etcdserver: request cancelled"),
-        };
-        shard.complete(slot, reply);
-    }
-    Ok(())
 }
 
 fn error_reply(cause: &str) -> Reply {

@@ -1,25 +1,36 @@
 //! A shard: one slice of the keyspace owned by one executor — its store, its
-//! raft group and the queue of proposals waiting to enter that group.
+//! raft group, the queue of proposals waiting to enter that group — plus the
+//! executor's view of the member: its [`Orderer`] (event history and
+//! watchers) and its end of the [`mesh`] to the other executors.
 //!
-//! Request handlers on the same executor call [`Shard::propose`] with an
-//! encoded command and await the [`Reply`]; reads borrow the store directly
-//! (never across an `.await`). The raft loop ([`crate::raft::run`]) drains
-//! the queue into the raft group and completes the replies after apply.
-//! Waiting replies live in a slab, so a write allocates no channel.
+//! Request handlers call [`Shard::propose`] or [`Shard::read`] for the shard
+//! that owns a key ([`crate::store::Placement`]); when that is another
+//! executor the request crosses the mesh and the answer comes back the same
+//! way. Either way the caller awaits an [`Answer`] in a slab slot, so a
+//! request allocates no channel. The raft loop ([`crate::raft::run`])
+//! drains the queue, executes, logs, and answers once the batch is durable.
+
+pub mod global;
+pub mod mesh;
+pub mod orderer;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use hdrhistogram::Histogram;
 use slab::Slab;
 
-use crate::store::{Outcome, Store};
+use crate::store::{Event, Outcome, Placement, Store, ESCALATE, MEMBER_WIDE};
 use crate::v2::error::{V2Error, RAFT_INTERNAL};
+pub use mesh::Msg;
+pub use orderer::Orderer;
 
-/// What a proposer gets back once its entry is applied.
+/// What a proposer gets back once its entry is durable.
 #[derive(Debug)]
 pub struct Reply {
     pub outcome: Outcome,
@@ -27,18 +38,35 @@ pub struct Reply {
     pub raft_term: u64,
 }
 
+/// What a reader gets back: the rendered body and its `X-Etcd-Index`.
+pub type ReadResult = Result<(Vec<u8>, u64), V2Error>;
+
+/// The answer to a request sent to a shard.
+#[derive(Debug)]
+pub enum Answer {
+    Write(Reply),
+    Read(ReadResult),
+}
+
+/// Who waits for an answer: a slot on this executor or on another.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    Local(usize),
+    Remote { from: usize, slot: usize },
+}
+
 enum Slot {
     Waiting(Option<Waker>),
-    Done(Reply),
-    /// The proposer went away; the loop frees the slot on completion.
+    Done(Answer),
+    /// The requester went away; the slot is freed on completion.
     Abandoned,
 }
 
 /// A proposal waiting to enter the raft group.
 pub struct Proposal {
     pub data: Vec<u8>,
-    /// Slab slot of the waiting proposer (`None` for internal proposals).
-    pub slot: Option<usize>,
+    /// Who waits for it (`None` for internal proposals).
+    pub target: Option<Target>,
 }
 
 #[derive(Default)]
@@ -48,11 +76,55 @@ struct Inbox {
     slots: Slab<Slot>,
 }
 
+/// Facts every executor of the member shares (atomics only, no locks).
+pub struct Shared {
+    pub shards: usize,
+    /// The member-wide etcd index counter.
+    pub counter: Arc<AtomicU64>,
+    /// The node-wide closed index (see [`Orderer`]).
+    pub closed: Arc<AtomicU64>,
+    /// Per-shard figures for stats and diagnostics.
+    pub figures: Vec<Figures>,
+}
+
+/// One shard's published figures.
+#[derive(Default)]
+pub struct Figures {
+    pub nodes: AtomicU64,
+    pub index: AtomicU64,
+    pub applied: AtomicU64,
+    pub writes: AtomicU64,
+    pub syncs: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub failed: AtomicU64,
+    pub watchers: AtomicU64,
+    /// `/v2/stats/store` counters, in [`crate::store::Stats`] field order.
+    pub stats: [AtomicU64; 15],
+}
+
+impl Shared {
+    pub fn new(shards: usize) -> Shared {
+        Shared {
+            shards,
+            counter: Arc::new(AtomicU64::new(0)),
+            closed: Arc::new(AtomicU64::new(0)),
+            figures: (0..shards).map(|_| Figures::default()).collect(),
+        }
+    }
+}
+
 /// One shard's state, shared by the executor's tasks.
 pub struct Shard {
     pub id: usize,
+    pub placement: Placement,
     pub store: RefCell<Store>,
     inbox: RefCell<Inbox>,
+    pub orderer: RefCell<Orderer>,
+    pub shared: Arc<Shared>,
+    mesh: RefCell<Option<mesh::Mesh>>,
+    pub global: global::State,
+    /// Highest etcd index this shard has executed (durable or not).
+    pub executed: Cell<u64>,
     pub raft_index: Cell<u64>,
     pub raft_term: Cell<u64>,
     pub is_leader: Cell<bool>,
@@ -100,11 +172,19 @@ impl Metrics {
 }
 
 impl Shard {
-    pub fn new(id: usize, store: Store) -> Shard {
+    pub fn new(store: Store, orderer: Orderer, shared: Arc<Shared>) -> Shard {
+        let placement = store.placement;
+        let executed = store.index();
         Shard {
-            id,
+            id: placement.shard,
+            placement,
             store: RefCell::new(store),
             inbox: RefCell::new(Inbox::default()),
+            orderer: RefCell::new(orderer),
+            shared,
+            mesh: RefCell::new(None),
+            global: global::State::default(),
+            executed: Cell::new(executed),
             raft_index: Cell::new(0),
             raft_term: Cell::new(0),
             is_leader: Cell::new(false),
@@ -113,37 +193,126 @@ impl Shard {
         }
     }
 
-    /// Queue an encoded command; the future resolves after it is applied.
-    pub fn propose(self: &Rc<Self>, data: Vec<u8>) -> ReplyFuture {
-        if let Some(msg) = self.failed.borrow().as_ref() {
-            return ReplyFuture {
-                shard: self.clone(),
-                slot: None,
-                early: Some(stopped_reply(msg)),
-            };
-        }
-        let mut inbox = self.inbox.borrow_mut();
-        let slot = inbox.slots.insert(Slot::Waiting(None));
-        inbox.queue.push(Proposal {
-            data,
-            slot: Some(slot),
-        });
-        if let Some(w) = inbox.waker.take() {
-            w.wake();
-        }
-        ReplyFuture {
-            shard: self.clone(),
-            slot: Some(slot),
-            early: None,
+    /// Connect this executor's end of the mesh (several shards only).
+    pub fn attach(self: &Rc<Self>, m: mesh::Mesh) {
+        *self.mesh.borrow_mut() = Some(m);
+    }
+
+    /// True once this executor's end of the mesh is connected.
+    pub fn is_attached(&self) -> bool {
+        self.mesh.borrow().is_some()
+    }
+
+    /// Send `msg` to executor `to` (this one: handled at once).
+    pub fn send(self: &Rc<Self>, to: usize, msg: Msg) {
+        if to == self.id {
+            mesh::dispatch(self, msg);
+        } else {
+            self.send_peer(to, msg);
         }
     }
 
-    /// Queue an internal proposal nobody waits for (expiry sync).
-    pub fn propose_internal(&self, data: Vec<u8>) {
+    fn send_peer(&self, to: usize, msg: Msg) {
+        if let Some(m) = self.mesh.borrow().as_ref() {
+            m.send(to, msg);
+        }
+    }
+
+    fn new_slot(&self) -> usize {
+        self.inbox.borrow_mut().slots.insert(Slot::Waiting(None))
+    }
+
+    /// Propose an encoded command to the shard that owns it; the future
+    /// resolves once it is durable (or failed).
+    pub fn propose(self: &Rc<Self>, owner: usize, data: Vec<u8>) -> AnswerFuture {
+        let slot = self.new_slot();
+        if owner == self.id {
+            self.enqueue(Proposal {
+                data,
+                target: Some(Target::Local(slot)),
+            });
+        } else {
+            self.send(
+                owner,
+                Msg::Propose {
+                    from: self.id,
+                    slot,
+                    data,
+                },
+            );
+        }
+        AnswerFuture {
+            shard: self.clone(),
+            slot: Some(slot),
+        }
+    }
+
+    /// Queue a proposal for this shard's raft loop.
+    pub fn enqueue(&self, p: Proposal) {
+        if let Some(msg) = self.failed.borrow().as_ref() {
+            if let Some(t) = p.target {
+                self.answer(t, stopped_reply(msg));
+            }
+            return;
+        }
         let mut inbox = self.inbox.borrow_mut();
-        inbox.queue.push(Proposal { data, slot: None });
+        inbox.queue.push(p);
         if let Some(w) = inbox.waker.take() {
             w.wake();
+        }
+    }
+
+    /// Wake the raft loop (a park request, or new work).
+    pub fn wake_loop(&self) {
+        if let Some(w) = self.inbox.borrow_mut().waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Read `key` on the shard that owns it (or member-wide).
+    pub async fn read(self: &Rc<Self>, owner: usize, req: mesh::ReadReq) -> ReadResult {
+        tracing::debug!(shard = self.id, owner, key = %String::from_utf8_lossy(&req.key), "read");
+        if owner == self.id {
+            global::read_gate(self).await;
+            orderer::Delivered {
+                orderer: &self.orderer,
+                index: self.executed.get(),
+            }
+            .await;
+            match read_now(self, &req) {
+                Err(e) if e.code == ESCALATE => {
+                    let next = std::str::from_utf8(&e.cause)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(MEMBER_WIDE);
+                    if next == self.id {
+                        return Err(V2Error::new(RAFT_INTERNAL, "etcdserver: read loop", 0));
+                    }
+                    return Box::pin(self.read(next, req)).await;
+                }
+                r => return r,
+            }
+        }
+        let slot = self.new_slot();
+        if owner == MEMBER_WIDE {
+            global::submit(self, global::Job::Read(req), Target::Local(slot));
+        } else {
+            self.send(
+                owner,
+                Msg::Read {
+                    from: self.id,
+                    slot,
+                    req,
+                },
+            );
+        }
+        let fut = AnswerFuture {
+            shard: self.clone(),
+            slot: Some(slot),
+        };
+        match fut.await {
+            Answer::Read(r) => r,
+            Answer::Write(_) => Err(V2Error::new(RAFT_INTERNAL, "etcdserver: internal error", 0)),
         }
     }
 
@@ -152,18 +321,28 @@ impl Shard {
         into.append(&mut self.inbox.borrow_mut().queue);
     }
 
-    /// Resolve when proposals are queued (the raft loop's wait).
+    /// Resolve when proposals are queued or a park is requested.
     pub fn proposals_ready(&self) -> ProposalsReady<'_> {
         ProposalsReady { shard: self }
     }
 
-    /// Complete a proposer's wait.
-    pub fn complete(&self, slot: usize, reply: Reply) {
+    /// Deliver an answer to whoever waits for it.
+    pub fn answer(&self, target: Target, a: impl Into<Answer>) {
+        let a = a.into();
+        match target {
+            Target::Local(slot) => self.complete(slot, a),
+            Target::Remote { from, slot } if from == self.id => self.complete(slot, a),
+            Target::Remote { from, slot } => self.send_peer(from, Msg::Answer { slot, answer: a }),
+        }
+    }
+
+    /// Complete a local requester's wait.
+    pub fn complete(&self, slot: usize, a: Answer) {
         let mut inbox = self.inbox.borrow_mut();
         let Some(s) = inbox.slots.get_mut(slot) else {
             return;
         };
-        match std::mem::replace(s, Slot::Done(reply)) {
+        match std::mem::replace(s, Slot::Done(a)) {
             Slot::Waiting(w) => {
                 if let Some(w) = w {
                     w.wake();
@@ -176,23 +355,150 @@ impl Shard {
         }
     }
 
+    /// Hand the events of a durable batch, in index order, to every
+    /// executor's orderer (this one's directly).
+    pub fn publish(&self, events: &mut Vec<Arc<Event>>) {
+        if events.is_empty() {
+            return;
+        }
+        for peer in 0..self.shared.shards {
+            if peer != self.id {
+                self.send_peer(peer, Msg::Events(events.clone()));
+            }
+        }
+        let mut o = self.orderer.borrow_mut();
+        for e in events.drain(..) {
+            o.offer(e);
+        }
+    }
+
+    /// Publish this shard's figures for the other executors.
+    pub fn publish_figures(&self) {
+        let f = &self.shared.figures[self.id];
+        let st = self.store.borrow();
+        f.index.store(st.index(), Ordering::Relaxed);
+        f.nodes
+            .store(st.node_count().unwrap_or(0), Ordering::Relaxed);
+        f.applied.store(st.applied().0, Ordering::Relaxed);
+        f.syncs.store(self.metrics.syncs.get(), Ordering::Relaxed);
+        f.wal_bytes
+            .store(self.metrics.wal_bytes.get(), Ordering::Relaxed);
+        f.writes
+            .store(self.metrics.proposals.get(), Ordering::Relaxed);
+        f.watchers
+            .store(self.orderer.borrow().hub.count() as u64, Ordering::Relaxed);
+        let s = st.stats;
+        let v = [
+            s.gets_success,
+            s.gets_fail,
+            s.sets_success,
+            s.sets_fail,
+            s.delete_success,
+            s.delete_fail,
+            s.update_success,
+            s.update_fail,
+            s.create_success,
+            s.create_fail,
+            s.cas_success,
+            s.cas_fail,
+            s.cad_success,
+            s.cad_fail,
+            s.expire_count,
+        ];
+        for (a, v) in f.stats.iter().zip(v) {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
     /// Fail every waiting proposer and refuse new ones (fatal shard error).
     pub fn fail(&self, msg: String) {
         tracing::error!(shard = self.id, error = %msg, "shard stopped");
         *self.failed.borrow_mut() = Some(msg.clone());
-        let waiting: Vec<usize> = {
-            let mut inbox = self.inbox.borrow_mut();
-            let q = std::mem::take(&mut inbox.queue);
-            drop(q);
-            inbox
-                .slots
-                .iter()
-                .filter(|(_, s)| matches!(s, Slot::Waiting(_)))
-                .map(|(k, _)| k)
-                .collect()
-        };
-        for k in waiting {
-            self.complete(k, stopped_reply(&msg));
+        self.shared.figures[self.id]
+            .failed
+            .store(1, Ordering::Relaxed);
+        let queued = std::mem::take(&mut self.inbox.borrow_mut().queue);
+        for p in queued {
+            if let Some(t) = p.target {
+                self.answer(t, stopped_reply(&msg));
+            }
+        }
+    }
+}
+
+impl From<Reply> for Answer {
+    fn from(r: Reply) -> Answer {
+        Answer::Write(r)
+    }
+}
+
+/// Answer a read on this shard: once every event this shard has executed
+/// is durable and delivered, read at the node-wide closed index (so the
+/// reported index never goes backwards and never runs ahead of the data).
+pub async fn serve_read(shard: Rc<Shard>, req: mesh::ReadReq, target: Target) {
+    tracing::debug!(shard = shard.id, ?target, key = %String::from_utf8_lossy(&req.key), "serve read");
+    global::read_gate(&shard).await;
+    orderer::Delivered {
+        orderer: &shard.orderer,
+        index: shard.executed.get(),
+    }
+    .await;
+    let r = read_now(&shard, &req);
+    match r {
+        Err(e) if e.code == ESCALATE => {
+            let owner: usize = std::str::from_utf8(&e.cause)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(MEMBER_WIDE);
+            if owner == MEMBER_WIDE {
+                global::submit(&shard, global::Job::Read(req), target);
+            } else if owner == shard.id {
+                shard.answer(
+                    target,
+                    Answer::Read(Err(V2Error::new(RAFT_INTERNAL, "etcdserver: read loop", 0))),
+                );
+            } else {
+                match target {
+                    Target::Local(slot) => shard.send(
+                        owner,
+                        Msg::Read {
+                            from: shard.id,
+                            slot,
+                            req,
+                        },
+                    ),
+                    Target::Remote { from, slot } => {
+                        shard.send(owner, Msg::Read { from, slot, req })
+                    }
+                }
+            }
+        }
+        r => shard.answer(target, Answer::Read(r)),
+    }
+}
+
+/// Run a read against this shard's store now.
+pub fn read_now(shard: &Shard, req: &mesh::ReadReq) -> ReadResult {
+    let index = shard.orderer.borrow().closed();
+    let mut body = Vec::new();
+    let r = shard.store.borrow_mut().get(
+        index,
+        &req.key,
+        req.recursive,
+        req.sorted,
+        req.now,
+        None,
+        &mut body,
+    );
+    if shard.shared.shards > 1 {
+        shard.publish_figures();
+    }
+    match r {
+        Ok(Ok(i)) => Ok((body, i)),
+        Ok(Err(e)) => Err(e),
+        Err(e) => {
+            shard.fail(e.to_string());
+            Err(V2Error::new(RAFT_INTERNAL, "etcdserver: server stopped", 0))
         }
     }
 }
@@ -218,7 +524,7 @@ impl Future for ProposalsReady<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut inbox = self.shard.inbox.borrow_mut();
-        if inbox.queue.is_empty() {
+        if inbox.queue.is_empty() && !self.shard.global.park_requested() {
             inbox.waker = Some(cx.waker().clone());
             Poll::Pending
         } else {
@@ -227,19 +533,15 @@ impl Future for ProposalsReady<'_> {
     }
 }
 
-/// A proposer's wait for its reply.
-pub struct ReplyFuture {
+/// A requester's wait for its answer.
+pub struct AnswerFuture {
     shard: Rc<Shard>,
     slot: Option<usize>,
-    early: Option<Reply>,
 }
 
-impl Future for ReplyFuture {
-    type Output = Reply;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
-        if let Some(r) = self.early.take() {
-            return Poll::Ready(r);
-        }
+impl Future for AnswerFuture {
+    type Output = Answer;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
         let slot = self.slot.expect("polled after completion");
         let mut inbox = self.shard.inbox.borrow_mut();
         let s = inbox.slots.get_mut(slot).expect("slot");
@@ -261,7 +563,7 @@ impl Future for ReplyFuture {
     }
 }
 
-impl Drop for ReplyFuture {
+impl Drop for AnswerFuture {
     fn drop(&mut self) {
         if let Some(slot) = self.slot {
             let mut inbox = self.shard.inbox.borrow_mut();

@@ -51,7 +51,7 @@ pub fn load_or_create(dir: &Path, want: &Identity) -> Result<Identity, String> {
                     want.cluster_id
                 ));
             }
-            if have.shards != want.shards {
+            if want.shards != 0 && have.shards != want.shards {
                 return Err(format!(
                     "data dir {} was created with --shards {}; start it with --shards {} (re-sharding an existing data dir is not supported)",
                     dir.display(),
@@ -73,6 +73,10 @@ pub fn load_or_create(dir: &Path, want: &Identity) -> Result<Identity, String> {
             }
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+            let mut want = want.clone();
+            if want.shards == 0 {
+                want.shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+            }
             let text = format!(
                 "{MAGIC}\nname={}\nmember_id={:x}\ncluster_id={:x}\nshards={}\n",
                 want.name, want.member_id, want.cluster_id, want.shards
@@ -87,7 +91,7 @@ pub fn load_or_create(dir: &Path, want: &Identity) -> Result<Identity, String> {
             std::fs::File::open(dir)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| e.to_string())?;
-            Ok(want.clone())
+            Ok(want)
         }
         Err(e) => Err(format!("cannot read {}: {e}", file.display())),
     }

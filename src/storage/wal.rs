@@ -143,15 +143,14 @@ impl Wal {
                         while rec.entries.last().is_some_and(|l| l.index >= e.index) {
                             rec.entries.pop();
                         }
-                        if let Some(l) = rec.entries.last() {
-                            if l.index + 1 != e.index {
-                                return Err(Error::Corrupt(format!(
-                                    "gap in log: {} then {} in {}",
-                                    l.index,
-                                    e.index,
-                                    path.display()
-                                )));
-                            }
+                        if rec.entries.last().is_some_and(|l| l.index + 1 != e.index) {
+                            // The store executes a batch before its entries
+                            // reach the log; a crash in between leaves the
+                            // log behind the store, which then resumes after
+                            // its own applied index. Only the entries after
+                            // the gap can matter (raft::start checks that the
+                            // store has applied up to them).
+                            rec.entries.clear();
                         }
                         rec.entries.push(e);
                     }

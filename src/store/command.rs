@@ -5,6 +5,10 @@
 //! loop decodes them back, borrowing from the entry, with [`Command::decode`].
 //! Times are Unix nanoseconds stamped by the member that received the
 //! request, so every replica computes the same TTLs and expiries.
+//!
+//! The shard that executes a command appends the member-wide etcd indexes it
+//! took ([`push_index`]) before the entry enters the log, so replaying the
+//! log after a crash gives every event the index its client was told.
 
 /// One state-machine operation of the v2 store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +25,11 @@ pub struct Command<'a> {
     pub refresh: bool,
     /// The proposing member's clock when the request arrived.
     pub now: i64,
+    /// Sequence number of a member-wide (all-shard) operation; 0 = local.
+    pub gseq: u64,
+    /// etcd indexes taken when the command was executed (little-endian
+    /// u64s); empty until then.
+    pub indexes: &'a [u8],
 }
 
 /// The store operations (spec 4.2, 4.4, 4.5, 4.6).
@@ -59,7 +68,8 @@ const F_DIR: u8 = 1;
 const F_RECURSIVE: u8 = 2;
 const F_REFRESH: u8 = 4;
 const F_EXPIRE: u8 = 8;
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+const HEADER: usize = 35;
 
 impl<'a> Command<'a> {
     pub fn new(op: Op, key: &'a [u8], now: i64) -> Command<'a> {
@@ -74,7 +84,16 @@ impl<'a> Command<'a> {
             recursive: false,
             refresh: false,
             now,
+            gseq: 0,
+            indexes: b"",
         }
+    }
+
+    /// The recorded indexes, in the order they were taken.
+    pub fn recorded(&self) -> impl Iterator<Item = u64> + 'a {
+        self.indexes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
     }
 
     /// Append the encoded command to `out`.
@@ -99,17 +118,18 @@ impl<'a> Command<'a> {
         out.extend_from_slice(&self.now.to_le_bytes());
         out.extend_from_slice(&self.expire.unwrap_or(0).to_le_bytes());
         out.extend_from_slice(&self.prev_index.to_le_bytes());
-        for s in [self.key, self.prev_value] {
+        out.extend_from_slice(&self.gseq.to_le_bytes());
+        for s in [self.key, self.prev_value, self.value] {
             out.extend_from_slice(&(s.len() as u32).to_le_bytes());
             out.extend_from_slice(s);
         }
-        out.extend_from_slice(self.value);
+        out.extend_from_slice(self.indexes);
     }
 
     /// Decode a command, borrowing from `b`. `None` means the entry is
     /// corrupt or from an unknown version.
     pub fn decode(b: &'a [u8]) -> Option<Command<'a>> {
-        if b.len() < 27 || b[0] != VERSION {
+        if b.len() < HEADER || b[0] != VERSION {
             return None;
         }
         let op = Op::from_u8(b[1])?;
@@ -118,7 +138,8 @@ impl<'a> Command<'a> {
         let now = rd(3) as i64;
         let expire = rd(11) as i64;
         let prev_index = rd(19);
-        let mut at = 27;
+        let gseq = rd(27);
+        let mut at = HEADER;
         let mut take = || -> Option<&'a [u8]> {
             let len = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize;
             let s = b.get(at + 4..at + 4 + len)?;
@@ -127,10 +148,15 @@ impl<'a> Command<'a> {
         };
         let key = take()?;
         let prev_value = take()?;
+        let value = take()?;
+        let indexes = &b[at..];
+        if indexes.len() % 8 != 0 {
+            return None;
+        }
         Some(Command {
             op,
             key,
-            value: &b[at..],
+            value,
             prev_value,
             prev_index,
             expire: (flags & F_EXPIRE != 0).then_some(expire),
@@ -138,8 +164,15 @@ impl<'a> Command<'a> {
             recursive: flags & F_RECURSIVE != 0,
             refresh: flags & F_REFRESH != 0,
             now,
+            gseq,
+            indexes,
         })
     }
+}
+
+/// Record an etcd index taken for the command encoded in `data`.
+pub fn push_index(data: &mut Vec<u8>, index: u64) {
+    data.extend_from_slice(&index.to_le_bytes());
 }
 
 #[cfg(test)]
@@ -154,9 +187,15 @@ mod tests {
         c.prev_index = 77;
         c.expire = Some(-5);
         c.refresh = true;
+        c.gseq = 9;
         let mut buf = Vec::new();
         c.encode(&mut buf);
-        assert_eq!(Command::decode(&buf), Some(c));
+        assert_eq!(Command::decode(&buf), Some(c.clone()));
+        push_index(&mut buf, 41);
+        push_index(&mut buf, 43);
+        let d = Command::decode(&buf).unwrap();
+        assert_eq!(d.recorded().collect::<Vec<_>>(), vec![41, 43]);
+        assert_eq!(d.value, c.value);
         assert_eq!(Command::decode(&buf[..10]), None);
     }
 }

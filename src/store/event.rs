@@ -51,9 +51,26 @@ pub struct Event {
     pub created: bool,
     /// `{"action":..,"node":..,"prevNode":..}\n`
     pub json: Vec<u8>,
+    /// Paths a delete or expiry removed below `key` (their watchers hear it).
+    pub removed: Vec<Box<[u8]>>,
 }
 
 impl Event {
+    /// An event that matches no watch: it fills index `index` in history
+    /// (etcd's internal bootstrap writes, or an index no write kept).
+    pub fn placeholder(index: u64) -> Event {
+        Event {
+            index,
+            action: Action::Set,
+            key: (*b"\0internal").into(),
+            prev_dir: false,
+            refresh: false,
+            created: false,
+            json: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+
     pub fn is_delete(&self) -> bool {
         matches!(
             self.action,

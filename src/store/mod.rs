@@ -12,10 +12,12 @@
 pub mod command;
 pub mod event;
 pub mod node;
+pub mod placement;
 pub mod watch;
 
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn};
@@ -23,7 +25,7 @@ use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn};
 pub use command::{Command, Op};
 pub use event::{Action, Event, NodeJson};
 use node::{child_key, expiry_prefix, expiry_time, NodeRec};
-use watch::{EventHistory, WatchHandle, WatcherHub};
+pub use placement::Placement;
 
 use crate::v2::error::*;
 
@@ -59,9 +61,9 @@ impl std::error::Error for Error {}
 
 type Result<T> = std::result::Result<T, Error>;
 /// The outcome of one command: an event, or etcd's error for it.
-pub type Outcome = std::result::Result<Rc<Event>, V2Error>;
+pub type Outcome = std::result::Result<Arc<Event>, V2Error>;
 
-/// Paths a delete or expiry removed (only gathered when watchers need them).
+/// Paths a delete or expiry removed below its key.
 type RemovedPaths = Vec<Box<[u8]>>;
 
 /// Counters reported by `/v2/stats/store`.
@@ -110,6 +112,20 @@ struct Found {
 }
 
 const META_APPLIED: &[u8] = b"applied";
+/// Kinds of expiry index entries (first byte of the value, then the path).
+const EXP_FILE: u8 = b'f';
+const EXP_DIR: u8 = b'd';
+
+/// The error code of "this needs the member-wide path" (never sent to a
+/// client): the cause names the shard to ask, for reads.
+pub const ESCALATE: u16 = 0;
+
+/// [`ESCALATE`] target of a read that needs every shard.
+pub const MEMBER_WIDE: usize = usize::MAX;
+
+fn escalate(shard: usize) -> V2Error {
+    V2Error::new(ESCALATE, shard.to_string(), 0)
+}
 const META_INDEX: &[u8] = b"index";
 const META_DIR_ID: &[u8] = b"next_dir_id";
 
@@ -135,16 +151,27 @@ pub struct Store {
     nodes: Database<Bytes, Bytes>,
     expiry: Database<Bytes, Bytes>,
     meta: Database<Bytes, Bytes>,
-    /// The etcd index (`X-Etcd-Index`).
+    /// The last etcd index this shard used (the node-wide index is the
+    /// largest over all shards).
     index: u64,
+    /// The member-wide counter new indexes are taken from.
+    counter: Arc<AtomicU64>,
+    /// Indexes recorded in the entry being replayed, in the order taken.
+    replay: Vec<u64>,
+    /// Indexes taken by the command being executed.
+    taken: Vec<u64>,
+    /// Created in this run (no earlier data).
+    fresh: bool,
     /// Raft (index, term) last applied.
     applied: (u64, u64),
     next_dir_id: u64,
-    pub history: EventHistory,
-    pub hub: WatcherHub,
+    /// Which keys this shard owns.
+    pub placement: Placement,
+    /// Executing a member-wide operation (every shard applies it).
+    global: bool,
     pub stats: Stats,
-    /// Events of the batch being applied, with the paths each delete removed.
-    pending: Vec<(Rc<Event>, RemovedPaths)>,
+    /// Events of the batch being applied, in index order.
+    pending: Vec<Arc<Event>>,
     kbuf: Vec<u8>,
     vbuf: Vec<u8>,
     prev: Vec<u8>,
@@ -152,8 +179,14 @@ pub struct Store {
 
 impl Store {
     /// Open (or create) the store in `dir`. A fresh store starts at index 3,
-    /// as a fresh one-member etcd 3.4 does.
-    pub fn open(dir: &Path, opts: &Options) -> Result<Store> {
+    /// as a fresh one-member etcd 3.4 does. `counter` is the member-wide
+    /// index counter shared by all shards.
+    pub fn open(
+        dir: &Path,
+        opts: &Options,
+        placement: Placement,
+        counter: Arc<AtomicU64>,
+    ) -> Result<Store> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Corrupt(format!("{}: {e}", dir.display())))?;
         let mut eo = EnvOpenOptions::new();
@@ -179,23 +212,9 @@ impl Store {
             })
         };
         let fresh = read_u64(&wtxn, META_INDEX)?.is_none();
-        let (index, applied, next_dir_id, history) = if fresh {
+        let (index, applied, next_dir_id) = if fresh {
             meta.put(&mut wtxn, META_INDEX, &3u64.to_le_bytes())?;
-            // etcd's window holds its three internal bootstrap writes (1..=3);
-            // placeholders that match no key take their slots.
-            let mut h = EventHistory::new(opts.history, 1, 0);
-            for i in 1..=3 {
-                h.push(Rc::new(Event {
-                    index: i,
-                    action: Action::Set,
-                    key: (*b"\0internal").into(),
-                    prev_dir: false,
-                    refresh: false,
-                    created: false,
-                    json: Vec::new(),
-                }));
-            }
-            (3, (0, 0), 1, h)
+            (3, (0, 0), 1)
         } else {
             let index = read_u64(&wtxn, META_INDEX)?.unwrap_or(3);
             let applied = match meta.get(&wtxn, META_APPLIED)? {
@@ -207,24 +226,24 @@ impl Store {
                 None => (0, 0),
             };
             let next = read_u64(&wtxn, META_DIR_ID)?.unwrap_or(1);
-            (
-                index,
-                applied,
-                next,
-                EventHistory::new(opts.history, index + 1, index),
-            )
+            (index, applied, next)
         };
         wtxn.commit()?;
+        counter.fetch_max(index, Ordering::SeqCst);
         Ok(Store {
             env,
             nodes,
             expiry,
             meta,
             index,
+            counter,
+            replay: Vec::new(),
+            taken: Vec::new(),
+            fresh,
             applied,
             next_dir_id,
-            history,
-            hub: WatcherHub::default(),
+            placement,
+            global: false,
             stats: Stats::default(),
             pending: Vec::new(),
             kbuf: Vec::new(),
@@ -237,9 +256,14 @@ impl Store {
         &self.env
     }
 
-    /// The etcd index.
+    /// The last etcd index this shard used.
     pub fn index(&self) -> u64 {
         self.index
+    }
+
+    /// True when the store was created by this run.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
     }
 
     /// The raft (index, term) of the last applied entry.
@@ -250,7 +274,49 @@ impl Store {
     /// The earliest expiry time in the store, if any key has a TTL.
     pub fn next_expiry(&self) -> Result<Option<i64>> {
         let rtxn = self.env.read_txn()?;
-        Ok(self.expiry.first(&rtxn)?.map(|(k, _)| expiry_time(k)))
+        for item in self.expiry.iter(&rtxn)? {
+            let (k, v) = item?;
+            if v.first() == Some(&EXP_DIR) && !self.expires_dirs() {
+                continue;
+            }
+            return Ok(Some(expiry_time(k)));
+        }
+        Ok(None)
+    }
+
+    /// Directory TTLs are carried out by shard 0 alone, as member-wide
+    /// operations (every shard holds every directory).
+    fn expires_dirs(&self) -> bool {
+        self.placement.shards == 1 || self.placement.shard == 0
+    }
+
+    /// Expiring directories due at or before `now` (shard 0 of a sharded
+    /// member turns each into a member-wide expiry).
+    pub fn due_dirs(&self, now: i64, max: usize) -> Result<Vec<Vec<u8>>> {
+        let rtxn = self.env.read_txn()?;
+        let mut out = Vec::new();
+        for item in self.expiry.iter(&rtxn)? {
+            let (k, v) = item?;
+            if expiry_time(k) > now || out.len() >= max {
+                break;
+            }
+            if v.first() == Some(&EXP_DIR) {
+                out.push(v[1..].to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    /// A command on one shard of several must not change the directory
+    /// skeleton every shard holds, nor decide on an ancestor another shard
+    /// owns: it is escalated to a member-wide operation instead.
+    fn local_only(&self) -> bool {
+        self.placement.shards > 1 && !self.global
+    }
+
+    /// True when the file at `path` belongs in this shard.
+    fn owns_file(&self, path: &[u8]) -> bool {
+        self.placement.owns_dir(placement::parent(path))
     }
 
     /// Number of nodes (files and directories) stored.
@@ -259,97 +325,178 @@ impl Store {
         Ok(self.nodes.len(&rtxn)?)
     }
 
-    /// Apply raft entries `(index, term, data)` in one transaction. Results
-    /// for entries that carry a command are pushed to `out` as
-    /// `(raft index, outcome)`. Empty entries (leader no-ops) only advance
-    /// the applied index.
+    /// Move the events of the last committed batch, in index order, to `out`.
+    pub fn take_events(&mut self, out: &mut Vec<Arc<Event>>) {
+        out.append(&mut self.pending);
+    }
+
+    /// The indexes the last executed command took (to record in its entry).
+    pub fn taken(&self) -> &[u64] {
+        &self.taken
+    }
+
+    /// Replay raft entries `(index, term, data)` in one transaction: each
+    /// command gets the indexes recorded in it. Results for entries that
+    /// carry a command are pushed to `out` as `(raft index, outcome)`.
+    /// Empty entries (leader no-ops) only advance the applied index.
     pub fn apply_batch<'d>(
         &mut self,
         entries: impl Iterator<Item = (u64, u64, &'d [u8])>,
         out: &mut Vec<(u64, Outcome)>,
     ) -> Result<()> {
+        self.batch(|st, txn| {
+            let mut last = None;
+            for (ri, term, data) in entries {
+                last = Some((ri, term));
+                if data.is_empty() {
+                    continue;
+                }
+                if let Some(o) = st.execute(txn, data)? {
+                    out.push((ri, o));
+                }
+            }
+            Ok(((), last))
+        })
+    }
+
+    /// One write transaction around `f`, which executes commands with
+    /// [`Store::execute`] and returns the raft position they reach (`None`:
+    /// nothing to record). The applied position, the index and the
+    /// directory counter are written in the same transaction. On error the
+    /// transaction is aborted and memory is left as LMDB has it.
+    pub fn batch<R>(
+        &mut self,
+        f: impl FnOnce(&mut Store, &mut RwTxn) -> Result<(R, Option<(u64, u64)>)>,
+    ) -> Result<R> {
         let index_before = self.index;
         let dir_id_before = self.next_dir_id;
         let stats_before = self.stats;
-        let out_before = out.len();
-        match self.apply_txn(entries, out) {
-            Ok(Some(last)) => self.applied = last,
-            Ok(None) => return Ok(()),
+        let pending_before = self.pending.len();
+        let env = self.env.clone();
+        let r = (|| {
+            let mut wtxn = env.write_txn()?;
+            let (r, last) = f(self, &mut wtxn)?;
+            if let Some(last) = last {
+                let mut a = [0u8; 16];
+                a[..8].copy_from_slice(&last.0.to_le_bytes());
+                a[8..].copy_from_slice(&last.1.to_le_bytes());
+                self.meta.put(&mut wtxn, META_APPLIED, &a)?;
+            }
+            if self.index != index_before {
+                self.meta
+                    .put(&mut wtxn, META_INDEX, &self.index.to_le_bytes())?;
+            }
+            if self.next_dir_id != dir_id_before {
+                self.meta
+                    .put(&mut wtxn, META_DIR_ID, &self.next_dir_id.to_le_bytes())?;
+            }
+            wtxn.commit()?;
+            Ok((r, last))
+        })();
+        match r {
+            Ok((r, last)) => {
+                if let Some(last) = last {
+                    self.applied = last;
+                }
+                Ok(r)
+            }
             Err(e) => {
-                // The transaction was aborted: leave memory as LMDB has it.
                 self.index = index_before;
                 self.next_dir_id = dir_id_before;
                 self.stats = stats_before;
-                self.pending.clear();
-                out.truncate(out_before);
-                return Err(e);
+                self.pending.truncate(pending_before);
+                Err(e)
             }
         }
-        for (e, removed) in std::mem::take(&mut self.pending) {
-            self.hub.notify(&e, &removed);
-            self.history.push(e);
-        }
-        Ok(())
     }
 
-    /// The transaction of [`Store::apply_batch`]: the last (index, term)
-    /// applied, or `None` for an empty batch.
-    fn apply_txn<'d>(
-        &mut self,
-        entries: impl Iterator<Item = (u64, u64, &'d [u8])>,
-        out: &mut Vec<(u64, Outcome)>,
-    ) -> Result<Option<(u64, u64)>> {
-        let env = self.env.clone();
-        let mut wtxn = env.write_txn()?;
-        let index_before = self.index;
-        let dir_id_before = self.next_dir_id;
-        let mut last = None;
-        for (ri, term, data) in entries {
-            last = Some((ri, term));
-            if data.is_empty() {
-                continue;
-            }
-            let Some(cmd) = Command::decode(data) else {
-                return Err(Error::Corrupt(format!(
-                    "undecodable command at raft index {ri}"
-                )));
-            };
-            if let Some(o) = self.apply_one(&mut wtxn, &cmd)? {
-                out.push((ri, o));
-            }
-        }
-        let Some(last) = last else {
-            return Ok(None);
+    /// Execute one encoded command inside [`Store::batch`]. A command that
+    /// carries recorded indexes (a replayed entry) reuses them and must
+    /// succeed as it did the first time; a new one takes indexes from the
+    /// member-wide counter, listed by [`Store::taken`] afterwards. A failed
+    /// new command gives its index back (or, if another shard took one
+    /// since, leaves a gap that a placeholder event fills). `None` for a
+    /// command that answers no client (expiry).
+    pub fn execute(&mut self, txn: &mut RwTxn, data: &[u8]) -> Result<Option<Outcome>> {
+        let Some(cmd) = Command::decode(data) else {
+            return Err(Error::Corrupt("undecodable command".into()));
         };
-        let mut a = [0u8; 16];
-        a[..8].copy_from_slice(&last.0.to_le_bytes());
-        a[8..].copy_from_slice(&last.1.to_le_bytes());
-        self.meta.put(&mut wtxn, META_APPLIED, &a)?;
-        if self.index != index_before {
-            self.meta
-                .put(&mut wtxn, META_INDEX, &self.index.to_le_bytes())?;
+        self.taken.clear();
+        self.replay.clear();
+        self.replay.extend(cmd.recorded());
+        self.replay.reverse();
+        let replaying = !self.replay.is_empty();
+        let r = self.apply_one(txn, &cmd);
+        self.global = false;
+        let r = r?;
+        if replaying && (matches!(r, Some(Err(_))) || !self.replay.is_empty()) {
+            return Err(Error::Corrupt(format!(
+                "replayed command on {} did not repeat its outcome",
+                String::from_utf8_lossy(cmd.key)
+            )));
         }
-        if self.next_dir_id != dir_id_before {
-            self.meta
-                .put(&mut wtxn, META_DIR_ID, &self.next_dir_id.to_le_bytes())?;
+        Ok(r)
+    }
+
+    /// Take the next etcd index for an event about to happen.
+    fn reserve(&mut self) -> u64 {
+        let i = match self.replay.pop() {
+            Some(i) => {
+                self.counter.fetch_max(i, Ordering::SeqCst);
+                i
+            }
+            None => self.counter.fetch_add(1, Ordering::SeqCst) + 1,
+        };
+        self.taken.push(i);
+        self.index = i - 1;
+        i
+    }
+
+    /// Give back index `i` reserved by a command that failed.
+    fn release(&mut self, i: u64) {
+        self.taken.pop();
+        if self
+            .counter
+            .compare_exchange(i, i - 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            // Another shard took a later index meanwhile: leave a gap, and
+            // a placeholder so the member-wide ordering does not wait on it.
+            self.pending.push(Arc::new(Event::placeholder(i)));
+            self.index = i;
         }
-        wtxn.commit()?;
-        Ok(Some(last))
     }
 
     fn apply_one(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Option<Outcome>> {
+        self.global = c.gseq != 0;
+        if c.op == Op::Sync {
+            if self.global {
+                return self.expire_dir(txn, c).map(Some);
+            }
+            self.expire_until(txn, c.now)?;
+            return Ok(None);
+        }
+        let i = self.reserve();
         let r = match c.op {
             Op::Set => self.set(txn, c),
             Op::Create | Op::CreateUnique => self.create(txn, c),
             Op::Update => self.update(txn, c),
             Op::CompareAndSwap => self.cas(txn, c),
             Op::Delete => self.delete(txn, c),
-            Op::CompareAndDelete => self.cad(txn, c),
-            Op::Sync => {
-                self.expire_until(txn, c.now)?;
-                return Ok(None);
-            }
+            Op::CompareAndDelete | Op::Sync => self.cad(txn, c),
         }?;
+        let r = match r {
+            Ok(e) => Ok(e),
+            Err(e) if e.code == ESCALATE => {
+                self.release(i);
+                return Ok(Some(Err(e)));
+            }
+            Err(mut e) => {
+                self.release(i);
+                e.index = self.index;
+                Err(e)
+            }
+        };
         let s = &mut self.stats;
         let (ok, fail) = match c.op {
             Op::Set => (&mut s.sets_success, &mut s.sets_fail),
@@ -391,6 +538,15 @@ impl Store {
             }
             child_key(kbuf, meta.dir_id, name);
             match self.nodes.get(txn, kbuf)? {
+                None if end != path.len()
+                    && self.local_only()
+                    && !self.placement.owns_dir(&path[..start.max(2) - 1]) =>
+                {
+                    // A file of another shard may block the way.
+                    return Ok(Err(escalate(
+                        self.placement.of_dir(&path[..start.max(2) - 1]),
+                    )));
+                }
                 None => return Ok(Err(V2Error::new(KEY_NOT_FOUND, &path[..end], self.index))),
                 Some(v) => meta = decode_meta(v)?,
             }
@@ -517,6 +673,11 @@ impl Store {
                     }
                     parent = m;
                 }
+                None if self.local_only() => {
+                    self.kbuf = kbuf;
+                    self.vbuf = vbuf;
+                    return Ok(Err(escalate(0)));
+                }
                 None => {
                     let id = self.next_dir_id;
                     self.next_dir_id += 1;
@@ -559,6 +720,11 @@ impl Store {
                 self.del_expiry(txn, t, &kbuf)?;
             }
         }
+        if c.dir && self.local_only() {
+            self.kbuf = kbuf;
+            self.vbuf = vbuf;
+            return Ok(Err(escalate(0)));
+        }
         let dir_id = if c.dir {
             self.next_dir_id += 1;
             self.next_dir_id - 1
@@ -575,9 +741,12 @@ impl Store {
             value,
         };
         rec.encode(name, &mut vbuf);
-        self.nodes.put(txn, &kbuf, &vbuf)?;
-        if let Some(t) = expire {
-            self.put_expiry(txn, t, &kbuf, path)?;
+        // In a member-wide operation a file is written by its owner only.
+        if c.dir || !self.global || self.owns_file(path) {
+            self.nodes.put(txn, &kbuf, &vbuf)?;
+            if let Some(t) = expire {
+                self.put_expiry(txn, t, &kbuf, path, c.dir)?;
+            }
         }
         self.kbuf = kbuf;
         self.vbuf = vbuf;
@@ -613,6 +782,9 @@ impl Store {
         };
         if f.meta.dir && !c.value.is_empty() {
             return Ok(Err(V2Error::new(NOT_FILE, c.key, self.index)));
+        }
+        if f.meta.dir && self.local_only() {
+            return Ok(Err(escalate(0)));
         }
         self.rewrite(txn, c, f, Action::Update)
     }
@@ -701,7 +873,7 @@ impl Store {
                 self.del_expiry(txn, t, &f.lkey)?;
             }
             if let Some(t) = expire {
-                self.put_expiry(txn, t, &f.lkey, c.key)?;
+                self.put_expiry(txn, t, &f.lkey, c.key, f.meta.dir)?;
             }
         }
         self.index = next;
@@ -738,6 +910,9 @@ impl Store {
             if !dir {
                 return Ok(Err(V2Error::new(NOT_FILE, c.key, self.index)));
             }
+            if self.local_only() {
+                return Ok(Err(escalate(0)));
+            }
             if !c.recursive && self.has_children(txn, f.meta.dir_id)? {
                 return Ok(Err(V2Error::new(DIR_NOT_EMPTY, c.key, self.index)));
             }
@@ -769,22 +944,18 @@ impl Store {
         f: Found,
         action: Action,
         now: i64,
-    ) -> Result<Rc<Event>> {
+    ) -> Result<Arc<Event>> {
         let next = self.index + 1;
         self.render_prev(txn, c.key, &f, now)?;
         let mut removed = Vec::new();
-        let track = self.hub.has_at_or_under(c.key);
         if f.meta.dir {
             let mut path = c.key.to_vec();
-            self.remove_subtree(txn, f.meta.dir_id, &mut path, track.then_some(&mut removed))?;
+            self.remove_subtree(txn, f.meta.dir_id, &mut path, Some(&mut removed))?;
         }
         if let Some(t) = f.meta.expire {
             self.del_expiry(txn, t, &f.lkey)?;
         }
         self.nodes.delete(txn, &f.lkey)?;
-        if track {
-            removed.push(c.key.into());
-        }
         self.index = next;
         let node = NodeJson {
             key: c.key,
@@ -854,38 +1025,77 @@ impl Store {
         // Bounded per entry, so a backlog (say, after a long downtime) is
         // expired over several small batches instead of one huge one; the
         // leader proposes the next SYNC at once while keys are still due.
-        for _ in 0..MAX_EXPIRE_PER_SYNC {
-            let Some((k, v)) = self.expiry.first(txn)? else {
-                return Ok(());
-            };
-            let t = expiry_time(k);
-            if t > now {
-                return Ok(());
+        // Directories of a sharded member are left to shard 0.
+        let skip_dirs = self.local_only();
+        let mut due = Vec::new();
+        for item in self.expiry.iter(txn)? {
+            let (k, v) = item?;
+            if expiry_time(k) > now || due.len() >= MAX_EXPIRE_PER_SYNC {
+                break;
             }
-            let path = v.to_vec();
-            let ek = k.to_vec();
-            let found = self.locate(txn, &path)?;
-            match found {
-                Ok(f) if f.meta.expire == Some(t) && ek[8..] == f.lkey[..] => {
-                    let mut c = Command::new(Op::Delete, &path, now);
-                    c.recursive = true;
-                    self.remove_node(txn, &c, f, Action::Expire, now)?;
-                    self.stats.expire_count += 1;
-                }
-                _ => {
-                    // A stale index entry: drop it.
-                    self.expiry.delete(txn, &ek)?;
-                }
+            if skip_dirs && v.first() == Some(&EXP_DIR) {
+                continue;
             }
+            due.push((k.to_vec(), v.get(1..).unwrap_or_default().to_vec()));
+        }
+        for (ek, path) in due {
+            self.expire_one(txn, &ek, &path, now)?;
         }
         Ok(())
     }
 
-    fn put_expiry(&mut self, txn: &mut RwTxn, t: i64, lkey: &[u8], path: &[u8]) -> Result<()> {
+    /// Expire the node indexed by expiry key `ek` at `path`, or drop a
+    /// stale index entry.
+    fn expire_one(&mut self, txn: &mut RwTxn, ek: &[u8], path: &[u8], now: i64) -> Result<bool> {
+        let t = expiry_time(ek);
+        match self.locate(txn, path)? {
+            Ok(f) if f.meta.expire == Some(t) && ek[8..] == f.lkey[..] => {
+                self.reserve();
+                let mut c = Command::new(Op::Delete, path, now);
+                c.recursive = true;
+                self.remove_node(txn, &c, f, Action::Expire, now)?;
+                self.stats.expire_count += 1;
+                Ok(true)
+            }
+            _ => {
+                self.expiry.delete(txn, ek)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// A member-wide expiry of the directory `c.key` (due at or before
+    /// `c.now`): every shard removes its part; one event.
+    fn expire_dir(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
+        let found = self.locate(txn, c.key)?;
+        let f = match found {
+            Ok(f) if f.meta.dir && f.meta.expire.is_some_and(|t| t <= c.now) => f,
+            _ => return Ok(Err(V2Error::new(KEY_NOT_FOUND, c.key, self.index))),
+        };
+        let mut ek = Vec::with_capacity(8 + f.lkey.len());
+        ek.extend_from_slice(&expiry_prefix(f.meta.expire.unwrap_or(0)));
+        ek.extend_from_slice(&f.lkey);
+        if !self.expire_one(txn, &ek, c.key, c.now)? {
+            return Ok(Err(V2Error::new(KEY_NOT_FOUND, c.key, self.index)));
+        }
+        Ok(Ok(self.pending.last().cloned().ok_or_else(corrupt)?))
+    }
+
+    fn put_expiry(
+        &mut self,
+        txn: &mut RwTxn,
+        t: i64,
+        lkey: &[u8],
+        path: &[u8],
+        dir: bool,
+    ) -> Result<()> {
         let mut k = Vec::with_capacity(8 + lkey.len());
         k.extend_from_slice(&expiry_prefix(t));
         k.extend_from_slice(lkey);
-        self.expiry.put(txn, &k, path)?;
+        let mut v = Vec::with_capacity(1 + path.len());
+        v.push(if dir { EXP_DIR } else { EXP_FILE });
+        v.extend_from_slice(path);
+        self.expiry.put(txn, &k, &v)?;
         Ok(())
     }
 
@@ -899,7 +1109,7 @@ impl Store {
 
     /// Render the event JSON (`self.prev` holds the prevNode when `has_prev`)
     /// and queue it for history and watchers after commit.
-    fn event(&mut self, kind: EventKind, node: &NodeJson, removed: RemovedPaths) -> Rc<Event> {
+    fn event(&mut self, kind: EventKind, node: &NodeJson, removed: RemovedPaths) -> Arc<Event> {
         let EventKind {
             action,
             has_prev,
@@ -918,7 +1128,7 @@ impl Store {
             json.extend_from_slice(&self.prev);
         }
         json.extend_from_slice(b"}\n");
-        let e = Rc::new(Event {
+        let e = Arc::new(Event {
             index: self.index,
             action,
             key: key.into(),
@@ -926,21 +1136,29 @@ impl Store {
             refresh,
             created,
             json,
+            removed,
         });
-        self.pending.push((e.clone(), removed));
+        self.pending.push(e.clone());
         e
     }
 
     // ---- reads ------------------------------------------------------------
 
-    /// GET: append `{"action":"get","node":..}\n` to `out` and return the
-    /// etcd index; or etcd's error.
+    /// GET: append `{"action":"get","node":..}\n` to `out`; or etcd's error
+    /// (carrying `index`, the node-wide index read before this read began).
+    ///
+    /// On a sharded member a directory's files live in one shard: a listing
+    /// elsewhere answers [`ESCALATE`] naming that shard, unless `remote`
+    /// holds the other shards' files (a member-wide recursive GET).
+    #[allow(clippy::too_many_arguments)]
     pub fn get(
         &mut self,
+        index: u64,
         path: &[u8],
         recursive: bool,
         sorted: bool,
         now: i64,
+        remote: Option<&RemoteFiles>,
         out: &mut Vec<u8>,
     ) -> Result<std::result::Result<u64, V2Error>> {
         let rtxn = self.env.read_txn()?;
@@ -949,11 +1167,20 @@ impl Store {
         self.kbuf = kbuf;
         let f = match found {
             Ok(f) => f,
-            Err(e) => {
+            Err(mut e) => {
                 self.stats.gets_fail += 1;
+                e.index = index;
                 return Ok(Err(e));
             }
         };
+        if f.meta.dir && remote.is_none() && self.placement.shards > 1 {
+            if recursive {
+                return Ok(Err(escalate(MEMBER_WIDE)));
+            }
+            if !self.placement.owns_dir(path) {
+                return Ok(Err(escalate(self.placement.of_dir(path))));
+            }
+        }
         self.stats.gets_success += 1;
         out.extend_from_slice(b"{\"action\":\"get\",\"node\":");
         let value = if f.meta.dir {
@@ -978,43 +1205,80 @@ impl Store {
             } else {
                 path.to_vec()
             };
-            self.write_children(&rtxn, f.meta.dir_id, &mut p, recursive, sorted, now, out, 0)?;
+            let w = Walk {
+                recursive,
+                sorted,
+                now,
+                remote,
+            };
+            self.write_children(&rtxn, f.meta.dir_id, &mut p, &w, out, 0)?;
         }
         event::write_tail(out, f.meta.modified, f.meta.created);
         out.extend_from_slice(b"}\n");
-        Ok(Ok(self.index))
+        Ok(Ok(index))
     }
 
-    /// Append `,"nodes":[..]` for the visible children of `dir_id`, if any.
-    #[allow(clippy::too_many_arguments)]
+    /// Append `,"nodes":[..]` for the visible children of `dir_id`, if any,
+    /// merging in another shard's files of that directory from `w.remote`.
     fn write_children(
         &self,
         txn: &RoTxn,
         dir_id: u64,
         path: &mut Vec<u8>,
-        recursive: bool,
-        sorted: bool,
-        now: i64,
+        w: &Walk,
         out: &mut Vec<u8>,
         depth: usize,
     ) -> Result<()> {
         if depth > 10_000 {
             return Err(Error::Corrupt("directory nesting too deep".into()));
         }
-        let iter = self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())?;
+        let remote = w
+            .remote
+            .and_then(|r| r.get(&dir_id))
+            .map_or(&[][..], |v| &v[..]);
+        let mut items: Vec<(&[u8], Child)> = Vec::new();
+        for item in self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())? {
+            let (k, v) = item?;
+            items.push((k, Child::Local(NodeRec::decode(v).ok_or_else(corrupt)?)));
+        }
+        if !remote.is_empty() {
+            items.extend(remote.iter().map(|f| (&f.lkey[..], Child::Remote(f))));
+            items.sort_by(|a, b| a.0.cmp(b.0));
+        }
+        // LMDB order is name order except for over-long names.
+        let name_of = |(k, c): &(&[u8], Child)| -> Vec<u8> {
+            match c {
+                Child::Local(r) => r.name(k).to_vec(),
+                Child::Remote(f) => f.name.clone(),
+            }
+        };
+        let long = items.iter().any(|(_, c)| match c {
+            Child::Local(r) => r.long_name.is_some(),
+            Child::Remote(f) => f.name.len() != f.lkey.len().saturating_sub(8),
+        });
+        if w.sorted && long {
+            items.sort_by_key(|it| name_of(it));
+        }
         let mut any = false;
-        let emit = |k: &[u8],
-                    rec: NodeRec,
-                    path: &mut Vec<u8>,
-                    out: &mut Vec<u8>,
-                    any: &mut bool|
-         -> Result<()> {
+        for (k, c) in items {
+            let rec = match c {
+                Child::Remote(f) => {
+                    if f.name.first() == Some(&b'_') {
+                        continue;
+                    }
+                    out.extend_from_slice(if any { b"," } else { b",\"nodes\":[" });
+                    any = true;
+                    out.extend_from_slice(&f.json);
+                    continue;
+                }
+                Child::Local(rec) => rec,
+            };
             let name = rec.name(k);
             if name.first() == Some(&b'_') {
-                return Ok(());
+                continue;
             }
-            out.extend_from_slice(if *any { b"," } else { b",\"nodes\":[" });
-            *any = true;
+            out.extend_from_slice(if any { b"," } else { b",\"nodes\":[" });
+            any = true;
             let len = path.len();
             path.push(b'/');
             path.extend_from_slice(name);
@@ -1023,51 +1287,16 @@ impl Store {
                 value: (!rec.dir).then_some(rec.value),
                 dir: rec.dir,
                 expire: rec.expire,
-                now,
+                now: w.now,
                 modified: rec.modified,
                 created: rec.created,
             }
             .write_head(out);
-            if rec.dir && recursive {
-                self.write_children(
-                    txn,
-                    rec.dir_id,
-                    path,
-                    recursive,
-                    sorted,
-                    now,
-                    out,
-                    depth + 1,
-                )?;
+            if rec.dir && w.recursive {
+                self.write_children(txn, rec.dir_id, path, w, out, depth + 1)?;
             }
             event::write_tail(out, rec.modified, rec.created);
             path.truncate(len);
-            Ok(())
-        };
-        if sorted {
-            // LMDB order is name order except for over-long names.
-            let mut items = Vec::new();
-            for item in iter {
-                let (k, v) = item?;
-                items.push((k, NodeRec::decode(v).ok_or_else(corrupt)?));
-            }
-            if items.iter().any(|(_, r)| r.long_name.is_some()) {
-                items.sort_by(|a, b| a.1.name(a.0).cmp(b.1.name(b.0)));
-            }
-            for (k, rec) in items {
-                emit(k, rec, path, out, &mut any)?;
-            }
-        } else {
-            for item in iter {
-                let (k, v) = item?;
-                emit(
-                    k,
-                    NodeRec::decode(v).ok_or_else(corrupt)?,
-                    path,
-                    out,
-                    &mut any,
-                )?;
-            }
         }
         if any {
             out.push(b']');
@@ -1075,29 +1304,122 @@ impl Store {
         Ok(())
     }
 
-    /// Register a watch (store.Watch). `Ok((Some(event), idx))` is answered
-    /// from history at once; `Ok((None, idx))` registered `handle`.
-    pub fn watch(
-        &mut self,
-        key: &[u8],
-        recursive: bool,
-        stream: bool,
-        since: u64,
-    ) -> std::result::Result<(WatchStart, u64), V2Error> {
-        let since = if since == 0 { self.index + 1 } else { since };
-        match self.history.scan(key, recursive, since) {
-            Err(mut e) => {
-                e.index = self.index;
-                Err(e)
-            }
-            Ok(Some(e)) => Ok((WatchStart::Past(e), self.index)),
-            Ok(None) => Ok((
-                WatchStart::Waiting(self.hub.add(key, recursive, stream, since)),
-                self.index,
-            )),
+    /// This shard's files below directory `path` (for a member-wide
+    /// recursive GET): each rendered as a node, keyed by its directory.
+    pub fn collect_files(&self, path: &[u8], now: i64) -> Result<RemoteFiles> {
+        let rtxn = self.env.read_txn()?;
+        let mut out = RemoteFiles::new();
+        let mut kbuf = Vec::new();
+        let Ok(f) = self.find(&rtxn, path, &mut kbuf)? else {
+            return Ok(out);
+        };
+        if !f.meta.dir {
+            return Ok(out);
         }
+        let mut p = if path == b"/" {
+            Vec::new()
+        } else {
+            path.to_vec()
+        };
+        self.collect_dir(&rtxn, f.meta.dir_id, &mut p, now, &mut out, 0)?;
+        Ok(out)
+    }
+
+    fn collect_dir(
+        &self,
+        txn: &RoTxn,
+        dir_id: u64,
+        path: &mut Vec<u8>,
+        now: i64,
+        out: &mut RemoteFiles,
+        depth: usize,
+    ) -> Result<()> {
+        if depth > 10_000 {
+            return Err(Error::Corrupt("directory nesting too deep".into()));
+        }
+        let owned = self
+            .placement
+            .owns_dir(if path.is_empty() { b"/" } else { path });
+        for item in self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())? {
+            let (k, v) = item?;
+            let rec = NodeRec::decode(v).ok_or_else(corrupt)?;
+            let name = rec.name(k);
+            let len = path.len();
+            path.push(b'/');
+            path.extend_from_slice(name);
+            if rec.dir {
+                self.collect_dir(txn, rec.dir_id, path, now, out, depth + 1)?;
+            } else if owned {
+                let mut json = Vec::with_capacity(64 + path.len() + rec.value.len());
+                NodeJson {
+                    key: path,
+                    value: Some(rec.value),
+                    dir: false,
+                    expire: rec.expire,
+                    now,
+                    modified: rec.modified,
+                    created: rec.created,
+                }
+                .write(&mut json);
+                out.entry(dir_id).or_default().push(RemoteFile {
+                    lkey: k.to_vec(),
+                    name: name.to_vec(),
+                    json,
+                });
+            }
+            path.truncate(len);
+        }
+        Ok(())
+    }
+
+    /// Execute `data` in a transaction that is then aborted: the outcome a
+    /// member-wide operation would have on this shard, changing nothing but
+    /// the counter, which the coordinator restores (every shard is parked).
+    pub fn trial(&mut self, data: &[u8]) -> Result<Option<Outcome>> {
+        let Some(cmd) = Command::decode(data) else {
+            return Err(Error::Corrupt("undecodable command".into()));
+        };
+        let saved = (self.index, self.next_dir_id, self.stats, self.pending.len());
+        let env = self.env.clone();
+        let mut txn = env.write_txn()?;
+        self.taken.clear();
+        self.replay.clear();
+        self.replay.extend(cmd.recorded());
+        self.replay.reverse();
+        let r = self.apply_one(&mut txn, &cmd);
+        txn.abort();
+        self.global = false;
+        (self.index, self.next_dir_id, self.stats) = (saved.0, saved.1, saved.2);
+        self.pending.truncate(saved.3);
+        r
     }
 }
+
+/// How a GET walks the tree.
+struct Walk<'a> {
+    recursive: bool,
+    sorted: bool,
+    now: i64,
+    remote: Option<&'a RemoteFiles>,
+}
+
+/// One child while listing: from this shard's LMDB, or another shard's file.
+enum Child<'a> {
+    Local(NodeRec<'a>),
+    Remote(&'a RemoteFile),
+}
+
+/// A file another shard rendered for a member-wide GET.
+#[derive(Debug, Clone)]
+pub struct RemoteFile {
+    /// Its LMDB key (listing order).
+    pub lkey: Vec<u8>,
+    pub name: Vec<u8>,
+    pub json: Vec<u8>,
+}
+
+/// Other shards' files by directory id.
+pub type RemoteFiles = std::collections::HashMap<u64, Vec<RemoteFile>>;
 
 /// What kind of event [`Store::event`] renders.
 struct EventKind {
@@ -1109,14 +1431,6 @@ struct EventKind {
     refresh: bool,
     /// Answered with 201.
     created: bool,
-}
-
-/// How a watch begins.
-pub enum WatchStart {
-    /// Found in history: deliver this one event.
-    Past(Rc<Event>),
-    /// Registered: wait on the handle.
-    Waiting(WatchHandle),
 }
 
 fn corrupt() -> Error {

@@ -8,7 +8,7 @@
 //! whose channel fills is dropped, which ends its stream (etcd's behaviour).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
@@ -20,7 +20,7 @@ pub const WATCHER_BUFFER: usize = 100;
 
 /// The last `capacity` events, oldest first (etcd's EventHistory).
 pub struct EventHistory {
-    queue: VecDeque<Rc<Event>>,
+    queue: VecDeque<Arc<Event>>,
     capacity: usize,
     /// Index of the oldest event still answerable.
     start_index: u64,
@@ -39,7 +39,7 @@ impl EventHistory {
         }
     }
 
-    pub fn push(&mut self, e: Rc<Event>) {
+    pub fn push(&mut self, e: Arc<Event>) {
         if self.queue.len() == self.capacity {
             self.queue.pop_front();
         }
@@ -56,7 +56,7 @@ impl EventHistory {
         key: &[u8],
         recursive: bool,
         since: u64,
-    ) -> Result<Option<Rc<Event>>, V2Error> {
+    ) -> Result<Option<Arc<Event>>, V2Error> {
         if since < self.start_index {
             let cause = format!(
                 "the requested history has been cleared [{}/{}]",
@@ -110,7 +110,7 @@ struct Watcher {
     recursive: bool,
     stream: bool,
     since: u64,
-    tx: LocalSender<Rc<Event>>,
+    tx: LocalSender<Arc<Event>>,
     /// Last event index delivered, so one event reaches a watcher once.
     last: u64,
 }
@@ -127,7 +127,7 @@ pub struct WatcherHub {
 pub struct WatchHandle {
     pub id: u64,
     pub key: Box<[u8]>,
-    pub rx: LocalReceiver<Rc<Event>>,
+    pub rx: LocalReceiver<Arc<Event>>,
 }
 
 impl WatcherHub {
@@ -179,13 +179,13 @@ impl WatcherHub {
             .is_some_and(|(k, _)| &**k == key || is_under(k, key))
     }
 
-    /// Deliver `e` to every watcher it concerns (spec 5.2). `removed` lists the
-    /// paths a delete/expire removed below (and including) the event key.
-    pub fn notify(&mut self, e: &Rc<Event>, removed: &[Box<[u8]>]) {
+    /// Deliver `e` to every watcher it concerns (spec 5.2), including
+    /// watchers on the paths a delete/expire removed below its key.
+    pub fn notify(&mut self, e: &Arc<Event>) {
         if self.count == 0 || e.refresh {
             return;
         }
-        for p in removed {
+        for p in &e.removed {
             self.notify_at(e, p, true);
         }
         // The key itself and each ancestor, root first.
@@ -201,7 +201,7 @@ impl WatcherHub {
         }
     }
 
-    fn notify_at(&mut self, e: &Rc<Event>, path: &[u8], deleted: bool) {
+    fn notify_at(&mut self, e: &Arc<Event>, path: &[u8], deleted: bool) {
         let Some(list) = self.by_key.get_mut(path) else {
             return;
         };
@@ -232,8 +232,8 @@ mod tests {
     use super::*;
     use crate::store::event::Action;
 
-    fn ev(index: u64, action: Action, key: &str, prev_dir: bool) -> Rc<Event> {
-        Rc::new(Event {
+    fn ev(index: u64, action: Action, key: &str, prev_dir: bool) -> Arc<Event> {
+        Arc::new(Event {
             index,
             action,
             key: key.as_bytes().into(),
@@ -241,6 +241,7 @@ mod tests {
             refresh: false,
             created: false,
             json: b"{}\n".to_vec(),
+            removed: Vec::new(),
         })
     }
 

@@ -5,6 +5,7 @@
 //! them touches the keyspace.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::json::{write_str, write_time};
@@ -179,28 +180,40 @@ pub fn stats_store(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     if !only_get(req, out) {
         return;
     }
-    let store = api.shard.store.borrow();
-    let s = store.stats;
+    // Summed over every shard (each publishes its counters after each
+    // batch and read).
+    api.shard.publish_figures();
+    let sh = &api.shard.shared;
+    let sum = |i: usize| -> u64 {
+        sh.figures
+            .iter()
+            .map(|f| f.stats[i].load(Ordering::Relaxed))
+            .sum()
+    };
+    let watchers: u64 = sh
+        .figures
+        .iter()
+        .map(|f| f.watchers.load(Ordering::Relaxed))
+        .sum();
     let body = format!(
         "{{\"getsSuccess\":{},\"getsFail\":{},\"setsSuccess\":{},\"setsFail\":{},\"deleteSuccess\":{},\"deleteFail\":{},\"updateSuccess\":{},\"updateFail\":{},\"createSuccess\":{},\"createFail\":{},\"compareAndSwapSuccess\":{},\"compareAndSwapFail\":{},\"compareAndDeleteSuccess\":{},\"compareAndDeleteFail\":{},\"expireCount\":{},\"watchers\":{}}}",
-        s.gets_success,
-        s.gets_fail,
-        s.sets_success,
-        s.sets_fail,
-        s.delete_success,
-        s.delete_fail,
-        s.update_success,
-        s.update_fail,
-        s.create_success,
-        s.create_fail,
-        s.cas_success,
-        s.cas_fail,
-        s.cad_success,
-        s.cad_fail,
-        s.expire_count,
-        store.hub.count()
+        sum(0),
+        sum(1),
+        sum(2),
+        sum(3),
+        sum(4),
+        sum(5),
+        sum(6),
+        sum(7),
+        sum(8),
+        sum(9),
+        sum(10),
+        sum(11),
+        sum(12),
+        sum(13),
+        sum(14),
+        watchers
     );
-    drop(store);
     send(req, 200, JSON, &[], body.as_bytes(), out);
 }
 
@@ -271,34 +284,50 @@ pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     if !only_get(req, out) {
         return;
     }
+    // This executor's shard in full; the others from their published
+    // figures.
     let sh = &api.shard;
-    let store = sh.store.borrow();
+    sh.publish_figures();
     let m = &sh.metrics;
-    let nodes = store.node_count().unwrap_or(0);
     let h = m.sync_micros.borrow();
     let (p50, p99, max) = (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max());
     drop(h);
-    let body = format!(
-        "{{\"shards\":[{{\"id\":{},\"leader\":{},\"nodes\":{},\"etcdIndex\":{},\"appliedIndex\":{},\"raftIndex\":{},\"raftTerm\":{},\"proposals\":{},\"walSyncs\":{},\"walSyncedEntries\":{},\"walSyncSeconds\":{:.6},\"walBytes\":{},\"walSyncMicros\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"watchers\":{},\"failed\":{}}}]}}\n",
+    let o = sh.orderer.borrow();
+    let mut body = format!(
+        "{{\"shards\":{},\"index\":{},\"executor\":{{\"id\":{},\"leader\":{},\"raftIndex\":{},\"raftTerm\":{},\"walSyncedEntries\":{},\"walSyncSeconds\":{:.6},\"walSyncMicros\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"delivered\":{},\"held\":{}}},\"shard\":[",
+        sh.shared.shards,
+        o.closed(),
         sh.id,
         sh.is_leader.get(),
-        nodes,
-        store.index(),
-        store.applied().0,
         sh.raft_index.get(),
         sh.raft_term.get(),
-        m.proposals.get(),
-        m.syncs.get(),
         m.synced_entries.get(),
         m.sync_nanos.get() as f64 / 1e9,
-        m.wal_bytes.get(),
         p50,
         p99,
         max,
-        store.hub.count(),
-        sh.failed.borrow().is_some()
+        o.delivered(),
+        o.held(),
     );
-    drop(store);
+    drop(o);
+    for (i, f) in sh.shared.figures.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        body.push_str(&format!(
+            "{{\"id\":{i},\"nodes\":{},\"etcdIndex\":{},\"appliedIndex\":{},\"proposals\":{},\"walSyncs\":{},\"walBytes\":{},\"watchers\":{},\"failed\":{}}}",
+            l(&f.nodes),
+            l(&f.index),
+            l(&f.applied),
+            l(&f.writes),
+            l(&f.syncs),
+            l(&f.wal_bytes),
+            l(&f.watchers),
+            l(&f.failed) != 0
+        ));
+    }
+    body.push_str("]}\n");
     send(req, 200, JSON, &[], body.as_bytes(), out);
 }
 

@@ -7,7 +7,7 @@
 //! the shard, and answered by [`complete`] after apply. Watches come back as
 //! a [`Watch`] that the HTTP layer streams with [`next_event`].
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::error::*;
 use super::form::{media_type, Field};
@@ -15,19 +15,36 @@ use super::Api;
 use crate::http::response::{Response, JSON};
 use crate::http::{Handled, Method, Request};
 use crate::raft::wall_nanos;
-use crate::shard::ReplyFuture;
+use crate::shard::mesh::ReadReq;
+use crate::shard::orderer::{Delivered, WatchStart};
+use crate::shard::{Answer, AnswerFuture};
 use crate::store::watch::WatchHandle;
-use crate::store::{Action, Command, Event, Op, WatchStart};
+use crate::store::{Action, Command, Event, Op};
 
-/// A write waiting for raft.
+/// A request answered later, in request order.
+pub enum Pending {
+    Write(PendingWrite),
+    Read(PendingRead),
+}
+
+/// A write on its way through its shard's raft group.
 pub struct PendingWrite {
-    fut: ReplyFuture,
+    fut: AnswerFuture,
     no_value: bool,
     http11: bool,
 }
 
+/// A read, started when the requests before it on the connection are done
+/// (so a pipelined read sees the writes sent before it).
+pub struct PendingRead {
+    owner: usize,
+    req: ReadReq,
+    head_only: bool,
+    http11: bool,
+}
+
 /// A watch event as the HTTP layer writes it: the shared event's JSON.
-pub struct EventBody(Rc<Event>);
+pub struct EventBody(Arc<Event>);
 
 impl AsRef<[u8]> for EventBody {
     fn as_ref(&self) -> &[u8] {
@@ -40,12 +57,12 @@ pub struct Watch {
     key: Box<[u8]>,
     recursive: bool,
     pub stream: bool,
-    past: Option<Rc<Event>>,
+    past: Option<Arc<Event>>,
     handle: Option<WatchHandle>,
     next_since: u64,
 }
 
-type Out = Handled<PendingWrite, Watch>;
+type Out = Handled<Pending, Watch>;
 
 const FORM_TYPE: &str = "application/x-www-form-urlencoded";
 
@@ -193,8 +210,19 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
                 drop(form);
                 return start_watch(api, req, key, recursive, stream, wait_index, out);
             }
-            get(api, req, key, recursive, sorted, now, out);
-            Handled::Done
+            let _ = quorum;
+            let pl = api.shard.placement;
+            Handled::Pending(Pending::Read(PendingRead {
+                owner: pl.of_key(key),
+                req: ReadReq {
+                    key: key.to_vec(),
+                    recursive,
+                    sorted,
+                    now,
+                },
+                head_only: m == Method::Head,
+                http11: req.head.http11,
+            }))
         }
         _ => {
             let op = match m {
@@ -223,11 +251,17 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
             let mut data = Vec::new();
             c.encode(&mut data);
             drop(form);
-            Handled::Pending(PendingWrite {
-                fut: api.shard.propose(data),
+            let pl = api.shard.placement;
+            let owner = if op == Op::CreateUnique {
+                pl.of_dir(key)
+            } else {
+                pl.of_key(key)
+            };
+            Handled::Pending(Pending::Write(PendingWrite {
+                fut: api.shard.propose(owner, data),
                 no_value,
                 http11: req.head.http11,
-            })
+            }))
         }
     }
 }
@@ -284,46 +318,33 @@ fn read_headers<'o>(
     success_headers(api, out, http11, 200, etcd_index, ri, rt)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn get(
-    api: &Api,
-    req: &Request<'_>,
-    key: &[u8],
-    recursive: bool,
-    sorted: bool,
-    now: i64,
-    out: &mut Vec<u8>,
-) {
-    let head_only = req.head.method == Method::Head;
-    let mut body = api.scratch.borrow_mut();
+/// Answer a read once its shard has: etcd's headers with the index it
+/// was read at, once this executor has delivered that index (so a watch
+/// from the next index on this connection misses nothing).
+async fn read(api: &Api, p: PendingRead, out: &mut Vec<u8>) {
+    let key = p.req.key.clone();
+    let recursive = p.req.recursive;
+    let r = api.shard.read(p.owner, p.req).await;
+    let (mut body, index) = match r {
+        Ok(x) => x,
+        Err(e) if e.code == KEY_NOT_FOUND && is_machines_path(&key) => {
+            let mut body = Vec::new();
+            let index = machines_listing(api, &key, recursive, &mut body);
+            (body, index)
+        }
+        Err(mut e) => {
+            e.index = e.index.max(api.shard.orderer.borrow().closed());
+            return write_error(api, p.http11, &e, p.head_only, out);
+        }
+    };
+    Delivered {
+        orderer: &api.shard.orderer,
+        index,
+    }
+    .await;
+    let r = read_headers(api, out, p.http11, index);
+    r.body(&body, p.head_only);
     body.clear();
-    let r = api
-        .shard
-        .store
-        .borrow_mut()
-        .get(key, recursive, sorted, now, &mut body);
-    let r = match r {
-        Ok(r) => r,
-        Err(e) => {
-            drop(body);
-            api.shard.fail(e.to_string());
-            let e = V2Error::new(RAFT_INTERNAL, "etcdserver: server stopped", 0);
-            return write_error(api, req.head.http11, &e, head_only, out);
-        }
-    };
-    let index = match r {
-        Ok(index) => index,
-        Err(e) if e.code == KEY_NOT_FOUND && is_machines_path(key) => {
-            body.clear();
-            machines_listing(api, key, recursive, &mut body)
-        }
-        Err(e) => {
-            drop(body);
-            return write_error(api, req.head.http11, &e, head_only, out);
-        }
-    };
-    let r = read_headers(api, out, req.head.http11, index);
-    r.body(&body, head_only);
 }
 
 fn is_machines_path(key: &[u8]) -> bool {
@@ -334,7 +355,7 @@ fn is_machines_path(key: &[u8]) -> bool {
 /// (spec 8.7): one file per member, `raft=<peer>&etcd=<client>`.
 fn machines_listing(api: &Api, key: &[u8], recursive: bool, out: &mut Vec<u8>) -> u64 {
     use crate::store::NodeJson;
-    let index = api.shard.store.borrow().index();
+    let index = api.shard.orderer.borrow().closed();
     let members = api.cluster.sorted();
     let value = |m: &crate::cluster::Member| {
         let mut v = b"raft=".to_vec();
@@ -425,11 +446,30 @@ fn enc(out: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// Answer a write once raft has applied it.
-pub async fn complete(api: &Api, p: PendingWrite, out: &mut Vec<u8>) {
-    let reply = p.fut.await;
+/// Answer a request once its shard has.
+pub async fn complete(api: &Api, p: Pending, out: &mut Vec<u8>) {
+    match p {
+        Pending::Write(w) => write(api, w, out).await,
+        Pending::Read(r) => read(api, r, out).await,
+    }
+}
+
+/// Answer a write once it is durable and its event delivered here.
+async fn write(api: &Api, p: PendingWrite, out: &mut Vec<u8>) {
+    let reply = match p.fut.await {
+        Answer::Write(r) => r,
+        Answer::Read(_) => {
+            let e = V2Error::new(RAFT_INTERNAL, "etcdserver: internal error", 0);
+            return write_error(api, p.http11, &e, false, out);
+        }
+    };
     match reply.outcome {
         Ok(ev) => {
+            Delivered {
+                orderer: &api.shard.orderer,
+                index: ev.index,
+            }
+            .await;
             let status = if ev.created { 201 } else { 200 };
             let r = success_headers(
                 api,
@@ -451,7 +491,10 @@ pub async fn complete(api: &Api, p: PendingWrite, out: &mut Vec<u8>) {
                 r.body(&ev.json, false);
             }
         }
-        Err(e) => write_error(api, p.http11, &e, false, out),
+        Err(mut e) => {
+            e.index = e.index.max(api.shard.orderer.borrow().closed());
+            write_error(api, p.http11, &e, false, out)
+        }
     }
 }
 
@@ -466,7 +509,7 @@ fn start_watch(
 ) -> Out {
     let r = api
         .shard
-        .store
+        .orderer
         .borrow_mut()
         .watch(key, recursive, stream, since);
     let (start, index) = match r {
@@ -510,7 +553,7 @@ pub async fn next_event(api: &Api, w: &mut Watch) -> Option<EventBody> {
             }
             let r = api
                 .shard
-                .store
+                .orderer
                 .borrow_mut()
                 .watch(&w.key, w.recursive, true, w.next_since);
             match r {
@@ -530,6 +573,6 @@ pub async fn next_event(api: &Api, w: &mut Watch) -> Option<EventBody> {
 /// Unregister a watch whose client is gone or that is finished.
 pub fn cancel(api: &Api, w: Watch) {
     if let Some(h) = w.handle {
-        api.shard.store.borrow_mut().hub.remove(&h.key, h.id);
+        api.shard.orderer.borrow_mut().hub.remove(&h.key, h.id);
     }
 }

@@ -15,6 +15,7 @@ pub mod keys;
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::cluster::Cluster;
@@ -26,7 +27,7 @@ use crate::shard::Shard;
 /// The v2 API of one member, on one executor.
 pub struct Api {
     pub shard: Rc<Shard>,
-    pub cluster: Rc<Cluster>,
+    pub cluster: Arc<Cluster>,
     cluster_id_hex: Vec<u8>,
     pub start: SystemTime,
     form: RefCell<form::Form>,
@@ -34,7 +35,7 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(shard: Rc<Shard>, cluster: Rc<Cluster>) -> Api {
+    pub fn new(shard: Rc<Shard>, cluster: Arc<Cluster>) -> Api {
         let cluster_id_hex = format!("{:x}", cluster.id).into_bytes();
         Api {
             shard,
@@ -98,7 +99,7 @@ pub fn method_not_allowed(req: &Request<'_>, allow: &[u8], out: &mut Vec<u8>) {
 }
 
 impl Service for Api {
-    type Pending = keys::PendingWrite;
+    type Pending = keys::Pending;
     type Watch = keys::Watch;
     type Event = keys::EventBody;
 

@@ -1,0 +1,459 @@
+//! Member-wide operations: the few requests one shard cannot answer alone.
+//!
+//! Every shard holds the whole directory skeleton and the files of its own
+//! directories. A write that would change the skeleton (create, delete,
+//! expire or re-TTL a directory), or that must look past an ancestor another
+//! shard owns, and a recursive GET of a directory, are escalated here. Shard
+//! 0's executor coordinates them one at a time:
+//!
+//! 1. **Park**: every shard's raft loop stops at a batch boundary (its last
+//!    batch durable and published), so nothing is in flight anywhere.
+//! 2. A write is first **tried** on every shard (executed and rolled back);
+//!    each reports what it would do. Any shard's error wins (a shard sees
+//!    only its own files), else the write is **applied** on every shard with
+//!    the same index: each logs it in its own WAL (one fsync) and changes
+//!    its part. The owner's event, with the removed paths of all shards, is
+//!    published once. A recursive GET **collects** every shard's files and
+//!    renders them into shard 0's skeleton: a consistent cut.
+//! 3. **Unpark**. Reads on a shard that applied wait until then.
+//!
+//! Crash safety: the operation is in every shard's log before any shard
+//! resumes, and a shard that crashed before logging it finds it, on
+//! restart, in another shard's log (see `server::recover_global`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+
+use super::mesh::ReadReq;
+use super::{Answer, Msg as MeshMsg, Reply, Shard, Target};
+use crate::store::command::push_index;
+use crate::store::{Command, Event, Op, Outcome, RemoteFiles, ESCALATE};
+use crate::v2::error::{V2Error, KEY_NOT_FOUND, RAFT_INTERNAL};
+
+/// A member-wide request.
+pub enum Job {
+    /// An encoded command.
+    Write(Vec<u8>),
+    /// A recursive GET.
+    Read(ReadReq),
+}
+
+/// One step a parked shard performs for the coordinator.
+pub enum SubOp {
+    Trial(Vec<u8>),
+    Apply(Vec<u8>),
+    Collect { key: Vec<u8>, now: i64 },
+    Unpark,
+}
+
+/// A parked shard's report.
+pub enum SubResult {
+    Outcome(Option<Outcome>),
+    Collected(RemoteFiles),
+    Failed(String),
+}
+
+/// Messages of the protocol, over the mesh.
+pub enum Msg {
+    Submit { job: Job, target: Option<Target> },
+    Park,
+    Parked { shard: usize },
+    Sub(SubOp),
+    Result { shard: usize, result: SubResult },
+}
+
+/// Per-executor state of the protocol.
+#[derive(Default)]
+pub struct State {
+    park: Cell<bool>,
+    /// Applied a member-wide write not yet released: reads wait.
+    applying: Cell<bool>,
+    gate: RefCell<Vec<Waker>>,
+    subops: RefCell<VecDeque<SubOp>>,
+    subop_waker: RefCell<Option<Waker>>,
+    // Coordinator (shard 0) only.
+    jobs: RefCell<VecDeque<(Job, Option<Target>)>>,
+    job_waker: RefCell<Option<Waker>>,
+    parked: Cell<usize>,
+    results: RefCell<Vec<Option<SubResult>>>,
+    coord_waker: RefCell<Option<Waker>>,
+    /// Directory expiries submitted and not yet done.
+    pub expiring: RefCell<Vec<Vec<u8>>>,
+}
+
+impl State {
+    pub fn park_requested(&self) -> bool {
+        self.park.get()
+    }
+}
+
+fn wake(w: &RefCell<Option<Waker>>) {
+    if let Some(w) = w.borrow_mut().take() {
+        w.wake();
+    }
+}
+
+/// Hand a job to the coordinator (shard 0).
+pub fn submit(shard: &Rc<Shard>, job: Job, target: impl Into<Option<Target>>) {
+    tracing::debug!(shard = shard.id, "global job submitted");
+    let target = target.into().map(|t| match t {
+        Target::Local(slot) if shard.id != 0 => Target::Remote {
+            from: shard.id,
+            slot,
+        },
+        t => t,
+    });
+    if shard.id == 0 {
+        shard.global.jobs.borrow_mut().push_back((job, target));
+        wake(&shard.global.job_waker);
+    } else {
+        shard.send(0, MeshMsg::Global(Msg::Submit { job, target }));
+    }
+}
+
+/// A protocol message from another executor.
+pub fn on_message(shard: &Rc<Shard>, m: Msg) {
+    let g = &shard.global;
+    match m {
+        Msg::Submit { job, target } => {
+            g.jobs.borrow_mut().push_back((job, target));
+            wake(&g.job_waker);
+        }
+        Msg::Park => request_park(shard),
+        Msg::Parked { .. } => {
+            g.parked.set(g.parked.get() + 1);
+            wake(&g.coord_waker);
+        }
+        Msg::Sub(op) => {
+            g.subops.borrow_mut().push_back(op);
+            wake(&g.subop_waker);
+        }
+        Msg::Result {
+            shard: from,
+            result,
+        } => {
+            if let Some(slot) = g.results.borrow_mut().get_mut(from) {
+                *slot = Some(result);
+            }
+            wake(&g.coord_waker);
+        }
+    }
+}
+
+fn request_park(shard: &Shard) {
+    shard.global.park.set(true);
+    shard.wake_loop();
+}
+
+/// Called by a parked raft loop: tell the coordinator.
+pub fn report_parked(shard: &Rc<Shard>) {
+    tracing::debug!(shard = shard.id, "parked");
+    shard.global.park.set(false);
+    if shard.id == 0 {
+        let g = &shard.global;
+        g.parked.set(g.parked.get() + 1);
+        wake(&g.coord_waker);
+    } else {
+        shard.send(0, MeshMsg::Global(Msg::Parked { shard: shard.id }));
+    }
+}
+
+/// The next step for a parked shard.
+pub async fn next_subop(shard: &Shard) -> SubOp {
+    std::future::poll_fn(|cx| {
+        let g = &shard.global;
+        match g.subops.borrow_mut().pop_front() {
+            Some(op) => std::task::Poll::Ready(op),
+            None => {
+                *g.subop_waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// Report a step's result to the coordinator.
+pub fn report(shard: &Rc<Shard>, result: SubResult) {
+    if shard.id == 0 {
+        if let Some(slot) = shard.global.results.borrow_mut().get_mut(0) {
+            *slot = Some(result);
+        }
+        wake(&shard.global.coord_waker);
+    } else {
+        shard.send(
+            0,
+            MeshMsg::Global(Msg::Result {
+                shard: shard.id,
+                result,
+            }),
+        );
+    }
+}
+
+/// Mark this shard as holding a member-wide write until unparked.
+pub fn set_applying(shard: &Shard, on: bool) {
+    shard.global.applying.set(on);
+    if !on {
+        for w in shard.global.gate.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// Wait while this shard holds an unreleased member-wide write.
+pub async fn read_gate(shard: &Shard) {
+    std::future::poll_fn(|cx| {
+        if shard.global.applying.get() {
+            shard.global.gate.borrow_mut().push(cx.waker().clone());
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await
+}
+
+/// The coordinator: shard 0 runs one job at a time, forever.
+pub async fn coordinate(shard: Rc<Shard>) {
+    let n = shard.shared.shards;
+    loop {
+        let (job, target) = std::future::poll_fn(|cx| {
+            let g = &shard.global;
+            match g.jobs.borrow_mut().pop_front() {
+                Some(j) => std::task::Poll::Ready(j),
+                None => {
+                    *g.job_waker.borrow_mut() = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+            }
+        })
+        .await;
+        tracing::debug!("global job: parking");
+        // 1. Park everyone.
+        shard.global.parked.set(0);
+        for peer in 1..n {
+            shard.send(peer, MeshMsg::Global(Msg::Park));
+        }
+        request_park(&shard);
+        std::future::poll_fn(|cx| {
+            if shard.global.parked.get() >= n {
+                std::task::Poll::Ready(())
+            } else {
+                *shard.global.coord_waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        tracing::debug!("global job: parked");
+        // 2. Run the job.
+        match job {
+            Job::Write(data) => write(&shard, data, target).await,
+            Job::Read(req) => read(&shard, req, target).await,
+        }
+        tracing::debug!("global job: done");
+        // 3. Unpark.
+        for peer in 0..n {
+            send_sub(&shard, peer, SubOp::Unpark);
+        }
+    }
+}
+
+fn send_sub(shard: &Rc<Shard>, to: usize, op: SubOp) {
+    if to == shard.id {
+        shard.global.subops.borrow_mut().push_back(op);
+        wake(&shard.global.subop_waker);
+    } else {
+        shard.send(to, MeshMsg::Global(Msg::Sub(op)));
+    }
+}
+
+/// Send `op(peer)` to each of `peers` and wait for all their results.
+async fn round(
+    shard: &Rc<Shard>,
+    peers: &[usize],
+    op: impl Fn() -> SubOp,
+) -> Vec<Option<SubResult>> {
+    let n = shard.shared.shards;
+    *shard.global.results.borrow_mut() = (0..n).map(|_| None).collect();
+    for &p in peers {
+        send_sub(shard, p, op());
+    }
+    std::future::poll_fn(|cx| {
+        let done = {
+            let r = shard.global.results.borrow();
+            peers.iter().all(|&p| r[p].is_some())
+        };
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            *shard.global.coord_waker.borrow_mut() = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    std::mem::take(&mut *shard.global.results.borrow_mut())
+}
+
+fn fail_answer(msg: &str) -> V2Error {
+    V2Error::new(RAFT_INTERNAL, format!("etcdserver: {msg}"), 0)
+}
+
+/// Set the member-wide sequence number of an encoded command.
+fn set_gseq(data: &mut [u8], gseq: u64) {
+    data[27..35].copy_from_slice(&gseq.to_le_bytes());
+}
+
+async fn write(shard: &Rc<Shard>, mut data: Vec<u8>, target: Option<Target>) {
+    let n = shard.shared.shards;
+    let all: Vec<usize> = (0..n).collect();
+    let Some(cmd) = Command::decode(&data) else {
+        return;
+    };
+    let primary = if cmd.op == Op::CreateUnique {
+        shard.placement.of_dir(cmd.key)
+    } else {
+        shard.placement.of_key(cmd.key)
+    };
+    let expiring = (cmd.op == Op::Sync).then(|| cmd.key.to_vec());
+    let index = shard
+        .shared
+        .counter
+        .load(std::sync::atomic::Ordering::SeqCst)
+        + 1;
+    set_gseq(&mut data, index);
+    push_index(&mut data, index);
+    let answer = |outcome: Outcome| {
+        if let Some(t) = target {
+            shard.answer(
+                t,
+                Reply {
+                    outcome,
+                    raft_index: shard.raft_index.get(),
+                    raft_term: shard.raft_term.get(),
+                },
+            );
+        }
+    };
+    // Try everywhere (nothing else runs: the counter is restored after).
+    let before = shard
+        .shared
+        .counter
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let tried = round(shard, &all, || SubOp::Trial(data.clone())).await;
+    shard
+        .shared
+        .counter
+        .store(before, std::sync::atomic::Ordering::SeqCst);
+    let mut error: Option<V2Error> = None;
+    for (i, r) in tried.into_iter().enumerate() {
+        let e = match r {
+            Some(SubResult::Outcome(Some(Err(e)))) if e.code != ESCALATE => e,
+            Some(SubResult::Outcome(_)) => continue,
+            Some(SubResult::Failed(m)) => fail_answer(&m),
+            _ => fail_answer("member-wide operation lost a shard"),
+        };
+        // The owner's error is the one a single store would give; another
+        // shard's only when it saw something the owner cannot (a file of
+        // its own blocking the path).
+        let better = match &error {
+            None => true,
+            Some(prev) => i == primary || (prev.code == KEY_NOT_FOUND && e.code != KEY_NOT_FOUND),
+        };
+        if better {
+            error = Some(e);
+        }
+    }
+    if let Some(mut e) = error {
+        if let Some(p) = &expiring {
+            shard.global.expiring.borrow_mut().retain(|x| x != p);
+        }
+        e.index = shard.orderer.borrow().closed();
+        answer(Err(e));
+        return;
+    }
+    // Apply everywhere (each shard logs it durably).
+    let applied = round(shard, &all, || SubOp::Apply(data.clone())).await;
+    let mut main: Option<Arc<Event>> = None;
+    let mut removed: Vec<Box<[u8]>> = Vec::new();
+    let mut failure = None;
+    for (i, r) in applied.into_iter().enumerate() {
+        match r {
+            Some(SubResult::Outcome(Some(Ok(e)))) => {
+                removed.extend(e.removed.iter().cloned());
+                if i == primary {
+                    main = Some(e);
+                }
+            }
+            Some(SubResult::Failed(m)) => failure = Some(m),
+            _ => failure = Some(format!("shard {i} did not apply a member-wide write")),
+        }
+    }
+    if let Some(p) = &expiring {
+        shard.global.expiring.borrow_mut().retain(|x| x != p);
+    }
+    let (Some(e), None) = (main, failure.clone()) else {
+        let m = failure.unwrap_or_else(|| "member-wide write lost its event".into());
+        tracing::error!(error = %m, "member-wide write failed");
+        answer(Err(fail_answer(&m)));
+        return;
+    };
+    removed.sort();
+    removed.dedup();
+    let e = Arc::new(Event {
+        index: e.index,
+        action: e.action,
+        key: e.key.clone(),
+        prev_dir: e.prev_dir,
+        refresh: e.refresh,
+        created: e.created,
+        json: e.json.clone(),
+        removed,
+    });
+    shard.publish(&mut vec![e.clone()]);
+    answer(Ok(e));
+}
+
+async fn read(shard: &Rc<Shard>, req: ReadReq, target: Option<Target>) {
+    let n = shard.shared.shards;
+    let others: Vec<usize> = (1..n).collect();
+    let collected = round(shard, &others, || SubOp::Collect {
+        key: req.key.clone(),
+        now: req.now,
+    })
+    .await;
+    let mut remote = RemoteFiles::new();
+    for r in collected.into_iter().flatten() {
+        if let SubResult::Collected(files) = r {
+            for (dir, mut list) in files {
+                remote.entry(dir).or_default().append(&mut list);
+            }
+        }
+    }
+    let index = shard
+        .shared
+        .counter
+        .load(std::sync::atomic::Ordering::SeqCst);
+    let mut body = Vec::new();
+    let r = shard.store.borrow_mut().get(
+        index,
+        &req.key,
+        req.recursive,
+        req.sorted,
+        req.now,
+        Some(&remote),
+        &mut body,
+    );
+    let result = match r {
+        Ok(Ok(i)) => Ok((body, i)),
+        Ok(Err(e)) if e.code == ESCALATE => Err(V2Error::new(KEY_NOT_FOUND, &req.key[..], index)),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(fail_answer(&e.to_string())),
+    };
+    if let Some(t) = target {
+        shard.answer(t, Answer::Read(result));
+    }
+}

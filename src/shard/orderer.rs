@@ -1,0 +1,192 @@
+//! The orderer: one executor's view of the member-wide event sequence.
+//!
+//! Every shard publishes the events of each durable batch to the orderer of
+//! every executor (its own directly, the others over the mesh). Shards take
+//! indexes from one counter and publish in their own index order, so events
+//! from different shards can arrive out of order; the orderer holds an early
+//! event until every smaller index has arrived, then delivers in index order
+//! to this executor's event history and watcher hub. An index that no event
+//! kept still arrives, as a placeholder, so delivery never waits on a gap.
+//!
+//! `delivered` is the closed index: every event at or below it is durable
+//! and delivered here. The node-wide `closed` counter is the largest closed
+//! index of any executor; responses report it as `X-Etcd-Index`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+
+use crate::store::watch::{EventHistory, WatchHandle, WatcherHub};
+use crate::store::Event;
+use crate::v2::error::V2Error;
+
+pub struct Orderer {
+    history: EventHistory,
+    pub hub: WatcherHub,
+    /// Events that arrived before a smaller index.
+    early: BTreeMap<u64, Arc<Event>>,
+    delivered: u64,
+    closed: Arc<AtomicU64>,
+    /// Tasks waiting for `delivered` to reach an index.
+    waiters: Vec<(u64, Waker)>,
+}
+
+/// How a watch begins.
+pub enum WatchStart {
+    /// Found in history: deliver this one event.
+    Past(Arc<Event>),
+    /// Registered: wait on the handle.
+    Waiting(WatchHandle),
+}
+
+impl Orderer {
+    /// An orderer whose sequence continues after `index`. A fresh member's
+    /// history holds etcd's three bootstrap writes as placeholders.
+    pub fn new(capacity: usize, index: u64, fresh: bool, closed: Arc<AtomicU64>) -> Orderer {
+        let mut history = if fresh {
+            EventHistory::new(capacity, 1, 0)
+        } else {
+            EventHistory::new(capacity, index + 1, index)
+        };
+        if fresh {
+            for i in 1..=index {
+                history.push(Arc::new(Event::placeholder(i)));
+            }
+        }
+        closed.fetch_max(index, Ordering::SeqCst);
+        Orderer {
+            history,
+            hub: WatcherHub::default(),
+            early: BTreeMap::new(),
+            delivered: index,
+            closed,
+            waiters: Vec::new(),
+        }
+    }
+
+    /// Every event at or below this index is delivered here.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// The node-wide closed index (`X-Etcd-Index` of reads).
+    pub fn closed(&self) -> u64 {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Events held back waiting for a smaller index.
+    pub fn held(&self) -> usize {
+        self.early.len()
+    }
+
+    /// Accept one published event (any order); deliver what is now in order.
+    pub fn offer(&mut self, e: Arc<Event>) {
+        if e.index <= self.delivered {
+            return;
+        }
+        if e.index == self.delivered + 1 {
+            self.deliver(e);
+            while let Some(next) = self.early.first_entry() {
+                if *next.key() != self.delivered + 1 {
+                    break;
+                }
+                let e = next.remove();
+                self.deliver(e);
+            }
+        } else {
+            self.early.insert(e.index, e);
+        }
+        if !self.waiters.is_empty() {
+            let d = self.delivered;
+            self.waiters.retain(|(i, w)| {
+                if *i <= d {
+                    w.wake_by_ref();
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+
+    fn deliver(&mut self, e: Arc<Event>) {
+        self.delivered = e.index;
+        self.hub.notify(&e);
+        self.history.push(e);
+        self.closed.fetch_max(self.delivered, Ordering::SeqCst);
+    }
+
+    /// Register `waker` to be woken once `index` is delivered. False when it
+    /// already is.
+    pub fn wait_for(&mut self, index: u64, waker: &Waker) -> bool {
+        if index <= self.delivered {
+            return false;
+        }
+        self.waiters.push((index, waker.clone()));
+        true
+    }
+
+    /// Register a watch (etcd's store.Watch). A watch without an index
+    /// starts after the node-wide closed index.
+    pub fn watch(
+        &mut self,
+        key: &[u8],
+        recursive: bool,
+        stream: bool,
+        since: u64,
+    ) -> Result<(WatchStart, u64), V2Error> {
+        let index = self.closed();
+        let since = if since == 0 { index + 1 } else { since };
+        match self.history.scan(key, recursive, since) {
+            Err(mut e) => {
+                e.index = index;
+                Err(e)
+            }
+            Ok(Some(e)) => Ok((WatchStart::Past(e), index)),
+            Ok(None) => Ok((
+                WatchStart::Waiting(self.hub.add(key, recursive, stream, since)),
+                index,
+            )),
+        }
+    }
+}
+
+/// Resolves once the executor's orderer has delivered `index`.
+pub struct Delivered<'a> {
+    pub orderer: &'a std::cell::RefCell<Orderer>,
+    pub index: u64,
+}
+
+impl std::future::Future for Delivered<'_> {
+    type Output = ();
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.orderer.borrow_mut().wait_for(self.index, cx.waker()) {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivers_in_index_order() {
+        let closed = Arc::new(AtomicU64::new(0));
+        let mut o = Orderer::new(100, 3, false, closed.clone());
+        o.offer(Arc::new(Event::placeholder(5)));
+        assert_eq!(o.delivered(), 3);
+        o.offer(Arc::new(Event::placeholder(4)));
+        assert_eq!(o.delivered(), 5);
+        assert_eq!(closed.load(Ordering::SeqCst), 5);
+        o.offer(Arc::new(Event::placeholder(4)));
+        assert_eq!(o.delivered(), 5);
+        assert_eq!(o.held(), 0);
+    }
+}
