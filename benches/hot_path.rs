@@ -72,8 +72,11 @@ fn apply(c: &mut Criterion) {
             map_size: 1 << 30,
             history: 1000,
         },
+        kardia::store::Placement::single(),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
     )
     .unwrap();
+    let mut events = Vec::new();
     let mut raft_index = 0u64;
     let mut n = 0u64;
     let mut results = Vec::new();
@@ -107,6 +110,8 @@ fn apply(c: &mut Criterion) {
                         &mut results,
                     )
                     .unwrap();
+                store.take_events(&mut events);
+                events.clear();
             },
             BatchSize::SmallInput,
         )

@@ -6,7 +6,6 @@
 //! per shard, recovers each shard's store and raft group, and serves HTTP
 //! until the process is killed.
 
-use std::cell::Cell;
 use std::net::ToSocketAddrs;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
@@ -219,7 +218,6 @@ async fn shard_main(
     glommio::spawn_local(crate::raft::run(shard.clone(), group)).detach();
     let api = Rc::new(Api::new(shard.clone(), cluster));
     let limits = Rc::new(cfg.limits.clone());
-    let open = Rc::new(Cell::new(0usize));
     for fd in fds {
         // SAFETY: `fd` is a duplicate of a bound, listening socket we own.
         let l = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
@@ -227,7 +225,7 @@ async fn shard_main(
             l,
             api.clone(),
             limits.clone(),
-            open.clone(),
+            shared.open.clone(),
         ))
         .detach();
     }

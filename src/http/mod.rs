@@ -14,10 +14,11 @@
 pub mod request;
 pub mod response;
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -94,7 +95,7 @@ pub async fn serve<S: Service>(
     listener: TcpListener,
     svc: Rc<S>,
     limits: Rc<Limits>,
-    open: Rc<Cell<usize>>,
+    open: Arc<AtomicUsize>,
 ) {
     loop {
         let stream = match listener.accept().await {
@@ -105,7 +106,9 @@ pub async fn serve<S: Service>(
                 continue;
             }
         };
-        if open.get() >= limits.max_connections {
+        // The cap is member-wide: every executor counts in `open`.
+        if open.fetch_add(1, Ordering::Relaxed) >= limits.max_connections {
+            open.fetch_sub(1, Ordering::Relaxed);
             // Over the cap: refuse politely and close.
             let mut out = Vec::new();
             let mut s = stream;
@@ -114,11 +117,10 @@ pub async fn serve<S: Service>(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        open.set(open.get() + 1);
         let (svc, limits, open) = (svc.clone(), limits.clone(), open.clone());
         glommio::spawn_local(async move {
             Conn::new(stream).run(&*svc, &limits).await;
-            open.set(open.get() - 1);
+            open.fetch_sub(1, Ordering::Relaxed);
         })
         .detach();
     }

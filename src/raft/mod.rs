@@ -224,7 +224,7 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
             }
         }
 
-        if g.node.has_ready() || !answers.is_empty() {
+        if g.node.has_ready() || !answers.is_empty() || shard.store.borrow().has_events() {
             handle_ready(shard, g).await?;
             // The batch is durable: deliver its events, then answer.
             shard.store.borrow_mut().take_events(&mut events);
@@ -386,7 +386,9 @@ fn expire_dirs(shard: &Rc<Shard>) -> Result<(), Error> {
 async fn park_session(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     global::report_parked(shard);
     loop {
-        match global::next_subop(shard).await {
+        let op = global::next_subop(shard).await;
+        tracing::trace!(shard = shard.id, op = op.name(), "subop");
+        match op {
             SubOp::Unpark => {
                 global::set_applying(shard, false);
                 return Ok(());
@@ -411,9 +413,16 @@ async fn park_session(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
                     }
                 }
             }
+            SubOp::Flush => match flush_global(shard, g).await {
+                Ok(()) => global::report(shard, SubResult::Outcome(None)),
+                Err(e) => {
+                    global::report(shard, SubResult::Failed(e.to_string()));
+                    return Err(e);
+                }
+            },
             SubOp::Apply(data) => {
                 global::set_applying(shard, true);
-                let r = apply_global(shard, g, data).await;
+                let r = apply_global(shard, g, data);
                 match r {
                     Ok(o) => global::report(shard, SubResult::Outcome(o)),
                     Err(e) => {
@@ -426,8 +435,9 @@ async fn park_session(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     }
 }
 
-/// Execute, log and sync one member-wide write on this shard.
-async fn apply_global(
+/// Execute and log one member-wide write on this shard; the coordinator's
+/// `Flush` step makes the session's writes durable with one fsync.
+fn apply_global(
     shard: &Rc<Shard>,
     g: &mut Group,
     data: Vec<u8>,
@@ -440,13 +450,21 @@ async fn apply_global(
         let term = node.raft.raft_log.term(last).unwrap_or(node.raft.term);
         Ok((o, Some((last, term))))
     })?;
+    shard.executed.set(shard.store.borrow().index());
+    Ok(o)
+}
+
+/// Make the member-wide writes of this session durable (one fsync).
+async fn flush_global(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     handle_ready(shard, g).await?;
-    // The coordinator publishes the one merged event.
+    // The coordinator publishes each write's one merged event; only
+    // placeholders (indexes no write kept) are this shard's to publish.
     let mut events = Vec::new();
     shard.store.borrow_mut().take_events(&mut events);
-    shard.executed.set(shard.store.borrow().index());
+    events.retain(|e| e.json.is_empty());
+    shard.publish(&mut events);
     shard.publish_figures();
-    Ok(o)
+    Ok(())
 }
 
 /// One `Ready`, in the order raft-rs documents.

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::task::Waker;
 
 use super::mesh::ReadReq;
-use super::{Answer, Msg as MeshMsg, Reply, Shard, Target};
+use super::{Answer, Msg as MeshMsg, ReadResult, Reply, Shard, Target};
 use crate::store::command::push_index;
 use crate::store::{Command, Event, Op, Outcome, RemoteFiles, ESCALATE};
 use crate::v2::error::{V2Error, KEY_NOT_FOUND, RAFT_INTERNAL};
@@ -45,8 +45,25 @@ pub enum Job {
 pub enum SubOp {
     Trial(Vec<u8>),
     Apply(Vec<u8>),
-    Collect { key: Vec<u8>, now: i64 },
+    /// Make the session's applied writes durable.
+    Flush,
+    Collect {
+        key: Vec<u8>,
+        now: i64,
+    },
     Unpark,
+}
+
+impl SubOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SubOp::Trial(_) => "trial",
+            SubOp::Apply(_) => "apply",
+            SubOp::Flush => "flush",
+            SubOp::Collect { .. } => "collect",
+            SubOp::Unpark => "unpark",
+        }
+    }
 }
 
 /// A parked shard's report.
@@ -217,11 +234,14 @@ pub async fn read_gate(shard: &Shard) {
     .await
 }
 
-/// The coordinator: shard 0 runs one job at a time, forever.
+/// Most jobs one parked session carries out.
+const SESSION_JOBS: usize = 512;
+
+/// The coordinator: shard 0 runs the queued jobs, a session at a time.
 pub async fn coordinate(shard: Rc<Shard>) {
     let n = shard.shared.shards;
     loop {
-        let (job, target) = std::future::poll_fn(|cx| {
+        let first = std::future::poll_fn(|cx| {
             let g = &shard.global;
             match g.jobs.borrow_mut().pop_front() {
                 Some(j) => std::task::Poll::Ready(j),
@@ -232,7 +252,16 @@ pub async fn coordinate(shard: Rc<Shard>) {
             }
         })
         .await;
-        tracing::debug!("global job: parking");
+        let mut jobs = vec![first];
+        {
+            let mut q = shard.global.jobs.borrow_mut();
+            while jobs.len() < SESSION_JOBS {
+                match q.pop_front() {
+                    Some(j) => jobs.push(j),
+                    None => break,
+                }
+            }
+        }
         // 1. Park everyone.
         shard.global.parked.set(0);
         for peer in 1..n {
@@ -248,14 +277,50 @@ pub async fn coordinate(shard: Rc<Shard>) {
             }
         })
         .await;
-        tracing::debug!("global job: parked");
-        // 2. Run the job.
-        match job {
-            Job::Write(data) => write(&shard, data, target).await,
-            Job::Read(req) => read(&shard, req, target).await,
+        // 2. Run the jobs in order; answers wait for durability.
+        let mut answers: Vec<(Option<Target>, Answer)> = Vec::with_capacity(jobs.len());
+        let mut events: Vec<Arc<Event>> = Vec::new();
+        let mut wrote = false;
+        for (job, target) in jobs {
+            let a = match job {
+                Job::Write(data) => write(&shard, data, &mut events, &mut wrote).await,
+                Job::Read(req) => Answer::Read(read(&shard, req).await),
+            };
+            answers.push((target, a));
         }
-        tracing::debug!("global job: done");
-        // 3. Unpark.
+        // 3. One fsync per shard for the session's writes.
+        if wrote {
+            let all: Vec<usize> = (0..n).collect();
+            let flushed = round(&shard, &all, || SubOp::Flush).await;
+            if let Some(m) = flushed.into_iter().find_map(|r| match r {
+                Some(SubResult::Failed(m)) => Some(m),
+                None => Some("a shard did not flush".into()),
+                _ => None,
+            }) {
+                tracing::error!(error = %m, "member-wide writes not durable");
+                events.clear();
+                for (_, a) in answers.iter_mut() {
+                    if let Answer::Write(r) = a {
+                        r.outcome = Err(fail_answer(&m));
+                    }
+                }
+            }
+        }
+        shard.publish(&mut events);
+        let (ri, rt) = (shard.raft_index.get(), shard.raft_term.get());
+        for (target, mut a) in answers {
+            if let Answer::Write(r) = &mut a {
+                r.raft_index = ri;
+                r.raft_term = rt;
+                if let Err(e) = &mut r.outcome {
+                    e.index = e.index.max(shard.orderer.borrow().closed());
+                }
+            }
+            if let Some(t) = target {
+                shard.answer(t, a);
+            }
+        }
+        // 4. Unpark.
         for peer in 0..n {
             send_sub(&shard, peer, SubOp::Unpark);
         }
@@ -279,6 +344,7 @@ async fn round(
 ) -> Vec<Option<SubResult>> {
     let n = shard.shared.shards;
     *shard.global.results.borrow_mut() = (0..n).map(|_| None).collect();
+    tracing::trace!(?peers, "round");
     for &p in peers {
         send_sub(shard, p, op());
     }
@@ -307,11 +373,23 @@ fn set_gseq(data: &mut [u8], gseq: u64) {
     data[27..35].copy_from_slice(&gseq.to_le_bytes());
 }
 
-async fn write(shard: &Rc<Shard>, mut data: Vec<u8>, target: Option<Target>) {
+async fn write(
+    shard: &Rc<Shard>,
+    mut data: Vec<u8>,
+    events: &mut Vec<Arc<Event>>,
+    wrote: &mut bool,
+) -> Answer {
     let n = shard.shared.shards;
     let all: Vec<usize> = (0..n).collect();
+    let reply = |outcome: Outcome| {
+        Answer::Write(Reply {
+            outcome,
+            raft_index: 0,
+            raft_term: 0,
+        })
+    };
     let Some(cmd) = Command::decode(&data) else {
-        return;
+        return reply(Err(fail_answer("undecodable member-wide command")));
     };
     let primary = if cmd.op == Op::CreateUnique {
         shard.placement.of_dir(cmd.key)
@@ -319,6 +397,11 @@ async fn write(shard: &Rc<Shard>, mut data: Vec<u8>, target: Option<Target>) {
         shard.placement.of_key(cmd.key)
     };
     let expiring = (cmd.op == Op::Sync).then(|| cmd.key.to_vec());
+    let done_expiring = || {
+        if let Some(p) = &expiring {
+            shard.global.expiring.borrow_mut().retain(|x| x != p);
+        }
+    };
     let index = shard
         .shared
         .counter
@@ -326,18 +409,6 @@ async fn write(shard: &Rc<Shard>, mut data: Vec<u8>, target: Option<Target>) {
         + 1;
     set_gseq(&mut data, index);
     push_index(&mut data, index);
-    let answer = |outcome: Outcome| {
-        if let Some(t) = target {
-            shard.answer(
-                t,
-                Reply {
-                    outcome,
-                    raft_index: shard.raft_index.get(),
-                    raft_term: shard.raft_term.get(),
-                },
-            );
-        }
-    };
     // Try everywhere (nothing else runs: the counter is restored after).
     let before = shard
         .shared
@@ -367,16 +438,14 @@ async fn write(shard: &Rc<Shard>, mut data: Vec<u8>, target: Option<Target>) {
             error = Some(e);
         }
     }
-    if let Some(mut e) = error {
-        if let Some(p) = &expiring {
-            shard.global.expiring.borrow_mut().retain(|x| x != p);
-        }
-        e.index = shard.orderer.borrow().closed();
-        answer(Err(e));
-        return;
+    if let Some(e) = error {
+        done_expiring();
+        return reply(Err(e));
     }
-    // Apply everywhere (each shard logs it durably).
+    // Apply everywhere (each shard logs it; the session's flush syncs).
+    *wrote = true;
     let applied = round(shard, &all, || SubOp::Apply(data.clone())).await;
+    done_expiring();
     let mut main: Option<Arc<Event>> = None;
     let mut removed: Vec<Box<[u8]>> = Vec::new();
     let mut failure = None;
@@ -392,14 +461,10 @@ async fn write(shard: &Rc<Shard>, mut data: Vec<u8>, target: Option<Target>) {
             _ => failure = Some(format!("shard {i} did not apply a member-wide write")),
         }
     }
-    if let Some(p) = &expiring {
-        shard.global.expiring.borrow_mut().retain(|x| x != p);
-    }
     let (Some(e), None) = (main, failure.clone()) else {
         let m = failure.unwrap_or_else(|| "member-wide write lost its event".into());
         tracing::error!(error = %m, "member-wide write failed");
-        answer(Err(fail_answer(&m)));
-        return;
+        return reply(Err(fail_answer(&m)));
     };
     removed.sort();
     removed.dedup();
@@ -413,11 +478,11 @@ async fn write(shard: &Rc<Shard>, mut data: Vec<u8>, target: Option<Target>) {
         json: e.json.clone(),
         removed,
     });
-    shard.publish(&mut vec![e.clone()]);
-    answer(Ok(e));
+    events.push(e.clone());
+    reply(Ok(e))
 }
 
-async fn read(shard: &Rc<Shard>, req: ReadReq, target: Option<Target>) {
+async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
     let n = shard.shared.shards;
     let others: Vec<usize> = (1..n).collect();
     let collected = round(shard, &others, || SubOp::Collect {
@@ -447,13 +512,10 @@ async fn read(shard: &Rc<Shard>, req: ReadReq, target: Option<Target>) {
         Some(&remote),
         &mut body,
     );
-    let result = match r {
+    match r {
         Ok(Ok(i)) => Ok((body, i)),
         Ok(Err(e)) if e.code == ESCALATE => Err(V2Error::new(KEY_NOT_FOUND, &req.key[..], index)),
         Ok(Err(e)) => Err(e),
         Err(e) => Err(fail_answer(&e.to_string())),
-    };
-    if let Some(t) = target {
-        shard.answer(t, Answer::Read(result));
     }
 }

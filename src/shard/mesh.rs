@@ -160,6 +160,8 @@ pub fn dispatch(shard: &Rc<Shard>, msg: Msg) {
             for e in events {
                 o.offer(e);
             }
+            drop(o);
+            shard.note_watchers();
         }
         Msg::Global(m) => global::on_message(shard, m),
     }

@@ -85,6 +85,8 @@ pub struct Shared {
     pub closed: Arc<AtomicU64>,
     /// Per-shard figures for stats and diagnostics.
     pub figures: Vec<Figures>,
+    /// Open client connections, all executors together.
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One shard's published figures.
@@ -109,6 +111,7 @@ impl Shared {
             counter: Arc::new(AtomicU64::new(0)),
             closed: Arc::new(AtomicU64::new(0)),
             figures: (0..shards).map(|_| Figures::default()).collect(),
+            open: Arc::default(),
         }
     }
 }
@@ -271,7 +274,6 @@ impl Shard {
 
     /// Read `key` on the shard that owns it (or member-wide).
     pub async fn read(self: &Rc<Self>, owner: usize, req: mesh::ReadReq) -> ReadResult {
-        tracing::debug!(shard = self.id, owner, key = %String::from_utf8_lossy(&req.key), "read");
         if owner == self.id {
             global::read_gate(self).await;
             orderer::Delivered {
@@ -370,6 +372,16 @@ impl Shard {
         for e in events.drain(..) {
             o.offer(e);
         }
+        drop(o);
+        self.note_watchers();
+    }
+
+    /// Publish this executor's watcher count (after watchers come or go).
+    pub fn note_watchers(&self) {
+        let n = self.orderer.borrow().hub.count() as u64;
+        self.shared.figures[self.id]
+            .watchers
+            .store(n, Ordering::Relaxed);
     }
 
     /// Publish this shard's figures for the other executors.
@@ -436,7 +448,6 @@ impl From<Reply> for Answer {
 /// is durable and delivered, read at the node-wide closed index (so the
 /// reported index never goes backwards and never runs ahead of the data).
 pub async fn serve_read(shard: Rc<Shard>, req: mesh::ReadReq, target: Target) {
-    tracing::debug!(shard = shard.id, ?target, key = %String::from_utf8_lossy(&req.key), "serve read");
     global::read_gate(&shard).await;
     orderer::Delivered {
         orderer: &shard.orderer,

@@ -95,6 +95,7 @@ impl Orderer {
                 self.deliver(e);
             }
         } else {
+            tracing::debug!(index = e.index, delivered = self.delivered, "event held");
             self.early.insert(e.index, e);
         }
         if !self.waiters.is_empty() {

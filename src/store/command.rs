@@ -150,7 +150,7 @@ impl<'a> Command<'a> {
         let prev_value = take()?;
         let value = take()?;
         let indexes = &b[at..];
-        if indexes.len() % 8 != 0 {
+        if !indexes.len().is_multiple_of(8) {
             return None;
         }
         Some(Command {

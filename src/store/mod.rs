@@ -314,6 +314,16 @@ impl Store {
         self.placement.shards > 1 && !self.global
     }
 
+    /// This shard owns the event of member-wide command `c`.
+    fn is_primary(&self, c: &Command) -> bool {
+        let owner = if c.op == Op::CreateUnique {
+            self.placement.of_dir(c.key)
+        } else {
+            self.placement.of_key(c.key)
+        };
+        owner == self.placement.shard
+    }
+
     /// True when the file at `path` belongs in this shard.
     fn owns_file(&self, path: &[u8]) -> bool {
         self.placement.owns_dir(placement::parent(path))
@@ -328,6 +338,11 @@ impl Store {
     /// Move the events of the last committed batch, in index order, to `out`.
     pub fn take_events(&mut self, out: &mut Vec<Arc<Event>>) {
         out.append(&mut self.pending);
+    }
+
+    /// Events wait to be published.
+    pub fn has_events(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// The indexes the last executed command took (to record in its entry).
@@ -497,6 +512,10 @@ impl Store {
                 Err(e)
             }
         };
+        // A member-wide write is counted once, by the shard that owns it.
+        if self.global && !self.is_primary(c) {
+            return Ok(Some(r));
+        }
         let s = &mut self.stats;
         let (ok, fail) = match c.op {
             Op::Set => (&mut s.sets_success, &mut s.sets_fail),
@@ -1054,7 +1073,9 @@ impl Store {
                 let mut c = Command::new(Op::Delete, path, now);
                 c.recursive = true;
                 self.remove_node(txn, &c, f, Action::Expire, now)?;
-                self.stats.expire_count += 1;
+                if !self.global || self.placement.of_key(path) == self.placement.shard {
+                    self.stats.expire_count += 1;
+                }
                 Ok(true)
             }
             _ => {

@@ -525,6 +525,7 @@ fn start_watch(
     } else {
         r.until_close();
     }
+    api.shard.note_watchers();
     let (past, handle) = match start {
         WatchStart::Past(e) => (Some(e), None),
         WatchStart::Waiting(h) => (None, Some(h)),
@@ -574,5 +575,6 @@ pub async fn next_event(api: &Api, w: &mut Watch) -> Option<EventBody> {
 pub fn cancel(api: &Api, w: Watch) {
     if let Some(h) = w.handle {
         api.shard.orderer.borrow_mut().hub.remove(&h.key, h.id);
+        api.shard.note_watchers();
     }
 }
