@@ -199,10 +199,29 @@ async fn shard_main(
         checkpoint_interval: cfg.checkpoint_interval,
         segment_bytes: cfg.wal_segment_bytes,
     };
-    let group = crate::raft::start(&shard, &shard_dir.join("wal"), opts)
+    let mut group = crate::raft::start(&shard, &shard_dir.join("wal"), opts)
         .await
         .map_err(|e| format!("cannot recover shard {i} in {}: {e}", shard_dir.display()))?;
-    // Every shard has replayed its log: the counter holds the member's index.
+    {
+        let mut found = shared.recovery.lock().expect("recovery map");
+        for (gseq, data) in std::mem::take(&mut group.global_ops) {
+            found.insert(gseq, data);
+        }
+    }
+    // Every shard has replayed its log: complete any member-wide operation
+    // a crash left on some shards only.
+    blocking_wait(&barrier);
+    let ops: Vec<(u64, Vec<u8>)> = shared
+        .recovery
+        .lock()
+        .expect("recovery map")
+        .iter()
+        .map(|(g, d)| (*g, d.clone()))
+        .collect();
+    crate::raft::roll_forward(&shard, &mut group, &ops)
+        .await
+        .map_err(|e| format!("cannot complete shard {i} in {}: {e}", shard_dir.display()))?;
+    // The counter now holds the member's index.
     blocking_wait(&barrier);
     let index = shared.counter.load(Ordering::SeqCst);
     let fresh = !not_fresh.load(Ordering::SeqCst) && index == 3;

@@ -75,6 +75,9 @@ pub struct Group {
     node: RawNode<MemStorage>,
     wal: Wal,
     opts: RaftOptions,
+    /// Member-wide operations found in the log, by sequence (for
+    /// [`roll_forward`] on the shards that missed them).
+    pub global_ops: Vec<(u64, Vec<u8>)>,
 }
 
 /// Rebuild the raft group of `shard` from its store and the WAL in `wal_dir`.
@@ -84,6 +87,12 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
     let id = opts.member_id;
     // Replay the logged entries the store has not applied: each carries the
     // indexes it took when first executed, so replay repeats them exactly.
+    let global_ops: Vec<(u64, Vec<u8>)> = recovered
+        .entries
+        .iter()
+        .filter_map(|e| Command::decode(&e.data).map(|c| (c.gseq, e.data.to_vec())))
+        .filter(|(g, _)| *g != 0)
+        .collect();
     let entries: Vec<Entry> = recovered
         .entries
         .into_iter()
@@ -152,7 +161,41 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
         shard.is_leader.set(node.raft.state == StateRole::Leader);
     }
     let wal = Wal::open(wal_dir, segments, opts.segment_bytes).await?;
-    Ok(Group { node, wal, opts })
+    Ok(Group {
+        node,
+        wal,
+        opts,
+        global_ops,
+    })
+}
+
+/// After a crash in the middle of a member-wide operation, some shards may
+/// have logged it and others not (each fsyncs its own log). No shard logs
+/// anything after such an operation until every shard has it, so a shard
+/// that missed one appends it now, in order, from another shard's log:
+/// the operation ends up applied everywhere, never half.
+pub async fn roll_forward(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    ops: &[(u64, Vec<u8>)],
+) -> Result<usize, Error> {
+    let mine = shard.store.borrow().gseq();
+    let mut n = 0;
+    for (gseq, data) in ops {
+        if *gseq > mine {
+            apply_global(shard, g, data.clone())?;
+            n += 1;
+        }
+    }
+    if n > 0 {
+        flush_global(shard, g).await?;
+        tracing::warn!(
+            shard = shard.id,
+            operations = n,
+            "completed member-wide operations a crash interrupted"
+        );
+    }
+    Ok(n)
 }
 
 /// Drive the group until a fatal error (which stops the shard).

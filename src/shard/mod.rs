@@ -87,6 +87,8 @@ pub struct Shared {
     pub figures: Vec<Figures>,
     /// Open client connections, all executors together.
     pub open: Arc<std::sync::atomic::AtomicUsize>,
+    /// Start-up only: member-wide operations found in any shard's log.
+    pub recovery: std::sync::Mutex<std::collections::BTreeMap<u64, Vec<u8>>>,
 }
 
 /// One shard's published figures.
@@ -112,6 +114,7 @@ impl Shared {
             closed: Arc::new(AtomicU64::new(0)),
             figures: (0..shards).map(|_| Figures::default()).collect(),
             open: Arc::default(),
+            recovery: Default::default(),
         }
     }
 }

@@ -128,6 +128,8 @@ fn escalate(shard: usize) -> V2Error {
 }
 const META_INDEX: &[u8] = b"index";
 const META_DIR_ID: &[u8] = b"next_dir_id";
+/// The last member-wide operation applied (its index).
+const META_GSEQ: &[u8] = b"gseq";
 
 /// Opening options for a store.
 #[derive(Debug, Clone)]
@@ -165,10 +167,14 @@ pub struct Store {
     /// Raft (index, term) last applied.
     applied: (u64, u64),
     next_dir_id: u64,
+    /// The last member-wide operation this shard applied.
+    gseq: u64,
     /// Which keys this shard owns.
     pub placement: Placement,
     /// Executing a member-wide operation (every shard applies it).
     global: bool,
+    /// Executing a trial (rolled back; the counter is left alone).
+    trial: bool,
     pub stats: Stats,
     /// Events of the batch being applied, in index order.
     pending: Vec<Arc<Event>>,
@@ -212,6 +218,7 @@ impl Store {
             })
         };
         let fresh = read_u64(&wtxn, META_INDEX)?.is_none();
+        let gseq = read_u64(&wtxn, META_GSEQ)?.unwrap_or(0);
         let (index, applied, next_dir_id) = if fresh {
             meta.put(&mut wtxn, META_INDEX, &3u64.to_le_bytes())?;
             (3, (0, 0), 1)
@@ -242,8 +249,10 @@ impl Store {
             fresh,
             applied,
             next_dir_id,
+            gseq,
             placement,
             global: false,
+            trial: false,
             stats: Stats::default(),
             pending: Vec::new(),
             kbuf: Vec::new(),
@@ -259,6 +268,11 @@ impl Store {
     /// The last etcd index this shard used.
     pub fn index(&self) -> u64 {
         self.index
+    }
+
+    /// The last member-wide operation this shard applied.
+    pub fn gseq(&self) -> u64 {
+        self.gseq
     }
 
     /// True when the store was created by this run.
@@ -385,6 +399,7 @@ impl Store {
     ) -> Result<R> {
         let index_before = self.index;
         let dir_id_before = self.next_dir_id;
+        let gseq_before = self.gseq;
         let stats_before = self.stats;
         let pending_before = self.pending.len();
         let env = self.env.clone();
@@ -405,6 +420,10 @@ impl Store {
                 self.meta
                     .put(&mut wtxn, META_DIR_ID, &self.next_dir_id.to_le_bytes())?;
             }
+            if self.gseq != gseq_before {
+                self.meta
+                    .put(&mut wtxn, META_GSEQ, &self.gseq.to_le_bytes())?;
+            }
             wtxn.commit()?;
             Ok((r, last))
         })();
@@ -418,6 +437,7 @@ impl Store {
             Err(e) => {
                 self.index = index_before;
                 self.next_dir_id = dir_id_before;
+                self.gseq = gseq_before;
                 self.stats = stats_before;
                 self.pending.truncate(pending_before);
                 Err(e)
@@ -444,6 +464,9 @@ impl Store {
         let r = self.apply_one(txn, &cmd);
         self.global = false;
         let r = r?;
+        if cmd.gseq != 0 {
+            self.gseq = self.gseq.max(cmd.gseq);
+        }
         if replaying && (matches!(r, Some(Err(_))) || !self.replay.is_empty()) {
             return Err(Error::Corrupt(format!(
                 "replayed command on {} did not repeat its outcome",
@@ -457,7 +480,9 @@ impl Store {
     fn reserve(&mut self) -> u64 {
         let i = match self.replay.pop() {
             Some(i) => {
-                self.counter.fetch_max(i, Ordering::SeqCst);
+                if !self.trial {
+                    self.counter.fetch_max(i, Ordering::SeqCst);
+                }
                 i
             }
             None => self.counter.fetch_add(1, Ordering::SeqCst) + 1,
@@ -470,6 +495,10 @@ impl Store {
     /// Give back index `i` reserved by a command that failed.
     fn release(&mut self, i: u64) {
         self.taken.pop();
+        if self.trial {
+            self.index = i - 1;
+            return;
+        }
         if self
             .counter
             .compare_exchange(i, i - 1, Ordering::SeqCst, Ordering::SeqCst)
@@ -1407,7 +1436,9 @@ impl Store {
         self.replay.clear();
         self.replay.extend(cmd.recorded());
         self.replay.reverse();
+        self.trial = true;
         let r = self.apply_one(&mut txn, &cmd);
+        self.trial = false;
         txn.abort();
         self.global = false;
         (self.index, self.next_dir_id, self.stats) = (saved.0, saved.1, saved.2);
