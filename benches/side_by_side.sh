@@ -20,7 +20,7 @@ port=23990
 start() {  # start SYSTEM -> pid
   local d="$work/$1-$RANDOM"; local c="http://127.0.0.1:$port" p="http://127.0.0.1:$((port+1))"
   if [ "$1" = kardia ]; then
-    taskset -c 1 target/release/kardia --data-dir "$d" --listen-client-urls "$c" \
+    taskset -c 1 target/release/kardia --shards 1 --data-dir "$d" --listen-client-urls "$c" \
       --advertise-client-urls "$c" >"$work/log" 2>&1 &
   else
     taskset -c 1 etcd --enable-v2 --data-dir "$d" --listen-client-urls "$c" --advertise-client-urls "$c" \

@@ -119,7 +119,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         "kardia starting"
     );
     let shared = Arc::new(Shared::new(shards));
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
     let mut mesh = crate::shard::mesh::build(shards).into_iter();
     let barrier = Arc::new(Barrier::new(shards));
     let not_fresh = Arc::new(AtomicBool::new(false));
@@ -135,7 +135,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         // Each executor accepts on its own descriptor of the shared sockets.
         let fds: Vec<i32> = fds.iter().map(|&fd| unsafe { libc::dup(fd) }).collect();
         let me_id = me.id;
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(i % cores))
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
             .name(&format!("kardia-shard-{i}"))
             .io_memory(1 << 20)
             .spawn(move || async move {
@@ -207,6 +207,18 @@ async fn shard_main(
         for (gseq, data) in std::mem::take(&mut group.global_ops) {
             found.insert(gseq, data);
         }
+        // The last one this shard applied may be in its store only (a
+        // crash before the session's fsync).
+        let last = shard
+            .store
+            .borrow()
+            .last_global()
+            .map_err(|e| format!("cannot read shard {i}: {e}"))?;
+        if let Some(data) = last {
+            if let Some(c) = crate::store::Command::decode(&data) {
+                found.insert(c.gseq, data);
+            }
+        }
     }
     // Every shard has replayed its log: complete any member-wide operation
     // a crash left on some shards only.
@@ -254,6 +266,28 @@ async fn shard_main(
     // Serve until killed.
     loop {
         glommio::timer::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask, e.g. from
+/// `taskset`), in order: shard `i` is pinned to the `i mod n`-th.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, filled by the call.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let ok =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+            == 0;
+    let cpus: Vec<usize> = if ok {
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    } else {
+        cpus
     }
 }
 

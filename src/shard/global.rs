@@ -419,7 +419,14 @@ async fn write(
         .shared
         .counter
         .store(before, std::sync::atomic::Ordering::SeqCst);
+    // A shard knows only its own files: "not found" may just mean another
+    // shard holds the file in the way, so a shard that saw something (a
+    // file blocking the path, a node that exists, a non-empty directory)
+    // has the real answer. The directory skeleton is the same everywhere,
+    // so such errors agree; the owner's is taken when there is a choice.
     let mut error: Option<V2Error> = None;
+    let rank = |e: &V2Error, i: usize| (e.code != KEY_NOT_FOUND, i == primary);
+    let mut best = (false, false);
     for (i, r) in tried.into_iter().enumerate() {
         let e = match r {
             Some(SubResult::Outcome(Some(Err(e)))) if e.code != ESCALATE => e,
@@ -427,14 +434,9 @@ async fn write(
             Some(SubResult::Failed(m)) => fail_answer(&m),
             _ => fail_answer("member-wide operation lost a shard"),
         };
-        // The owner's error is the one a single store would give; another
-        // shard's only when it saw something the owner cannot (a file of
-        // its own blocking the path).
-        let better = match &error {
-            None => true,
-            Some(prev) => i == primary || (prev.code == KEY_NOT_FOUND && e.code != KEY_NOT_FOUND),
-        };
-        if better {
+        let r = rank(&e, i);
+        if error.is_none() || r > best {
+            best = r;
             error = Some(e);
         }
     }

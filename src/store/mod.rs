@@ -130,6 +130,9 @@ const META_INDEX: &[u8] = b"index";
 const META_DIR_ID: &[u8] = b"next_dir_id";
 /// The last member-wide operation applied (its index).
 const META_GSEQ: &[u8] = b"gseq";
+/// That operation's entry: a crash between its apply and its fsync leaves
+/// it here only, and start-up completes it on every shard from here.
+const META_LAST_GLOBAL: &[u8] = b"last_global";
 
 /// Opening options for a store.
 #[derive(Debug, Clone)]
@@ -273,6 +276,12 @@ impl Store {
     /// The last member-wide operation this shard applied.
     pub fn gseq(&self) -> u64 {
         self.gseq
+    }
+
+    /// The entry of the last member-wide operation this shard applied.
+    pub fn last_global(&self) -> Result<Option<Vec<u8>>> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.meta.get(&rtxn, META_LAST_GLOBAL)?.map(|v| v.to_vec()))
     }
 
     /// True when the store was created by this run.
@@ -464,8 +473,9 @@ impl Store {
         let r = self.apply_one(txn, &cmd);
         self.global = false;
         let r = r?;
-        if cmd.gseq != 0 {
-            self.gseq = self.gseq.max(cmd.gseq);
+        if cmd.gseq != 0 && cmd.gseq > self.gseq {
+            self.gseq = cmd.gseq;
+            self.meta.put(txn, META_LAST_GLOBAL, data)?;
         }
         if replaying && (matches!(r, Some(Err(_))) || !self.replay.is_empty()) {
             return Err(Error::Corrupt(format!(

@@ -54,7 +54,15 @@ pub fn health(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     if !only_get(req, out) {
         return;
     }
-    let healthy = api.shard.failed.borrow().is_none() && api.shard.is_leader.get();
+    // Healthy when this shard leads and no shard of the member has stopped.
+    let healthy = api.shard.failed.borrow().is_none()
+        && api.shard.is_leader.get()
+        && api
+            .shard
+            .shared
+            .figures
+            .iter()
+            .all(|f| f.failed.load(Ordering::Relaxed) == 0);
     if healthy {
         send(req, 200, TEXT, &[], b"{\"health\":\"true\"}", out);
     } else {
