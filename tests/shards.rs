@@ -1212,3 +1212,49 @@ fn cross_shard_writes_survive_sigkill_without_orphans() {
         eprintln!("round {round}: killed after {pause} ms, {ops} requests sent");
     }
 }
+
+/// A data dir keeps the shard count it was created with: another explicit
+/// `--shards` is refused with a message naming both, nothing is touched,
+/// and the member starts again with its data at the recorded count.
+#[test]
+fn a_data_dir_keeps_its_shard_count() {
+    let mut server = Server::start_with(&["--shards", "3"]).expect("start kardia");
+    let port = server.client_port;
+    let mut written = Vec::new();
+    for i in 0..12 {
+        let key = format!("/keep/d{i}/k");
+        let r = request(port, "PUT", &format!("/v2/keys{key}"), Some("value=v"), &[]).unwrap();
+        assert_eq!(r.code(), 201, "{}", r.body_str());
+        written.push(key);
+    }
+    let dir = server.data_dir();
+    server.kill();
+    // The same member (name, peer URL, cluster) with another count.
+    let peer = format!("http://127.0.0.1:{}", server.peer_port);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kardia"))
+        .args([
+            "--shards",
+            "2",
+            "--listen-client-urls",
+            "http://127.0.0.1:1",
+        ])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("default={peer}")])
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("was created with --shards 3"), "{err}");
+    server.restart().expect("restart at the recorded count");
+    let port = server.client_port;
+    for key in &written {
+        let r = request(port, "GET", &format!("/v2/keys{key}"), None, &[]).unwrap();
+        assert_eq!(r.code(), 200, "{key}: {}", r.body_str());
+    }
+    let d = request(port, "GET", "/debug/kardia/shards", None, &[])
+        .unwrap()
+        .body_str();
+    assert!(d.starts_with("{\"shards\":3,"), "{d}");
+}

@@ -3,23 +3,28 @@
 //! Every shard holds the whole directory skeleton and the files of its own
 //! directories. A write that would change the skeleton (create, delete,
 //! expire or re-TTL a directory), or that must look past an ancestor another
-//! shard owns, and a recursive GET of a directory, are escalated here. Shard
-//! 0's executor coordinates them one at a time:
+//! shard owns, and a recursive GET of a directory, are escalated here
+//! ([`submit`]). Shard 0's executor runs the coordinator ([`coordinate`]),
+//! which takes every queued job into one *session*:
 //!
 //! 1. **Park**: every shard's raft loop stops at a batch boundary (its last
 //!    batch durable and published), so nothing is in flight anywhere.
-//! 2. A write is first **tried** on every shard (executed and rolled back);
-//!    each reports what it would do. Any shard's error wins (a shard sees
-//!    only its own files), else the write is **applied** on every shard with
-//!    the same index: each logs it in its own WAL (one fsync) and changes
-//!    its part. The owner's event, with the removed paths of all shards, is
-//!    published once. A recursive GET **collects** every shard's files and
-//!    renders them into shard 0's skeleton: a consistent cut.
-//! 3. **Unpark**. Reads on a shard that applied wait until then.
+//! 2. Each write is first **tried** on every shard (executed and rolled
+//!    back); each reports what it would do. A shard that saw a blocking node
+//!    has the real error (a shard sees only its own files), else the write
+//!    is **applied** on every shard with the same index: each logs the same
+//!    entry and changes its part. A recursive GET **collects** every shard's
+//!    files and renders them into shard 0's skeleton: a consistent cut.
+//! 3. **Flush**: one fsync per shard for the session's writes; then the one
+//!    merged event per write (the owner's JSON, every shard's removed paths)
+//!    is published and the answers leave.
+//! 4. **Unpark**. Reads on a shard that applied waited until now.
 //!
-//! Crash safety: the operation is in every shard's log before any shard
-//! resumes, and a shard that crashed before logging it finds it, on
-//! restart, in another shard's log (see `server::recover_global`).
+//! Messages travel over the mesh ([`Msg`]); a parked raft loop carries out
+//! the steps in `raft::park_session`. Crash safety: no shard logs anything
+//! after a member-wide write until every shard has it, and each shard keeps
+//! the last one it applied in its store, so start-up (`raft::roll_forward`)
+//! completes on every shard what a crash left on some.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
