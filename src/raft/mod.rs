@@ -1,13 +1,17 @@
 //! The raft loop of one shard: the only place raft-rs is driven.
 //!
-//! [`start`] rebuilds the raft group from the store's applied index and the
-//! WAL; [`run`] then loops: wait for proposals or a tick, hand proposals to
-//! the `RawNode`, and handle each `Ready` in raft-rs's documented order —
-//! send messages, apply a snapshot, apply committed entries, persist new
-//! entries and hard state (one fdatasync for the batch), send persisted
-//! messages, `advance`, and handle the `LightReady`. Consensus itself does
-//! no I/O; this loop does all of it. Applied results go back to proposers
-//! through the shard's reply slots.
+//! [`start`] replays the WAL into the store (each entry with the etcd
+//! indexes it recorded) and rebuilds the raft group; [`roll_forward`]
+//! completes member-wide operations a crash left on other shards only;
+//! [`run`] then loops: wait for proposals, a tick or an expiry; park for a
+//! member-wide operation if asked (`park_session`); **execute** the queued
+//! commands in one store transaction, taking their indexes, and hand the
+//! successful ones to the `RawNode`; handle each `Ready` in raft-rs's
+//! documented order — send messages, apply a snapshot, check committed
+//! entries (already executed), persist new entries and hard state (one
+//! fdatasync for the batch), send persisted messages, `advance`, handle the
+//! `LightReady`; then publish the batch's events and answer. Consensus
+//! itself does no I/O; this loop does all of it.
 
 use std::cell::RefCell;
 use std::path::Path;

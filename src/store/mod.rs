@@ -1,13 +1,17 @@
-//! The etcd v2 store: a tree of files and directories kept in one LMDB
-//! environment, plus its TTLs, event history and watchers.
+//! The etcd v2 store of one shard: a tree of files and directories kept in
+//! one LMDB environment, plus its TTL index.
 //!
-//! Commands enter through [`Store::apply_batch`], already ordered by raft; the
-//! whole batch is one LMDB write transaction that also records the raft
-//! applied index, so state and index can never disagree. Each applied command
-//! yields an [`Event`] (or a deterministic [`V2Error`]) that goes back to the
-//! writer and to the watchers. Reads ([`Store::get`]) and watch registration
-//! ([`Store::watch`]) run on the owning executor against a read transaction.
-//! LMDB failures are [`Error`]s: they stop the shard rather than diverge it.
+//! Commands enter through [`Store::execute`] inside [`Store::batch`] (new
+//! commands, which take their etcd indexes from the member-wide counter) or
+//! [`Store::apply_batch`] (replayed entries, which reuse the indexes they
+//! recorded). A batch is one LMDB write transaction that also records the
+//! raft applied index, so state and index can never disagree. Each command
+//! yields an [`Event`] (or a deterministic [`V2Error`]); events wait in the
+//! store until the raft loop takes them for publication. On a sharded member
+//! a command that needs other shards answers [`ESCALATE`] before changing
+//! anything. Reads ([`Store::get`], [`Store::collect_files`]) run on the
+//! owning executor against a read transaction. LMDB failures are [`Error`]s:
+//! they stop the shard rather than diverge it.
 
 pub mod command;
 pub mod event;
