@@ -205,6 +205,15 @@ pub async fn roll_forward(
 /// Drive the group until a fatal error (which stops the shard).
 pub async fn run(shard: Rc<Shard>, mut g: Group) {
     if let Err(e) = run_inner(&shard, &mut g).await {
+        // Indexes of this shard's last batch will never be published: send
+        // placeholders, so the other shards' events are not held behind them.
+        let mut events = Vec::new();
+        shard.store.borrow_mut().take_events(&mut events);
+        let mut holes: Vec<_> = events
+            .iter()
+            .map(|e| std::sync::Arc::new(crate::store::Event::placeholder(e.index)))
+            .collect();
+        shard.publish(&mut holes);
         shard.fail(e.to_string());
     }
 }

@@ -337,11 +337,9 @@ async fn read(api: &Api, p: PendingRead, out: &mut Vec<u8>) {
             return write_error(api, p.http11, &e, p.head_only, out);
         }
     };
-    Delivered {
-        orderer: &api.shard.orderer,
-        index,
+    if !delivered(api, index).await {
+        return write_error(api, p.http11, &timed_out(api), p.head_only, out);
     }
-    .await;
     let r = read_headers(api, out, p.http11, index);
     r.body(&body, p.head_only);
     body.clear();
@@ -446,6 +444,41 @@ fn enc(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// How long an answer may wait for the member-wide order to reach it (only
+/// a stopped shard holds it back that long).
+const ORDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Wait until this executor has delivered `index`; false on timeout. The
+/// common case (already delivered) arms no timer.
+async fn delivered(api: &Api, index: u64) -> bool {
+    if api.shard.orderer.borrow().delivered() >= index {
+        return true;
+    }
+    futures_lite::future::or(
+        async {
+            Delivered {
+                orderer: &api.shard.orderer,
+                index,
+            }
+            .await;
+            true
+        },
+        async {
+            glommio::timer::sleep(ORDER_TIMEOUT).await;
+            false
+        },
+    )
+    .await
+}
+
+fn timed_out(api: &Api) -> V2Error {
+    V2Error::new(
+        RAFT_INTERNAL,
+        "etcdserver: request timed out",
+        api.shard.orderer.borrow().closed(),
+    )
+}
+
 /// Answer a request once its shard has.
 pub async fn complete(api: &Api, p: Pending, out: &mut Vec<u8>) {
     match p {
@@ -465,11 +498,9 @@ async fn write(api: &Api, p: PendingWrite, out: &mut Vec<u8>) {
     };
     match reply.outcome {
         Ok(ev) => {
-            Delivered {
-                orderer: &api.shard.orderer,
-                index: ev.index,
+            if !delivered(api, ev.index).await {
+                return write_error(api, p.http11, &timed_out(api), false, out);
             }
-            .await;
             let status = if ev.created { 201 } else { 200 };
             let r = success_headers(
                 api,
