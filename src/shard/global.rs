@@ -283,14 +283,27 @@ pub async fn coordinate(shard: Rc<Shard>) {
         })
         .await;
         // 2. Run the jobs in order; answers wait for durability.
+        // Reads first: they see the state every shard had durably when it
+        // parked, and leave at once instead of waiting for this session's
+        // fsync. (Concurrent requests have no order among themselves; a
+        // connection sends a read only after its earlier writes are done.)
         let mut answers: Vec<(Option<Target>, Answer)> = Vec::with_capacity(jobs.len());
+        let mut writes = Vec::with_capacity(jobs.len());
+        for (job, target) in jobs {
+            match job {
+                Job::Read(req) => {
+                    let a = Answer::Read(read(&shard, req).await);
+                    if let Some(t) = target {
+                        shard.answer(t, a);
+                    }
+                }
+                Job::Write(data) => writes.push((data, target)),
+            }
+        }
         let mut events: Vec<Arc<Event>> = Vec::new();
         let mut wrote = false;
-        for (job, target) in jobs {
-            let a = match job {
-                Job::Write(data) => write(&shard, data, &mut events, &mut wrote).await,
-                Job::Read(req) => Answer::Read(read(&shard, req).await),
-            };
+        for (data, target) in writes {
+            let a = write(&shard, data, &mut events, &mut wrote).await;
             answers.push((target, a));
         }
         // 3. One fsync per shard for the session's writes.
@@ -500,9 +513,7 @@ async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
     let mut remote = RemoteFiles::new();
     for r in collected.into_iter().flatten() {
         if let SubResult::Collected(files) = r {
-            for (dir, mut list) in files {
-                remote.entry(dir).or_default().append(&mut list);
-            }
+            remote.extend(files);
         }
     }
     let index = shard

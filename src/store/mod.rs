@@ -1296,29 +1296,33 @@ impl Store {
         if depth > 10_000 {
             return Err(Error::Corrupt("directory nesting too deep".into()));
         }
-        let remote = w
-            .remote
-            .and_then(|r| r.get(&dir_id))
-            .map_or(&[][..], |v| &v[..]);
+        let remote = w.remote.and_then(|r| r.get(&dir_id));
         let mut items: Vec<(&[u8], Child)> = Vec::new();
         for item in self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())? {
             let (k, v) = item?;
             items.push((k, Child::Local(NodeRec::decode(v).ok_or_else(corrupt)?)));
         }
-        if !remote.is_empty() {
-            items.extend(remote.iter().map(|f| (&f.lkey[..], Child::Remote(f))));
-            items.sort_by(|a, b| a.0.cmp(b.0));
+        if let Some(r) = remote {
+            // Both lists are in LMDB key order; only a mix needs sorting.
+            let mixed = !items.is_empty();
+            items.extend(
+                r.files()
+                    .map(|(k, name, json)| (k, Child::Remote(name, json))),
+            );
+            if mixed {
+                items.sort_by(|a, b| a.0.cmp(b.0));
+            }
         }
         // LMDB order is name order except for over-long names.
         let name_of = |(k, c): &(&[u8], Child)| -> Vec<u8> {
             match c {
                 Child::Local(r) => r.name(k).to_vec(),
-                Child::Remote(f) => f.name.clone(),
+                Child::Remote(name, _) => name.to_vec(),
             }
         };
-        let long = items.iter().any(|(_, c)| match c {
+        let long = items.iter().any(|(k, c)| match c {
             Child::Local(r) => r.long_name.is_some(),
-            Child::Remote(f) => f.name.len() != f.lkey.len().saturating_sub(8),
+            Child::Remote(name, _) => name.len() != k.len().saturating_sub(8),
         });
         if w.sorted && long {
             items.sort_by_key(|it| name_of(it));
@@ -1326,13 +1330,13 @@ impl Store {
         let mut any = false;
         for (k, c) in items {
             let rec = match c {
-                Child::Remote(f) => {
-                    if f.name.first() == Some(&b'_') {
+                Child::Remote(name, json) => {
+                    if name.first() == Some(&b'_') {
                         continue;
                     }
                     out.extend_from_slice(if any { b"," } else { b",\"nodes\":[" });
                     any = true;
-                    out.extend_from_slice(&f.json);
+                    out.extend_from_slice(json);
                     continue;
                 }
                 Child::Local(rec) => rec,
@@ -1414,7 +1418,12 @@ impl Store {
             if rec.dir {
                 self.collect_dir(txn, rec.dir_id, path, now, out, depth + 1)?;
             } else if owned {
-                let mut json = Vec::with_capacity(64 + path.len() + rec.value.len());
+                let d = out.entry(dir_id).or_default();
+                let k0 = d.buf.len() as u32;
+                d.buf.extend_from_slice(k);
+                let n0 = d.buf.len() as u32;
+                d.buf.extend_from_slice(name);
+                let j0 = d.buf.len() as u32;
                 NodeJson {
                     key: path,
                     value: Some(rec.value),
@@ -1424,12 +1433,8 @@ impl Store {
                     modified: rec.modified,
                     created: rec.created,
                 }
-                .write(&mut json);
-                out.entry(dir_id).or_default().push(RemoteFile {
-                    lkey: k.to_vec(),
-                    name: name.to_vec(),
-                    json,
-                });
+                .write(&mut d.buf);
+                d.spans.push([k0, n0, j0, d.buf.len() as u32]);
             }
             path.truncate(len);
         }
@@ -1469,23 +1474,39 @@ struct Walk<'a> {
     remote: Option<&'a RemoteFiles>,
 }
 
-/// One child while listing: from this shard's LMDB, or another shard's file.
+/// One child while listing: from this shard's LMDB, or another shard's file
+/// (its name and rendered JSON).
 enum Child<'a> {
     Local(NodeRec<'a>),
-    Remote(&'a RemoteFile),
+    Remote(&'a [u8], &'a [u8]),
 }
 
-/// A file another shard rendered for a member-wide GET.
-#[derive(Debug, Clone)]
-pub struct RemoteFile {
-    /// Its LMDB key (listing order).
-    pub lkey: Vec<u8>,
-    pub name: Vec<u8>,
-    pub json: Vec<u8>,
+/// The files of one directory that another shard rendered for a
+/// member-wide GET, in LMDB key order: keys, names and JSON in one buffer.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteDir {
+    buf: Vec<u8>,
+    /// Per file: where its key, name and JSON start, and where the JSON ends.
+    spans: Vec<[u32; 4]>,
 }
 
-/// Other shards' files by directory id.
-pub type RemoteFiles = std::collections::HashMap<u64, Vec<RemoteFile>>;
+impl RemoteDir {
+    /// (LMDB key, name, JSON) of each file.
+    fn files(&self) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
+        self.spans.iter().map(|&[k, n, j, e]| {
+            let b = &self.buf;
+            (
+                &b[k as usize..n as usize],
+                &b[n as usize..j as usize],
+                &b[j as usize..e as usize],
+            )
+        })
+    }
+}
+
+/// Other shards' files by directory id (a directory's files all live in one
+/// shard).
+pub type RemoteFiles = std::collections::HashMap<u64, RemoteDir>;
 
 /// What kind of event [`Store::event`] renders.
 struct EventKind {
