@@ -15,6 +15,8 @@
 //!    is **applied** on every shard with the same index: each logs the same
 //!    entry and changes its part. A recursive GET **collects** every shard's
 //!    files and renders them into shard 0's skeleton: a consistent cut.
+//!    Reads run first and are answered at once: they see what every shard
+//!    had durably when it parked.
 //! 3. **Flush**: one fsync per shard for the session's writes; then the one
 //!    merged event per write (the owner's JSON, every shard's removed paths)
 //!    is published and the answers leave.
