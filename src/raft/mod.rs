@@ -16,6 +16,7 @@
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{ConfState, Entry, EntryType, Snapshot};
@@ -230,6 +231,7 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     let mut checkpointing = false;
     let mut checkpointed = shard.store.borrow().applied().0;
     let mut next_expiry: Option<i64> = shard.store.borrow().next_expiry()?;
+    let (mut rate_since, mut rate_count) = (Instant::now(), 0u64);
     loop {
         // Wait for proposals, the next tick or the next expiry.
         let now = Instant::now();
@@ -258,6 +260,18 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         if now >= next_tick {
             g.node.tick();
             next_tick = now + g.opts.heartbeat;
+            // Diagnostics: the write rate and the live log, about once a second.
+            let elapsed = now.duration_since(rate_since);
+            if elapsed >= Duration::from_secs(1) {
+                let done = shard.metrics.proposals.get();
+                let f = &shard.shared.figures[shard.id];
+                let per_sec = (done - rate_count) as f64 / elapsed.as_secs_f64();
+                f.rate.store(per_sec.round() as u64, Ordering::Relaxed);
+                f.wal_segments
+                    .store(g.wal.sealed_segments() as u64, Ordering::Relaxed);
+                f.wal_offset.store(g.wal.offset(), Ordering::Relaxed);
+                (rate_since, rate_count) = (now, done);
+            }
         }
         // Expiry: the leader executes one SYNC per batch, stamped with its clock.
         let expire_now = match next_expiry {

@@ -102,6 +102,11 @@ pub struct Figures {
     pub wal_bytes: AtomicU64,
     pub failed: AtomicU64,
     pub watchers: AtomicU64,
+    /// Writes executed per second, over the last second or so.
+    pub rate: AtomicU64,
+    /// The live log: sealed segments kept, and bytes in the open one.
+    pub wal_segments: AtomicU64,
+    pub wal_offset: AtomicU64,
     /// `/v2/stats/store` counters, in [`crate::store::Stats`] field order.
     pub stats: [AtomicU64; 15],
 }

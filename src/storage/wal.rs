@@ -404,6 +404,11 @@ impl Wal {
     pub fn sealed_segments(&self) -> usize {
         self.sealed.len()
     }
+
+    /// Bytes written to the open segment.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
 }
 
 /// A record's checksum: CRC-32 of the segment sequence and the payload.

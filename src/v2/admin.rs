@@ -324,13 +324,16 @@ pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
         }
         let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         body.push_str(&format!(
-            "{{\"id\":{i},\"nodes\":{},\"etcdIndex\":{},\"appliedIndex\":{},\"proposals\":{},\"walSyncs\":{},\"walBytes\":{},\"watchers\":{},\"failed\":{}}}",
+            "{{\"id\":{i},\"nodes\":{},\"etcdIndex\":{},\"appliedIndex\":{},\"proposals\":{},\"writesPerSecond\":{},\"walSyncs\":{},\"walBytes\":{},\"walSealedSegments\":{},\"walOpenSegmentBytes\":{},\"watchers\":{},\"failed\":{}}}",
             l(&f.nodes),
             l(&f.index),
             l(&f.applied),
             l(&f.writes),
+            l(&f.rate),
             l(&f.syncs),
             l(&f.wal_bytes),
+            l(&f.wal_segments),
+            l(&f.wal_offset),
             l(&f.watchers),
             l(&f.failed) != 0
         ));
