@@ -463,46 +463,56 @@ async fn park_session(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
                 global::set_applying(shard, false);
                 return Ok(());
             }
-            SubOp::Trial(data) => {
-                let r = shard.store.borrow_mut().trial(&data);
-                match r {
-                    Ok(o) => global::report(shard, SubResult::Outcome(o)),
-                    Err(e) => {
-                        global::report(shard, SubResult::Failed(e.to_string()));
-                        return Err(e.into());
+            SubOp::Batch(ops) => {
+                let mut results = Vec::with_capacity(ops.len());
+                let mut failed = None;
+                for op in ops {
+                    match subop(shard, g, op).await {
+                        Ok(r) => results.push(r),
+                        Err(e) => {
+                            results.push(SubResult::Failed(e.to_string()));
+                            failed = Some(e);
+                            break;
+                        }
                     }
                 }
-            }
-            SubOp::Collect { key, now } => {
-                let r = shard.store.borrow().collect_files(&key, now);
-                match r {
-                    Ok(files) => global::report(shard, SubResult::Collected(files)),
-                    Err(e) => {
-                        global::report(shard, SubResult::Failed(e.to_string()));
-                        return Err(e.into());
-                    }
+                global::report(shard, SubResult::Batch(results));
+                if let Some(e) = failed {
+                    return Err(e);
                 }
             }
-            SubOp::Flush => match flush_global(shard, g).await {
-                Ok(()) => global::report(shard, SubResult::Outcome(None)),
+            op => match subop(shard, g, op).await {
+                Ok(r) => global::report(shard, r),
                 Err(e) => {
                     global::report(shard, SubResult::Failed(e.to_string()));
                     return Err(e);
                 }
             },
-            SubOp::Apply(data) => {
-                global::set_applying(shard, true);
-                let r = apply_global(shard, g, data);
-                match r {
-                    Ok(o) => global::report(shard, SubResult::Outcome(o)),
-                    Err(e) => {
-                        global::report(shard, SubResult::Failed(e.to_string()));
-                        return Err(e);
-                    }
-                }
-            }
         }
     }
+}
+
+/// Carry out one step of a member-wide session.
+async fn subop(shard: &Rc<Shard>, g: &mut Group, op: SubOp) -> Result<SubResult, Error> {
+    Ok(match op {
+        SubOp::Trial(data) => SubResult::Outcome(shard.store.borrow_mut().trial(&data)?),
+        SubOp::Collect { key, now } => {
+            SubResult::Collected(shard.store.borrow().collect_files(&key, now)?)
+        }
+        SubOp::Flush => {
+            flush_global(shard, g).await?;
+            SubResult::Outcome(None)
+        }
+        SubOp::Apply(data) => {
+            global::set_applying(shard, true);
+            SubResult::Outcome(apply_global(shard, g, data)?)
+        }
+        SubOp::Unpark | SubOp::Batch(_) => {
+            return Err(Error::Store(crate::store::Error::Corrupt(
+                "unexpected step in a member-wide batch".into(),
+            )))
+        }
+    })
 }
 
 /// Execute and log one member-wide write on this shard; the coordinator's

@@ -13,7 +13,8 @@
 //!    back); each reports what it would do. A shard that saw a blocking node
 //!    has the real error (a shard sees only its own files), else the write
 //!    is **applied** on every shard with the same index: each logs the same
-//!    entry and changes its part. A recursive GET **collects** every shard's
+//!    entry and changes its part. One round carries a write's apply and the
+//!    next write's trial ([`SubOp::Batch`]). A recursive GET **collects** every shard's
 //!    files and renders them into shard 0's skeleton: a consistent cut.
 //!    Reads run first and are answered at once: they see what every shard
 //!    had durably when it parked.
@@ -54,6 +55,8 @@ pub enum SubOp {
     Apply(Vec<u8>),
     /// Make the session's applied writes durable.
     Flush,
+    /// Several steps, carried out in order; one report.
+    Batch(Vec<SubOp>),
     Collect {
         key: Vec<u8>,
         now: i64,
@@ -69,6 +72,7 @@ impl SubOp {
             SubOp::Flush => "flush",
             SubOp::Collect { .. } => "collect",
             SubOp::Unpark => "unpark",
+            SubOp::Batch(_) => "batch",
         }
     }
 }
@@ -76,6 +80,7 @@ impl SubOp {
 /// A parked shard's report.
 pub enum SubResult {
     Outcome(Option<Outcome>),
+    Batch(Vec<SubResult>),
     Collected(RemoteFiles),
     Failed(String),
 }
@@ -303,11 +308,8 @@ pub async fn coordinate(shard: Rc<Shard>) {
             }
         }
         let mut events: Vec<Arc<Event>> = Vec::new();
-        let mut wrote = false;
-        for (data, target) in writes {
-            let a = write(&shard, data, &mut events, &mut wrote).await;
-            answers.push((target, a));
-        }
+        let wrote = !writes.is_empty();
+        run_writes(&shard, writes, &mut answers, &mut events).await;
         // 3. One fsync per shard for the session's writes.
         if wrote {
             let all: Vec<usize> = (0..n).collect();
@@ -393,59 +395,133 @@ fn set_gseq(data: &mut [u8], gseq: u64) {
     data[27..35].copy_from_slice(&gseq.to_le_bytes());
 }
 
-async fn write(
+/// A write every shard accepted in its trial, applied with the next round.
+struct Accepted {
+    data: Vec<u8>,
+    primary: usize,
+    /// Its place in the session's answers.
+    answer: usize,
+    expiring: Option<Vec<u8>>,
+}
+
+/// The session's writes, in order. Each round carries, to every shard, the
+/// apply of the write accepted in the previous round and the trial of the
+/// next one (which then sees the first applied): one round per write.
+async fn run_writes(
     shard: &Rc<Shard>,
-    mut data: Vec<u8>,
+    writes: Vec<(Vec<u8>, Option<Target>)>,
+    answers: &mut Vec<(Option<Target>, Answer)>,
     events: &mut Vec<Arc<Event>>,
-    wrote: &mut bool,
-) -> Answer {
+) {
     let n = shard.shared.shards;
     let all: Vec<usize> = (0..n).collect();
-    let reply = |outcome: Outcome| {
-        Answer::Write(Reply {
-            outcome,
-            raft_index: 0,
-            raft_term: 0,
-        })
-    };
-    let Some(cmd) = Command::decode(&data) else {
-        return reply(Err(fail_answer("undecodable member-wide command")));
-    };
-    let primary = if cmd.op == Op::CreateUnique {
-        shard.placement.of_dir(cmd.key)
-    } else {
-        shard.placement.of_key(cmd.key)
-    };
-    let expiring = (cmd.op == Op::Sync).then(|| cmd.key.to_vec());
-    let done_expiring = || {
-        if let Some(p) = &expiring {
-            shard.global.expiring.borrow_mut().retain(|x| x != p);
-        }
-    };
-    let index = shard
+    let mut next_index = shard
         .shared
         .counter
         .load(std::sync::atomic::Ordering::SeqCst)
         + 1;
-    set_gseq(&mut data, index);
-    push_index(&mut data, index);
-    // Try everywhere (nothing else runs: the counter is restored after).
-    let before = shard
-        .shared
-        .counter
-        .load(std::sync::atomic::Ordering::SeqCst);
-    let tried = round(shard, &all, || SubOp::Trial(data.clone())).await;
-    shard
-        .shared
-        .counter
-        .store(before, std::sync::atomic::Ordering::SeqCst);
-    // A shard knows only its own files: "not found" may just mean another
-    // shard holds the file in the way, so a shard that saw something (a
-    // file blocking the path, a node that exists, a non-empty directory)
-    // has the real answer. The directory skeleton is the same everywhere,
-    // so such errors agree; the owner's is taken when there is a choice.
+    let mut accepted: Option<Accepted> = None;
+    let mut queue = writes.into_iter();
+    loop {
+        let next = queue.next();
+        if next.is_none() && accepted.is_none() {
+            return;
+        }
+        // Prepare the next write's entry (its index follows the accepted one).
+        let mut trial = None;
+        if let Some((mut data, target)) = next {
+            match Command::decode(&data) {
+                None => {
+                    answers.push((target, reply(Err(fail_answer("undecodable command")))));
+                }
+                Some(cmd) => {
+                    let primary = if cmd.op == Op::CreateUnique {
+                        shard.placement.of_dir(cmd.key)
+                    } else {
+                        shard.placement.of_key(cmd.key)
+                    };
+                    let expiring = (cmd.op == Op::Sync).then(|| cmd.key.to_vec());
+                    set_gseq(&mut data, next_index);
+                    push_index(&mut data, next_index);
+                    answers.push((target, reply(Err(fail_answer("unanswered")))));
+                    trial = Some(Accepted {
+                        data,
+                        primary,
+                        answer: answers.len() - 1,
+                        expiring,
+                    });
+                }
+            }
+        }
+        if trial.is_none() && accepted.is_none() {
+            continue;
+        }
+        let ops = || {
+            let mut v = Vec::with_capacity(2);
+            if let Some(a) = &accepted {
+                v.push(SubOp::Apply(a.data.clone()));
+            }
+            if let Some(t) = &trial {
+                v.push(SubOp::Trial(t.data.clone()));
+            }
+            SubOp::Batch(v)
+        };
+        let results = round(shard, &all, ops).await;
+        let mut applied = Vec::with_capacity(n);
+        let mut tried = Vec::with_capacity(n);
+        for r in results {
+            let mut list = match r {
+                Some(SubResult::Batch(list)) => list.into_iter(),
+                Some(other) => vec![other].into_iter(),
+                None => Vec::new().into_iter(),
+            };
+            if accepted.is_some() {
+                applied.push(list.next());
+            }
+            tried.push(list.next());
+        }
+        if let Some(a) = accepted.take() {
+            answers[a.answer].1 = finish_apply(shard, &a, applied, events);
+            done_expiring(shard, &a.expiring);
+        }
+        if let Some(t) = trial {
+            match decide(&t, tried) {
+                Some(e) => {
+                    answers[t.answer].1 = reply(Err(e));
+                    done_expiring(shard, &t.expiring);
+                }
+                None => {
+                    next_index += 1;
+                    accepted = Some(t);
+                }
+            }
+        }
+    }
+}
+
+fn reply(outcome: Outcome) -> Answer {
+    Answer::Write(Reply {
+        outcome,
+        raft_index: 0,
+        raft_term: 0,
+    })
+}
+
+fn done_expiring(shard: &Shard, expiring: &Option<Vec<u8>>) {
+    if let Some(p) = expiring {
+        shard.global.expiring.borrow_mut().retain(|x| x != p);
+    }
+}
+
+/// The trial's verdict: an error, or `None` when every shard accepts.
+///
+/// A shard knows only its own files: "not found" may just mean another
+/// shard holds the file in the way, so a shard that saw something (a file
+/// blocking the path, a node that exists, a non-empty directory) has the
+/// real answer. The directory skeleton is the same everywhere, so such
+/// errors agree; the owner's is taken when there is a choice.
+fn decide(t: &Accepted, tried: Vec<Option<SubResult>>) -> Option<V2Error> {
     let mut error: Option<V2Error> = None;
-    let rank = |e: &V2Error, i: usize| (e.code != KEY_NOT_FOUND, i == primary);
     let mut best = (false, false);
     for (i, r) in tried.into_iter().enumerate() {
         let e = match r {
@@ -454,20 +530,22 @@ async fn write(
             Some(SubResult::Failed(m)) => fail_answer(&m),
             _ => fail_answer("member-wide operation lost a shard"),
         };
-        let r = rank(&e, i);
-        if error.is_none() || r > best {
-            best = r;
+        let rank = (e.code != KEY_NOT_FOUND, i == t.primary);
+        if error.is_none() || rank > best {
+            best = rank;
             error = Some(e);
         }
     }
-    if let Some(e) = error {
-        done_expiring();
-        return reply(Err(e));
-    }
-    // Apply everywhere (each shard logs it; the session's flush syncs).
-    *wrote = true;
-    let applied = round(shard, &all, || SubOp::Apply(data.clone())).await;
-    done_expiring();
+    error
+}
+
+/// Merge the shards' applies of one write into its one event.
+fn finish_apply(
+    shard: &Shard,
+    a: &Accepted,
+    applied: Vec<Option<SubResult>>,
+    events: &mut Vec<Arc<Event>>,
+) -> Answer {
     let mut main: Option<Arc<Event>> = None;
     let mut removed: Vec<Box<[u8]>> = Vec::new();
     let mut failure = None;
@@ -475,7 +553,7 @@ async fn write(
         match r {
             Some(SubResult::Outcome(Some(Ok(e)))) => {
                 removed.extend(e.removed.iter().cloned());
-                if i == primary {
+                if i == a.primary {
                     main = Some(e);
                 }
             }
@@ -485,7 +563,7 @@ async fn write(
     }
     let (Some(e), None) = (main, failure.clone()) else {
         let m = failure.unwrap_or_else(|| "member-wide write lost its event".into());
-        tracing::error!(error = %m, "member-wide write failed");
+        tracing::error!(shard = shard.id, error = %m, "member-wide write failed");
         return reply(Err(fail_answer(&m)));
     };
     removed.sort();
