@@ -117,6 +117,11 @@ impl State {
     pub fn park_requested(&self) -> bool {
         self.park.get()
     }
+
+    /// A member-wide write is applied here and not yet released.
+    pub fn applying(&self) -> bool {
+        self.applying.get()
+    }
 }
 
 fn wake(w: &RefCell<Option<Waker>>) {
@@ -236,7 +241,7 @@ pub fn set_applying(shard: &Shard, on: bool) {
 /// Wait while this shard holds an unreleased member-wide write.
 pub async fn read_gate(shard: &Shard) {
     std::future::poll_fn(|cx| {
-        if shard.global.applying.get() {
+        if shard.global.applying() {
             shard.global.gate.borrow_mut().push(cx.waker().clone());
             std::task::Poll::Pending
         } else {
@@ -587,7 +592,7 @@ async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
     let others: Vec<usize> = (1..n).collect();
     let collected = round(shard, &others, || SubOp::Collect {
         key: req.key.clone(),
-        now: req.now,
+        now: req.opts.now,
     })
     .await;
     let mut remote = RemoteFiles::new();
@@ -601,19 +606,10 @@ async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
         .counter
         .load(std::sync::atomic::Ordering::SeqCst);
     let mut body = Vec::new();
-    let r = shard.store.borrow_mut().get(
-        index,
-        &req.key,
-        req.recursive,
-        req.sorted,
-        req.now,
-        Some(&remote),
-        &mut body,
-    );
-    match r {
-        Ok(Ok(i)) => Ok((body, i)),
-        Ok(Err(e)) if e.code == ESCALATE => Err(V2Error::new(KEY_NOT_FOUND, &req.key[..], index)),
-        Ok(Err(e)) => Err(e),
-        Err(e) => Err(fail_answer(&e.to_string())),
+    match super::read_at(shard, index, &req.key, req.opts, Some(&remote), &mut body) {
+        Ok(i) => Ok((body, i)),
+        // The directory went away since its owner escalated the read.
+        Err(e) if e.code == ESCALATE => Err(V2Error::new(KEY_NOT_FOUND, &req.key[..], index)),
+        Err(e) => Err(e),
     }
 }

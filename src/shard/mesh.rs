@@ -19,13 +19,19 @@ use crate::store::Event;
 /// Messages queued per channel before a sender waits.
 pub const CHANNEL: usize = 4096;
 
+/// How to read a key.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOpts {
+    pub recursive: bool,
+    pub sorted: bool,
+    pub now: i64,
+}
+
 /// A read of one key.
 #[derive(Debug, Clone)]
 pub struct ReadReq {
     pub key: Vec<u8>,
-    pub recursive: bool,
-    pub sorted: bool,
-    pub now: i64,
+    pub opts: ReadOpts,
 }
 
 /// One message between executors.

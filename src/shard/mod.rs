@@ -25,7 +25,7 @@ use std::task::{Context, Poll, Waker};
 use hdrhistogram::Histogram;
 use slab::Slab;
 
-use crate::store::{Event, Outcome, Placement, Store, ESCALATE, MEMBER_WIDE};
+use crate::store::{escalated_to, Event, Outcome, Placement, Store, MEMBER_WIDE};
 use crate::v2::error::{V2Error, RAFT_INTERNAL};
 pub use mesh::Msg;
 pub use orderer::Orderer;
@@ -282,29 +282,10 @@ impl Shard {
 
     /// Read `key` on the shard that owns it (or member-wide).
     pub async fn read(self: &Rc<Self>, owner: usize, req: mesh::ReadReq) -> ReadResult {
-        if owner == self.id {
-            global::read_gate(self).await;
-            orderer::Delivered {
-                orderer: &self.orderer,
-                index: self.executed.get(),
-            }
-            .await;
-            match read_now(self, &req) {
-                Err(e) if e.code == ESCALATE => {
-                    let next = std::str::from_utf8(&e.cause)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(MEMBER_WIDE);
-                    if next == self.id {
-                        return Err(V2Error::new(RAFT_INTERNAL, "etcdserver: read loop", 0));
-                    }
-                    return Box::pin(self.read(next, req)).await;
-                }
-                r => return r,
-            }
-        }
         let slot = self.new_slot();
-        if owner == MEMBER_WIDE {
+        if owner == self.id {
+            serve_read(self.clone(), req, Target::Local(slot)).await;
+        } else if owner == MEMBER_WIDE {
             global::submit(self, global::Job::Read(req), Target::Local(slot));
         } else {
             self.send(
@@ -455,6 +436,7 @@ impl From<Reply> for Answer {
 /// Answer a read on this shard: once every event this shard has executed
 /// is durable and delivered, read at the node-wide closed index (so the
 /// reported index never goes backwards and never runs ahead of the data).
+/// A read this shard cannot answer goes on to the shard that can.
 pub async fn serve_read(shard: Rc<Shard>, req: mesh::ReadReq, target: Target) {
     global::read_gate(&shard).await;
     orderer::Delivered {
@@ -462,59 +444,55 @@ pub async fn serve_read(shard: Rc<Shard>, req: mesh::ReadReq, target: Target) {
         index: shard.executed.get(),
     }
     .await;
-    let r = read_now(&shard, &req);
-    match r {
-        Err(e) if e.code == ESCALATE => {
-            let owner: usize = std::str::from_utf8(&e.cause)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(MEMBER_WIDE);
-            if owner == MEMBER_WIDE {
-                global::submit(&shard, global::Job::Read(req), target);
-            } else if owner == shard.id {
-                shard.answer(
-                    target,
-                    Answer::Read(Err(V2Error::new(RAFT_INTERNAL, "etcdserver: read loop", 0))),
-                );
-            } else {
-                match target {
-                    Target::Local(slot) => shard.send(
-                        owner,
-                        Msg::Read {
-                            from: shard.id,
-                            slot,
-                            req,
-                        },
-                    ),
-                    Target::Remote { from, slot } => {
-                        shard.send(owner, Msg::Read { from, slot, req })
-                    }
-                }
-            }
-        }
-        r => shard.answer(target, Answer::Read(r)),
+    let index = shard.orderer.borrow().closed();
+    let mut body = Vec::new();
+    let r = read_at(&shard, index, &req.key, req.opts, None, &mut body);
+    let next = match r {
+        Ok(i) => return shard.answer(target, Answer::Read(Ok((body, i)))),
+        Err(e) => match escalated_to(&e) {
+            Some(next) => next,
+            None => return shard.answer(target, Answer::Read(Err(e))),
+        },
+    };
+    if next == MEMBER_WIDE {
+        global::submit(&shard, global::Job::Read(req), target);
+    } else if next == shard.id {
+        let e = V2Error::new(RAFT_INTERNAL, "etcdserver: read loop", 0);
+        shard.answer(target, Answer::Read(Err(e)));
+    } else {
+        let (from, slot) = match target {
+            Target::Local(slot) => (shard.id, slot),
+            Target::Remote { from, slot } => (from, slot),
+        };
+        shard.send(next, Msg::Read { from, slot, req });
     }
 }
 
-/// Run a read against this shard's store now.
-pub fn read_now(shard: &Shard, req: &mesh::ReadReq) -> ReadResult {
-    let index = shard.orderer.borrow().closed();
-    let mut body = Vec::new();
+/// Run a read against this shard's store now, reporting `index`, with the
+/// body in `body`; `remote` holds other shards' files (a member-wide GET).
+/// A store failure stops the shard.
+pub fn read_at(
+    shard: &Shard,
+    index: u64,
+    key: &[u8],
+    opts: mesh::ReadOpts,
+    remote: Option<&crate::store::RemoteFiles>,
+    body: &mut Vec<u8>,
+) -> Result<u64, V2Error> {
     let r = shard.store.borrow_mut().get(
         index,
-        &req.key,
-        req.recursive,
-        req.sorted,
-        req.now,
-        None,
-        &mut body,
+        key,
+        opts.recursive,
+        opts.sorted,
+        opts.now,
+        remote,
+        body,
     );
     if shard.shared.shards > 1 {
         shard.publish_figures();
     }
     match r {
-        Ok(Ok(i)) => Ok((body, i)),
-        Ok(Err(e)) => Err(e),
+        Ok(r) => r,
         Err(e) => {
             shard.fail(e.to_string());
             Err(V2Error::new(RAFT_INTERNAL, "etcdserver: server stopped", 0))

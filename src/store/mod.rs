@@ -121,14 +121,20 @@ const EXP_FILE: u8 = b'f';
 const EXP_DIR: u8 = b'd';
 
 /// The error code of "this needs the member-wide path" (never sent to a
-/// client): the cause names the shard to ask, for reads.
+/// client); its `index` names the shard to ask, for reads.
 pub const ESCALATE: u16 = 0;
 
 /// [`ESCALATE`] target of a read that needs every shard.
 pub const MEMBER_WIDE: usize = usize::MAX;
 
 fn escalate(shard: usize) -> V2Error {
-    V2Error::new(ESCALATE, shard.to_string(), 0)
+    V2Error::new(ESCALATE, "", shard as u64)
+}
+
+/// The shard an escalated request goes to next ([`MEMBER_WIDE`]: every
+/// shard), or `None` for an ordinary error.
+pub fn escalated_to(e: &V2Error) -> Option<usize> {
+    (e.code == ESCALATE).then(|| usize::try_from(e.index).unwrap_or(MEMBER_WIDE))
 }
 const META_INDEX: &[u8] = b"index";
 const META_DIR_ID: &[u8] = b"next_dir_id";
@@ -1231,6 +1237,8 @@ impl Store {
         self.kbuf = kbuf;
         let f = match found {
             Ok(f) => f,
+            // Another shard answers (and counts) an escalated read.
+            Err(e) if e.code == ESCALATE => return Ok(Err(e)),
             Err(mut e) => {
                 self.stats.gets_fail += 1;
                 e.index = index;

@@ -15,9 +15,10 @@ use super::Api;
 use crate::http::response::{Response, JSON};
 use crate::http::{Handled, Method, Request};
 use crate::raft::wall_nanos;
-use crate::shard::mesh::ReadReq;
+use crate::shard::mesh::{ReadOpts, ReadReq};
 use crate::shard::orderer::{Delivered, WatchStart};
-use crate::shard::{Answer, AnswerFuture};
+use crate::shard::{read_at, Answer, AnswerFuture};
+use crate::store::escalated_to;
 use crate::store::watch::WatchHandle;
 use crate::store::{Action, Command, Event, Op};
 
@@ -210,17 +211,24 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
                 drop(form);
                 return start_watch(api, req, key, recursive, stream, wait_index, out);
             }
-            let _ = quorum;
-            let pl = api.shard.placement;
+            let owner = api.shard.placement.of_key(key);
+            let opts = ReadOpts {
+                recursive,
+                sorted,
+                now,
+            };
+            let head_only = m == Method::Head;
+            drop(form);
+            if owner == api.shard.id && read_now(api, key, opts, head_only, req.head.http11, out) {
+                return Handled::Done;
+            }
             Handled::Pending(Pending::Read(PendingRead {
-                owner: pl.of_key(key),
+                owner,
                 req: ReadReq {
                     key: key.to_vec(),
-                    recursive,
-                    sorted,
-                    now,
+                    opts,
                 },
-                head_only: m == Method::Head,
+                head_only,
                 http11: req.head.http11,
             }))
         }
@@ -318,31 +326,78 @@ fn read_headers<'o>(
     success_headers(api, out, http11, 200, etcd_index, ri, rt)
 }
 
+/// Answer a read of this executor's own shard at once, when nothing it
+/// would have to wait for is in flight (always so on a quiet member). False:
+/// the read takes the asynchronous path ([`read`]) instead.
+fn read_now(
+    api: &Api,
+    key: &[u8],
+    opts: ReadOpts,
+    head_only: bool,
+    http11: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    let sh = &api.shard;
+    let index = {
+        let o = sh.orderer.borrow();
+        let closed = o.closed();
+        if sh.global.applying() || o.delivered() < closed.max(sh.executed.get()) {
+            return false;
+        }
+        closed
+    };
+    let mut body = api.scratch.borrow_mut();
+    body.clear();
+    match read_at(sh, index, key, opts, None, &mut body) {
+        Ok(i) => read_headers(api, out, http11, i).body(&body, head_only),
+        Err(e) if escalated_to(&e).is_some() => return false,
+        Err(e) => {
+            drop(body);
+            read_error(api, key, opts.recursive, e, head_only, http11, out);
+        }
+    }
+    true
+}
+
 /// Answer a read once its shard has: etcd's headers with the index it
 /// was read at, once this executor has delivered that index (so a watch
 /// from the next index on this connection misses nothing).
 async fn read(api: &Api, p: PendingRead, out: &mut Vec<u8>) {
-    let key = p.req.key.clone();
-    let recursive = p.req.recursive;
-    let r = api.shard.read(p.owner, p.req).await;
-    let (mut body, index) = match r {
-        Ok(x) => x,
-        Err(e) if e.code == KEY_NOT_FOUND && is_machines_path(&key) => {
-            let mut body = Vec::new();
-            let index = machines_listing(api, &key, recursive, &mut body);
-            (body, index)
+    let (http11, head_only, recursive) = (p.http11, p.head_only, p.req.opts.recursive);
+    // Kept only for the `/_etcd/machines` fallback.
+    let machines = is_machines_path(&p.req.key).then(|| p.req.key.clone());
+    match api.shard.read(p.owner, p.req).await {
+        Ok((body, index)) => {
+            if !delivered(api, index).await {
+                return write_error(api, http11, &timed_out(api), head_only, out);
+            }
+            read_headers(api, out, http11, index).body(&body, head_only);
         }
-        Err(mut e) => {
-            e.index = e.index.max(api.shard.orderer.borrow().closed());
-            return write_error(api, p.http11, &e, p.head_only, out);
+        Err(e) => {
+            let key = machines.as_deref().unwrap_or_default();
+            read_error(api, key, recursive, e, head_only, http11, out);
         }
-    };
-    if !delivered(api, index).await {
-        return write_error(api, p.http11, &timed_out(api), p.head_only, out);
     }
-    let r = read_headers(api, out, p.http11, index);
-    r.body(&body, p.head_only);
-    body.clear();
+}
+
+/// A failed read: the synthesised `/_etcd/machines` registry where etcd's
+/// store has nothing, else etcd's error.
+fn read_error(
+    api: &Api,
+    key: &[u8],
+    recursive: bool,
+    mut e: V2Error,
+    head_only: bool,
+    http11: bool,
+    out: &mut Vec<u8>,
+) {
+    if e.code == KEY_NOT_FOUND && is_machines_path(key) {
+        let mut body = Vec::new();
+        let index = machines_listing(api, key, recursive, &mut body);
+        return read_headers(api, out, http11, index).body(&body, head_only);
+    }
+    e.index = e.index.max(api.shard.orderer.borrow().closed());
+    write_error(api, http11, &e, head_only, out);
 }
 
 fn is_machines_path(key: &[u8]) -> bool {
