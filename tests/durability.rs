@@ -13,19 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{json_u64, request, Server};
-
-/// A tiny deterministic PRNG (xorshift64*), seeded per run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-}
+use common::{json_u64, request, Rng, Server};
 
 /// (key, value, acknowledged modifiedIndex)
 type Acked = Arc<Mutex<Vec<(String, String, u64)>>>;

@@ -17,26 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{build_request, json_u64, request, BodyLimit, Conn, Response, Server};
+use common::{json_u64, open_stream, request, BodyLimit, Conn, Response, Rng, Server};
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// A tiny deterministic PRNG (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A parsed JSON value (objects keep their field order).
 #[derive(Debug, Clone, PartialEq)]
@@ -539,26 +523,6 @@ fn random_operation_sequences_answer_the_same_at_one_and_four_shards() {
 
 // ---------------------------------------------------------------------------
 // 2. Watch completeness across shards
-
-/// Open a stream watch: the connection and its response head.
-fn open_stream(port: u16, target: &str) -> (Conn, Response) {
-    let mut c = Conn::connect(port, Duration::from_secs(5)).unwrap();
-    c.send(&build_request(
-        port,
-        "GET",
-        target.as_bytes(),
-        None,
-        &[],
-        false,
-    ))
-    .unwrap();
-    let r = c
-        .read_head(Instant::now() + Duration::from_secs(5))
-        .unwrap()
-        .unwrap_or_else(|| panic!("{target}: closed without an answer"));
-    assert_eq!(r.code(), 200, "{target}");
-    (c, r)
-}
 
 fn current_index(port: u16) -> u64 {
     let r = request(port, "GET", "/v2/keys/", None, &[]).unwrap();

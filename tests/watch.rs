@@ -9,31 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{build_request, json_u64, request, BodyLimit, Conn, Server};
+use common::{build_request, json_u64, open_stream, request, BodyLimit, Conn, Server};
 
 fn json_key(line: &str) -> String {
     let at = line.find("\"key\":\"").unwrap() + 7;
     line[at..].split('"').next().unwrap().to_string()
-}
-
-/// Open a stream watch and return the connection and its response.
-fn stream(port: u16, target: &str) -> (Conn, common::Response) {
-    let mut c = Conn::connect(port, Duration::from_secs(5)).unwrap();
-    c.send(&build_request(
-        port,
-        "GET",
-        target.as_bytes(),
-        None,
-        &[],
-        false,
-    ))
-    .unwrap();
-    let r = c
-        .read_head(Instant::now() + Duration::from_secs(5))
-        .unwrap()
-        .unwrap();
-    assert_eq!(r.code(), 200, "{target}");
-    (c, r)
 }
 
 #[test]
@@ -73,7 +53,7 @@ fn watchers_see_every_committed_event_in_order_exactly_once() {
         .iter()
         .map(|(k, rec, from)| {
             let t = format!("/v2/keys{k}?wait=true&stream=true&recursive={rec}&waitIndex={from}");
-            stream(port, &t)
+            open_stream(port, &t)
         })
         .collect();
     for w in writers {
@@ -190,7 +170,8 @@ fn a_directory_ttl_expires_the_subtree_as_one_event() {
 fn a_stream_watcher_that_falls_behind_is_dropped_and_its_stream_ends() {
     let s = Server::start().unwrap();
     let port = s.client_port;
-    let (mut conn, mut resp) = stream(port, "/v2/keys/big?wait=true&stream=true&recursive=true");
+    let (mut conn, mut resp) =
+        open_stream(port, "/v2/keys/big?wait=true&stream=true&recursive=true");
     // Large events the client does not read: socket buffers fill, then the
     // watcher's 100-event queue, and the server drops the watcher.
     let value = "v".repeat(60_000);

@@ -625,3 +625,42 @@ fn trim_sp_tab(mut s: &[u8]) -> &[u8] {
     }
     s
 }
+
+// ---------------------------------------------------------------------------
+// Shared helpers
+
+/// A tiny deterministic PRNG (xorshift64*): tests print their seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Open a stream watch (`GET target`): the connection and its 200 head.
+pub fn open_stream(port: u16, target: &str) -> (Conn, Response) {
+    let mut c = Conn::connect(port, Duration::from_secs(5)).unwrap();
+    c.send(&build_request(
+        port,
+        "GET",
+        target.as_bytes(),
+        None,
+        &[],
+        false,
+    ))
+    .unwrap();
+    let r = c
+        .read_head(Instant::now() + Duration::from_secs(5))
+        .unwrap()
+        .unwrap_or_else(|| panic!("{target}: closed without an answer"));
+    assert_eq!(r.code(), 200, "{target}");
+    (c, r)
+}
