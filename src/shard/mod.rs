@@ -489,7 +489,11 @@ pub fn read_at(
         body,
     );
     if shard.shared.shards > 1 {
-        shard.publish_figures();
+        // Only the GET counters change on a read.
+        let st = shard.store.borrow().stats;
+        let f = &shard.shared.figures[shard.id];
+        f.stats[0].store(st.gets_success, Ordering::Relaxed);
+        f.stats[1].store(st.gets_fail, Ordering::Relaxed);
     }
     match r {
         Ok(r) => r,
