@@ -51,6 +51,51 @@ pub fn cluster_of(cfg: &Config) -> Cluster {
         id: cluster_id(&ids),
         members,
         local,
+        removed: Vec::new(),
+    }
+}
+
+/// 0.x `-peers`: ask the listed members, in turn, to add this one; retry
+/// for a while (the cluster may be electing). Returns the cluster, with
+/// this member in it.
+fn join(cfg: &Config) -> Result<Cluster, String> {
+    let me = Member {
+        id: 0,
+        name: cfg.name.clone(),
+        peer_urls: cfg.initial_advertise_peer_urls.clone(),
+        client_urls: cfg.advertise_client_urls.clone(),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        for addr in &cfg.peers {
+            match crate::cluster::transport::request_join(addr, &me) {
+                Ok(bytes) => {
+                    let text = String::from_utf8_lossy(&bytes).into_owned();
+                    let id = text
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("member "))
+                        .filter_map(Member::decode)
+                        .find(|m| m.name == me.name)
+                        .map(|m| m.id)
+                        .ok_or("the join reply does not list this member")?;
+                    let c = Cluster::decode(&bytes, id).ok_or("bad join reply")?;
+                    tracing::info!(via = %addr, member_id = %format!("{id:x}"), cluster_id = %format!("{:x}", c.id), "joined the cluster");
+                    return Ok(c);
+                }
+                Err(e) if e.contains("already in the cluster") || e.contains("runs one") => {
+                    return Err(format!("cannot join through {addr}: {e}"));
+                }
+                Err(e) => last = e,
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "cannot join the cluster through -peers {}: {last}",
+                cfg.peers.join(",")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -79,20 +124,44 @@ fn bind_retrying(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpLis
 
 /// Run a member until killed. Errors are for the operator, one line each.
 pub fn run(cfg: Config) -> Result<(), String> {
-    let cluster = cluster_of(&cfg);
-    let me = cluster.local().clone();
-    if cfg.force_new_cluster {
-        tracing::warn!("-force / --force-new-cluster: a single-member kardia always starts as its own cluster; nothing is wiped");
+    let mut cluster = cluster_of(&cfg);
+    let existing = cfg.data_dir.join(identity::FILE).exists();
+    // Voters of a new raft group: this member alone, the static cluster,
+    // or none (joining: the leader brings this member up to date).
+    let mut initial_voters = vec![cluster.local().id];
+    if !existing {
+        if !cfg.peers.is_empty() {
+            cluster = join(&cfg)?;
+            initial_voters.clear();
+        } else if cfg.initial_cluster_state == "existing" {
+            initial_voters.clear();
+        } else {
+            initial_voters = cluster.members.iter().map(|m| m.id).collect();
+        }
+    } else if !cfg.peers.is_empty() {
+        tracing::info!("the data dir records this member's cluster; -peers is only used to join the first time");
     }
+    let explicit_cluster = cfg.clustered() && cfg.peers.is_empty();
     let id = identity::load_or_create(
         &cfg.data_dir,
         &Identity {
             name: cfg.name.clone(),
-            member_id: me.id,
+            member_id: cluster.local().id,
             cluster_id: cluster.id,
             shards: cfg.shards,
         },
+        explicit_cluster,
     )?;
+    if cfg.force_new_cluster {
+        tracing::warn!("-force / --force-new-cluster: kardia keeps the data and the recorded membership (see docs/operations.md)");
+    }
+    // The recorded identity wins over the flags.
+    if let Some(i) = cluster.members.iter().position(|m| m.name == id.name) {
+        cluster.members[i].id = id.member_id;
+        cluster.local = i;
+    }
+    cluster.id = id.cluster_id;
+    let me = cluster.local().clone();
     let shards = id.shards.max(1);
     // Bind before starting anything, without SO_REUSEPORT, so a port that
     // is already in use (by etcd, or another kardia) is an error, not a
@@ -109,6 +178,19 @@ pub fn run(cfg: Config) -> Result<(), String> {
         l.set_nonblocking(true).map_err(|e| e.to_string())?;
         fds.push(l.into_raw_fd());
     }
+    let mut peer_fds = Vec::new();
+    for url in &cfg.listen_peer_urls {
+        let hp = host_port(url);
+        let addr = hp
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve peer listen address {url}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("cannot resolve peer listen address {url}"))?;
+        let l =
+            bind_retrying(addr).map_err(|e| format!("cannot listen for peers on {url}: {e}"))?;
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        peer_fds.push(l.into_raw_fd());
+    }
     tracing::info!(
         name = %cfg.name,
         member_id = %format!("{:x}", me.id),
@@ -123,15 +205,20 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let mut mesh = crate::shard::mesh::build(shards).into_iter();
     let barrier = Arc::new(Barrier::new(shards));
     let not_fresh = Arc::new(AtomicBool::new(false));
-    let cluster = Arc::new(cluster);
+    let view: crate::cluster::View = Arc::new(std::sync::RwLock::new(cluster));
     let mut handles = Vec::new();
+    let boot = Arc::new(Boot {
+        initial_voters,
+        peer_fds: std::sync::Mutex::new(peer_fds),
+    });
     for i in 0..shards {
         let cfg = cfg.clone();
         let shared = shared.clone();
         let mesh = mesh.next().expect("mesh ends");
         let barrier = barrier.clone();
         let not_fresh = not_fresh.clone();
-        let cluster = cluster.clone();
+        let view = view.clone();
+        let boot = boot.clone();
         // Each executor accepts on its own descriptor of the shared sockets.
         let fds: Vec<i32> = fds.iter().map(|&fd| unsafe { libc::dup(fd) }).collect();
         let me_id = me.id;
@@ -140,7 +227,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             .io_memory(1 << 20)
             .spawn(move || async move {
                 let r = shard_main(
-                    i, cfg, me_id, shared, mesh, barrier, not_fresh, cluster, fds,
+                    i, cfg, me_id, shared, mesh, barrier, not_fresh, view, fds, boot,
                 )
                 .await;
                 if let Err(e) = &r {
@@ -161,6 +248,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Start-up facts shared by the executors.
+struct Boot {
+    initial_voters: Vec<u64>,
+    /// Peer listening sockets, taken by shard 0.
+    peer_fds: std::sync::Mutex<Vec<i32>>,
+}
+
 /// One executor: recover its shard, wait for the others, then serve.
 #[allow(clippy::too_many_arguments)]
 async fn shard_main(
@@ -171,12 +265,13 @@ async fn shard_main(
     mesh: crate::shard::mesh::Ends,
     barrier: Arc<Barrier>,
     not_fresh: Arc<AtomicBool>,
-    cluster: Arc<Cluster>,
+    view: crate::cluster::View,
     fds: Vec<i32>,
+    boot: Arc<Boot>,
 ) -> Result<(), String> {
     let shards = shared.shards;
     let shard_dir = cfg.data_dir.join(format!("shard-{i}"));
-    let store = Store::open(
+    let mut store = Store::open(
         &shard_dir.join("lmdb"),
         &Options {
             map_size: cfg.map_size,
@@ -189,8 +284,27 @@ async fn shard_main(
     if !store.is_fresh() {
         not_fresh.store(true, Ordering::SeqCst);
     }
+    // The membership: as recorded by the store (the last applied change),
+    // else as the flags or the join reply describe it (recorded now).
+    if i == 0 {
+        let recorded = store
+            .meta_get(crate::raft::META_MEMBERS)
+            .map_err(|e| format!("cannot read shard {i}: {e}"))?;
+        match recorded.and_then(|b| Cluster::decode(&b, member_id)) {
+            Some(c) => *view.write().expect("membership") = c,
+            None => {
+                let bytes = view.read().expect("membership").encode();
+                store
+                    .batch(|st, txn| {
+                        st.meta_put(txn, crate::raft::META_MEMBERS, &bytes)?;
+                        Ok(((), None))
+                    })
+                    .map_err(|e| format!("cannot write shard {i}: {e}"))?;
+            }
+        }
+    }
     let placeholder = Orderer::new(1, 0, false, Arc::new(AtomicU64::new(0)));
-    let shard = Rc::new(Shard::new(store, placeholder, shared.clone()));
+    let shard = Rc::new(Shard::new(store, placeholder, shared.clone(), view.clone()));
     let opts = RaftOptions {
         member_id,
         heartbeat: cfg.heartbeat,
@@ -198,6 +312,16 @@ async fn shard_main(
             as usize,
         checkpoint_interval: cfg.checkpoint_interval,
         segment_bytes: cfg.wal_segment_bytes,
+        initial_voters: if shards == 1 {
+            boot.initial_voters.clone()
+        } else {
+            vec![member_id]
+        },
+        retain_entries: cfg.snapshot_count,
+        request_timeout: Duration::from_secs(5) + cfg.election * 2,
+        snap_dir: shard_dir.join("snap"),
+        name: cfg.name.clone(),
+        client_urls: cfg.advertise_client_urls.clone(),
     };
     let mut group = crate::raft::start(&shard, &shard_dir.join("wal"), opts)
         .await
@@ -246,8 +370,28 @@ async fn shard_main(
             glommio::spawn_local(crate::shard::global::coordinate(shard.clone())).detach();
         }
     }
+    if i == 0 {
+        let cid = view.read().expect("membership").id;
+        let t = crate::cluster::transport::Transport::new(member_id, cid, view.clone());
+        *shard.transport.borrow_mut() = Some(t.clone());
+        let peer_fds = std::mem::take(&mut *boot.peer_fds.lock().expect("peer fds"));
+        for fd in peer_fds {
+            // SAFETY: `fd` is a bound, listening socket we own.
+            let l = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+            glommio::spawn_local(crate::cluster::transport::serve(
+                l,
+                t.clone(),
+                shard.clone(),
+            ))
+            .detach();
+        }
+    }
     glommio::spawn_local(crate::raft::run(shard.clone(), group)).detach();
-    let api = Rc::new(Api::new(shard.clone(), cluster));
+    let api = Rc::new(Api::new(
+        shard.clone(),
+        view,
+        cfg.initial_cluster_token.clone(),
+    ));
     let limits = Rc::new(cfg.limits.clone());
     for fd in fds {
         // SAFETY: `fd` is a duplicate of a bound, listening socket we own.

@@ -1,10 +1,17 @@
-//! Cluster membership as clients see it: member and cluster IDs, names and
-//! URLs.
+//! Cluster membership: member and cluster IDs, names and URLs, and the peer
+//! transport that carries raft messages between members.
 //!
 //! IDs are derived exactly as etcd derives them (SHA-1 of the sorted peer
 //! URLs plus the cluster token; the cluster ID from the sorted member IDs),
 //! so a kardia member started with etcd's flags reports the same IDs etcd
-//! would. Built from the configuration at start; read by the v2 handlers.
+//! would. The membership is built from the flags (or a join reply) at the
+//! first start, then changed only by applied raft configuration changes; it
+//! is kept in the store (so it travels in snapshots) and published to the
+//! v2 handlers through a [`View`].
+
+pub mod transport;
+
+use std::sync::{Arc, RwLock};
 
 /// One member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +29,45 @@ pub struct Cluster {
     pub members: Vec<Member>,
     /// Index of this member in `members`.
     pub local: usize,
+    /// Members removed from the cluster (they may not come back).
+    pub removed: Vec<u64>,
+}
+
+/// The membership as the v2 handlers read it (changed by the raft loop).
+pub type View = Arc<RwLock<Cluster>>;
+
+impl Member {
+    /// One line: `id<TAB>name<TAB>peer,urls<TAB>client,urls`.
+    pub fn encode(&self) -> String {
+        format!(
+            "{:x}\t{}\t{}\t{}",
+            self.id,
+            self.name,
+            self.peer_urls.join(","),
+            self.client_urls.join(",")
+        )
+    }
+
+    pub fn decode(line: &str) -> Option<Member> {
+        let mut f = line.split('\t');
+        let id = u64::from_str_radix(f.next()?, 16).ok()?;
+        let name = f.next()?.to_string();
+        let list = |s: Option<&str>| -> Vec<String> {
+            s.unwrap_or("")
+                .split(',')
+                .filter(|u| !u.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let peer_urls = list(f.next());
+        let client_urls = list(f.next());
+        Some(Member {
+            id,
+            name,
+            peer_urls,
+            client_urls,
+        })
+    }
 }
 
 /// etcd's member ID: SHA-1 over the sorted peer URLs and the token.
@@ -52,6 +98,76 @@ impl Cluster {
         &self.members[self.local]
     }
 
+    /// The member with `id`, if it is one.
+    pub fn get(&self, id: u64) -> Option<&Member> {
+        self.members.iter().find(|m| m.id == id)
+    }
+
+    /// Add or replace a member (keeping `local` pointing at this member).
+    pub fn upsert(&mut self, m: Member) {
+        let me = self.local().id;
+        match self.members.iter_mut().find(|x| x.id == m.id) {
+            Some(x) => *x = m,
+            None => self.members.push(m),
+        }
+        self.local = self.members.iter().position(|x| x.id == me).unwrap_or(0);
+    }
+
+    /// Remove a member for good.
+    pub fn remove(&mut self, id: u64) {
+        let me = self.local().id;
+        if id == me {
+            // This member stays in its own list so it can still describe
+            // itself; it is marked removed.
+            if !self.removed.contains(&id) {
+                self.removed.push(id);
+            }
+            return;
+        }
+        self.members.retain(|m| m.id != id);
+        if !self.removed.contains(&id) {
+            self.removed.push(id);
+        }
+        self.local = self.members.iter().position(|x| x.id == me).unwrap_or(0);
+    }
+
+    /// The membership as stored: `cluster <id>`, then `member <line>` and
+    /// `removed <id>` lines.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut s = format!("cluster {:x}\n", self.id);
+        for m in &self.members {
+            s.push_str("member ");
+            s.push_str(&m.encode());
+            s.push('\n');
+        }
+        for r in &self.removed {
+            s.push_str(&format!("removed {r:x}\n"));
+        }
+        s.into_bytes()
+    }
+
+    /// Decode [`Cluster::encode`] as seen by member `me`.
+    pub fn decode(b: &[u8], me: u64) -> Option<Cluster> {
+        let text = std::str::from_utf8(b).ok()?;
+        let mut c = Cluster {
+            id: 0,
+            members: Vec::new(),
+            local: 0,
+            removed: Vec::new(),
+        };
+        for l in text.lines() {
+            let (k, v) = l.split_once(' ')?;
+            match k {
+                "cluster" => c.id = u64::from_str_radix(v, 16).ok()?,
+                "member" => c.members.push(Member::decode(v)?),
+                "removed" => c.removed.push(u64::from_str_radix(v, 16).ok()?),
+                _ => return None,
+            }
+        }
+        c.local = c.members.iter().position(|m| m.id == me)?;
+        Some(c)
+    }
+
     /// Members sorted by ID (the order etcd lists them in).
     pub fn sorted(&self) -> Vec<&Member> {
         let mut m: Vec<&Member> = self.members.iter().collect();
@@ -63,6 +179,28 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn membership_round_trips() {
+        let m = |id: u64, name: &str| Member {
+            id,
+            name: name.into(),
+            peer_urls: vec![format!("http://127.0.0.1:{id}")],
+            client_urls: vec![],
+        };
+        let mut c = Cluster {
+            id: 7,
+            members: vec![m(1, "a"), m(2, "b")],
+            local: 1,
+            removed: vec![],
+        };
+        c.upsert(m(3, "c"));
+        c.remove(1);
+        let d = Cluster::decode(&c.encode(), 2).unwrap();
+        assert_eq!(d.members, c.members);
+        assert_eq!(d.removed, vec![1]);
+        assert_eq!(d.local().name, "b");
+    }
 
     #[test]
     fn ids_match_etcd_defaults() {

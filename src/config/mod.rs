@@ -36,6 +36,22 @@ pub struct Config {
     pub limits: Limits,
     pub log_level: String,
     pub force_new_cluster: bool,
+    /// 0.x `-peers`: peer addresses of a running cluster to join.
+    pub peers: Vec<String>,
+    /// Applied raft entries kept for lagging followers (`--snapshot-count`).
+    pub snapshot_count: u64,
+}
+
+impl Config {
+    /// The flags describe a cluster of several members (or a join).
+    pub fn clustered(&self) -> bool {
+        let names: std::collections::BTreeSet<&str> = self
+            .initial_cluster
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        names.len() > 1 || !self.peers.is_empty() || self.initial_cluster_state == "existing"
+    }
 }
 
 /// The outcome of parsing: run, or print and exit.
@@ -83,7 +99,7 @@ const FLAGS: &[(&str, Kind)] = &[
     ("wal-segment-bytes", Kind::Str),
     ("log-level", Kind::Str),
     // etcd flags kardia accepts and ignores.
-    ("snapshot-count", Kind::IgnoredStr),
+    ("snapshot-count", Kind::Str),
     ("cors", Kind::IgnoredStr),
     ("quota-backend-bytes", Kind::IgnoredStr),
     ("max-request-bytes", Kind::IgnoredStr),
@@ -293,18 +309,15 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
             .map(|u| (name.clone(), u.clone()))
             .collect(),
     };
-    if let Some(peers) = get("peers") {
-        if !peers.trim().is_empty() {
-            return Err(
-                "flag -peers (joining a running cluster) is not supported by this build yet; start a single member without it"
-                    .into(),
-            );
-        }
-    }
-    let distinct: std::collections::BTreeSet<&str> =
-        initial_cluster.iter().map(|(n, _)| n.as_str()).collect();
-    if distinct.len() > 1 {
-        return Err("flag -initial-cluster names several members; clustering is not supported by this build yet".into());
+    let mut peers = Vec::new();
+    for p in get("peers")
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let u = addr_url("peers", p)?;
+        peers.push(crate::cluster::transport::host_port(&u).to_string());
     }
     let state = get("initial-cluster-state").unwrap_or("new").to_string();
     if state != "new" && state != "existing" {
@@ -320,11 +333,27 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         ));
     }
     // 0 = automatic: the data dir's count, or one per core for a new one.
-    let shards: usize = num(vals, "shards", 0)?;
+    let mut shards: usize = num(vals, "shards", 0)?;
     if shards > 256 {
         return Err(format!(
             "invalid value {shards} for flag -shards: at most 256 shards per member"
         ));
+    }
+    let names: std::collections::BTreeSet<&str> =
+        initial_cluster.iter().map(|(n, _)| n.as_str()).collect();
+    // 0.x-style members (`-peer-addr`) are meant to be clustered: like
+    // members of a cluster, they run one shard unless told otherwise.
+    if shards == 0 && peer_addr.is_some() {
+        shards = 1;
+    }
+    if names.len() > 1 || !peers.is_empty() || state == "existing" {
+        // A replicated member runs one shard (see docs/architecture.md).
+        if shards > 1 {
+            return Err(format!(
+                "flag -shards {shards} with several members: a replicated member runs one shard in this version (use --shards 1)"
+            ));
+        }
+        shards = 1;
     }
     let mut limits = Limits::default();
     limits.max_head = num(vals, "max-header-bytes", limits.max_head)?;
@@ -361,6 +390,8 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         limits,
         log_level: get("log-level").unwrap_or("info").to_string(),
         force_new_cluster: force,
+        peers,
+        snapshot_count: num::<u64>(vals, "snapshot-count", 10_000)?.max(10),
     })
 }
 

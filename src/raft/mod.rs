@@ -12,19 +12,34 @@
 //! fdatasync for the batch), send persisted messages, `advance`, handle the
 //! `LightReady`; then publish the batch's events and answer. Consensus
 //! itself does no I/O; this loop does all of it.
+//!
+//! A group with one voter (a single member) executes commands *before*
+//! logging them, taking their indexes at once (the fast path). A group with
+//! several voters proposes commands as they are, and every member executes
+//! them when they are **committed**, in log order, so every member takes
+//! the same indexes ([`apply_entries`]); the member that proposed a command
+//! answers from its own apply, as etcd does. Membership changes, quorum
+//! read barriers (ReadIndex) and snapshots for lagging followers
+//! ([`log::LogStore`]) are handled here too.
+
+pub mod log;
 
 use std::cell::RefCell;
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use raft::eraftpb::{ConfState, Entry, EntryType, Snapshot};
-use raft::storage::MemStorage;
-use raft::{Config, RawNode, StateRole, Storage};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
+use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage};
 
+use crate::cluster::{Cluster, Member};
 use crate::shard::global::{self, Job, SubOp, SubResult};
-use crate::shard::{Metrics, Proposal, Reply, Shard, Target};
+use crate::shard::{Answer, Metrics, Proposal, Reply, Shard, Target};
 use crate::storage::wal::Wal;
 use crate::store::command::push_index;
 use crate::store::{Command, Op, ESCALATE};
@@ -39,7 +54,33 @@ pub struct RaftOptions {
     pub checkpoint_interval: Duration,
     /// Size of a WAL segment.
     pub segment_bytes: u64,
+    /// Voters of a group that has no recorded configuration yet: this
+    /// member alone, every member of a static bootstrap, or none (a member
+    /// that joins and waits for the leader).
+    pub initial_voters: Vec<u64>,
+    /// Applied entries kept in memory for lagging followers (etcd's
+    /// `--snapshot-count`); older ones are sent as a snapshot.
+    pub retain_entries: u64,
+    /// How long a replicated write or quorum read may wait (etcd: 5 s +
+    /// 2 x election timeout), then error 300.
+    pub request_timeout: Duration,
+    /// Where snapshots are made and received.
+    pub snap_dir: PathBuf,
+    /// This member's name and client URLs, published to the cluster.
+    pub name: String,
+    pub client_urls: Vec<String>,
 }
+
+/// Metadata keys of the store kept for the cluster.
+pub const META_MEMBERS: &[u8] = b"members";
+const META_CONF: &[u8] = b"conf_state";
+
+/// Internal requests queued like proposals (first byte; commands start
+/// with their version, 2).
+const REQ_CONF: u8 = 0xC0;
+const REQ_READ: u8 = 0xC1;
+/// A normal entry that publishes a member's attributes (its client URLs).
+const ENTRY_ATTRS: u8 = 0xC2;
 
 /// Fatal errors of the loop.
 #[derive(Debug)]
@@ -77,9 +118,23 @@ impl From<raft::Error> for Error {
 
 /// A shard's raft group, ready to run.
 pub struct Group {
-    node: RawNode<MemStorage>,
+    node: RawNode<log::LogStore>,
     wal: Wal,
     opts: RaftOptions,
+    /// Requests of this member waiting for their entry's apply (several
+    /// voters): by sequence number, with their deadline.
+    pending: HashMap<u64, (Target, Instant)>,
+    /// Quorum read barriers: waiting for a read state, then for the apply.
+    reads: Vec<(u64, Target, Instant)>,
+    barriers: Vec<(u64, Target)>,
+    next_seq: u64,
+    last_sync: Instant,
+    last_attrs: Option<Instant>,
+    /// This member's attributes were applied since it started.
+    attrs_done: bool,
+    last_read_retry: Instant,
+    /// This member was removed from the cluster.
+    removed: bool,
     /// Member-wide operations found in the log, by sequence (for
     /// [`roll_forward`] on the shards that missed them).
     pub global_ops: Vec<(u64, Vec<u8>)>,
@@ -90,8 +145,24 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
     let (recovered, segments) = Wal::recover(wal_dir)?;
     let (applied, _) = shard.store.borrow().applied();
     let id = opts.member_id;
-    // Replay the logged entries the store has not applied: each carries the
-    // indexes it took when first executed, so replay repeats them exactly.
+    // The group's configuration: recorded with the last applied change,
+    // else the bootstrap one (recorded now, so a restart with other flags
+    // keeps it).
+    let recorded = shard.store.borrow().meta_get(META_CONF)?;
+    let conf = match recorded {
+        Some(b) => ConfState::parse_from_bytes(&b)
+            .map_err(|e| Error::Store(crate::store::Error::Corrupt(format!("conf state: {e}"))))?,
+        None => {
+            let cs = ConfState::from((opts.initial_voters.clone(), vec![]));
+            let bytes = cs.write_to_bytes().unwrap_or_default();
+            shard.store.borrow_mut().batch(|st, txn| {
+                st.meta_put(txn, META_CONF, &bytes)?;
+                Ok(((), None))
+            })?;
+            cs
+        }
+    };
+    let single = conf.voters == [id] && conf.learners.is_empty();
     let global_ops: Vec<(u64, Vec<u8>)> = recovered
         .entries
         .iter()
@@ -111,40 +182,52 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
             ))));
         }
     }
-    if !entries.is_empty() {
-        let mut out = Vec::new();
-        shard.store.borrow_mut().apply_batch(
-            entries.iter().map(|e| {
-                let data: &[u8] = if e.get_entry_type() == EntryType::EntryNormal {
-                    &e.data
-                } else {
-                    &[]
-                };
-                (e.index, e.term, data)
-            }),
-            &mut out,
-        )?;
-        let mut events = Vec::new();
-        shard.store.borrow_mut().take_events(&mut events);
+    let storage = log::LogStore::new();
+    let mut hs = recovered.hard_state.unwrap_or_default();
+    if single {
+        // One voter: everything logged was executed before it was logged;
+        // replay it all (each entry with the indexes it recorded).
+        if !entries.is_empty() {
+            let mut out = Vec::new();
+            shard.store.borrow_mut().apply_batch(
+                entries.iter().map(|e| {
+                    let data: &[u8] =
+                        if e.get_entry_type() == EntryType::EntryNormal && !is_internal(&e.data) {
+                            &e.data
+                        } else {
+                            &[]
+                        };
+                    (e.index, e.term, data)
+                }),
+                &mut out,
+            )?;
+            let mut events = Vec::new();
+            shard.store.borrow_mut().take_events(&mut events);
+        }
     }
     let (applied, applied_term) = shard.store.borrow().applied();
-    let storage = MemStorage::new();
     if applied > 0 {
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = applied;
         snap.mut_metadata().term = applied_term;
-        snap.mut_metadata()
-            .set_conf_state(ConfState::from((vec![id], vec![])));
-        storage.wl().apply_snapshot(snap)?;
+        snap.mut_metadata().set_conf_state(conf.clone());
+        storage.mem.wl().apply_snapshot(snap)?;
     } else {
-        storage
-            .wl()
-            .set_conf_state(ConfState::from((vec![id], vec![])));
+        storage.mem.wl().set_conf_state(conf.clone());
     }
-    let mut hs = recovered.hard_state.unwrap_or_default();
-    hs.commit = applied;
+    if single {
+        hs.commit = applied;
+    } else {
+        // Several voters: the log beyond the applied index stays in raft's
+        // hands; committed entries come back in the first `Ready`.
+        if !entries.is_empty() {
+            storage.mem.wl().append(&entries)?;
+        }
+        let last = storage.mem.last_index()?;
+        hs.commit = hs.commit.clamp(applied, last.max(applied));
+    }
     hs.term = hs.term.max(applied_term);
-    storage.wl().set_hardstate(hs);
+    storage.mem.wl().set_hardstate(hs);
     let cfg = Config {
         id,
         election_tick: opts.election_ticks,
@@ -161,17 +244,33 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let mut node = RawNode::new(&cfg, storage, &logger)?;
     // A group whose only voter is this member elects itself at once.
-    if node.raft.prs().conf().voters().ids().len() == 1 {
+    if single {
         node.campaign()?;
         shard.is_leader.set(node.raft.state == StateRole::Leader);
+        shard.leader_id.set(node.raft.leader_id);
     }
     let wal = Wal::open(wal_dir, segments, opts.segment_bytes).await?;
+    let now = Instant::now();
     Ok(Group {
         node,
         wal,
         opts,
+        pending: HashMap::new(),
+        reads: Vec::new(),
+        barriers: Vec::new(),
+        next_seq: wall_nanos() as u64,
+        last_sync: now,
+        last_attrs: None,
+        attrs_done: false,
+        last_read_retry: now,
+        removed: false,
         global_ops,
     })
+}
+
+/// True for an entry that carries no store command.
+fn is_internal(data: &[u8]) -> bool {
+    data.first() == Some(&ENTRY_ATTRS)
 }
 
 /// After a crash in the middle of a member-wide operation, some shards may
@@ -221,8 +320,9 @@ pub async fn run(shard: Rc<Shard>, mut g: Group) {
 
 async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     let mut proposals = Vec::new();
+    let mut messages = Vec::new();
     // Executed proposals waiting for their entries to be durable.
-    let mut answers: Vec<(Target, Reply)> = Vec::new();
+    let mut answers: Vec<(Target, Answer)> = Vec::new();
     let mut events = Vec::new();
     let mut next_tick = Instant::now() + g.opts.heartbeat;
     let mut last_checkpoint = Instant::now();
@@ -233,7 +333,7 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     let mut next_expiry: Option<i64> = shard.store.borrow().next_expiry()?;
     let (mut rate_since, mut rate_count) = (Instant::now(), 0u64);
     loop {
-        // Wait for proposals, the next tick or the next expiry.
+        // Wait for proposals, peer messages, the next tick or the next expiry.
         let now = Instant::now();
         let mut wake = next_tick;
         if let Some(t) = next_expiry {
@@ -255,11 +355,18 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
             next_expiry = shard.store.borrow().next_expiry()?;
         }
 
+        shard.take_messages(&mut messages);
+        for m in messages.drain(..) {
+            // Messages from unknown or removed peers are refused by raft.
+            let _ = g.node.step(m);
+        }
         shard.take_proposals(&mut proposals);
         let now = Instant::now();
         if now >= next_tick {
             g.node.tick();
             next_tick = now + g.opts.heartbeat;
+            expire_requests(g, now, &mut answers);
+            publish_attributes(shard, g, now);
             // Diagnostics: the write rate and the live log, about once a second.
             let elapsed = now.duration_since(rate_since);
             if elapsed >= Duration::from_secs(1) {
@@ -283,6 +390,11 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
             execute(shard, g, &mut proposals, expire_now, &mut answers)?;
             shard.executed.set(shard.store.borrow().index());
             next_expiry = shard.store.borrow().next_expiry()?;
+            if replicated(shard, g) && expire_now.is_some() {
+                // Look again after the SYNC had time to commit.
+                let soon = wall_nanos() + 500_000_000;
+                next_expiry = next_expiry.map(|t| t.max(soon));
+            }
             if expire_now.is_some() && shard.id == 0 && shard.shared.shards > 1 {
                 expire_dirs(shard)?;
                 // A directory expiry in progress is the coordinator's now:
@@ -295,17 +407,32 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         }
 
         if g.node.has_ready() || !answers.is_empty() || shard.store.borrow().has_events() {
-            handle_ready(shard, g).await?;
+            handle_ready(shard, g, &mut answers).await?;
             // The batch is durable: deliver its events, then answer.
             shard.store.borrow_mut().take_events(&mut events);
             shard.publish(&mut events);
             shard.publish_figures();
+            shard.executed.set(shard.store.borrow().index());
+            next_expiry = match (next_expiry, shard.store.borrow().next_expiry()?) {
+                (Some(a), Some(b)) => Some(a.max(b).min(b.max(wall_nanos() + 500_000_000))),
+                (_, b) => b,
+            };
             let (ri, rt) = (g.node.raft.raft_log.committed, g.node.raft.term);
-            for (target, mut reply) in answers.drain(..) {
-                reply.raft_index = ri;
-                reply.raft_term = rt;
-                shard.answer(target, reply);
+            for (target, mut a) in answers.drain(..) {
+                if let Answer::Write(reply) = &mut a {
+                    reply.raft_index = ri;
+                    reply.raft_term = rt;
+                }
+                shard.answer(target, a);
             }
+            if g.removed {
+                tracing::warn!("this member was removed from the cluster; stopping");
+                glommio::timer::sleep(Duration::from_millis(200)).await;
+                std::process::exit(0);
+            }
+        }
+        if g.node.store().take_wanted() {
+            prepare_snapshot(shard, g);
         }
 
         // Checkpoint: sync LMDB off the executor, then drop covered log.
@@ -345,12 +472,18 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
             })
             .detach();
         }
-        // Applied entries need not stay in memory (a one-member group has no
-        // follower to send them to): drop them in small steps, so memory
-        // stays flat and no single compaction frees a huge log at once.
-        let store = g.node.mut_store();
-        if applied >= store.first_index()? + COMPACT_EVERY {
-            store.wl().compact(applied)?;
+        // Applied entries need not stay in memory beyond what followers may
+        // still ask for (none for a single voter): drop them in small
+        // steps, so memory stays flat and no compaction frees a huge log.
+        let keep = if replicated(shard, g) {
+            g.opts.retain_entries
+        } else {
+            0
+        };
+        let upto = applied.saturating_sub(keep);
+        let store = &mut g.node.mut_store().mem;
+        if upto >= store.first_index()? + COMPACT_EVERY.min(keep.max(1)) {
+            store.wl().compact(upto)?;
         }
     }
 }
@@ -358,19 +491,32 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
 /// Compact the in-memory raft log once this many applied entries pile up.
 const COMPACT_EVERY: u64 = 1024;
 
+/// The group has other voters (or is changing): commands go through the
+/// log before they are executed.
+fn replicated(shard: &Shard, g: &Group) -> bool {
+    let voters = g.node.raft.prs().conf().voters().ids();
+    voters.len() != 1
+        || !voters.contains(g.opts.member_id)
+        || g.node.raft.raft_log.last_index() > shard.store.borrow().applied().0
+}
+
 /// Execute a batch of proposals (and an expiry) in one store transaction,
 /// before their entries are logged: each command takes its member-wide etcd
 /// indexes now, in this shard's log order, and its entry records them, so a
 /// replay repeats them exactly. Successful commands enter the raft log;
 /// failed ones change nothing and are not logged. Every answer waits in
-/// `answers` until the batch is durable.
+/// `answers` until the batch is durable. With several voters, commands are
+/// only proposed ([`propose_replicated`]).
 fn execute(
     shard: &Rc<Shard>,
     g: &mut Group,
     proposals: &mut Vec<Proposal>,
     expire_now: Option<i64>,
-    answers: &mut Vec<(Target, Reply)>,
+    answers: &mut Vec<(Target, Answer)>,
 ) -> Result<(), Error> {
+    if proposals.iter().any(|p| p.data.first() == Some(&REQ_CONF)) || replicated(shard, g) {
+        return propose_replicated(shard, g, proposals, expire_now);
+    }
     if !shard.is_leader.get() {
         for p in proposals.drain(..) {
             if let Some(t) = p.target {
@@ -383,6 +529,13 @@ fn execute(
     let mut escalated = Vec::new();
     shard.store.borrow_mut().batch(|st, txn| {
         for p in proposals.drain(..) {
+            if p.data.first() == Some(&REQ_READ) {
+                // One voter that leads: the local store is linearizable.
+                if let Some(t) = p.target {
+                    answers.push((t, Answer::Read(Ok((Vec::new(), 0)))));
+                }
+                continue;
+            }
             let mut data = p.data;
             let outcome = st.execute(txn, &data)?;
             match &outcome {
@@ -401,11 +554,11 @@ fn execute(
             if let (Some(t), Some(outcome)) = (p.target, outcome) {
                 answers.push((
                     t,
-                    Reply {
+                    Answer::Write(Reply {
                         outcome,
                         raft_index: 0,
                         raft_term: 0,
-                    },
+                    }),
                 ));
             }
         }
@@ -428,6 +581,218 @@ fn execute(
         global::submit(shard, Job::Write(data), target);
     }
     Ok(())
+}
+
+/// Several voters: hand each request to raft (a follower's raft forwards
+/// it to the leader) tagged with this member's id and a sequence number;
+/// the answer comes from this member's apply of the committed entry, or
+/// error 300 at the deadline.
+fn propose_replicated(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    proposals: &mut Vec<Proposal>,
+    expire_now: Option<i64>,
+) -> Result<(), Error> {
+    let deadline = Instant::now() + g.opts.request_timeout;
+    for p in proposals.drain(..) {
+        g.next_seq += 1;
+        let seq = g.next_seq;
+        let ctx = request_context(g.opts.member_id, seq);
+        match p.data.first() {
+            Some(&REQ_READ) => {
+                g.node.read_index(ctx);
+                if let Some(t) = p.target {
+                    g.reads.push((seq, t, deadline));
+                }
+                continue;
+            }
+            Some(&REQ_CONF) => {
+                let r = ConfChange::parse_from_bytes(&p.data[1..])
+                    .map_err(|e| raft::Error::ConfChangeError(e.to_string()))
+                    .and_then(|cc| g.node.propose_conf_change(ctx, cc));
+                if let Err(e) = r {
+                    if let Some(t) = p.target {
+                        shard.answer(
+                            t,
+                            Answer::Read(Err(V2Error::new(
+                                RAFT_INTERNAL,
+                                format!("etcdserver: {e}").as_str(),
+                                0,
+                            ))),
+                        );
+                    }
+                    continue;
+                }
+            }
+            _ => {
+                // A dropped proposal (no leader known) times out like a
+                // lost one: the client sees etcd's 300 either way.
+                let _ = g.node.propose(ctx, p.data);
+            }
+        }
+        if let Some(t) = p.target {
+            g.pending.insert(seq, (t, deadline));
+        }
+    }
+    if expire_now.is_some()
+        && shard.is_leader.get()
+        && g.last_sync.elapsed() >= Duration::from_millis(500)
+    {
+        g.last_sync = Instant::now();
+        let mut data = Vec::with_capacity(48);
+        Command::new(Op::Sync, b"/", wall_nanos()).encode(&mut data);
+        let _ = g.node.propose(Vec::new(), data);
+    }
+    Ok(())
+}
+
+fn request_context(member: u64, seq: u64) -> Vec<u8> {
+    let mut c = Vec::with_capacity(16);
+    c.extend_from_slice(&member.to_le_bytes());
+    c.extend_from_slice(&seq.to_le_bytes());
+    c
+}
+
+/// The sequence number of a request of member `me` carried in `ctx`.
+fn own_request(me: u64, ctx: &[u8]) -> Option<u64> {
+    (ctx.len() == 16 && ctx[..8] == me.to_le_bytes())
+        .then(|| u64::from_le_bytes(ctx[8..].try_into().unwrap()))
+}
+
+/// Answer 300 to requests past their deadline; re-ask unresolved quorum
+/// reads now and then (a read barrier is dropped while there is no leader).
+fn expire_requests(g: &mut Group, now: Instant, answers: &mut Vec<(Target, Answer)>) {
+    let timed_out = || V2Error::new(RAFT_INTERNAL, "etcdserver: request timed out", 0);
+    let mut expired = Vec::new();
+    g.pending.retain(|_, (t, d)| {
+        if *d <= now {
+            expired.push(*t);
+            false
+        } else {
+            true
+        }
+    });
+    let mut reads = Vec::new();
+    g.reads.retain(|(_, t, d)| {
+        if *d <= now {
+            reads.push(*t);
+            false
+        } else {
+            true
+        }
+    });
+    if !expired.is_empty() || !reads.is_empty() {
+        tracing::debug!(
+            writes = expired.len(),
+            reads = reads.len(),
+            "requests timed out"
+        );
+    }
+    for t in expired {
+        answers.push((
+            t,
+            Answer::Write(Reply {
+                outcome: Err(timed_out()),
+                raft_index: 0,
+                raft_term: 0,
+            }),
+        ));
+    }
+    for t in reads {
+        answers.push((t, Answer::Read(Err(timed_out()))));
+    }
+    let retry = g.opts.heartbeat * (g.opts.election_ticks as u32 / 2).max(1);
+    if !g.reads.is_empty() && now.duration_since(g.last_read_retry) >= retry {
+        g.last_read_retry = now;
+        let me = g.opts.member_id;
+        for (seq, _, _) in &g.reads {
+            g.node.read_index(request_context(me, *seq));
+        }
+    }
+}
+
+/// Each member publishes its name and client URLs through the log once
+/// per start (etcd's member attributes), retrying until applied.
+fn publish_attributes(shard: &Shard, g: &mut Group, now: Instant) {
+    if g.attrs_done || shard.leader_id.get() == 0 {
+        return;
+    }
+    if !replicated(shard, g) {
+        g.attrs_done = true;
+        return;
+    }
+    let me = {
+        let v = shard.view().read().expect("membership");
+        match v.get(g.opts.member_id) {
+            Some(m) => m.clone(),
+            None => return,
+        }
+    };
+    if g.last_attrs
+        .is_some_and(|t| now.duration_since(t) < Duration::from_secs(2))
+    {
+        return;
+    }
+    g.last_attrs = Some(now);
+    let m = Member {
+        client_urls: g.opts.client_urls.clone(),
+        name: g.opts.name.clone(),
+        ..me
+    };
+    let mut data = vec![ENTRY_ATTRS];
+    data.extend_from_slice(m.encode().as_bytes());
+    let _ = g.node.propose(Vec::new(), data);
+}
+
+/// Add member `m` through a raft configuration change; the answer carries
+/// the encoded membership once the change is applied here.
+pub async fn add_member(shard: &Rc<Shard>, m: Member) -> Answer {
+    let mut cc = ConfChange::default();
+    cc.set_change_type(ConfChangeType::AddNode);
+    cc.node_id = m.id;
+    cc.context = m.encode().into_bytes().into();
+    conf_change(shard, cc).await
+}
+
+/// Remove member `id` through a raft configuration change.
+pub async fn remove_member(shard: &Rc<Shard>, id: u64) -> Answer {
+    let mut cc = ConfChange::default();
+    cc.set_change_type(ConfChangeType::RemoveNode);
+    cc.node_id = id;
+    conf_change(shard, cc).await
+}
+
+/// Change a member's peer URLs (an update of its record, no voter change).
+pub async fn update_member(shard: &Rc<Shard>, m: Member) -> Answer {
+    let mut cc = ConfChange::default();
+    cc.set_change_type(ConfChangeType::AddNode);
+    cc.node_id = m.id;
+    cc.context = m.encode().into_bytes().into();
+    conf_change(shard, cc).await
+}
+
+async fn conf_change(shard: &Rc<Shard>, cc: ConfChange) -> Answer {
+    let mut data = vec![REQ_CONF];
+    data.extend_from_slice(&cc.write_to_bytes().unwrap_or_default());
+    match shard.request(data).await {
+        Answer::Write(Reply {
+            outcome: Err(e), ..
+        }) => Answer::Read(Err(e)),
+        a => a,
+    }
+}
+
+/// Wait until this member has applied everything the leader had committed
+/// when asked (ReadIndex): a read after this is linearizable.
+pub async fn read_barrier(shard: &Rc<Shard>) -> Result<(), V2Error> {
+    match shard.request(vec![REQ_READ]).await {
+        Answer::Read(Ok(_)) => Ok(()),
+        Answer::Read(Err(e))
+        | Answer::Write(Reply {
+            outcome: Err(e), ..
+        }) => Err(e),
+        Answer::Write(_) => Err(V2Error::new(RAFT_INTERNAL, "etcdserver: internal error", 0)),
+    }
 }
 
 fn raft_fatal(e: raft::Error) -> crate::store::Error {
@@ -536,7 +901,7 @@ fn apply_global(
 
 /// Make the member-wide writes of this session durable (one fsync).
 async fn flush_global(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
-    handle_ready(shard, g).await?;
+    handle_ready(shard, g, &mut Vec::new()).await?;
     // The coordinator publishes each write's one merged event; only
     // placeholders (indexes no write kept) are this shard's to publish.
     let mut events = Vec::new();
@@ -547,8 +912,14 @@ async fn flush_global(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     Ok(())
 }
 
-/// One `Ready`, in the order raft-rs documents.
-async fn handle_ready(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
+/// One `Ready`, in the order raft-rs documents. Entries committed with
+/// several voters are executed here ([`apply_entries`]); their answers
+/// join `answers`.
+async fn handle_ready(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    answers: &mut Vec<(Target, Answer)>,
+) -> Result<(), Error> {
     if !g.node.has_ready() {
         return Ok(());
     }
@@ -556,25 +927,29 @@ async fn handle_ready(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     if let Some(ss) = rd.ss() {
         let leader = ss.raft_state == StateRole::Leader;
         shard.is_leader.set(leader);
-        tracing::info!(shard = shard.id, leader = ss.leader_id, role = ?ss.raft_state, "raft state");
+        shard.leader_id.set(ss.leader_id);
+        tracing::info!(shard = shard.id, leader = %format!("{:x}", ss.leader_id), role = ?ss.raft_state, "raft state");
     }
-    // 1. Messages to peers (none while the group has one voter).
-    let _ = rd.take_messages();
-    // 2. A snapshot from the leader (multi-member groups only).
+    // 1. Messages to peers (a leader sends before it persists).
+    send_messages(shard, g, rd.take_messages());
+    // 2. A snapshot from the leader: replace the store with it.
     if !rd.snapshot().is_empty() {
-        unimplemented_snapshot()?;
+        apply_snapshot(shard, g, rd.snapshot().clone()).await?;
     }
-    // 3. Entries committed earlier: the store executed them before they
-    //    were logged (a one-member group commits what it logs).
-    check_applied(shard, &rd.take_committed_entries())?;
+    // 3. Entries committed earlier (with one voter the store executed
+    //    them before they were logged, so there is nothing to do).
+    apply_entries(shard, g, &rd.take_committed_entries(), answers)?;
+    for rs in rd.take_read_states() {
+        barrier_reached(g, &rs.request_ctx, rs.index);
+    }
     // 4. Persist new entries and hard state: one write, one fdatasync.
     if !rd.entries().is_empty() {
         g.wal.append_entries(rd.entries());
-        g.node.mut_store().wl().append(rd.entries())?;
+        g.node.mut_store().mem.wl().append(rd.entries())?;
     }
     if let Some(hs) = rd.hs() {
         g.wal.append_hard_state(hs);
-        g.node.mut_store().wl().set_hardstate(hs.clone());
+        g.node.mut_store().mem.wl().set_hardstate(hs.clone());
     }
     let entries = rd.entries().len() as u64;
     if g.wal.has_pending() {
@@ -592,40 +967,261 @@ async fn handle_ready(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         Metrics::add(&m.wal_bytes, bytes);
     }
     // 5. Messages that had to wait for persistence.
-    let _ = rd.take_persisted_messages();
+    send_messages(shard, g, rd.take_persisted_messages());
     // 6. Advance, then the light ready.
     let mut light = g.node.advance(rd);
     if let Some(commit) = light.commit_index() {
-        g.node.mut_store().wl().mut_hard_state().set_commit(commit);
+        g.node
+            .mut_store()
+            .mem
+            .wl()
+            .mut_hard_state()
+            .set_commit(commit);
     }
-    let _ = light.take_messages();
-    check_applied(shard, &light.take_committed_entries())?;
+    send_messages(shard, g, light.take_messages());
+    apply_entries(shard, g, &light.take_committed_entries(), answers)?;
     g.node.advance_apply();
+    // Quorum reads whose barrier is now applied.
+    let applied = shard.store.borrow().applied().0;
+    g.barriers.retain(|(index, t)| {
+        if *index <= applied {
+            answers.push((*t, Answer::Read(Ok((Vec::new(), *index)))));
+            false
+        } else {
+            true
+        }
+    });
     shard.raft_index.set(g.node.raft.raft_log.committed);
     shard.raft_term.set(g.node.raft.term);
     Ok(())
 }
 
-fn unimplemented_snapshot() -> Result<(), Error> {
-    Err(Error::Store(crate::store::Error::Corrupt(
-        "received a raft snapshot, which a single-member group never sends".into(),
-    )))
+/// A read state arrived: the barrier waits for that index to be applied.
+fn barrier_reached(g: &mut Group, ctx: &[u8], index: u64) {
+    let Some(seq) = own_request(g.opts.member_id, ctx) else {
+        return;
+    };
+    if let Some(at) = g.reads.iter().position(|(s, _, _)| *s == seq) {
+        let (_, t, _) = g.reads.swap_remove(at);
+        g.barriers.push((index, t));
+    }
 }
 
-/// Committed entries must already be in the store (executed before logging).
-fn check_applied(shard: &Shard, entries: &[Entry]) -> Result<(), Error> {
-    // Raft's own empty entries (a new leader's) need no execution.
-    let applied = shard.store.borrow().applied().0;
-    match entries
-        .iter()
-        .find(|e| e.index > applied && !e.data.is_empty())
-    {
-        Some(e) => Err(Error::Store(crate::store::Error::Corrupt(format!(
-            "raft committed entry {} that the store has not executed (applied {applied})",
-            e.index
-        )))),
-        None => Ok(()),
+/// Hand raft messages to the peer transport.
+fn send_messages(shard: &Shard, g: &mut Group, msgs: Vec<Message>) {
+    if msgs.is_empty() {
+        return;
     }
+    let Some(t) = shard.transport.borrow().clone() else {
+        return;
+    };
+    for m in msgs {
+        let to = m.to;
+        let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+        let sent = t.send(shard.id as u16, &m);
+        if snapshot {
+            // Sent (or dropped): free the copy; the next ask makes a fresh one.
+            *g.node.store().snap.borrow_mut() = log::SnapSlot::Empty;
+            let status = if sent {
+                tracing::info!(to = %format!("{to:x}"), index = m.get_snapshot().get_metadata().index, "sent snapshot");
+                SnapshotStatus::Finish
+            } else {
+                SnapshotStatus::Failure
+            };
+            g.node.report_snapshot(to, status);
+        }
+        if !sent {
+            g.node.report_unreachable(to);
+        }
+    }
+}
+
+/// Execute committed entries the store has not applied yet, in log order,
+/// in one transaction: commands, configuration changes, member attributes.
+/// Answers go to this member's requests among them.
+fn apply_entries(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    entries: &[Entry],
+    answers: &mut Vec<(Target, Answer)>,
+) -> Result<(), Error> {
+    let applied = shard.store.borrow().applied().0;
+    let todo: Vec<&Entry> = entries.iter().filter(|e| e.index > applied).collect();
+    let Some(last) = todo.last() else {
+        return Ok(());
+    };
+    let last = (last.index, last.term);
+    let me = g.opts.member_id;
+    let node = &mut g.node;
+    let view = shard.view().clone();
+    let mut outs: Vec<(u64, Answer)> = Vec::new();
+    let mut confs = Vec::new();
+    let mut removed = false;
+    let mut attrs_done = false;
+    shard.store.borrow_mut().batch(|st, txn| {
+        for e in &todo {
+            let seq = own_request(me, &e.context);
+            match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => {}
+                EntryType::EntryNormal if e.data[0] == ENTRY_ATTRS => {
+                    let m = std::str::from_utf8(&e.data[1..])
+                        .ok()
+                        .and_then(Member::decode);
+                    if let Some(m) = m {
+                        attrs_done |= m.id == me;
+                        let mut v = view.write().expect("membership");
+                        if let Some(x) = v.get(m.id).cloned() {
+                            v.upsert(Member {
+                                name: m.name,
+                                client_urls: m.client_urls,
+                                ..x
+                            });
+                            st.meta_put(txn, META_MEMBERS, &v.encode())?;
+                        }
+                    }
+                }
+                EntryType::EntryNormal => {
+                    let o = st.execute(txn, &e.data)?;
+                    if let (Some(seq), Some(o)) = (seq, o) {
+                        outs.push((
+                            seq,
+                            Answer::Write(Reply {
+                                outcome: o,
+                                raft_index: 0,
+                                raft_term: 0,
+                            }),
+                        ));
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data).map_err(|e| {
+                        crate::store::Error::Corrupt(format!("conf change entry: {e}"))
+                    })?;
+                    let cs = node.apply_conf_change(&cc).map_err(raft_fatal)?;
+                    let mut v = view.write().expect("membership");
+                    match cc.get_change_type() {
+                        ConfChangeType::RemoveNode => {
+                            v.remove(cc.node_id);
+                            removed |= cc.node_id == me;
+                        }
+                        _ => {
+                            let m = std::str::from_utf8(&cc.context)
+                                .ok()
+                                .and_then(Member::decode);
+                            if let Some(m) = m {
+                                v.upsert(m);
+                            }
+                        }
+                    }
+                    st.meta_put(txn, META_MEMBERS, &v.encode())?;
+                    st.meta_put(txn, META_CONF, &cs.write_to_bytes().unwrap_or_default())?;
+                    tracing::info!(change = ?cc.get_change_type(), member = %format!("{:x}", cc.node_id), voters = ?cs.voters, "membership changed");
+                    confs.push(cs);
+                    if let Some(seq) = seq {
+                        outs.push((seq, Answer::Read(Ok((v.encode(), 0)))));
+                    }
+                }
+                EntryType::EntryConfChangeV2 => {}
+            }
+        }
+        Ok(((), Some(last)))
+    })?;
+    if !confs.is_empty() {
+        // A prepared snapshot describes the old configuration.
+        let slot = &g.node.store().snap;
+        if matches!(*slot.borrow(), log::SnapSlot::Ready(_)) {
+            *slot.borrow_mut() = log::SnapSlot::Empty;
+        }
+    }
+    for cs in confs {
+        g.node.mut_store().mem.wl().set_conf_state(cs);
+    }
+    for (seq, a) in outs {
+        if let Some((t, _)) = g.pending.remove(&seq) {
+            answers.push((t, a));
+        }
+    }
+    g.removed |= removed;
+    g.attrs_done |= attrs_done;
+    Ok(())
+}
+
+/// Make a snapshot for lagging followers: a consistent copy of the store,
+/// off the executor.
+fn prepare_snapshot(shard: &Rc<Shard>, g: &mut Group) {
+    let env = shard.store.borrow().env().clone();
+    let dir = g.opts.snap_dir.join("send");
+    let slot = g.node.store().snap.clone();
+    glommio::spawn_local(async move {
+        let r = glommio::executor()
+            .spawn_blocking(move || -> Result<Snapshot, String> {
+                let info = crate::store::Store::copy_to(&env, &dir, META_CONF)
+                    .map_err(|e| e.to_string())?;
+                let data = std::fs::read(dir.join("data.mdb")).map_err(|e| e.to_string())?;
+                let _ = std::fs::remove_dir_all(&dir);
+                let mut snap = Snapshot {
+                    data: data.into(),
+                    ..Default::default()
+                };
+                let md = snap.mut_metadata();
+                md.index = info.applied.0;
+                md.term = info.applied.1;
+                if let Some(c) = info.conf {
+                    md.set_conf_state(ConfState::parse_from_bytes(&c).map_err(|e| e.to_string())?);
+                }
+                Ok(snap)
+            })
+            .await;
+        *slot.borrow_mut() = match r {
+            Ok(s) => {
+                tracing::info!(
+                    index = s.get_metadata().index,
+                    bytes = s.data.len(),
+                    "snapshot ready"
+                );
+                log::SnapSlot::Ready(s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make a snapshot");
+                log::SnapSlot::Empty
+            }
+        };
+    })
+    .detach();
+}
+
+/// Replace the store with a snapshot from the leader, make it durable,
+/// and continue the log after it.
+async fn apply_snapshot(shard: &Rc<Shard>, g: &mut Group, snap: Snapshot) -> Result<(), Error> {
+    let dir = g.opts.snap_dir.join("recv");
+    let md = snap.get_metadata().clone();
+    let corrupt = |e: String| Error::Store(crate::store::Error::Corrupt(e));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| corrupt(e.to_string()))?;
+    std::fs::write(dir.join("data.mdb"), &snap.data).map_err(|e| corrupt(e.to_string()))?;
+    shard.store.borrow_mut().restore(&dir)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let env = shard.store.borrow().env().clone();
+    glommio::executor()
+        .spawn_blocking(move || env.force_sync())
+        .await
+        .map_err(|e| corrupt(format!("sync after snapshot: {e}")))?;
+    g.node.mut_store().mem.wl().apply_snapshot(snap)?;
+    if let Some(b) = shard.store.borrow().meta_get(META_MEMBERS)? {
+        if let Some(c) = Cluster::decode(&b, g.opts.member_id) {
+            *shard.view().write().expect("membership") = c;
+        }
+    }
+    let index = shard.store.borrow().index();
+    shard.orderer.borrow_mut().skip_to(index);
+    shard.executed.set(index);
+    tracing::info!(
+        index = md.index,
+        term = md.term,
+        etcd_index = index,
+        "applied snapshot from the leader"
+    );
+    Ok(())
 }
 
 fn error_reply(cause: &str) -> Reply {

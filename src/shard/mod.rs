@@ -72,6 +72,8 @@ pub struct Proposal {
 #[derive(Default)]
 struct Inbox {
     queue: Vec<Proposal>,
+    /// Raft messages from peers (shard 0 of a replicated member).
+    raft: Vec<raft::eraftpb::Message>,
     waker: Option<Waker>,
     slots: Slab<Slot>,
 }
@@ -139,6 +141,12 @@ pub struct Shard {
     pub raft_index: Cell<u64>,
     pub raft_term: Cell<u64>,
     pub is_leader: Cell<bool>,
+    /// The raft leader this shard knows of (0: none).
+    pub leader_id: Cell<u64>,
+    /// The membership (shared with the v2 handlers).
+    view: crate::cluster::View,
+    /// The peer transport (replicated members).
+    pub transport: RefCell<Option<Rc<crate::cluster::transport::Transport>>>,
     /// Set when the shard hit an I/O or corruption error and stopped.
     pub failed: RefCell<Option<String>>,
     pub metrics: Metrics,
@@ -183,7 +191,12 @@ impl Metrics {
 }
 
 impl Shard {
-    pub fn new(store: Store, orderer: Orderer, shared: Arc<Shared>) -> Shard {
+    pub fn new(
+        store: Store,
+        orderer: Orderer,
+        shared: Arc<Shared>,
+        view: crate::cluster::View,
+    ) -> Shard {
         let placement = store.placement;
         let executed = store.index();
         Shard {
@@ -199,8 +212,45 @@ impl Shard {
             raft_index: Cell::new(0),
             raft_term: Cell::new(0),
             is_leader: Cell::new(false),
+            leader_id: Cell::new(0),
+            view,
+            transport: RefCell::new(None),
             failed: RefCell::new(None),
             metrics: Metrics::default(),
+        }
+    }
+
+    /// The membership.
+    pub fn view(&self) -> &crate::cluster::View {
+        &self.view
+    }
+
+    /// A raft message from a peer, for the raft loop.
+    pub fn deliver(&self, m: raft::eraftpb::Message) {
+        let mut inbox = self.inbox.borrow_mut();
+        inbox.raft.push(m);
+        if let Some(w) = inbox.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Take the raft messages received from peers (the raft loop).
+    pub fn take_messages(&self, into: &mut Vec<raft::eraftpb::Message>) {
+        into.append(&mut self.inbox.borrow_mut().raft);
+    }
+
+    /// Queue an internal request (a configuration change or a read
+    /// barrier) for the raft loop; the future resolves with
+    /// [`Answer::Read`].
+    pub fn request(self: &Rc<Self>, data: Vec<u8>) -> AnswerFuture {
+        let slot = self.new_slot();
+        self.enqueue(Proposal {
+            data,
+            target: Some(Target::Local(slot)),
+        });
+        AnswerFuture {
+            shard: self.clone(),
+            slot: Some(slot),
         }
     }
 
@@ -525,7 +575,7 @@ impl Future for ProposalsReady<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut inbox = self.shard.inbox.borrow_mut();
-        if inbox.queue.is_empty() && !self.shard.global.park_requested() {
+        if inbox.queue.is_empty() && inbox.raft.is_empty() && !self.shard.global.park_requested() {
             inbox.waker = Some(cx.waker().clone());
             Poll::Pending
         } else {

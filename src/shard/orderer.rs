@@ -118,6 +118,26 @@ impl Orderer {
         self.closed.fetch_max(self.delivered, Ordering::SeqCst);
     }
 
+    /// A snapshot replaced the store up to `index`: the sequence continues
+    /// after it (watchers stay; events before it are no longer answerable).
+    pub fn skip_to(&mut self, index: u64) {
+        if index <= self.delivered {
+            return;
+        }
+        self.early.retain(|i, _| *i > index);
+        self.history.reset(index);
+        self.delivered = index;
+        self.closed.fetch_max(index, Ordering::SeqCst);
+        self.waiters.retain(|(i, w)| {
+            if *i <= index {
+                w.wake_by_ref();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
     /// Register `waker` to be woken once `index` is delivered. False when it
     /// already is.
     pub fn wait_for(&mut self, index: u64, waker: &Waker) -> bool {

@@ -21,8 +21,14 @@ pub struct Identity {
 }
 
 /// Load the identity of `dir`, creating it when the dir is new or empty.
-/// Returns a message for the operator when the dir belongs to someone else.
-pub fn load_or_create(dir: &Path, want: &Identity) -> Result<Identity, String> {
+/// Returns a message for the operator when the dir belongs to someone else:
+/// another member name, another shard count, or — when the flags name a
+/// cluster of several members (`check_cluster`) — another cluster.
+pub fn load_or_create(
+    dir: &Path,
+    want: &Identity,
+    check_cluster: bool,
+) -> Result<Identity, String> {
     let file = dir.join(FILE);
     match std::fs::read_to_string(&file) {
         Ok(text) => {
@@ -43,7 +49,7 @@ pub fn load_or_create(dir: &Path, want: &Identity) -> Result<Identity, String> {
                     have.name
                 ));
             }
-            if have.cluster_id != want.cluster_id {
+            if check_cluster && have.cluster_id != want.cluster_id {
                 return Err(format!(
                     "data dir {} belongs to cluster {:x}, but the flags describe cluster {:x} (check --initial-cluster and --initial-cluster-token), or use another --data-dir",
                     dir.display(),
@@ -135,17 +141,17 @@ mod tests {
             cluster_id: 2,
             shards: 1,
         };
-        assert_eq!(load_or_create(&dir, &me).unwrap(), me);
-        assert_eq!(load_or_create(&dir, &me).unwrap(), me);
+        assert_eq!(load_or_create(&dir, &me, true).unwrap(), me);
+        assert_eq!(load_or_create(&dir, &me, true).unwrap(), me);
         let other = Identity {
             name: "b".into(),
             ..me.clone()
         };
-        let err = load_or_create(&dir, &other).unwrap_err();
+        let err = load_or_create(&dir, &other, true).unwrap_err();
         assert!(err.contains("belongs to member \"a\""), "{err}");
         let foreign = d.path().join("foreign");
         std::fs::create_dir_all(foreign.join("member")).unwrap();
-        assert!(load_or_create(&foreign, &me)
+        assert!(load_or_create(&foreign, &me, true)
             .unwrap_err()
             .contains("not a kardia data dir"));
     }

@@ -136,6 +136,32 @@ fn escalate(shard: usize) -> V2Error {
 pub fn escalated_to(e: &V2Error) -> Option<usize> {
     (e.code == ESCALATE).then(|| usize::try_from(e.index).unwrap_or(MEMBER_WIDE))
 }
+/// What a store copy ([`Store::copy_to`]) holds.
+#[derive(Debug)]
+pub struct SnapshotInfo {
+    pub applied: (u64, u64),
+    pub conf: Option<Vec<u8>>,
+}
+
+fn read_applied(v: Option<&[u8]>) -> Result<(u64, u64)> {
+    match v {
+        Some(v) if v.len() == 16 => Ok((
+            u64::from_le_bytes(v[..8].try_into().unwrap()),
+            u64::from_le_bytes(v[8..].try_into().unwrap()),
+        )),
+        Some(_) => Err(Error::Corrupt("bad applied index".into())),
+        None => Ok((0, 0)),
+    }
+}
+
+/// Open a store copy (read and written by this process only).
+fn open_env(dir: &Path, map_size: usize) -> Result<Env> {
+    let mut eo = EnvOpenOptions::new();
+    eo.map_size(map_size).max_dbs(4);
+    // SAFETY: each copy directory is opened once, by this process only.
+    Ok(unsafe { eo.open(dir)? })
+}
+
 const META_INDEX: &[u8] = b"index";
 const META_DIR_ID: &[u8] = b"next_dir_id";
 /// The last member-wide operation applied (its index).
@@ -360,6 +386,102 @@ impl Store {
     /// True when the file at `path` belongs in this shard.
     fn owns_file(&self, path: &[u8]) -> bool {
         self.placement.owns_dir(placement::parent(path))
+    }
+
+    /// A value of the store's own metadata (membership, raft configuration).
+    pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let rtxn = self.env.read_txn()?;
+        Ok(self.meta.get(&rtxn, key)?.map(|v| v.to_vec()))
+    }
+
+    /// Set a metadata value inside [`Store::batch`].
+    pub fn meta_put(&self, txn: &mut RwTxn, key: &[u8], value: &[u8]) -> Result<()> {
+        Ok(self.meta.put(txn, key, value)?)
+    }
+
+    /// A hash of every node (key, value, indexes, TTL): equal on members
+    /// whose contents are equal.
+    pub fn content_hash(&self) -> Result<u64> {
+        let rtxn = self.env.read_txn()?;
+        let mut h: u64 = 0xcbf29ce484222325;
+        let mut eat = |b: &[u8]| {
+            for &x in b {
+                h ^= x as u64;
+                h = h.wrapping_mul(0x100000001b3);
+            }
+            h ^= 0xff;
+            h = h.wrapping_mul(0x100000001b3);
+        };
+        for item in self.nodes.iter(&rtxn)? {
+            let (k, v) = item?;
+            eat(k);
+            eat(v);
+        }
+        Ok(h)
+    }
+
+    /// Write a consistent copy of the store to `dir/data.mdb` (a snapshot
+    /// for a lagging member). Runs off the executor. Returns the copy's
+    /// applied raft (index, term) and the metadata value `conf_key`.
+    pub fn copy_to(env: &Env, dir: &Path, conf_key: &[u8]) -> Result<SnapshotInfo> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| Error::Corrupt(format!("{e}")))?;
+        env.copy_to_path(dir.join("data.mdb"), heed::CompactionOption::Enabled)?;
+        let copy = open_env(dir, 1 << 40)?;
+        let info = (|| -> Result<SnapshotInfo> {
+            let rtxn = copy.read_txn()?;
+            let meta: Database<Bytes, Bytes> = copy
+                .open_database(&rtxn, Some("meta"))?
+                .ok_or_else(|| Error::Corrupt("snapshot has no meta".into()))?;
+            let applied = read_applied(meta.get(&rtxn, META_APPLIED)?)?;
+            let conf = meta.get(&rtxn, conf_key)?.map(|v| v.to_vec());
+            Ok(SnapshotInfo { applied, conf })
+        })();
+        copy.prepare_for_closing().wait();
+        info
+    }
+
+    /// Replace this store's contents with the copy in `dir` (a snapshot
+    /// received from the leader), in one transaction.
+    pub fn restore(&mut self, dir: &Path) -> Result<()> {
+        let copy = open_env(dir, 1 << 40)?;
+        let r = (|| -> Result<()> {
+            let rtxn = copy.read_txn()?;
+            let mut wtxn = self.env.write_txn()?;
+            for (name, db) in [
+                ("nodes", self.nodes),
+                ("expiry", self.expiry),
+                ("meta", self.meta),
+            ] {
+                db.clear(&mut wtxn)?;
+                if let Some(src) = copy.open_database::<Bytes, Bytes>(&rtxn, Some(name))? {
+                    for item in src.iter(&rtxn)? {
+                        let (k, v) = item?;
+                        db.put(&mut wtxn, k, v)?;
+                    }
+                }
+            }
+            wtxn.commit()?;
+            Ok(())
+        })();
+        copy.prepare_for_closing().wait();
+        r?;
+        let rtxn = self.env.read_txn()?;
+        let u = |k: &[u8]| -> Result<Option<u64>> {
+            Ok(match self.meta.get(&rtxn, k)? {
+                Some(v) if v.len() >= 8 => Some(u64::from_le_bytes(v[..8].try_into().unwrap())),
+                _ => None,
+            })
+        };
+        self.index = u(META_INDEX)?.unwrap_or(3);
+        self.next_dir_id = u(META_DIR_ID)?.unwrap_or(1);
+        self.gseq = u(META_GSEQ)?.unwrap_or(0);
+        self.applied = read_applied(self.meta.get(&rtxn, META_APPLIED)?)?;
+        drop(rtxn);
+        self.counter.fetch_max(self.index, Ordering::SeqCst);
+        self.pending.clear();
+        self.fresh = false;
+        Ok(())
     }
 
     /// Number of nodes (files and directories) stored.

@@ -39,6 +39,14 @@ impl EventHistory {
         }
     }
 
+    /// Forget everything: the history continues after `index` (a snapshot
+    /// replaced the store; older events cannot be answered).
+    pub fn reset(&mut self, index: u64) {
+        self.queue.clear();
+        self.start_index = index + 1;
+        self.last_index = index;
+    }
+
     pub fn push(&mut self, e: Arc<Event>) {
         if self.queue.len() == self.capacity {
             self.queue.pop_front();

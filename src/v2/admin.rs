@@ -2,16 +2,21 @@
 //! `/v2/members`, and `/v2/stats/{self,store,leader}` (spec 8.1–8.5).
 //!
 //! Each reads membership and shard state and writes one response; none of
-//! them touches the keyspace.
+//! them touches the keyspace. Membership changes (`POST`, `PUT`, `DELETE`
+//! on `/v2/members`) go through the raft loop as configuration changes and
+//! are answered once applied here ([`change_members`]).
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::json::{write_str, write_time};
+use super::keys::Pending;
 use super::{method_not_allowed, Api};
+use crate::cluster::Member;
 use crate::http::response::{Response, JSON, TEXT};
-use crate::http::{Method, Request};
+use crate::http::{Handled, Method, Request};
+use crate::shard::Answer;
 
 /// The etcd version kardia answers as, for client compatibility.
 pub const ETCD_VERSION: &str = "3.4.23";
@@ -54,9 +59,10 @@ pub fn health(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     if !only_get(req, out) {
         return;
     }
-    // Healthy when this shard leads and no shard of the member has stopped.
+    // Healthy when this shard knows a leader and no shard of the member
+    // has stopped.
     let healthy = api.shard.failed.borrow().is_none()
-        && api.shard.is_leader.get()
+        && api.shard.leader_id.get() != 0
         && api
             .shard
             .shared
@@ -75,10 +81,10 @@ pub fn machines(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
         method_not_allowed(req, b"GET,HEAD", out);
         return;
     }
-    let urls: Vec<&str> = api
-        .cluster
+    let view = api.cluster.read().expect("membership");
+    let urls: Vec<&str> = view
         .sorted()
-        .iter()
+        .into_iter()
         .flat_map(|m| m.client_urls.iter().map(|s| s.as_str()))
         .collect();
     send(req, 200, TEXT, &[], urls.join(", ").as_bytes(), out);
@@ -100,27 +106,195 @@ fn member_json(m: &crate::cluster::Member, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
+/// A membership change waiting for its configuration change.
+pub struct PendingMembers {
+    op: MemberOp,
+    http11: bool,
+}
+
+enum MemberOp {
+    Add(Member),
+    Update(Member),
+    Remove(u64),
+}
+
+fn members_error(
+    req: &Request<'_>,
+    hdr: &[(&str, &[u8])],
+    status: u16,
+    msg: &str,
+    out: &mut Vec<u8>,
+) {
+    let mut body = b"{\"message\":".to_vec();
+    write_str(&mut body, msg.as_bytes());
+    body.push(b'}');
+    send(req, status, JSON, hdr, &body, out);
+}
+
+/// The peer URLs of a members POST/PUT body, validated as etcd does.
+fn peer_urls_of(req: &Request<'_>) -> Result<Vec<String>, (u16, String)> {
+    let ct = req.head.content_type.unwrap_or(b"");
+    let ct_main = ct.split(|&c| c == b';').next().unwrap_or(b"");
+    if ct_main.trim_ascii() != b"application/json" {
+        return Err((
+            415,
+            format!(
+                "Bad Content-Type {}, accept application/json",
+                String::from_utf8_lossy(ct)
+            ),
+        ));
+    }
+    let mut body = req.body.to_vec();
+    let v = simd_json::to_owned_value(&mut body).map_err(|e| (400, e.to_string()))?;
+    use simd_json::prelude::*;
+    let urls = v
+        .get("peerURLs")
+        .and_then(|u| u.as_array())
+        .ok_or((400, "missing peerURLs".to_string()))?;
+    let mut out = Vec::new();
+    for u in urls {
+        let s = u
+            .as_str()
+            .ok_or((400, "peerURLs must be strings".to_string()))?;
+        let ok = s.strip_prefix("http://").is_some_and(|r| {
+            r.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        });
+        if !ok {
+            return Err((
+                400,
+                format!("URL scheme must be http, https, unix, or unixs: {s}"),
+            ));
+        }
+        out.push(s.trim_end_matches('/').to_string());
+    }
+    if out.is_empty() {
+        return Err((400, "missing peerURLs".to_string()));
+    }
+    Ok(out)
+}
+
 /// `/v2/members[/...]`.
-pub fn members(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) {
-    let cid = format!("{:x}", api.cluster.id);
+pub fn members(
+    api: &Api,
+    req: &Request<'_>,
+    rest: &[u8],
+    out: &mut Vec<u8>,
+) -> Handled<Pending, super::keys::Watch> {
+    let cid = format!("{:x}", api.cluster.read().expect("membership").id);
     let hdr: &[(&str, &[u8])] = &[("X-Etcd-Cluster-Id", cid.as_bytes())];
-    match req.head.method {
-        Method::Get => {}
-        Method::Post | Method::Put | Method::Delete => {
-            let body = b"{\"message\":\"membership changes are not supported by this kardia build (single-member cluster)\"}";
-            send(req, 500, JSON, hdr, body, out);
-            return;
+    let id_of = |rest: &[u8]| {
+        std::str::from_utf8(rest.strip_prefix(b"/").unwrap_or(rest))
+            .ok()
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
+    };
+    let change = match req.head.method {
+        Method::Get => None,
+        Method::Post if rest.is_empty() || rest == b"/" => {
+            let urls = match peer_urls_of(req) {
+                Ok(u) => u,
+                Err((st, m)) => {
+                    members_error(req, hdr, st, &m, out);
+                    return Handled::Done;
+                }
+            };
+            let view = api.cluster.read().expect("membership");
+            if view
+                .members
+                .iter()
+                .any(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
+            {
+                members_error(req, hdr, 409, "membership: peerURL exists", out);
+                return Handled::Done;
+            }
+            let id = crate::cluster::member_id(&urls, &api.token);
+            if view.get(id).is_some() || view.removed.contains(&id) {
+                members_error(req, hdr, 409, "membership: ID exists", out);
+                return Handled::Done;
+            }
+            Some(MemberOp::Add(Member {
+                id,
+                name: String::new(),
+                peer_urls: urls,
+                client_urls: Vec::new(),
+            }))
+        }
+        Method::Put | Method::Delete if rest.len() > 1 => {
+            let view = api.cluster.read().expect("membership");
+            let raw = String::from_utf8_lossy(&rest[1..]).into_owned();
+            let Some(id) = id_of(rest) else {
+                members_error(req, hdr, 404, &format!("No such member: {raw}"), out);
+                return Handled::Done;
+            };
+            if view.removed.contains(&id) {
+                members_error(
+                    req,
+                    hdr,
+                    410,
+                    &format!("Member permanently removed: {id:x}"),
+                    out,
+                );
+                return Handled::Done;
+            }
+            let Some(m) = view.get(id).cloned() else {
+                members_error(req, hdr, 404, &format!("No such member: {raw}"), out);
+                return Handled::Done;
+            };
+            if req.head.method == Method::Delete {
+                Some(MemberOp::Remove(id))
+            } else {
+                let urls = match peer_urls_of(req) {
+                    Ok(u) => u,
+                    Err((st, msg)) => {
+                        members_error(req, hdr, st, &msg, out);
+                        return Handled::Done;
+                    }
+                };
+                if view
+                    .members
+                    .iter()
+                    .any(|x| x.id != id && x.peer_urls.iter().any(|u| urls.contains(u)))
+                {
+                    members_error(req, hdr, 409, "membership: peerURL exists", out);
+                    return Handled::Done;
+                }
+                Some(MemberOp::Update(Member {
+                    peer_urls: urls,
+                    ..m
+                }))
+            }
+        }
+        Method::Put | Method::Delete | Method::Post => {
+            method_not_allowed(req, b"GET,POST,DELETE,PUT", out);
+            return Handled::Done;
         }
         _ => {
             method_not_allowed(req, b"GET,POST,DELETE,PUT", out);
-            return;
+            return Handled::Done;
         }
+    };
+    if let Some(op) = change {
+        if api.shard.shared.shards > 1 {
+            members_error(
+                req,
+                hdr,
+                500,
+                "membership changes need every member to run --shards 1",
+                out,
+            );
+            return Handled::Done;
+        }
+        return Handled::Pending(Pending::Members(PendingMembers {
+            op,
+            http11: req.head.http11,
+        }));
     }
+    let view = api.cluster.read().expect("membership");
     let mut body = Vec::new();
     match rest {
         b"" | b"/" => {
             body.extend_from_slice(b"{\"members\":[");
-            for (i, m) in api.cluster.sorted().into_iter().enumerate() {
+            for (i, m) in view.sorted().into_iter().enumerate() {
                 if i > 0 {
                     body.push(b',');
                 }
@@ -129,23 +303,63 @@ pub fn members(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) {
             body.extend_from_slice(b"]}\n");
             send(req, 200, JSON, hdr, &body, out);
         }
-        b"/leader" => {
-            if api.shard.is_leader.get() {
-                member_json(api.cluster.local(), &mut body);
+        b"/leader" => match view.get(api.shard.leader_id.get()) {
+            Some(m) => {
+                member_json(m, &mut body);
                 body.push(b'\n');
                 send(req, 200, JSON, hdr, &body, out);
-            } else {
-                send(
-                    req,
-                    503,
-                    JSON,
-                    hdr,
-                    b"{\"message\":\"During election\"}",
-                    out,
-                );
             }
-        }
+            None => send(
+                req,
+                503,
+                JSON,
+                hdr,
+                b"{\"message\":\"During election\"}",
+                out,
+            ),
+        },
         _ => send(req, 404, JSON, hdr, b"{\"message\":\"Not found\"}", out),
+    }
+    Handled::Done
+}
+
+/// Carry out a membership change and answer once it is applied here.
+pub async fn change_members(api: &Api, p: PendingMembers, out: &mut Vec<u8>) {
+    let shard = &api.shard;
+    let (answer, created) = match p.op {
+        MemberOp::Add(m) => {
+            let json = {
+                let mut b = Vec::new();
+                member_json(&m, &mut b);
+                b.push(b'\n');
+                b
+            };
+            (crate::raft::add_member(shard, m).await, Some(json))
+        }
+        MemberOp::Update(m) => (crate::raft::update_member(shard, m).await, None),
+        MemberOp::Remove(id) => (crate::raft::remove_member(shard, id).await, None),
+    };
+    let cid = format!("{:x}", api.cluster.read().expect("membership").id);
+    let status = match (&answer, &created) {
+        (Answer::Read(Ok(_)), Some(_)) => 201,
+        (Answer::Read(Ok(_)), None) => 204,
+        _ => 500,
+    };
+    if let Answer::Read(Err(e)) = &answer {
+        tracing::warn!(cause = %String::from_utf8_lossy(&e.cause), "membership change failed");
+    }
+    let mut r = Response::start(out, p.http11, status);
+    r.header("X-Etcd-Cluster-Id", cid.as_bytes());
+    match (status, created) {
+        (201, Some(json)) => {
+            r.header("Content-Type", JSON);
+            r.body(&json, false);
+        }
+        (204, _) => r.body(b"", false),
+        _ => {
+            r.header("Content-Type", JSON);
+            r.body(b"{\"message\":\"Internal Server Error\"}", false);
+        }
     }
 }
 
@@ -156,7 +370,7 @@ pub fn auth(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) {
     if !only_get(req, out) {
         return;
     }
-    let cid = format!("{:x}", api.cluster.id);
+    let cid = format!("{:x}", api.cluster.read().expect("membership").id);
     let hdr: &[(&str, &[u8])] = &[("X-Etcd-Cluster-Id", cid.as_bytes())];
     const ROOT: &str = r#"{"role":"root","permissions":{"kv":{"read":["/*"],"write":["/*"]}}}"#;
     let body = match rest {
@@ -229,7 +443,8 @@ pub fn stats_self(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     if !only_get(req, out) {
         return;
     }
-    let me = api.cluster.local();
+    let view = api.cluster.read().expect("membership");
+    let me = view.local();
     let leader = api.shard.is_leader.get();
     let start = nanos(api.start);
     let mut body = Vec::new();
@@ -249,10 +464,9 @@ pub fn stats_self(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     let _ = write!(
         Str(&mut body),
         ",\"leaderInfo\":{{\"leader\":\"{}\",\"uptime\":\"",
-        if leader {
-            format!("{:x}", me.id)
-        } else {
-            String::new()
+        match api.shard.leader_id.get() {
+            0 => String::new(),
+            id => format!("{id:x}"),
         }
     );
     let up = SystemTime::now()
@@ -280,10 +494,28 @@ pub fn stats_leader(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
         );
         return;
     }
-    let body = format!(
-        "{{\"leader\":\"{:x}\",\"followers\":{{}}}}",
-        api.cluster.local().id
-    );
+    // Per follower: messages handed to the transport (success) and
+    // dropped by it (fail); kardia measures no per-message latency yet.
+    let view = api.cluster.read().expect("membership");
+    let me = view.local().id;
+    let t = api.shard.transport.borrow();
+    let stats = t
+        .as_ref()
+        .map(|t| t.stats.borrow().clone())
+        .unwrap_or_default();
+    let mut body = format!("{{\"leader\":\"{me:x}\",\"followers\":{{");
+    for (i, m) in view.sorted().into_iter().filter(|m| m.id != me).enumerate() {
+        let st = stats.get(&m.id).copied().unwrap_or_default();
+        if i > 0 {
+            body.push(',');
+        }
+        let _ = write!(
+            body,
+            "\"{:x}\":{{\"latency\":{{\"current\":0,\"average\":0,\"standardDeviation\":0,\"minimum\":0,\"maximum\":0}},\"counts\":{{\"fail\":{},\"success\":{}}}}}",
+            m.id, st.dropped, st.sent
+        );
+    }
+    body.push_str("}}");
     send(req, 200, JSON, &[], body.as_bytes(), out);
 }
 
@@ -302,7 +534,7 @@ pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     drop(h);
     let o = sh.orderer.borrow();
     let mut body = format!(
-        "{{\"shards\":{},\"index\":{},\"executor\":{{\"id\":{},\"leader\":{},\"raftIndex\":{},\"raftTerm\":{},\"walSyncedEntries\":{},\"walSyncSeconds\":{:.6},\"walSyncMicros\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"delivered\":{},\"held\":{}}},\"shard\":[",
+        "{{\"shards\":{},\"index\":{},\"executor\":{{\"id\":{},\"leader\":{},\"raftIndex\":{},\"raftTerm\":{},\"walSyncedEntries\":{},\"walSyncSeconds\":{:.6},\"walSyncMicros\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"delivered\":{},\"held\":{},\"hash\":\"{:016x}\"}},\"shard\":[",
         sh.shared.shards,
         o.closed(),
         sh.id,
@@ -316,6 +548,9 @@ pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
         max,
         o.delivered(),
         o.held(),
+        // The content of this executor's shard (equal on members that
+        // agree), for convergence checks.
+        sh.store.borrow().content_hash().unwrap_or(0),
     );
     drop(o);
     for (i, f) in sh.shared.figures.iter().enumerate() {

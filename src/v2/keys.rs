@@ -26,6 +26,8 @@ use crate::store::{Action, Command, Event, Op};
 pub enum Pending {
     Write(PendingWrite),
     Read(PendingRead),
+    /// A membership change (`/v2/members`).
+    Members(super::admin::PendingMembers),
 }
 
 /// A write on its way through its shard's raft group.
@@ -42,6 +44,8 @@ pub struct PendingRead {
     req: ReadReq,
     head_only: bool,
     http11: bool,
+    /// `quorum=true` on a replicated member: pass a read barrier first.
+    barrier: bool,
 }
 
 /// A watch event as the HTTP layer writes it: the shared event's JSON.
@@ -219,7 +223,13 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
             };
             let head_only = m == Method::Head;
             drop(form);
-            if owner == api.shard.id && read_now(api, key, opts, head_only, req.head.http11, out) {
+            // Linearizable reads on a replicated member wait for a read
+            // barrier (ReadIndex); a single member's own store is current.
+            let barrier = quorum && api.cluster.read().expect("membership").members.len() > 1;
+            if !barrier
+                && owner == api.shard.id
+                && read_now(api, key, opts, head_only, req.head.http11, out)
+            {
                 return Handled::Done;
             }
             Handled::Pending(Pending::Read(PendingRead {
@@ -230,6 +240,7 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
                 },
                 head_only,
                 http11: req.head.http11,
+                barrier,
             }))
         }
         _ => {
@@ -366,6 +377,12 @@ async fn read(api: &Api, p: PendingRead, out: &mut Vec<u8>) {
     let (http11, head_only, recursive) = (p.http11, p.head_only, p.req.opts.recursive);
     // Kept only for the `/_etcd/machines` fallback.
     let machines = is_machines_path(&p.req.key).then(|| p.req.key.clone());
+    if p.barrier {
+        if let Err(mut e) = crate::raft::read_barrier(&api.shard).await {
+            e.index = e.index.max(api.shard.orderer.borrow().closed());
+            return write_error(api, http11, &e, head_only, out);
+        }
+    }
     match api.shard.read(p.owner, p.req).await {
         Ok((body, index)) => {
             if !delivered(api, index).await {
@@ -409,7 +426,8 @@ fn is_machines_path(key: &[u8]) -> bool {
 fn machines_listing(api: &Api, key: &[u8], recursive: bool, out: &mut Vec<u8>) -> u64 {
     use crate::store::NodeJson;
     let index = api.shard.orderer.borrow().closed();
-    let members = api.cluster.sorted();
+    let view = api.cluster.read().expect("membership");
+    let members = view.sorted();
     let value = |m: &crate::cluster::Member| {
         let mut v = b"raft=".to_vec();
         enc(&mut v, m.peer_urls.first().map_or("", |s| s.as_str()));
@@ -539,6 +557,7 @@ pub async fn complete(api: &Api, p: Pending, out: &mut Vec<u8>) {
     match p {
         Pending::Write(w) => write(api, w, out).await,
         Pending::Read(r) => read(api, r, out).await,
+        Pending::Members(m) => super::admin::change_members(api, m, out).await,
     }
 }
 

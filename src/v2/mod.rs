@@ -15,10 +15,9 @@ pub mod keys;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::cluster::Cluster;
+use crate::cluster::View;
 use crate::http::request::{escape_path, mux_clean};
 use crate::http::response::{Response, TEXT};
 use crate::http::{Handled, Method, Request, Service};
@@ -27,20 +26,23 @@ use crate::shard::Shard;
 /// The v2 API of one member, on one executor.
 pub struct Api {
     pub shard: Rc<Shard>,
-    pub cluster: Arc<Cluster>,
+    pub cluster: View,
     cluster_id_hex: Vec<u8>,
+    /// The cluster token (IDs of members added through the members API).
+    pub token: String,
     pub start: SystemTime,
     form: RefCell<form::Form>,
     scratch: RefCell<Vec<u8>>,
 }
 
 impl Api {
-    pub fn new(shard: Rc<Shard>, cluster: Arc<Cluster>) -> Api {
-        let cluster_id_hex = format!("{:x}", cluster.id).into_bytes();
+    pub fn new(shard: Rc<Shard>, cluster: View, token: String) -> Api {
+        let cluster_id_hex = format!("{:x}", cluster.read().expect("membership").id).into_bytes();
         Api {
             shard,
             cluster,
             cluster_id_hex,
+            token,
             start: SystemTime::now(),
             form: RefCell::new(form::Form::default()),
             scratch: RefCell::new(Vec::new()),
@@ -127,7 +129,7 @@ impl Service for Api {
             b"/debug/kardia/shards" => admin::shards(self, req, out),
             _ if p.starts_with(b"/v2/auth/") => admin::auth(self, req, &p[9..], out),
             _ if p == b"/v2/members" || p.starts_with(b"/v2/members/") => {
-                admin::members(self, req, &p[11..], out)
+                return admin::members(self, req, &p[11..], out);
             }
             _ => not_found(req, out),
         }

@@ -8,6 +8,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod cluster;
+pub mod linearizability;
+
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};

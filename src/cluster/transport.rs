@@ -1,0 +1,375 @@
+//! The peer transport: raft messages between members over TCP.
+//!
+//! One outgoing connection per peer carries length-prefixed frames for all
+//! shards; each peer has a bounded queue that drops messages when full
+//! (raft retransmits), and a writer task that (re)connects with backoff.
+//! Incoming connections are accepted on the peer listener; each opens with
+//! a handshake naming the sender, then carries frames that are handed to
+//! the shard's raft loop ([`Shard::deliver`]). A connection whose first
+//! frame is a join request (the 0.x `-peers` way) is answered on the same
+//! connection once the configuration change that adds the newcomer is
+//! applied.
+//!
+//! Frame: `u32 length` (of what follows), `u8 kind`, payload. Handshake:
+//! `KRFT`, `u64 sender id`, `u64 cluster id`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::ToSocketAddrs;
+use std::rc::Rc;
+use std::task::Waker;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+
+use super::{Member, View};
+use crate::shard::{Answer, Shard};
+
+const MAGIC: &[u8; 4] = b"KRFT";
+/// A raft message: `u16 shard`, then the protobuf message.
+pub const KIND_RAFT: u8 = 1;
+/// A join request: a member line (see [`Member::encode`]).
+pub const KIND_JOIN: u8 = 2;
+/// A join reply: `u8 ok`, then the encoded cluster (ok) or a message.
+pub const KIND_JOIN_REPLY: u8 = 3;
+/// Queue bounds per peer: beyond these, messages are dropped.
+const MAX_QUEUED: usize = 4096;
+const MAX_QUEUED_BYTES: usize = 256 << 20;
+/// Frames larger than this are refused (a snapshot must fit).
+const MAX_FRAME: usize = 1 << 30;
+
+/// One peer's outgoing queue.
+struct Peer {
+    queue: RefCell<VecDeque<Vec<u8>>>,
+    bytes: Cell<usize>,
+    waker: RefCell<Option<Waker>>,
+    connected: Cell<bool>,
+}
+
+/// Counters per peer, for `/v2/stats/leader`.
+#[derive(Default, Clone, Copy)]
+pub struct PeerStats {
+    pub sent: u64,
+    pub dropped: u64,
+}
+
+/// This member's end of the peer transport (lives on shard 0's executor).
+pub struct Transport {
+    me: u64,
+    cluster_id: u64,
+    view: View,
+    peers: RefCell<HashMap<u64, Rc<Peer>>>,
+    pub stats: RefCell<HashMap<u64, PeerStats>>,
+}
+
+impl Transport {
+    pub fn new(me: u64, cluster_id: u64, view: View) -> Rc<Transport> {
+        Rc::new(Transport {
+            me,
+            cluster_id,
+            view,
+            peers: RefCell::default(),
+            stats: RefCell::default(),
+        })
+    }
+
+    /// Queue raft message `m` for its recipient; never blocks. False when
+    /// the message was dropped (queue full).
+    pub fn send(self: &Rc<Self>, shard: u16, m: &Message) -> bool {
+        let to = m.to;
+        let peer = self.peer(to);
+        let body = match m.write_to_bytes() {
+            Ok(b) => b,
+            Err(_) => return false,
+        };
+        let mut frame = Vec::with_capacity(7 + body.len());
+        frame.extend_from_slice(&((3 + body.len()) as u32).to_le_bytes());
+        frame.push(KIND_RAFT);
+        frame.extend_from_slice(&shard.to_le_bytes());
+        frame.extend_from_slice(&body);
+        let mut stats = self.stats.borrow_mut();
+        let st = stats.entry(to).or_default();
+        let full = {
+            let q = peer.queue.borrow();
+            q.len() >= MAX_QUEUED || peer.bytes.get() + frame.len() > MAX_QUEUED_BYTES
+        };
+        if full {
+            st.dropped += 1;
+            return false;
+        }
+        st.sent += 1;
+        peer.bytes.set(peer.bytes.get() + frame.len());
+        peer.queue.borrow_mut().push_back(frame);
+        if let Some(w) = peer.waker.borrow_mut().take() {
+            w.wake();
+        }
+        true
+    }
+
+    /// True while a connection to `id` is up.
+    pub fn connected(&self, id: u64) -> bool {
+        self.peers
+            .borrow()
+            .get(&id)
+            .is_some_and(|p| p.connected.get())
+    }
+
+    fn peer(self: &Rc<Self>, id: u64) -> Rc<Peer> {
+        if let Some(p) = self.peers.borrow().get(&id) {
+            return p.clone();
+        }
+        let p = Rc::new(Peer {
+            queue: RefCell::default(),
+            bytes: Cell::new(0),
+            waker: RefCell::default(),
+            connected: Cell::new(false),
+        });
+        self.peers.borrow_mut().insert(id, p.clone());
+        glommio::spawn_local(writer(self.clone(), id, p.clone())).detach();
+        p
+    }
+
+    fn peer_addr(&self, id: u64) -> Option<std::net::SocketAddr> {
+        let view = self.view.read().ok()?;
+        let m = view.get(id)?;
+        let url = m.peer_urls.first()?;
+        host_port(url).to_socket_addrs().ok()?.next()
+    }
+}
+
+/// `http://host:port/...` → `host:port`.
+pub fn host_port(url: &str) -> &str {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// Keep a connection to peer `id` up and drain its queue into it.
+async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
+    let mut backoff = Duration::from_millis(20);
+    let mut buf = Vec::new();
+    loop {
+        if t.view
+            .read()
+            .map(|v| v.removed.contains(&id))
+            .unwrap_or(false)
+        {
+            return;
+        }
+        let Some(addr) = t.peer_addr(id) else {
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let conn = glommio::net::TcpStream::connect_timeout(addr, Duration::from_millis(500)).await;
+        let mut s = match conn {
+            Ok(s) => s,
+            Err(_) => {
+                // While the peer is unreachable, keep only the newest messages.
+                drop_old(&p, 64);
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = s.set_nodelay(true);
+        let mut hello = Vec::with_capacity(20);
+        hello.extend_from_slice(MAGIC);
+        hello.extend_from_slice(&t.me.to_le_bytes());
+        hello.extend_from_slice(&t.cluster_id.to_le_bytes());
+        if s.write_all(&hello).await.is_err() {
+            glommio::timer::sleep(backoff).await;
+            continue;
+        }
+        backoff = Duration::from_millis(20);
+        p.connected.set(true);
+        tracing::debug!(peer = %format!("{id:x}"), "peer connected");
+        loop {
+            std::future::poll_fn(|cx| {
+                if p.queue.borrow().is_empty() {
+                    *p.waker.borrow_mut() = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            })
+            .await;
+            buf.clear();
+            {
+                let mut q = p.queue.borrow_mut();
+                while let Some(f) = q.pop_front() {
+                    buf.extend_from_slice(&f);
+                    if buf.len() > 4 << 20 {
+                        break;
+                    }
+                }
+            }
+            p.bytes.set(p.bytes.get().saturating_sub(buf.len()));
+            if s.write_all(&buf).await.is_err() || s.flush().await.is_err() {
+                break;
+            }
+        }
+        p.connected.set(false);
+    }
+}
+
+fn drop_old(p: &Peer, keep: usize) {
+    let mut q = p.queue.borrow_mut();
+    while q.len() > keep {
+        if let Some(f) = q.pop_front() {
+            p.bytes.set(p.bytes.get().saturating_sub(f.len()));
+        }
+    }
+}
+
+/// Accept peer connections on `l` and feed their frames to `shard`.
+pub async fn serve(l: glommio::net::TcpListener, t: Rc<Transport>, shard: Rc<Shard>) {
+    loop {
+        match l.accept().await {
+            Ok(s) => {
+                glommio::spawn_local(reader(s, t.clone(), shard.clone())).detach();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "peer accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn read_frame(s: &mut glommio::net::TcpStream, buf: &mut Vec<u8>) -> Option<u8> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.ok()?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return None;
+    }
+    buf.resize(len, 0);
+    s.read_exact(buf).await.ok()?;
+    Some(buf[0])
+}
+
+async fn reader(mut s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) {
+    let _ = s.set_nodelay(true);
+    let mut hello = [0u8; 20];
+    if s.read_exact(&mut hello).await.is_err() || &hello[..4] != MAGIC {
+        return;
+    }
+    let from = u64::from_le_bytes(hello[4..12].try_into().unwrap());
+    let cid = u64::from_le_bytes(hello[12..20].try_into().unwrap());
+    if cid != 0 && cid != t.cluster_id {
+        tracing::warn!(
+            from = %format!("{from:x}"),
+            cluster = %format!("{cid:x}"),
+            "peer connection from another cluster refused"
+        );
+        return;
+    }
+    let mut buf = Vec::new();
+    while let Some(kind) = read_frame(&mut s, &mut buf).await {
+        match kind {
+            KIND_RAFT if buf.len() >= 3 => match Message::parse_from_bytes(&buf[3..]) {
+                Ok(m) => shard.deliver(m),
+                Err(_) => return,
+            },
+            KIND_JOIN => {
+                let reply = join(&shard, &buf[1..]).await;
+                let (ok, body) = match reply {
+                    Ok(b) => (1u8, b),
+                    Err(e) => (0u8, e.into_bytes()),
+                };
+                let mut out = Vec::with_capacity(6 + body.len());
+                out.extend_from_slice(&((2 + body.len()) as u32).to_le_bytes());
+                out.push(KIND_JOIN_REPLY);
+                out.push(ok);
+                out.extend_from_slice(&body);
+                let _ = s.write_all(&out).await;
+                let _ = s.flush().await;
+                return;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// A newcomer asks to join: add it through raft, answer with the cluster.
+async fn join(shard: &Rc<Shard>, line: &[u8]) -> Result<Vec<u8>, String> {
+    if shard.shared.shards > 1 {
+        return Err(format!(
+            "this member runs {} shards; a replicated member runs one (start it with --shards 1 on a new data dir)",
+            shard.shared.shards
+        ));
+    }
+    let line = std::str::from_utf8(line).map_err(|_| "bad join request".to_string())?;
+    let mut m = Member::decode(line).ok_or("bad join request")?;
+    let (cid, existing) = {
+        let v = shard.view().read().map_err(|_| "membership unavailable")?;
+        let existing = v
+            .members
+            .iter()
+            .find(|x| x.name == m.name || x.peer_urls.iter().any(|u| m.peer_urls.contains(u)))
+            .cloned();
+        (v.id, existing)
+    };
+    if let Some(x) = existing {
+        return Err(format!(
+            "member {:?} ({:x}, peer URLs {}) is already in the cluster; a member that lost its data dir must be removed first (DELETE /v2/members/{:x})",
+            x.name,
+            x.id,
+            x.peer_urls.join(","),
+            x.id
+        ));
+    }
+    m.id = super::member_id(
+        &m.peer_urls,
+        &format!("{cid:x}-{}", crate::raft::wall_nanos()),
+    );
+    tracing::info!(name = %m.name, id = %format!("{:x}", m.id), "adding member (join request)");
+    match crate::raft::add_member(shard, m).await {
+        Answer::Read(Ok((body, _))) => Ok(body),
+        Answer::Read(Err(e)) => Err(String::from_utf8_lossy(&e.cause).into_owned()),
+        Answer::Write(_) => Err("unexpected answer".into()),
+    }
+}
+
+/// Ask the member at peer address `addr` to add `me`; blocking, used once
+/// at start-up before the executors run. Returns the encoded cluster.
+pub fn request_join(addr: &str, me: &Member) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    let sa = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2))
+        .map_err(|e| format!("{addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let line = me.encode();
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.extend_from_slice(&((1 + line.len()) as u32).to_le_bytes());
+    out.push(KIND_JOIN);
+    out.extend_from_slice(line.as_bytes());
+    s.write_all(&out).map_err(|e| format!("{addr}: {e}"))?;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)
+        .map_err(|e| format!("{addr}: no answer to the join request ({e})"))?;
+    let len = u32::from_le_bytes(len) as usize;
+    if !(2..=MAX_FRAME).contains(&len) {
+        return Err(format!("{addr}: bad join reply"));
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)
+        .map_err(|e| format!("{addr}: {e}"))?;
+    if body[0] != KIND_JOIN_REPLY {
+        return Err(format!("{addr}: bad join reply"));
+    }
+    if body[1] == 1 {
+        Ok(body[2..].to_vec())
+    } else {
+        Err(String::from_utf8_lossy(&body[2..]).into_owned())
+    }
+}
