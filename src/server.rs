@@ -152,9 +152,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
         },
         explicit_cluster,
     )?;
-    if cfg.force_new_cluster {
-        tracing::warn!("-force / --force-new-cluster: kardia keeps the data and the recorded membership (see docs/operations.md)");
-    }
     // The recorded identity wins over the flags.
     if let Some(i) = cluster.members.iter().position(|m| m.name == id.name) {
         cluster.members[i].id = id.member_id;
@@ -291,6 +288,14 @@ async fn shard_main(
             .meta_get(crate::raft::META_MEMBERS)
             .map_err(|e| format!("cannot read shard {i}: {e}"))?;
         match recorded.and_then(|b| Cluster::decode(&b, member_id)) {
+            Some(c) if c.removed.contains(&member_id) => {
+                return Err(format!(
+                    "member {:?} ({member_id:x}) was removed from cluster {:x}; its data dir {} cannot rejoin: start it with an empty data dir and join again (-peers or the members API)",
+                    cfg.name,
+                    c.id,
+                    cfg.data_dir.display()
+                ));
+            }
             Some(c) => *view.write().expect("membership") = c,
             None => {
                 let bytes = view.read().expect("membership").encode();
@@ -320,6 +325,7 @@ async fn shard_main(
         retain_entries: cfg.snapshot_count,
         request_timeout: Duration::from_secs(5) + cfg.election * 2,
         snap_dir: shard_dir.join("snap"),
+        force_new_cluster: cfg.force_new_cluster,
         name: cfg.name.clone(),
         client_urls: cfg.advertise_client_urls.clone(),
     };

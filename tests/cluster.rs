@@ -1109,3 +1109,113 @@ fn python_etcd_against_a_cluster() {
     );
     c.wait_value(2, "/pyc/k", Some("v2"), Duration::from_secs(5));
 }
+
+/// A raw request with a JSON body (the members API wants
+/// `Content-Type: application/json`): (status, body).
+fn members_call(port: u16, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    let body = json.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+#[test]
+fn members_api_changes_and_force_new_cluster() {
+    let _serial = serial();
+    let mut c = Cluster::start_static(3, FAST);
+    c.wait_leader_agreed(Duration::from_secs(10));
+    let p1 = c.port(0);
+
+    // Add a member that has not started: 201, no name, no client URLs.
+    let spare = common::free_port().unwrap();
+    let add = format!("{{\"peerURLs\":[\"http://127.0.0.1:{spare}\"]}}");
+    let (st, body) = members_call(p1, "POST", "/v2/members", Some(&add));
+    assert_eq!(st, 201, "POST /v2/members: {body}\n{}", c.logs());
+    let added = Json::parse(body.trim()).unwrap();
+    assert_eq!(added.path(&["name"]).and_then(Json::as_str), Some(""));
+    let id = added
+        .path(&["id"])
+        .and_then(Json::as_str)
+        .unwrap()
+        .to_string();
+    // The same peer URL again: 409.
+    let (st, body) = members_call(p1, "POST", "/v2/members", Some(&add));
+    assert_eq!(
+        (st, body.as_str()),
+        (409, "{\"message\":\"membership: peerURL exists\"}")
+    );
+    // Not JSON: 415.
+    let mut s = TcpStream::connect(("127.0.0.1", p1)).unwrap();
+    write!(s, "POST /v2/members HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 415"), "{raw}");
+    // Unknown member: 404; remove the added one: 204; again: 410.
+    let (st, body) = members_call(p1, "DELETE", "/v2/members/123abc", None);
+    assert_eq!(
+        (st, body.as_str()),
+        (404, "{\"message\":\"No such member: 123abc\"}")
+    );
+    let (st, _) = members_call(p1, "DELETE", &format!("/v2/members/{id}"), None);
+    assert_eq!(st, 204, "{}", c.logs());
+    let (st, _) = members_call(p1, "DELETE", &format!("/v2/members/{id}"), None);
+    assert_eq!(st, 410);
+
+    // Remove n3: it stops cleanly, and its data dir cannot come back.
+    c.must_put(0, "/kept", "before");
+    let n3 = wait_members(&c, 0, 3)
+        .into_iter()
+        .find(|m| m.1 == "n3")
+        .unwrap()
+        .0;
+    let (st, _) = members_call(p1, "DELETE", &format!("/v2/members/{n3}"), None);
+    assert_eq!(st, 204, "{}", c.logs());
+    let status = c.members[2].wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "removed n3 did not stop cleanly: {status:?}\n{}",
+        c.logs()
+    );
+    assert_eq!(wait_members(&c, 0, 2).len(), 2);
+    let _ = c.members[2].spawn();
+    let status = c.members[2].wait_exit(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| !s.success()), "{}", c.logs());
+    assert!(
+        c.members[2].log_since_start().contains("was removed"),
+        "{}",
+        c.members[2].log_tail(5)
+    );
+    c.must_put(1, "/kept", "two members");
+
+    // Only n1 left: with --force-new-cluster it serves alone, data kept.
+    c.kill(1);
+    c.kill(0);
+    let mut args = c.members[0].args.clone();
+    args.push("--force-new-cluster".into());
+    c.members[0].restart_with(args).expect("restart n1 alone");
+    c.wait_value(0, "/kept", Some("two members"), Duration::from_secs(10));
+    c.must_put(0, "/kept", "alone");
+    let listed = members_call(p1, "GET", "/v2/members", None).1;
+    assert_eq!(string_count(&listed, "\"id\""), 1, "{listed}");
+}
+
+fn string_count(hay: &str, needle: &str) -> usize {
+    hay.matches(needle).count()
+}

@@ -66,6 +66,9 @@ pub struct RaftOptions {
     pub request_timeout: Duration,
     /// Where snapshots are made and received.
     pub snap_dir: PathBuf,
+    /// `--force-new-cluster`: this member becomes a one-member cluster,
+    /// keeping its data.
+    pub force_new_cluster: bool,
     /// This member's name and client URLs, published to the cluster.
     pub name: String,
     pub client_urls: Vec<String>,
@@ -148,12 +151,42 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
     // The group's configuration: recorded with the last applied change,
     // else the bootstrap one (recorded now, so a restart with other flags
     // keeps it).
-    let recorded = shard.store.borrow().meta_get(META_CONF)?;
+    let mut recorded = shard.store.borrow().meta_get(META_CONF)?;
+    if opts.force_new_cluster && recorded.is_some() {
+        // etcd's --force-new-cluster: keep the data, forget the other
+        // members (recorded, so later starts without the flag agree).
+        let mut view = shard.view().write().expect("membership");
+        let me = view.local().clone();
+        let others: Vec<u64> = view
+            .members
+            .iter()
+            .map(|m| m.id)
+            .filter(|&m| m != me.id)
+            .collect();
+        for o in others {
+            view.remove(o);
+        }
+        let members = view.encode();
+        drop(view);
+        shard.store.borrow_mut().batch(|st, txn| {
+            st.meta_put(txn, META_MEMBERS, &members)?;
+            Ok(((), None))
+        })?;
+        recorded = None;
+        tracing::warn!(
+            "--force-new-cluster: this member now forms a one-member cluster with its data"
+        );
+    }
     let conf = match recorded {
         Some(b) => ConfState::parse_from_bytes(&b)
             .map_err(|e| Error::Store(crate::store::Error::Corrupt(format!("conf state: {e}"))))?,
         None => {
-            let cs = ConfState::from((opts.initial_voters.clone(), vec![]));
+            let voters = if opts.force_new_cluster {
+                vec![id]
+            } else {
+                opts.initial_voters.clone()
+            };
+            let cs = ConfState::from((voters, vec![]));
             let bytes = cs.write_to_bytes().unwrap_or_default();
             shard.store.borrow_mut().batch(|st, txn| {
                 st.meta_put(txn, META_CONF, &bytes)?;
