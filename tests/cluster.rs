@@ -1094,6 +1094,10 @@ fn python_etcd_against_a_cluster() {
         );
     }
     c.kill(0);
+    // Writes sent while a killed leader is being replaced may time out
+    // (error 300, as with etcd; docs/compatibility.md): carry on once the
+    // survivors agree on a leader.
+    c.wait_leader_agreed(Duration::from_secs(10));
     let mut stdin = py.stdin.take().unwrap();
     writeln!(stdin, "go").unwrap();
     drop(stdin);

@@ -23,9 +23,10 @@
 //! ([`log::LogStore`]) are handled here too.
 
 pub mod log;
+pub mod persist;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -122,7 +123,11 @@ impl From<raft::Error> for Error {
 /// A shard's raft group, ready to run.
 pub struct Group {
     node: RawNode<log::LogStore>,
-    wal: Wal,
+    persist: Rc<persist::Persister>,
+    /// The highest `Ready` number reported persisted to raft-rs, and the
+    /// messages of later ones that wait for their persistence.
+    reported: u64,
+    waiting: VecDeque<(u64, Vec<Message>)>,
     opts: RaftOptions,
     /// Requests of this member waiting for their entry's apply (several
     /// voters): by sequence number, with their deadline.
@@ -138,6 +143,8 @@ pub struct Group {
     last_read_retry: Instant,
     /// This member was removed from the cluster.
     removed: bool,
+    /// Proposals raft dropped (no leader known), to propose again.
+    unsent: Vec<Entry>,
     /// Member-wide operations found in the log, by sequence (for
     /// [`roll_forward`] on the shards that missed them).
     pub global_ops: Vec<(u64, Vec<u8>)>,
@@ -286,7 +293,9 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
     let now = Instant::now();
     Ok(Group {
         node,
-        wal,
+        persist: persist::Persister::new(wal),
+        reported: 0,
+        waiting: VecDeque::new(),
         opts,
         pending: HashMap::new(),
         reads: Vec::new(),
@@ -297,6 +306,7 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
         attrs_done: false,
         last_read_retry: now,
         removed: false,
+        unsent: Vec::new(),
         global_ops,
     })
 }
@@ -362,7 +372,9 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     // Filled by the checkpoint task with the applied index it made durable.
     let checkpoint_done: Rc<RefCell<Option<Result<u64, String>>>> = Rc::default();
     let mut checkpointing = false;
+    let mut release_at: Option<u64> = None;
     let mut checkpointed = shard.store.borrow().applied().0;
+    glommio::spawn_local(persist::run(g.persist.clone(), shard.clone())).detach();
     let mut next_expiry: Option<i64> = shard.store.borrow().next_expiry()?;
     let (mut rate_since, mut rate_count) = (Instant::now(), 0u64);
     loop {
@@ -393,6 +405,7 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
             // Messages from unknown or removed peers are refused by raft.
             let _ = g.node.step(m);
         }
+        retry_unsent(g);
         shard.take_proposals(&mut proposals);
         let now = Instant::now();
         if now >= next_tick {
@@ -407,9 +420,11 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
                 let f = &shard.shared.figures[shard.id];
                 let per_sec = (done - rate_count) as f64 / elapsed.as_secs_f64();
                 f.rate.store(per_sec.round() as u64, Ordering::Relaxed);
-                f.wal_segments
-                    .store(g.wal.sealed_segments() as u64, Ordering::Relaxed);
-                f.wal_offset.store(g.wal.offset(), Ordering::Relaxed);
+                g.persist.with_wal(|w| {
+                    f.wal_segments
+                        .store(w.sealed_segments() as u64, Ordering::Relaxed);
+                    f.wal_offset.store(w.offset(), Ordering::Relaxed);
+                });
                 (rate_since, rate_count) = (now, done);
             }
         }
@@ -439,8 +454,21 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
             }
         }
 
-        if g.node.has_ready() || !answers.is_empty() || shard.store.borrow().has_events() {
-            handle_ready(shard, g, &mut answers).await?;
+        if let Some(e) = g.persist.failed.borrow().clone() {
+            return Err(Error::Store(crate::store::Error::Corrupt(format!(
+                "wal: {e}"
+            ))));
+        }
+        if g.node.has_ready()
+            || !answers.is_empty()
+            || shard.store.borrow().has_events()
+            || g.persist.persisted() > g.reported
+        {
+            if replicated(shard, g) || !g.persist.idle() || !g.waiting.is_empty() {
+                handle_ready_async(shard, g, &mut answers).await?;
+            } else {
+                handle_ready(shard, g, &mut answers).await?;
+            }
             // The batch is durable: deliver its events, then answer.
             shard.store.borrow_mut().take_events(&mut events);
             shard.publish(&mut events);
@@ -473,7 +501,7 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         if let Some(done) = finished {
             checkpointing = false;
             match done {
-                Ok(durable) => g.wal.release(durable).await?,
+                Ok(durable) => release_at = Some(durable),
                 Err(e) => {
                     return Err(Error::Store(crate::store::Error::Corrupt(format!(
                         "checkpoint: {e}"
@@ -481,14 +509,24 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
                 }
             }
         }
+        // Drop log segments the checkpoint covers (while the writer is idle).
+        if let Some(durable) = release_at {
+            if g.persist.idle() {
+                release_at = None;
+                let mut wal = g.persist.take_wal();
+                let r = wal.release(durable).await;
+                g.persist.put_wal(wal);
+                r?;
+            }
+        }
         // Checkpoint when a WAL segment has filled (to free it) or, with
         // progress, after the interval. Each checkpoint's writeback delays
         // the WAL syncs around it, so they are kept rare: about once per
         // 64 MiB of log. Segments roll only when full.
         let applied = shard.store.borrow().applied().0;
+        let sealed = g.persist.with_wal(|w| w.sealed_segments()).unwrap_or(0);
         let due = applied > checkpointed
-            && (g.wal.sealed_segments() > 0
-                || last_checkpoint.elapsed() >= g.opts.checkpoint_interval);
+            && (sealed > 0 || last_checkpoint.elapsed() >= g.opts.checkpoint_interval);
         if !checkpointing && due {
             last_checkpoint = Instant::now();
             checkpointed = applied;
@@ -528,9 +566,21 @@ const COMPACT_EVERY: u64 = 1024;
 /// log before they are executed.
 fn replicated(shard: &Shard, g: &Group) -> bool {
     let voters = g.node.raft.prs().conf().voters().ids();
-    voters.len() != 1
-        || !voters.contains(g.opts.member_id)
-        || g.node.raft.raft_log.last_index() > shard.store.borrow().applied().0
+    if voters.len() != 1 || !voters.contains(g.opts.member_id) {
+        return true;
+    }
+    // One voter: the fast path is safe unless the log holds entries the
+    // store has not applied (a configuration change, or commands proposed
+    // while there were other voters); a new leader's empty entry is none.
+    let applied = shard.store.borrow().applied().0;
+    let log = &g.node.raft.raft_log;
+    if log.last_index() <= applied {
+        return false;
+    }
+    match log.entries(applied + 1, None, raft::GetEntriesContext::empty(false)) {
+        Ok(es) => es.iter().any(|e| !e.data.is_empty()),
+        Err(_) => true,
+    }
 }
 
 /// Execute a batch of proposals (and an expiry) in one store transaction,
@@ -627,6 +677,7 @@ fn propose_replicated(
     expire_now: Option<i64>,
 ) -> Result<(), Error> {
     let deadline = Instant::now() + g.opts.request_timeout;
+    let mut batch: Vec<Entry> = Vec::new();
     for p in proposals.drain(..) {
         g.next_seq += 1;
         let seq = g.next_seq;
@@ -658,14 +709,22 @@ fn propose_replicated(
                 }
             }
             _ => {
-                // A dropped proposal (no leader known) times out like a
-                // lost one: the client sees etcd's 300 either way.
-                let _ = g.node.propose(ctx, p.data);
+                batch.push(Entry {
+                    data: p.data.into(),
+                    context: ctx.into(),
+                    ..Default::default()
+                });
             }
         }
         if let Some(t) = p.target {
             g.pending.insert(seq, (t, deadline));
         }
+    }
+    if !batch.is_empty() {
+        // One message for the batch (a follower forwards it to the leader
+        // whole). A dropped proposal (no leader known) times out like a
+        // lost one: the client sees etcd's 300 either way.
+        propose_batch(g, batch);
     }
     if expire_now.is_some()
         && shard.is_leader.get()
@@ -677,6 +736,36 @@ fn propose_replicated(
         let _ = g.node.propose(Vec::new(), data);
     }
     Ok(())
+}
+
+/// Step one `MsgPropose` carrying `batch`. Raft drops it when no leader
+/// is known; such entries never entered any log, so they wait in
+/// `g.unsent` and are proposed again once a leader is known (until their
+/// requests time out).
+fn propose_batch(g: &mut Group, batch: Vec<Entry>) {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgPropose);
+    m.from = g.opts.member_id;
+    m.set_entries(batch.clone().into());
+    if let Err(raft::Error::ProposalDropped) = g.node.step(m) {
+        g.unsent.extend(batch);
+    }
+}
+
+/// Propose again the entries dropped for want of a leader, once one is
+/// known; those whose requests timed out are forgotten.
+fn retry_unsent(g: &mut Group) {
+    if g.unsent.is_empty() || g.node.raft.leader_id == 0 {
+        return;
+    }
+    let me = g.opts.member_id;
+    let batch: Vec<Entry> = std::mem::take(&mut g.unsent)
+        .into_iter()
+        .filter(|e| own_request(me, &e.context).is_some_and(|s| g.pending.contains_key(&s)))
+        .collect();
+    if !batch.is_empty() {
+        propose_batch(g, batch);
+    }
 }
 
 fn request_context(member: u64, seq: u64) -> Vec<u8> {
@@ -956,7 +1045,17 @@ async fn handle_ready(
     if !g.node.has_ready() {
         return Ok(());
     }
-    let mut rd = g.node.ready();
+    let rd = g.node.ready();
+    process_ready(shard, g, rd, answers).await
+}
+
+/// Steps 1-6 for one `Ready`, persisting it from the loop.
+async fn process_ready(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    mut rd: raft::Ready,
+    answers: &mut Vec<(Target, Answer)>,
+) -> Result<(), Error> {
     if let Some(ss) = rd.ss() {
         let leader = ss.raft_state == StateRole::Leader;
         shard.is_leader.set(leader);
@@ -975,20 +1074,24 @@ async fn handle_ready(
     for rs in rd.take_read_states() {
         barrier_reached(g, &rs.request_ctx, rs.index);
     }
-    // 4. Persist new entries and hard state: one write, one fdatasync.
+    // 4. Persist new entries and hard state: one write, one fdatasync (the
+    //    WAL writer is idle: this path is taken only then).
+    let mut wal = g.persist.take_wal();
     if !rd.entries().is_empty() {
-        g.wal.append_entries(rd.entries());
+        wal.append_entries(rd.entries());
         g.node.mut_store().mem.wl().append(rd.entries())?;
     }
     if let Some(hs) = rd.hs() {
-        g.wal.append_hard_state(hs);
+        wal.append_hard_state(hs);
         g.node.mut_store().mem.wl().set_hardstate(hs.clone());
     }
     let entries = rd.entries().len() as u64;
-    if g.wal.has_pending() {
+    if wal.has_pending() {
         let m = &shard.metrics;
         let t = Instant::now();
-        let bytes = g.wal.sync().await?;
+        let synced = wal.sync().await;
+        g.persist.put_wal(wal);
+        let bytes = synced?;
         let took = t.elapsed();
         Metrics::add(&m.sync_nanos, took.as_nanos() as u64);
         let _ = m
@@ -998,6 +1101,8 @@ async fn handle_ready(
         Metrics::add(&m.syncs, 1);
         Metrics::add(&m.synced_entries, entries);
         Metrics::add(&m.wal_bytes, bytes);
+    } else {
+        g.persist.put_wal(wal);
     }
     // 5. Messages that had to wait for persistence.
     send_messages(shard, g, rd.take_persisted_messages());
@@ -1015,6 +1120,108 @@ async fn handle_ready(
     apply_entries(shard, g, &light.take_committed_entries(), answers)?;
     g.node.advance_apply();
     // Quorum reads whose barrier is now applied.
+    let applied = shard.store.borrow().applied().0;
+    g.barriers.retain(|(index, t)| {
+        if *index <= applied {
+            answers.push((*t, Answer::Read(Ok((Vec::new(), *index)))));
+            false
+        } else {
+            true
+        }
+    });
+    shard.raft_index.set(g.node.raft.raft_log.committed);
+    shard.raft_term.set(g.node.raft.term);
+    Ok(())
+}
+
+/// One `Ready` of a group with several voters, persisted off the loop: the
+/// same documented order, except that step 4 queues the entries and hard
+/// state for the WAL writer ([`persist`]) and step 5's messages wait until
+/// it reports them durable; raft-rs learns that through `on_persist_ready`
+/// and then commits and hands out entries in later `Ready`s.
+async fn handle_ready_async(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    answers: &mut Vec<(Target, Answer)>,
+) -> Result<(), Error> {
+    // Readies the writer has made durable since the last look.
+    let done = g.persist.persisted();
+    if done > g.reported {
+        g.reported = done;
+        g.node.on_persist_ready(done);
+        while g.waiting.front().is_some_and(|(n, _)| *n <= done) {
+            let (_, msgs) = g.waiting.pop_front().expect("front");
+            send_messages(shard, g, msgs);
+        }
+    }
+    if !g.node.has_ready() {
+        return Ok(());
+    }
+    let mut rd = g.node.ready();
+    let number = rd.number();
+    if !rd.snapshot().is_empty() {
+        // A snapshot: after every earlier write is durable, the whole Ready
+        // is persisted from the loop (the store is replaced and synced).
+        while !g.persist.idle() {
+            glommio::timer::sleep(Duration::from_micros(200)).await;
+        }
+        let done = g.persist.persisted();
+        if done > g.reported {
+            g.reported = done;
+            g.node.on_persist_ready(done);
+        }
+        for (_, msgs) in std::mem::take(&mut g.waiting) {
+            send_messages(shard, g, msgs);
+        }
+        return process_ready(shard, g, rd, answers).await;
+    }
+    if let Some(ss) = rd.ss() {
+        let leader = ss.raft_state == StateRole::Leader;
+        shard.is_leader.set(leader);
+        shard.leader_id.set(ss.leader_id);
+        tracing::info!(shard = shard.id, leader = %format!("{:x}", ss.leader_id), role = ?ss.raft_state, "raft state");
+    }
+    // 1. Messages to peers.
+    send_messages(shard, g, rd.take_messages());
+    // 3. Committed entries (all durable here): execute them.
+    apply_entries(shard, g, &rd.take_committed_entries(), answers)?;
+    for rs in rd.take_read_states() {
+        barrier_reached(g, &rs.request_ctx, rs.index);
+    }
+    // 4. New entries and hard state: into raft's log now, to disk later.
+    if !rd.entries().is_empty() {
+        g.node.mut_store().mem.wl().append(rd.entries())?;
+    }
+    if let Some(hs) = rd.hs() {
+        g.node.mut_store().mem.wl().set_hardstate(hs.clone());
+    }
+    // 5. Messages that wait for this Ready's persistence. A follower's
+    //    forwarded proposals and read requests promise nothing about its
+    //    log: they go at once.
+    let (now_msgs, persisted_msgs): (Vec<Message>, Vec<Message>) =
+        rd.take_persisted_messages().into_iter().partition(|m| {
+            matches!(
+                m.get_msg_type(),
+                MessageType::MsgPropose | MessageType::MsgReadIndex
+            )
+        });
+    send_messages(shard, g, now_msgs);
+    let nothing = rd.entries().is_empty() && rd.hs().is_none();
+    if nothing && g.persist.idle() && g.waiting.is_empty() {
+        // Nothing to write and nothing being written: already durable.
+        send_messages(shard, g, persisted_msgs);
+        g.node.advance_append_async(rd);
+        g.node.on_persist_ready(number);
+        g.reported = g.reported.max(number);
+    } else {
+        g.persist.queue(number, rd.entries(), rd.hs());
+        if !persisted_msgs.is_empty() {
+            g.waiting.push_back((number, persisted_msgs));
+        }
+        // 6. Advance without waiting for the disk.
+        g.node.advance_append_async(rd);
+    }
+    g.node.advance_apply();
     let applied = shard.store.borrow().applied().0;
     g.barriers.retain(|(index, t)| {
         if *index <= applied {

@@ -141,6 +141,8 @@ pub struct Shard {
     pub raft_index: Cell<u64>,
     pub raft_term: Cell<u64>,
     pub is_leader: Cell<bool>,
+    /// Set to wake the raft loop for its own work (a persisted `Ready`).
+    kick: Cell<bool>,
     /// The raft leader this shard knows of (0: none).
     pub leader_id: Cell<u64>,
     /// The membership (shared with the v2 handlers).
@@ -213,6 +215,7 @@ impl Shard {
             raft_term: Cell::new(0),
             is_leader: Cell::new(false),
             leader_id: Cell::new(0),
+            kick: Cell::new(false),
             view,
             transport: RefCell::new(None),
             failed: RefCell::new(None),
@@ -321,6 +324,12 @@ impl Shard {
         if let Some(w) = inbox.waker.take() {
             w.wake();
         }
+    }
+
+    /// Wake the raft loop for work of its own (its WAL writer finished).
+    pub fn kick_loop(&self) {
+        self.kick.set(true);
+        self.wake_loop();
     }
 
     /// Wake the raft loop (a park request, or new work).
@@ -575,7 +584,11 @@ impl Future for ProposalsReady<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut inbox = self.shard.inbox.borrow_mut();
-        if inbox.queue.is_empty() && inbox.raft.is_empty() && !self.shard.global.park_requested() {
+        if inbox.queue.is_empty()
+            && inbox.raft.is_empty()
+            && !self.shard.kick.replace(false)
+            && !self.shard.global.park_requested()
+        {
             inbox.waker = Some(cx.waker().clone());
             Poll::Pending
         } else {
