@@ -219,7 +219,15 @@ pub fn run(cfg: Config) -> Result<(), String> {
         // Each executor accepts on its own descriptor of the shared sockets.
         let fds: Vec<i32> = fds.iter().map(|&fd| unsafe { libc::dup(fd) }).collect();
         let me_id = me.id;
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[i % cpus.len()]))
+        // Several shards: one executor per core. One shard: left to the
+        // scheduler (members sharing a machine, as on a loopback test
+        // cluster, must not all land on the first allowed core).
+        let placement = if shards > 1 {
+            Placement::Fixed(cpus[i % cpus.len()])
+        } else {
+            Placement::Unbound
+        };
+        let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("kardia-shard-{i}"))
             .io_memory(1 << 20)
             .spawn(move || async move {
