@@ -1189,12 +1189,16 @@ async fn handle_ready_async(
         barrier_reached(g, &rs.request_ctx, rs.index);
     }
     // 4. New entries and hard state: into raft's log now, to disk later.
+    //    A hard state whose only change is the commit index need not be
+    //    written (raft-rs's `must_sync`; the commit index is learnt again
+    //    from the leader, and the store records what was applied).
     if !rd.entries().is_empty() {
         g.node.mut_store().mem.wl().append(rd.entries())?;
     }
     if let Some(hs) = rd.hs() {
         g.node.mut_store().mem.wl().set_hardstate(hs.clone());
     }
+    let hs = if rd.must_sync() { rd.hs().cloned() } else { None };
     // 5. Messages that wait for this Ready's persistence. A follower's
     //    forwarded proposals and read requests promise nothing about its
     //    log: they go at once.
@@ -1206,7 +1210,7 @@ async fn handle_ready_async(
             )
         });
     send_messages(shard, g, now_msgs);
-    let nothing = rd.entries().is_empty() && rd.hs().is_none();
+    let nothing = rd.entries().is_empty() && hs.is_none();
     if nothing && g.persist.idle() && g.waiting.is_empty() {
         // Nothing to write and nothing being written: already durable.
         send_messages(shard, g, persisted_msgs);
@@ -1214,7 +1218,7 @@ async fn handle_ready_async(
         g.node.on_persist_ready(number);
         g.reported = g.reported.max(number);
     } else {
-        g.persist.queue(number, rd.entries(), rd.hs());
+        g.persist.queue(number, rd.entries(), hs.as_ref());
         if !persisted_msgs.is_empty() {
             g.waiting.push_back((number, persisted_msgs));
         }
