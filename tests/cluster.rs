@@ -1223,3 +1223,49 @@ fn members_api_changes_and_force_new_cluster() {
 fn string_count(hay: &str, needle: &str) -> usize {
     hay.matches(needle).count()
 }
+
+#[test]
+fn ttl_keys_expire_on_every_member() {
+    let _serial = serial();
+    let mut c = Cluster::start_static(3, FAST);
+    let leader = c.wait_leader_agreed(Duration::from_secs(10));
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let r = http(
+        c.port(follower),
+        "PUT",
+        "/v2/keys/beat?ttl=1",
+        Some("value=alive"),
+        CLIENT_TIMEOUT,
+    )
+    .expect("PUT with ttl");
+    assert_eq!(r.code(), 201, "{}", r.body_str());
+    let index = json(&r)
+        .path(&["node", "modifiedIndex"])
+        .and_then(Json::as_u64)
+        .unwrap();
+    // A watcher on another follower sees the expiry, with the next index.
+    let other = (0..3).find(|&i| i != leader && i != follower).unwrap();
+    let w = http(
+        c.port(other),
+        "GET",
+        &format!("/v2/keys/beat?wait=true&waitIndex={}", index + 1),
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("watch");
+    let ev = json(&w);
+    assert_eq!(
+        ev.path(&["action"]).and_then(Json::as_str),
+        Some("expire"),
+        "{}",
+        w.body_str()
+    );
+    assert_eq!(
+        ev.path(&["node", "modifiedIndex"]).and_then(Json::as_u64),
+        Some(index + 1)
+    );
+    for i in 0..3 {
+        c.wait_value(i, "/beat", None, Duration::from_secs(5));
+    }
+    c.wait_converged(Duration::from_secs(10));
+}

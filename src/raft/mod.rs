@@ -136,7 +136,9 @@ pub struct Group {
     reads: Vec<(u64, Target, Instant)>,
     barriers: Vec<(u64, Target)>,
     next_seq: u64,
-    last_sync: Instant,
+    /// A replicated leader proposes its next SYNC no earlier than this
+    /// (wall-clock nanoseconds).
+    next_sync: i64,
     last_attrs: Option<Instant>,
     /// This member's attributes were applied since it started.
     attrs_done: bool,
@@ -301,7 +303,7 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
         reads: Vec::new(),
         barriers: Vec::new(),
         next_seq: wall_nanos() as u64,
-        last_sync: now,
+        next_sync: 0,
         last_attrs: None,
         attrs_done: false,
         last_read_retry: now,
@@ -381,7 +383,11 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         // Wait for proposals, peer messages, the next tick or the next expiry.
         let now = Instant::now();
         let mut wake = next_tick;
-        if let Some(t) = next_expiry {
+        // Only the leader expires keys (the others apply its SYNC entries).
+        let expiry = next_expiry
+            .filter(|_| shard.is_leader.get())
+            .map(|t| t.max(g.next_sync));
+        if let Some(t) = expiry {
             let d = Duration::from_nanos((t - wall_nanos()).max(0) as u64);
             wake = wake.min(now + d);
         }
@@ -429,8 +435,8 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
             }
         }
         // Expiry: the leader executes one SYNC per batch, stamped with its clock.
-        let expire_now = match next_expiry {
-            Some(t) if shard.is_leader.get() && t <= wall_nanos() => Some(wall_nanos()),
+        let expire_now = match expiry {
+            Some(t) if t <= wall_nanos() => Some(wall_nanos()),
             _ => None,
         };
         if !proposals.is_empty() || expire_now.is_some() {
@@ -438,11 +444,6 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
             execute(shard, g, &mut proposals, expire_now, &mut answers)?;
             shard.executed.set(shard.store.borrow().index());
             next_expiry = shard.store.borrow().next_expiry()?;
-            if replicated(shard, g) && expire_now.is_some() {
-                // Look again after the SYNC had time to commit.
-                let soon = wall_nanos() + 500_000_000;
-                next_expiry = next_expiry.map(|t| t.max(soon));
-            }
             if expire_now.is_some() && shard.id == 0 && shard.shared.shards > 1 {
                 expire_dirs(shard)?;
                 // A directory expiry in progress is the coordinator's now:
@@ -474,10 +475,10 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
             shard.publish(&mut events);
             shard.publish_figures();
             shard.executed.set(shard.store.borrow().index());
-            next_expiry = match (next_expiry, shard.store.borrow().next_expiry()?) {
-                (Some(a), Some(b)) => Some(a.max(b).min(b.max(wall_nanos() + 500_000_000))),
-                (_, b) => b,
-            };
+            if replicated(shard, g) {
+                // Applied entries may have expired or set TTLs.
+                next_expiry = shard.store.borrow().next_expiry()?;
+            }
             let (ri, rt) = (g.node.raft.raft_log.committed, g.node.raft.term);
             for (target, mut a) in answers.drain(..) {
                 if let Answer::Write(reply) = &mut a {
@@ -726,11 +727,9 @@ fn propose_replicated(
         // lost one: the client sees etcd's 300 either way.
         propose_batch(g, batch);
     }
-    if expire_now.is_some()
-        && shard.is_leader.get()
-        && g.last_sync.elapsed() >= Duration::from_millis(500)
-    {
-        g.last_sync = Instant::now();
+    if expire_now.is_some() && shard.is_leader.get() {
+        // One SYNC per 500 ms at most: it must commit before the keys go.
+        g.next_sync = wall_nanos() + 500_000_000;
         let mut data = Vec::with_capacity(48);
         Command::new(Op::Sync, b"/", wall_nanos()).encode(&mut data);
         let _ = g.node.propose(Vec::new(), data);
@@ -1198,7 +1197,11 @@ async fn handle_ready_async(
     if let Some(hs) = rd.hs() {
         g.node.mut_store().mem.wl().set_hardstate(hs.clone());
     }
-    let hs = if rd.must_sync() { rd.hs().cloned() } else { None };
+    let hs = if rd.must_sync() {
+        rd.hs().cloned()
+    } else {
+        None
+    };
     // 5. Messages that wait for this Ready's persistence. A follower's
     //    forwarded proposals and read requests promise nothing about its
     //    log: they go at once.
