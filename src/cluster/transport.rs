@@ -48,11 +48,49 @@ struct Peer {
     connected: Cell<bool>,
 }
 
-/// Counters per peer, for `/v2/stats/leader`.
+/// Figures per peer, for `/v2/stats/leader`: messages handed to the
+/// transport and dropped by it, append responses (accepted, rejected), and
+/// heartbeat round trips in milliseconds.
 #[derive(Default, Clone, Copy)]
 pub struct PeerStats {
     pub sent: u64,
     pub dropped: u64,
+    pub appends_ok: u64,
+    pub appends_rejected: u64,
+    /// When the heartbeat now awaiting its response was sent.
+    pub heartbeat_at: Option<std::time::Instant>,
+    pub rtt_count: u64,
+    pub rtt_current: f64,
+    pub rtt_mean: f64,
+    /// Welford's running sum of squared deviations.
+    pub rtt_m2: f64,
+    pub rtt_min: f64,
+    pub rtt_max: f64,
+}
+
+impl PeerStats {
+    /// Record one heartbeat round trip.
+    pub fn round_trip(&mut self, ms: f64) {
+        self.rtt_count += 1;
+        self.rtt_current = ms;
+        let d = ms - self.rtt_mean;
+        self.rtt_mean += d / self.rtt_count as f64;
+        self.rtt_m2 += d * (ms - self.rtt_mean);
+        self.rtt_min = if self.rtt_count == 1 {
+            ms
+        } else {
+            self.rtt_min.min(ms)
+        };
+        self.rtt_max = self.rtt_max.max(ms);
+    }
+
+    pub fn rtt_stddev(&self) -> f64 {
+        if self.rtt_count < 2 {
+            0.0
+        } else {
+            (self.rtt_m2 / self.rtt_count as f64).sqrt()
+        }
+    }
 }
 
 /// This member's end of the peer transport (lives on shard 0's executor).
@@ -65,6 +103,26 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// Note what a raft message to or from a peer says about it.
+    pub fn observe(&self, peer: u64, outgoing: bool, m: &Message) {
+        use raft::eraftpb::MessageType as T;
+        let mut stats = self.stats.borrow_mut();
+        let st = stats.entry(peer).or_default();
+        match (outgoing, m.get_msg_type()) {
+            (true, T::MsgHeartbeat) if st.heartbeat_at.is_none() => {
+                st.heartbeat_at = Some(std::time::Instant::now());
+            }
+            (false, T::MsgHeartbeatResponse) => {
+                if let Some(t) = st.heartbeat_at.take() {
+                    st.round_trip(t.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            (false, T::MsgAppendResponse) if m.reject => st.appends_rejected += 1,
+            (false, T::MsgAppendResponse) => st.appends_ok += 1,
+            _ => {}
+        }
+    }
+
     pub fn new(me: u64, cluster_id: u64, view: View) -> Rc<Transport> {
         Rc::new(Transport {
             me,

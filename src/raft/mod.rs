@@ -407,7 +407,11 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         }
 
         shard.take_messages(&mut messages);
+        let transport = shard.transport.borrow().clone();
         for m in messages.drain(..) {
+            if let Some(t) = &transport {
+                t.observe(m.from, false, &m);
+            }
             // Messages from unknown or removed peers are refused by raft.
             let _ = g.node.step(m);
         }
@@ -1265,6 +1269,7 @@ fn send_messages(shard: &Shard, g: &mut Group, msgs: Vec<Message>) {
     for m in msgs {
         let to = m.to;
         let snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+        t.observe(to, true, &m);
         let sent = t.send(shard.id as u16, &m);
         if snapshot {
             // Sent (or dropped): free the copy; the next ask makes a fresh one.

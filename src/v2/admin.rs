@@ -494,8 +494,9 @@ pub fn stats_leader(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
         );
         return;
     }
-    // Per follower: messages handed to the transport (success) and
-    // dropped by it (fail); kardia measures no per-message latency yet.
+    // Per follower: heartbeat round trips in milliseconds; append
+    // responses that accepted entries (success), and rejections plus
+    // messages the transport dropped (fail).
     let view = api.cluster.read().expect("membership");
     let me = view.local().id;
     let t = api.shard.transport.borrow();
@@ -511,8 +512,15 @@ pub fn stats_leader(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
         }
         let _ = write!(
             body,
-            "\"{:x}\":{{\"latency\":{{\"current\":0,\"average\":0,\"standardDeviation\":0,\"minimum\":0,\"maximum\":0}},\"counts\":{{\"fail\":{},\"success\":{}}}}}",
-            m.id, st.dropped, st.sent
+            "\"{:x}\":{{\"latency\":{{\"current\":{},\"average\":{},\"standardDeviation\":{},\"minimum\":{},\"maximum\":{}}},\"counts\":{{\"fail\":{},\"success\":{}}}}}",
+            m.id,
+            st.rtt_current,
+            st.rtt_mean,
+            st.rtt_stddev(),
+            st.rtt_min,
+            st.rtt_max,
+            st.dropped + st.appends_rejected,
+            st.appends_ok
         );
     }
     body.push_str("}}");
