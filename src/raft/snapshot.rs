@@ -1,0 +1,89 @@
+//! Snapshots for lagging followers: a consistent copy of the shard's LMDB
+//! store, made off the executor when raft asks for one
+//! ([`prepare_snapshot`]), and installed by a follower that receives one
+//! ([`apply_snapshot`]): copied into its own environment in one
+//! transaction, synced, and the event history continued after it.
+
+use super::*;
+
+/// Make a snapshot for lagging followers: a consistent copy of the store,
+/// off the executor.
+pub(super) fn prepare_snapshot(shard: &Rc<Shard>, g: &mut Group) {
+    let env = shard.store.borrow().env().clone();
+    let dir = g.opts.snap_dir.join("send");
+    let slot = g.node.store().snap.clone();
+    glommio::spawn_local(async move {
+        let r = glommio::executor()
+            .spawn_blocking(move || -> Result<Snapshot, String> {
+                let info = crate::store::Store::copy_to(&env, &dir, META_CONF)
+                    .map_err(|e| e.to_string())?;
+                let data = std::fs::read(dir.join("data.mdb")).map_err(|e| e.to_string())?;
+                let _ = std::fs::remove_dir_all(&dir);
+                let mut snap = Snapshot {
+                    data: data.into(),
+                    ..Default::default()
+                };
+                let md = snap.mut_metadata();
+                md.index = info.applied.0;
+                md.term = info.applied.1;
+                if let Some(c) = info.conf {
+                    md.set_conf_state(ConfState::parse_from_bytes(&c).map_err(|e| e.to_string())?);
+                }
+                Ok(snap)
+            })
+            .await;
+        *slot.borrow_mut() = match r {
+            Ok(s) => {
+                tracing::info!(
+                    index = s.get_metadata().index,
+                    bytes = s.data.len(),
+                    "snapshot ready"
+                );
+                log::SnapSlot::Ready(s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot make a snapshot");
+                log::SnapSlot::Empty
+            }
+        };
+    })
+    .detach();
+}
+
+/// Replace the store with a snapshot from the leader, make it durable,
+/// and continue the log after it.
+pub(super) async fn apply_snapshot(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    snap: Snapshot,
+) -> Result<(), Error> {
+    let dir = g.opts.snap_dir.join("recv");
+    let md = snap.get_metadata().clone();
+    let corrupt = |e: String| Error::Store(crate::store::Error::Corrupt(e));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| corrupt(e.to_string()))?;
+    std::fs::write(dir.join("data.mdb"), &snap.data).map_err(|e| corrupt(e.to_string()))?;
+    shard.store.borrow_mut().restore(&dir)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let env = shard.store.borrow().env().clone();
+    glommio::executor()
+        .spawn_blocking(move || env.force_sync())
+        .await
+        .map_err(|e| corrupt(format!("sync after snapshot: {e}")))?;
+    g.node.mut_store().mem.wl().apply_snapshot(snap)?;
+    if let Some(b) = shard.store.borrow().meta_get(META_MEMBERS)? {
+        if let Some(c) = Cluster::decode(&b, g.opts.member_id) {
+            *shard.view().write().expect("membership") = c;
+        }
+    }
+    let index = shard.store.borrow().index();
+    shard.orderer.borrow_mut().skip_to(index);
+    shard.executed.set(index);
+    tracing::info!(
+        index = md.index,
+        term = md.term,
+        etcd_index = index,
+        "applied snapshot from the leader"
+    );
+    Ok(())
+}
