@@ -122,6 +122,22 @@ fn bind_retrying(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpLis
     }
 }
 
+/// Bind every URL of `urls` (non-blocking listening sockets, as raw fds).
+fn bind_all(urls: &[String], what: &str) -> Result<Vec<i32>, String> {
+    let mut fds = Vec::new();
+    for url in urls {
+        let addr = host_port(url)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve listen address{what} {url}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("cannot resolve listen address{what} {url}"))?;
+        let l = bind_retrying(addr).map_err(|e| format!("cannot listen{what} on {url}: {e}"))?;
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        fds.push(l.into_raw_fd());
+    }
+    Ok(fds)
+}
+
 /// Run a member until killed. Errors are for the operator, one line each.
 pub fn run(cfg: Config) -> Result<(), String> {
     let mut cluster = cluster_of(&cfg);
@@ -163,31 +179,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
     // Bind before starting anything, without SO_REUSEPORT, so a port that
     // is already in use (by etcd, or another kardia) is an error, not a
     // silently shared socket.
-    let mut fds = Vec::new();
-    for url in &cfg.listen_client_urls {
-        let hp = host_port(url);
-        let addr = hp
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve listen address {url}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("cannot resolve listen address {url}"))?;
-        let l = bind_retrying(addr).map_err(|e| format!("cannot listen on {url}: {e}"))?;
-        l.set_nonblocking(true).map_err(|e| e.to_string())?;
-        fds.push(l.into_raw_fd());
-    }
-    let mut peer_fds = Vec::new();
-    for url in &cfg.listen_peer_urls {
-        let hp = host_port(url);
-        let addr = hp
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve peer listen address {url}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("cannot resolve peer listen address {url}"))?;
-        let l =
-            bind_retrying(addr).map_err(|e| format!("cannot listen for peers on {url}: {e}"))?;
-        l.set_nonblocking(true).map_err(|e| e.to_string())?;
-        peer_fds.push(l.into_raw_fd());
-    }
+    let fds = bind_all(&cfg.listen_client_urls, "")?;
+    let peer_fds = bind_all(&cfg.listen_peer_urls, " for peers")?;
     tracing::info!(
         name = %cfg.name,
         member_id = %format!("{:x}", me.id),

@@ -29,7 +29,7 @@ use common::cluster::{
     url_encode, value_of, CallError, Cluster, Json, CLIENT_TIMEOUT, FAST,
 };
 use common::linearizability::{check, partition_by_key, Clock, Kind, Op, Recorder};
-use common::{Conn, Response, Rng};
+use common::{have, missing, Conn, Response, Rng};
 
 fn seed() -> u64 {
     let s = std::time::SystemTime::now()
@@ -938,22 +938,6 @@ fn lagging_member_catches_up_by_snapshot() {
 
 // ---------------------------------------------------------------------------
 // Real clients
-
-fn have(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .env("ETCDCTL_API", "2")
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn missing(what: &str) -> bool {
-    if std::env::var_os("CI").is_some() {
-        panic!("{what} is not installed; .ci/run installs it");
-    }
-    eprintln!("skipping: {what} is not installed");
-    true
-}
 
 #[test]
 fn real_clients_against_a_cluster() {

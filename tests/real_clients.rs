@@ -7,23 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::Server;
-
-fn have(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .env("ETCDCTL_API", "2")
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn missing(what: &str) -> bool {
-    if std::env::var_os("CI").is_some() {
-        panic!("{what} is not installed; .ci/run installs it");
-    }
-    eprintln!("skipping: {what} is not installed");
-    true
-}
+use common::{have, missing, Server};
 
 #[test]
 fn etcdctl_v2_sets_gets_watches_and_lists_members() {

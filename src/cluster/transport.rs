@@ -243,15 +243,7 @@ async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
         p.connected.set(true);
         tracing::debug!(peer = %format!("{id:x}"), "peer connected");
         loop {
-            std::future::poll_fn(|cx| {
-                if p.queue.borrow().is_empty() {
-                    *p.waker.borrow_mut() = Some(cx.waker().clone());
-                    std::task::Poll::Pending
-                } else {
-                    std::task::Poll::Ready(())
-                }
-            })
-            .await;
+            crate::shard::until_queued(&p.queue, &p.waker).await;
             buf.clear();
             {
                 let mut q = p.queue.borrow_mut();

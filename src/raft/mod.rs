@@ -666,10 +666,7 @@ async fn process_ready(
     answers: &mut Vec<(Target, Answer)>,
 ) -> Result<(), Error> {
     if let Some(ss) = rd.ss() {
-        let leader = ss.raft_state == StateRole::Leader;
-        shard.is_leader.set(leader);
-        shard.leader_id.set(ss.leader_id);
-        tracing::info!(shard = shard.id, leader = %format!("{:x}", ss.leader_id), role = ?ss.raft_state, "raft state");
+        note_role(shard, ss);
     }
     // 1. Messages to peers (a leader sends before it persists).
     send_messages(shard, g, rd.take_messages());
@@ -696,20 +693,10 @@ async fn process_ready(
     }
     let entries = rd.entries().len() as u64;
     if wal.has_pending() {
-        let m = &shard.metrics;
         let t = Instant::now();
         let synced = wal.sync().await;
         g.persist.put_wal(wal);
-        let bytes = synced?;
-        let took = t.elapsed();
-        Metrics::add(&m.sync_nanos, took.as_nanos() as u64);
-        let _ = m
-            .sync_micros
-            .borrow_mut()
-            .record(took.as_micros().max(1) as u64);
-        Metrics::add(&m.syncs, 1);
-        Metrics::add(&m.synced_entries, entries);
-        Metrics::add(&m.wal_bytes, bytes);
+        shard.metrics.record_sync(t.elapsed(), entries, synced?);
     } else {
         g.persist.put_wal(wal);
     }
@@ -728,18 +715,7 @@ async fn process_ready(
     send_messages(shard, g, light.take_messages());
     apply_entries(shard, g, &light.take_committed_entries(), answers)?;
     g.node.advance_apply();
-    // Quorum reads whose barrier is now applied.
-    let applied = shard.store.borrow().applied().0;
-    g.barriers.retain(|(index, t)| {
-        if *index <= applied {
-            answers.push((*t, Answer::Read(Ok((Vec::new(), *index)))));
-            false
-        } else {
-            true
-        }
-    });
-    shard.raft_index.set(g.node.raft.raft_log.committed);
-    shard.raft_term.set(g.node.raft.term);
+    after_apply(shard, g, answers);
     Ok(())
 }
 
@@ -785,10 +761,7 @@ async fn handle_ready_async(
         return process_ready(shard, g, rd, answers).await;
     }
     if let Some(ss) = rd.ss() {
-        let leader = ss.raft_state == StateRole::Leader;
-        shard.is_leader.set(leader);
-        shard.leader_id.set(ss.leader_id);
-        tracing::info!(shard = shard.id, leader = %format!("{:x}", ss.leader_id), role = ?ss.raft_state, "raft state");
+        note_role(shard, ss);
     }
     // 1. Messages to peers.
     send_messages(shard, g, rd.take_messages());
@@ -839,6 +812,13 @@ async fn handle_ready_async(
         g.node.advance_append_async(rd);
     }
     g.node.advance_apply();
+    after_apply(shard, g, answers);
+    Ok(())
+}
+
+/// After a `Ready`'s applies: answer the quorum reads whose barrier is now
+/// applied, and publish the raft position.
+fn after_apply(shard: &Shard, g: &mut Group, answers: &mut Vec<(Target, Answer)>) {
     let applied = shard.store.borrow().applied().0;
     g.barriers.retain(|(index, t)| {
         if *index <= applied {
@@ -850,7 +830,13 @@ async fn handle_ready_async(
     });
     shard.raft_index.set(g.node.raft.raft_log.committed);
     shard.raft_term.set(g.node.raft.term);
-    Ok(())
+}
+
+/// A change of role or leader.
+fn note_role(shard: &Shard, ss: &raft::SoftState) {
+    shard.is_leader.set(ss.raft_state == StateRole::Leader);
+    shard.leader_id.set(ss.leader_id);
+    tracing::info!(shard = shard.id, leader = %format!("{:x}", ss.leader_id), role = ?ss.raft_state, "raft state");
 }
 
 /// Hand raft messages to the peer transport.

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use raft::eraftpb::{Entry, HardState};
 
-use crate::shard::{Metrics, Shard};
+use crate::shard::Shard;
 use crate::storage::wal::Wal;
 
 /// One `Ready`'s worth of log to persist.
@@ -103,15 +103,7 @@ impl Persister {
 /// The writer task: persist queued batches in order, one sync per round.
 pub async fn run(p: Rc<Persister>, shard: Rc<Shard>) {
     loop {
-        std::future::poll_fn(|cx| {
-            if p.queue.borrow().is_empty() {
-                *p.waker.borrow_mut() = Some(cx.waker().clone());
-                std::task::Poll::Pending
-            } else {
-                std::task::Poll::Ready(())
-            }
-        })
-        .await;
+        crate::shard::until_queued(&p.queue, &p.waker).await;
         let batches: Vec<Batch> = p.queue.borrow_mut().drain(..).collect();
         let Some(last) = batches.last().map(|b| b.number) else {
             continue;
@@ -129,18 +121,7 @@ pub async fn run(p: Rc<Persister>, shard: Rc<Shard>) {
         if wal.has_pending() {
             let t = Instant::now();
             match wal.sync().await {
-                Ok(bytes) => {
-                    let m = &shard.metrics;
-                    let took = t.elapsed();
-                    Metrics::add(&m.sync_nanos, took.as_nanos() as u64);
-                    let _ = m
-                        .sync_micros
-                        .borrow_mut()
-                        .record(took.as_micros().max(1) as u64);
-                    Metrics::add(&m.syncs, 1);
-                    Metrics::add(&m.synced_entries, entries);
-                    Metrics::add(&m.wal_bytes, bytes);
-                }
+                Ok(bytes) => shard.metrics.record_sync(t.elapsed(), entries, bytes),
                 Err(e) => {
                     *p.failed.borrow_mut() = Some(e.to_string());
                     p.put_wal(wal);

@@ -190,6 +190,18 @@ impl Metrics {
     pub fn add(c: &Cell<u64>, v: u64) {
         c.set(c.get() + v);
     }
+
+    /// One WAL write + fdatasync of `entries` entries and `bytes` bytes.
+    pub fn record_sync(&self, took: std::time::Duration, entries: u64, bytes: u64) {
+        Metrics::add(&self.sync_nanos, took.as_nanos() as u64);
+        let _ = self
+            .sync_micros
+            .borrow_mut()
+            .record(took.as_micros().max(1) as u64);
+        Metrics::add(&self.syncs, 1);
+        Metrics::add(&self.synced_entries, entries);
+        Metrics::add(&self.wal_bytes, bytes);
+    }
 }
 
 impl Shard {
@@ -595,6 +607,22 @@ impl Future for ProposalsReady<'_> {
             Poll::Ready(())
         }
     }
+}
+
+/// Wait until `queue` holds something; whoever pushes wakes `waker`.
+pub async fn until_queued<T>(
+    queue: &RefCell<std::collections::VecDeque<T>>,
+    waker: &RefCell<Option<Waker>>,
+) {
+    std::future::poll_fn(|cx| {
+        if queue.borrow().is_empty() {
+            *waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await
 }
 
 /// A requester's wait for its answer.

@@ -648,6 +648,25 @@ impl Rng {
     }
 }
 
+/// True when `cmd args` runs and succeeds (a real client is installed).
+pub fn have(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .env("ETCDCTL_API", "2")
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// A real client is missing: a failure on CI (`.ci/run` installs it), a
+/// skip elsewhere.
+pub fn missing(what: &str) -> bool {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} is not installed; .ci/run installs it");
+    }
+    eprintln!("skipping: {what} is not installed");
+    true
+}
+
 /// Open a stream watch (`GET target`): the connection and its 200 head.
 pub fn open_stream(port: u16, target: &str) -> (Conn, Response) {
     let mut c = Conn::connect(port, Duration::from_secs(5)).unwrap();
