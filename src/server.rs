@@ -122,6 +122,44 @@ fn bind_retrying(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpLis
     }
 }
 
+/// `--initial-cluster-state existing`: this member was added through the
+/// members API; learn the cluster (its id and members) from another member
+/// listed in `--initial-cluster`.
+fn existing_membership(cfg: &Config, flags: Cluster) -> Result<Cluster, String> {
+    let me = flags.local().clone();
+    let mut last = String::from("no other member in -initial-cluster");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for m in flags.members.iter().filter(|m| m.id != me.id) {
+            let Some(url) = m.peer_urls.first() else {
+                continue;
+            };
+            let addr = crate::cluster::transport::host_port(url);
+            match crate::cluster::transport::request_membership(addr) {
+                Ok(bytes) => {
+                    let Some(mut c) = Cluster::decode(&bytes, me.id) else {
+                        return Err(format!(
+                            "member {:?} ({:x}, peer URLs {}) is not in the cluster at {url}: add it first with POST /v2/members",
+                            cfg.name,
+                            me.id,
+                            me.peer_urls.join(",")
+                        ));
+                    };
+                    let i = c.local;
+                    c.members[i].name = me.name.clone();
+                    c.members[i].client_urls = me.client_urls.clone();
+                    return Ok(c);
+                }
+                Err(e) => last = e,
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("cannot reach the cluster to join it: {last}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Bind every URL of `urls` (non-blocking listening sockets, as raw fds).
 fn bind_all(urls: &[String], what: &str) -> Result<Vec<i32>, String> {
     let mut fds = Vec::new();
@@ -150,6 +188,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             cluster = join(&cfg)?;
             initial_voters.clear();
         } else if cfg.initial_cluster_state == "existing" {
+            cluster = existing_membership(&cfg, cluster)?;
             initial_voters.clear();
         } else {
             initial_voters = cluster.members.iter().map(|m| m.id).collect();
@@ -157,7 +196,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
     } else if !cfg.peers.is_empty() {
         tracing::info!("the data dir records this member's cluster; -peers is only used to join the first time");
     }
-    let explicit_cluster = cfg.clustered() && cfg.peers.is_empty();
+    // Flags that name a new cluster must agree with the data dir's record.
+    let explicit_cluster =
+        cfg.clustered() && cfg.peers.is_empty() && cfg.initial_cluster_state == "new";
     let id = identity::load_or_create(
         &cfg.data_dir,
         &Identity {

@@ -1165,6 +1165,46 @@ fn members_api_changes_and_force_new_cluster() {
     assert_eq!(st, 204, "{}", c.logs());
     let (st, _) = members_call(p1, "DELETE", &format!("/v2/members/{id}"), None);
     assert_eq!(st, 410);
+    c.must_put(0, "/kept", "before-n4");
+
+    // Add a member the etcd way: POST its peer URL, then start it with
+    // the whole cluster in --initial-cluster and state `existing`. It
+    // learns the cluster, catches up, and publishes its name.
+    let mut n4 = common::cluster::Member::new("n4");
+    let add = format!("{{\"peerURLs\":[\"{}\"]}}", n4.peer_url());
+    let (st, body) = members_call(p1, "POST", "/v2/members", Some(&add));
+    assert_eq!(st, 201, "POST /v2/members: {body}\n{}", c.logs());
+    let spec = format!("{},n4={}", c.initial_cluster(), n4.peer_url());
+    let mut args = n4.static_args(&spec, &c.token, FAST);
+    let at = args.iter().position(|a| a == "new").unwrap();
+    args[at] = "existing".into();
+    n4.args = args;
+    n4.start()
+        .unwrap_or_else(|e| panic!("n4: {e}\n{}", c.logs()));
+    c.members.push(n4);
+    c.wait_value(3, "/kept", Some("before-n4"), Duration::from_secs(10));
+    assert!(
+        wait_members(&c, 0, 4).iter().any(|m| m.1 == "n4"),
+        "{}",
+        c.logs()
+    );
+    let (st, _) = members_call(
+        p1,
+        "DELETE",
+        &format!(
+            "/v2/members/{}",
+            wait_members(&c, 0, 4)
+                .into_iter()
+                .find(|m| m.1 == "n4")
+                .unwrap()
+                .0
+        ),
+        None,
+    );
+    assert_eq!(st, 204, "{}", c.logs());
+    assert!(c.members[3]
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
 
     // Remove n3: it stops cleanly, and its data dir cannot come back.
     c.must_put(0, "/kept", "before");

@@ -34,6 +34,12 @@ pub const KIND_RAFT: u8 = 1;
 pub const KIND_JOIN: u8 = 2;
 /// A join reply: `u8 ok`, then the encoded cluster (ok) or a message.
 pub const KIND_JOIN_REPLY: u8 = 3;
+/// A membership lookup (no payload), answered like a join: a member added
+/// through the members API asks before its first start.
+pub const KIND_LOOKUP: u8 = 4;
+/// "You were removed from the cluster" (no payload): sent to a removed
+/// member, which may not have learnt it from the log.
+pub const KIND_REMOVED: u8 = 5;
 /// Queue bounds per peer: beyond these, messages are dropped.
 const MAX_QUEUED: usize = 4096;
 const MAX_QUEUED_BYTES: usize = 256 << 20;
@@ -166,6 +172,20 @@ impl Transport {
         true
     }
 
+    /// Tell member `to` that it was removed from the cluster.
+    pub fn send_removed(self: &Rc<Self>, to: u64) {
+        let peer = self.peer(to);
+        let mut frame = Vec::with_capacity(5);
+        frame.extend_from_slice(&1u32.to_le_bytes());
+        frame.push(KIND_REMOVED);
+        peer.bytes.set(peer.bytes.get() + frame.len());
+        peer.queue.borrow_mut().push_back(frame);
+        let waker = peer.waker.borrow_mut().take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// True while a connection to `id` is up.
     pub fn connected(&self, id: u64) -> bool {
         self.peers
@@ -208,11 +228,14 @@ async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
     let mut backoff = Duration::from_millis(20);
     let mut buf = Vec::new();
     loop {
-        if t.view
+        // A removed peer gets what is queued (the notice of its removal),
+        // then nothing more.
+        let removed = t
+            .view
             .read()
             .map(|v| v.removed.contains(&id))
-            .unwrap_or(false)
-        {
+            .unwrap_or(false);
+        if removed && p.queue.borrow().is_empty() {
             return;
         }
         let Some(addr) = t.peer_addr(id) else {
@@ -316,14 +339,46 @@ async fn reader(mut s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shar
         return;
     }
     let mut buf = Vec::new();
+    let mut told = false;
     while let Some(kind) = read_frame(&mut s, &mut buf).await {
         match kind {
-            KIND_RAFT if buf.len() >= 3 => match Message::parse_from_bytes(&buf[3..]) {
-                Ok(m) => shard.deliver(m),
-                Err(_) => return,
-            },
-            KIND_JOIN => {
-                let reply = join(&shard, &buf[1..]).await;
+            KIND_RAFT if buf.len() >= 3 => {
+                let removed = shard
+                    .view()
+                    .read()
+                    .map(|v| v.removed.contains(&from))
+                    .unwrap_or(false);
+                if removed {
+                    // A removed member still talks: tell it, once per
+                    // connection, and ignore it.
+                    if !told {
+                        told = true;
+                        t.send_removed(from);
+                    }
+                    continue;
+                }
+                match Message::parse_from_bytes(&buf[3..]) {
+                    Ok(m) => shard.deliver(m),
+                    Err(_) => return,
+                }
+            }
+            KIND_REMOVED => {
+                let member = shard
+                    .view()
+                    .read()
+                    .map(|v| v.get(from).is_some())
+                    .unwrap_or(false);
+                if member {
+                    shard.removed_notice.set(true);
+                    shard.kick_loop();
+                }
+            }
+            KIND_JOIN | KIND_LOOKUP => {
+                let reply = if kind == KIND_JOIN {
+                    join(&shard, &buf[1..]).await
+                } else {
+                    Ok(shard.view().read().expect("membership").encode())
+                };
                 let (ok, body) = match reply {
                     Ok(b) => (1u8, b),
                     Err(e) => (0u8, e.into_bytes()),
@@ -385,6 +440,16 @@ async fn join(shard: &Rc<Shard>, line: &[u8]) -> Result<Vec<u8>, String> {
 /// Ask the member at peer address `addr` to add `me`; blocking, used once
 /// at start-up before the executors run. Returns the encoded cluster.
 pub fn request_join(addr: &str, me: &Member) -> Result<Vec<u8>, String> {
+    exchange(addr, KIND_JOIN, me.encode().as_bytes())
+}
+
+/// Ask the member at peer address `addr` for the membership.
+pub fn request_membership(addr: &str) -> Result<Vec<u8>, String> {
+    exchange(addr, KIND_LOOKUP, b"")
+}
+
+/// One request frame and its reply, blocking (start-up only).
+fn exchange(addr: &str, kind: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
     use std::io::{Read, Write};
     let sa = addr
         .to_socket_addrs()
@@ -395,18 +460,17 @@ pub fn request_join(addr: &str, me: &Member) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
-    let line = me.encode();
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&0u64.to_le_bytes());
     out.extend_from_slice(&0u64.to_le_bytes());
-    out.extend_from_slice(&((1 + line.len()) as u32).to_le_bytes());
-    out.push(KIND_JOIN);
-    out.extend_from_slice(line.as_bytes());
+    out.extend_from_slice(&((1 + payload.len()) as u32).to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
     s.write_all(&out).map_err(|e| format!("{addr}: {e}"))?;
     let mut len = [0u8; 4];
     s.read_exact(&mut len)
-        .map_err(|e| format!("{addr}: no answer to the join request ({e})"))?;
+        .map_err(|e| format!("{addr}: no answer ({e})"))?;
     let len = u32::from_le_bytes(len) as usize;
     if !(2..=MAX_FRAME).contains(&len) {
         return Err(format!("{addr}: bad join reply"));

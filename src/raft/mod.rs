@@ -197,11 +197,18 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
             } else {
                 opts.initial_voters.clone()
             };
+            // A group bootstrapped here starts from a snapshot at index 1
+            // holding its configuration (as raft-rs's
+            // `initialize_with_conf_state` does): the log never holds the
+            // initial voters, so a member added later must catch up from a
+            // snapshot, which carries them. A joining member has no voters
+            // and waits for the leader.
+            let bootstrap = !voters.is_empty() && shard.store.borrow().applied().0 == 0;
             let cs = ConfState::from((voters, vec![]));
             let bytes = cs.write_to_bytes().unwrap_or_default();
             shard.store.borrow_mut().batch(|st, txn| {
                 st.meta_put(txn, META_CONF, &bytes)?;
-                Ok(((), None))
+                Ok(((), bootstrap.then_some((1, 1))))
             })?;
             cs
         }
@@ -383,6 +390,9 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
             // Messages from unknown or removed peers are refused by raft.
             let _ = g.node.step(m);
         }
+        if shard.removed_notice.get() {
+            stop_removed(shard, g).await?;
+        }
         retry_unsent(g);
         shard.take_proposals(&mut proposals);
         let now = Instant::now();
@@ -460,9 +470,7 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
                 shard.answer(target, a);
             }
             if g.removed {
-                tracing::warn!("this member was removed from the cluster; stopping");
-                glommio::timer::sleep(Duration::from_millis(200)).await;
-                std::process::exit(0);
+                stop_removed(shard, g).await?;
             }
         }
         if g.node.store().take_wanted() {
@@ -530,6 +538,29 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
             store.wl().compact(upto)?;
         }
     }
+}
+
+/// This member was removed from the cluster (it applied the change, or
+/// another member said so): record it, so the data dir is refused at the
+/// next start, and stop cleanly.
+async fn stop_removed(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
+    let me = g.opts.member_id;
+    let members = {
+        let mut v = shard.view().write().expect("membership");
+        v.remove(me);
+        v.encode()
+    };
+    shard.store.borrow_mut().batch(|st, txn| {
+        st.meta_put(txn, META_MEMBERS, &members)?;
+        Ok(((), None))
+    })?;
+    let env = shard.store.borrow().env().clone();
+    let _ = glommio::executor()
+        .spawn_blocking(move || env.force_sync())
+        .await;
+    tracing::warn!("this member was removed from the cluster; stopping");
+    glommio::timer::sleep(Duration::from_millis(200)).await;
+    std::process::exit(0);
 }
 
 /// Compact the in-memory raft log once this many applied entries pile up.

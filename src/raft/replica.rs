@@ -305,6 +305,7 @@ pub(super) fn apply_entries(
     let mut outs: Vec<(u64, Answer)> = Vec::new();
     let mut confs = Vec::new();
     let mut removed = false;
+    let mut told = Vec::new();
     let mut attrs_done = false;
     shard.store.borrow_mut().batch(|st, txn| {
         for e in &todo {
@@ -351,6 +352,9 @@ pub(super) fn apply_entries(
                         ConfChangeType::RemoveNode => {
                             v.remove(cc.node_id);
                             removed |= cc.node_id == me;
+                            if cc.node_id != me {
+                                told.push(cc.node_id);
+                            }
                         }
                         _ => {
                             let m = std::str::from_utf8(&cc.context)
@@ -390,6 +394,13 @@ pub(super) fn apply_entries(
         }
     }
     g.removed |= removed;
+    // A removed member may never apply its own removal (the leader stops
+    // replicating to it): tell it.
+    if let Some(t) = shard.transport.borrow().as_ref() {
+        for id in told {
+            t.send_removed(id);
+        }
+    }
     g.attrs_done |= attrs_done;
     Ok(())
 }

@@ -143,6 +143,8 @@ pub struct Shard {
     pub is_leader: Cell<bool>,
     /// Set to wake the raft loop for its own work (a persisted `Ready`).
     kick: Cell<bool>,
+    /// Another member said this one was removed from the cluster.
+    pub removed_notice: Cell<bool>,
     /// The raft leader this shard knows of (0: none).
     pub leader_id: Cell<u64>,
     /// The membership (shared with the v2 handlers).
@@ -228,6 +230,7 @@ impl Shard {
             is_leader: Cell::new(false),
             leader_id: Cell::new(0),
             kick: Cell::new(false),
+            removed_notice: Cell::new(false),
             view,
             transport: RefCell::new(None),
             failed: RefCell::new(None),
