@@ -3,24 +3,26 @@
 //! [`start`] replays the WAL into the store (each entry with the etcd
 //! indexes it recorded) and rebuilds the raft group; [`roll_forward`]
 //! completes member-wide operations a crash left on other shards only;
-//! [`run`] then loops: wait for proposals, a tick or an expiry; park for a
-//! member-wide operation if asked (`park_session`); **execute** the queued
-//! commands in one store transaction, taking their indexes, and hand the
-//! successful ones to the `RawNode`; handle each `Ready` in raft-rs's
-//! documented order — send messages, apply a snapshot, check committed
-//! entries (already executed), persist new entries and hard state (one
-//! fdatasync for the batch), send persisted messages, `advance`, handle the
-//! `LightReady`; then publish the batch's events and answer. Consensus
-//! itself does no I/O; this loop does all of it.
+//! [`run`] then loops: wait for proposals, peer messages, a tick or an
+//! expiry; park for a member-wide operation if asked (`session`); step the
+//! peers' messages; **execute** or propose the queued commands; handle each
+//! `Ready` in raft-rs's documented order — send messages, apply a snapshot,
+//! apply committed entries, persist new entries and hard state, send the
+//! messages that waited for persistence, advance; then publish the batch's
+//! events and answer. Consensus itself does no I/O; this loop does all of
+//! it, and data leaves it only as answers, published events and peer
+//! messages.
 //!
 //! A group with one voter (a single member) executes commands *before*
-//! logging them, taking their indexes at once (the fast path). A group with
-//! several voters proposes commands as they are, and every member executes
-//! them when they are **committed**, in log order, so every member takes
-//! the same indexes ([`apply_entries`]); the member that proposed a command
-//! answers from its own apply, as etcd does. Membership changes, quorum
-//! read barriers (ReadIndex) and snapshots for lagging followers
-//! ([`log::LogStore`]) are handled here too.
+//! logging them, taking their indexes at once (the fast path), and persists
+//! each `Ready` from the loop with one fdatasync. A group with several
+//! voters proposes commands as they are, and every member executes them
+//! when they are **committed**, in log order, so every member takes the
+//! same indexes (`replica`); the member that proposed a command answers
+//! from its own apply, as etcd does. Its `Ready`s are persisted off the loop
+//! by the WAL writer (`persist`). Membership changes and quorum read
+//! barriers live in `replica`, snapshots for lagging followers in
+//! `snapshot` and `log`.
 
 pub mod log;
 pub mod persist;
