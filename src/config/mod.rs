@@ -411,9 +411,12 @@ usage: kardia [flags]      (flags take one or two dashes; each is also ETCD_<NAM
   --initial-cluster-token TOKEN     (default etcd-cluster)
   --heartbeat-interval MS           (default 100)
   --election-timeout MS             (default 1000)
+  --snapshot-count N                applied entries kept for lagging members (default 10000)
+  --force-new-cluster               keep the data, forget the other members, serve alone
   --enable-v2                       accepted (the v2 API is always on)
   --shards N                        shards (executors) per member (default: the data
-                                    dir's count, or one per core for a new data dir)
+                                    dir's count, or one per core for a new data dir;
+                                    1 for a member of a cluster)
   --history-size N                  watch event history window (default 1000, as etcd)
   --max-header-bytes N              request head limit, 431 above (default 1048576)
   --max-body-bytes N                request body limit, 413 above (default 10551296)
@@ -426,7 +429,8 @@ usage: kardia [flags]      (flags take one or two dashes; each is also ETCD_<NAM
   --wal-segment-bytes N             WAL segment size (default 67108864)
   --log-level LEVEL                 error|warn|info|debug (default info)
 
-0.4-era flags: -name -data-dir -addr -bind-addr -peer-addr -peer-bind-addr -peers -f/-force
+0.4-era flags: -name -data-dir -addr -bind-addr -peer-addr -peer-bind-addr -f/-force
+  -peers HOST:PORT,...              join a running cluster through any of these peer addresses
 ";
 
 #[cfg(test)]
