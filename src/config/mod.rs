@@ -462,6 +462,38 @@ mod tests {
     }
 
     #[test]
+    fn cluster_flags() {
+        // 0.x: -peers takes peer addresses; a clustered member runs one shard.
+        let c = p(&[
+            "-peer-addr",
+            "127.0.0.1:7002",
+            "-peers",
+            "127.0.0.1:7001, 10.0.0.2:7001",
+        ])
+        .unwrap();
+        assert_eq!(c.peers, vec!["127.0.0.1:7001", "10.0.0.2:7001"]);
+        assert_eq!(c.shards, 1);
+        assert!(c.clustered());
+        // -peer-addr alone: still one shard, so the member can be joined.
+        assert_eq!(p(&["-peer-addr", "127.0.0.1:7001"]).unwrap().shards, 1);
+        assert_eq!(p(&[]).unwrap().shards, 0);
+        let ic = "a=http://127.0.0.1:1,b=http://127.0.0.1:2";
+        let c = p(&[
+            "--name",
+            "a",
+            "--initial-cluster",
+            ic,
+            "--snapshot-count",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!((c.shards, c.snapshot_count), (1, 50));
+        let e = p(&["--name", "a", "--initial-cluster", ic, "--shards", "2"]).unwrap_err();
+        assert!(e.contains("one shard"), "{e}");
+        assert!(p(&["-peers", "not a url"]).is_err());
+    }
+
+    #[test]
     fn legacy_flags_map() {
         let c = p(&[
             "-name",
