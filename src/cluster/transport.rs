@@ -310,7 +310,10 @@ pub async fn serve(l: glommio::net::TcpListener, t: Rc<Transport>, shard: Rc<Sha
     }
 }
 
-async fn read_frame(s: &mut glommio::net::TcpStream, buf: &mut Vec<u8>) -> Option<u8> {
+/// A peer connection read through a buffer: one receive brings many frames.
+type PeerReader = futures_lite::io::BufReader<glommio::net::TcpStream>;
+
+async fn read_frame(s: &mut PeerReader, buf: &mut Vec<u8>) -> Option<u8> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await.ok()?;
     let len = u32::from_le_bytes(len) as usize;
@@ -322,8 +325,9 @@ async fn read_frame(s: &mut glommio::net::TcpStream, buf: &mut Vec<u8>) -> Optio
     Some(buf[0])
 }
 
-async fn reader(mut s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) {
+async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) {
     let _ = s.set_nodelay(true);
+    let mut s = futures_lite::io::BufReader::with_capacity(256 << 10, s);
     let mut hello = [0u8; 20];
     if s.read_exact(&mut hello).await.is_err() || &hello[..4] != MAGIC {
         return;
@@ -388,8 +392,8 @@ async fn reader(mut s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shar
                 out.push(KIND_JOIN_REPLY);
                 out.push(ok);
                 out.extend_from_slice(&body);
-                let _ = s.write_all(&out).await;
-                let _ = s.flush().await;
+                let _ = s.get_mut().write_all(&out).await;
+                let _ = s.get_mut().flush().await;
                 return;
             }
             _ => return,
