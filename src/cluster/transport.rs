@@ -106,6 +106,9 @@ pub struct Transport {
     view: View,
     peers: RefCell<HashMap<u64, Rc<Peer>>>,
     pub stats: RefCell<HashMap<u64, PeerStats>>,
+    /// Append messages received and sent (`/v2/stats/self`).
+    pub appends_received: Cell<u64>,
+    pub appends_sent: Cell<u64>,
 }
 
 impl Transport {
@@ -115,6 +118,8 @@ impl Transport {
         let mut stats = self.stats.borrow_mut();
         let st = stats.entry(peer).or_default();
         match (outgoing, m.get_msg_type()) {
+            (true, T::MsgAppend) => self.appends_sent.set(self.appends_sent.get() + 1),
+            (false, T::MsgAppend) => self.appends_received.set(self.appends_received.get() + 1),
             (true, T::MsgHeartbeat) if st.heartbeat_at.is_none() => {
                 st.heartbeat_at = Some(std::time::Instant::now());
             }
@@ -136,6 +141,8 @@ impl Transport {
             view,
             peers: RefCell::default(),
             stats: RefCell::default(),
+            appends_received: Cell::new(0),
+            appends_sent: Cell::new(0),
         })
     }
 

@@ -475,7 +475,16 @@ pub fn stats_self(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     body.extend_from_slice(go_duration(up).as_bytes());
     body.extend_from_slice(b"\",\"startTime\":");
     write_time(&mut body, start);
-    body.extend_from_slice(b"},\"recvAppendRequestCnt\":0,\"sendAppendRequestCnt\":0}");
+    let (recv, sent) = api
+        .shard
+        .transport
+        .borrow()
+        .as_ref()
+        .map_or((0, 0), |t| (t.appends_received.get(), t.appends_sent.get()));
+    let _ = write!(
+        Str(&mut body),
+        "}},\"recvAppendRequestCnt\":{recv},\"sendAppendRequestCnt\":{sent}}}"
+    );
     send(req, 200, JSON, &[], &body, out);
 }
 
