@@ -403,8 +403,13 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) 
                 let _ = s.get_mut().flush().await;
                 return;
             }
-            _ => return,
+            _ => break,
         }
+    }
+    // The stream from `from` ended: if it was the leader's, it has most
+    // likely died (a killed process's sockets are closed by the kernel).
+    if from != 0 {
+        shard.peer_lost(from);
     }
 }
 

@@ -151,6 +151,8 @@ pub struct Group {
     removed: bool,
     /// Proposals raft dropped (no leader known), to propose again.
     unsent: Vec<Entry>,
+    /// When to campaign after the leader's connection ended.
+    campaign_at: Option<Instant>,
     /// Member-wide operations found in the log, by sequence (for
     /// [`roll_forward`] on the shards that missed them).
     pub global_ops: Vec<(u64, Vec<u8>)>,
@@ -320,6 +322,7 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
         last_read_retry: now,
         removed: false,
         unsent: Vec::new(),
+        campaign_at: None,
         global_ops,
     })
 }
@@ -368,6 +371,9 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
             let d = Duration::from_nanos((t - wall_nanos()).max(0) as u64);
             wake = wake.min(now + d);
         }
+        if let Some(t) = g.campaign_at {
+            wake = wake.min(t);
+        }
         if wake > now && !g.node.has_ready() {
             let sleep = glommio::timer::sleep(wake - now);
             futures_lite::future::or(shard.proposals_ready(), sleep).await;
@@ -395,6 +401,7 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         if shard.removed_notice.get() {
             stop_removed(shard, g).await?;
         }
+        leader_lost(shard, g);
         retry_unsent(g);
         shard.take_proposals(&mut proposals);
         let now = Instant::now();
@@ -538,6 +545,35 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         let store = &mut g.node.mut_store().mem;
         if upto >= store.first_index()? + COMPACT_EVERY.min(keep.max(1)) {
             store.wl().compact(upto)?;
+        }
+    }
+}
+
+/// The leader's connection to this member ended — its process most likely
+/// died (the kernel closes a killed process's sockets). Rather than wait a
+/// whole election timeout, this follower stops counting on the leader's
+/// lease and campaigns after a random fraction of the election timeout
+/// (so the survivors do not split the vote). Pre-vote keeps this harmless
+/// when the leader is in fact alive: members that still hear from it
+/// refuse, and its next heartbeat makes this member a follower again.
+fn leader_lost(shard: &Shard, g: &mut Group) {
+    let lost = shard.lost_peer.replace(0);
+    let raft = &mut g.node.raft;
+    if lost != 0 && lost == raft.leader_id && raft.state == StateRole::Follower {
+        raft.leader_id = 0;
+        let window = g.opts.heartbeat.as_nanos() as u64 * g.opts.election_ticks as u64 / 4;
+        let spread = (wall_nanos() as u64 ^ g.opts.member_id.rotate_left(17)) % window.max(1);
+        g.campaign_at = Some(Instant::now() + Duration::from_nanos(spread));
+        tracing::info!(leader = %format!("{lost:x}"), "the leader's connection ended; campaigning soon");
+    }
+    if let Some(t) = g.campaign_at {
+        if Instant::now() >= t {
+            g.campaign_at = None;
+            let me = g.opts.member_id;
+            let voter = g.node.raft.prs().conf().voters().contains(me);
+            if g.node.raft.leader_id == 0 && voter {
+                let _ = g.node.campaign();
+            }
         }
     }
 }

@@ -145,6 +145,8 @@ pub struct Shard {
     kick: Cell<bool>,
     /// Another member said this one was removed from the cluster.
     pub removed_notice: Cell<bool>,
+    /// A peer whose connection to this member just ended (0: none).
+    pub lost_peer: Cell<u64>,
     /// The raft leader this shard knows of (0: none).
     pub leader_id: Cell<u64>,
     /// The membership (shared with the v2 handlers).
@@ -231,6 +233,7 @@ impl Shard {
             leader_id: Cell::new(0),
             kick: Cell::new(false),
             removed_notice: Cell::new(false),
+            lost_peer: Cell::new(0),
             view,
             transport: RefCell::new(None),
             failed: RefCell::new(None),
@@ -339,6 +342,13 @@ impl Shard {
         if let Some(w) = inbox.waker.take() {
             w.wake();
         }
+    }
+
+    /// The connection from peer `id` ended (the raft loop decides what it
+    /// means).
+    pub fn peer_lost(&self, id: u64) {
+        self.lost_peer.set(id);
+        self.kick_loop();
     }
 
     /// Wake the raft loop for work of its own (its WAL writer finished).
