@@ -230,6 +230,31 @@ fn seed_journey_with_0x_flags() {
         "n3 alone\n{}",
         c.logs()
     );
+    // Without a quorum a write fails with etcd's 300 after the request
+    // timeout (5 s + 2 x election timeout here): it never hangs, and it is
+    // not applied.
+    let t = Instant::now();
+    let r = http(
+        c.port(2),
+        "PUT",
+        "/v2/keys/noquorum",
+        Some("value=x"),
+        CLIENT_TIMEOUT,
+    )
+    .unwrap_or_else(|e| panic!("PUT without quorum: {e:?}\n{}", c.logs()));
+    let took = t.elapsed();
+    assert_eq!(r.code(), 500, "{}", r.body_str());
+    assert_eq!(error_code(&r), Some(300), "{}", r.body_str());
+    assert!(
+        r.body_str().contains("request timed out"),
+        "{}",
+        r.body_str()
+    );
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(9),
+        "the write took {took:?}"
+    );
+    assert_eq!(c.get_value(2, "/noquorum"), Ok(None));
 
     // (5) n2 comes back as it was; n1 comes back pointing at n3.
     c.start(1);
