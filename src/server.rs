@@ -65,43 +65,78 @@ fn join(cfg: &Config) -> Result<Cluster, String> {
         peer_urls: cfg.initial_advertise_peer_urls.clone(),
         client_urls: cfg.advertise_client_urls.clone(),
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut last = String::new();
+    let addrs: Vec<&str> = cfg.peers.iter().map(String::as_str).collect();
+    let c = ask_peers(&addrs, Duration::from_secs(60), |addr| {
+        match crate::cluster::transport::request_join(addr, &me) {
+            Ok(bytes) => Ok(Cluster::decode_named(&bytes, &me.name)
+                .ok_or_else(|| format!("{addr}: the join reply does not list this member"))),
+            Err(e) if e.contains("already in the cluster") || e.contains("runs one") => {
+                Ok(Err(format!("cannot join through {addr}: {e}")))
+            }
+            Err(e) => Err(e),
+        }
+    })
+    .map_err(|last| {
+        format!(
+            "cannot join the cluster through -peers {}: {last}",
+            cfg.peers.join(",")
+        )
+    })??;
+    tracing::info!(member_id = %format!("{:x}", c.local().id), cluster_id = %format!("{:x}", c.id), "joined the cluster");
+    Ok(c)
+}
+
+/// Ask the peer addresses in turn, every 500 ms, until one answers (`ask`
+/// gives `Ok`) or `patience` runs out (the last error).
+fn ask_peers<T>(
+    addrs: &[&str],
+    patience: Duration,
+    mut ask: impl FnMut(&str) -> Result<T, String>,
+) -> Result<T, String> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut last = String::from("no peer address to ask");
     loop {
-        for addr in &cfg.peers {
-            match crate::cluster::transport::request_join(addr, &me) {
-                Ok(bytes) => {
-                    let text = String::from_utf8_lossy(&bytes).into_owned();
-                    let id = text
-                        .lines()
-                        .filter_map(|l| l.strip_prefix("member "))
-                        .filter_map(Member::decode)
-                        .find(|m| m.name == me.name)
-                        .map(|m| m.id)
-                        .ok_or("the join reply does not list this member")?;
-                    let c = Cluster::decode(&bytes, id).ok_or("bad join reply")?;
-                    tracing::info!(via = %addr, member_id = %format!("{id:x}"), cluster_id = %format!("{:x}", c.id), "joined the cluster");
-                    return Ok(c);
-                }
-                Err(e) if e.contains("already in the cluster") || e.contains("runs one") => {
-                    return Err(format!("cannot join through {addr}: {e}"));
-                }
+        for addr in addrs {
+            match ask(addr) {
+                Ok(t) => return Ok(t),
                 Err(e) => last = e,
             }
         }
         if std::time::Instant::now() > deadline {
-            return Err(format!(
-                "cannot join the cluster through -peers {}: {last}",
-                cfg.peers.join(",")
-            ));
+            return Err(last);
         }
         std::thread::sleep(Duration::from_millis(500));
     }
 }
 
-fn host_port(url: &str) -> &str {
-    let rest = url.strip_prefix("http://").unwrap_or(url);
-    rest.split('/').next().unwrap_or(rest)
+/// `--initial-cluster-state existing`: this member was added through the
+/// members API; learn the cluster (its id and members) from another member
+/// listed in `--initial-cluster`.
+fn existing_membership(cfg: &Config, flags: Cluster) -> Result<Cluster, String> {
+    let me = flags.local().clone();
+    let addrs: Vec<&str> = flags
+        .members
+        .iter()
+        .filter(|m| m.id != me.id)
+        .filter_map(|m| m.peer_urls.first())
+        .map(|u| crate::cluster::transport::host_port(u))
+        .collect();
+    let bytes = ask_peers(&addrs, Duration::from_secs(30), |addr| {
+        crate::cluster::transport::request_membership(addr)
+    })
+    .map_err(|last| format!("cannot reach the cluster to join it: {last}"))?;
+    let Some(mut c) = Cluster::decode(&bytes, me.id) else {
+        return Err(format!(
+            "member {:?} ({:x}, peer URLs {}) is not in the cluster: add it first with POST /v2/members",
+            cfg.name,
+            me.id,
+            me.peer_urls.join(",")
+        ));
+    };
+    let i = c.local;
+    c.members[i].name = me.name.clone();
+    c.members[i].client_urls = me.client_urls.clone();
+    Ok(c)
 }
 
 /// Bind a client port. A port held by our own previous incarnation is
@@ -122,49 +157,11 @@ fn bind_retrying(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpLis
     }
 }
 
-/// `--initial-cluster-state existing`: this member was added through the
-/// members API; learn the cluster (its id and members) from another member
-/// listed in `--initial-cluster`.
-fn existing_membership(cfg: &Config, flags: Cluster) -> Result<Cluster, String> {
-    let me = flags.local().clone();
-    let mut last = String::from("no other member in -initial-cluster");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        for m in flags.members.iter().filter(|m| m.id != me.id) {
-            let Some(url) = m.peer_urls.first() else {
-                continue;
-            };
-            let addr = crate::cluster::transport::host_port(url);
-            match crate::cluster::transport::request_membership(addr) {
-                Ok(bytes) => {
-                    let Some(mut c) = Cluster::decode(&bytes, me.id) else {
-                        return Err(format!(
-                            "member {:?} ({:x}, peer URLs {}) is not in the cluster at {url}: add it first with POST /v2/members",
-                            cfg.name,
-                            me.id,
-                            me.peer_urls.join(",")
-                        ));
-                    };
-                    let i = c.local;
-                    c.members[i].name = me.name.clone();
-                    c.members[i].client_urls = me.client_urls.clone();
-                    return Ok(c);
-                }
-                Err(e) => last = e,
-            }
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(format!("cannot reach the cluster to join it: {last}"));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 /// Bind every URL of `urls` (non-blocking listening sockets, as raw fds).
 fn bind_all(urls: &[String], what: &str) -> Result<Vec<i32>, String> {
     let mut fds = Vec::new();
     for url in urls {
-        let addr = host_port(url)
+        let addr = crate::cluster::transport::host_port(url)
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve listen address{what} {url}: {e}"))?
             .next()

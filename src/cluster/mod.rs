@@ -103,6 +103,13 @@ impl Cluster {
         self.members.iter().find(|m| m.id == id)
     }
 
+    /// The members that already use one of `urls` as a peer URL.
+    pub fn sharing_peer_url<'a>(&'a self, urls: &'a [String]) -> impl Iterator<Item = &'a Member> {
+        self.members
+            .iter()
+            .filter(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
+    }
+
     /// Add or replace a member (keeping `local` pointing at this member).
     pub fn upsert(&mut self, m: Member) {
         let me = self.local().id;
@@ -146,7 +153,16 @@ impl Cluster {
         s.into_bytes()
     }
 
-    /// Decode [`Cluster::encode`] as seen by member `me`.
+    /// Decode [`Cluster::encode`] as seen by the member named `name` (a
+    /// newcomer that learns its id from a join reply).
+    pub fn decode_named(b: &[u8], name: &str) -> Option<Cluster> {
+        let mut c = Cluster::decode(b, 0)?;
+        c.local = c.members.iter().position(|m| m.name == name)?;
+        Some(c)
+    }
+
+    /// Decode [`Cluster::encode`] as seen by member `me` (0: anyone, the
+    /// first member).
     pub fn decode(b: &[u8], me: u64) -> Option<Cluster> {
         let text = std::str::from_utf8(b).ok()?;
         let mut c = Cluster {
@@ -164,7 +180,10 @@ impl Cluster {
                 _ => return None,
             }
         }
-        c.local = c.members.iter().position(|m| m.id == me)?;
+        c.local = match me {
+            0 => 0,
+            _ => c.members.iter().position(|m| m.id == me)?,
+        };
         Some(c)
     }
 

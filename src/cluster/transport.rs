@@ -51,15 +51,25 @@ struct Peer {
     queue: RefCell<VecDeque<Vec<u8>>>,
     bytes: Cell<usize>,
     waker: RefCell<Option<Waker>>,
-    connected: Cell<bool>,
 }
 
-/// Figures per peer, for `/v2/stats/leader`: messages handed to the
-/// transport and dropped by it, append responses (accepted, rejected), and
+impl Peer {
+    /// Queue a frame for the writer and wake it.
+    fn push(&self, frame: Vec<u8>) {
+        self.bytes.set(self.bytes.get() + frame.len());
+        self.queue.borrow_mut().push_back(frame);
+        let waker = self.waker.borrow_mut().take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+/// Figures per peer, for `/v2/stats/leader`: messages the transport
+/// dropped, append responses (accepted, rejected), and
 /// heartbeat round trips in milliseconds.
 #[derive(Default, Clone, Copy)]
 pub struct PeerStats {
-    pub sent: u64,
     pub dropped: u64,
     pub appends_ok: u64,
     pub appends_rejected: u64,
@@ -149,56 +159,31 @@ impl Transport {
     /// Queue raft message `m` for its recipient; never blocks. False when
     /// the message was dropped (queue full).
     pub fn send(self: &Rc<Self>, shard: u16, m: &Message) -> bool {
-        let to = m.to;
-        let peer = self.peer(to);
-        let body = match m.write_to_bytes() {
-            Ok(b) => b,
-            Err(_) => return false,
-        };
-        let mut frame = Vec::with_capacity(7 + body.len());
-        frame.extend_from_slice(&((3 + body.len()) as u32).to_le_bytes());
-        frame.push(KIND_RAFT);
-        frame.extend_from_slice(&shard.to_le_bytes());
-        frame.extend_from_slice(&body);
-        let mut stats = self.stats.borrow_mut();
-        let st = stats.entry(to).or_default();
-        let full = {
-            let q = peer.queue.borrow();
-            q.len() >= MAX_QUEUED || peer.bytes.get() + frame.len() > MAX_QUEUED_BYTES
-        };
-        if full {
-            st.dropped += 1;
+        let peer = self.peer(m.to);
+        let size = m.compute_size() as usize;
+        if peer.queue.borrow().len() >= MAX_QUEUED || peer.bytes.get() + size + 7 > MAX_QUEUED_BYTES
+        {
+            self.stats.borrow_mut().entry(m.to).or_default().dropped += 1;
             return false;
         }
-        st.sent += 1;
-        peer.bytes.set(peer.bytes.get() + frame.len());
-        peer.queue.borrow_mut().push_back(frame);
-        if let Some(w) = peer.waker.borrow_mut().take() {
-            w.wake();
+        // The frame is the message encoded after its header: one buffer.
+        let mut frame = Vec::with_capacity(7 + size);
+        frame.extend_from_slice(&((3 + size) as u32).to_le_bytes());
+        frame.push(KIND_RAFT);
+        frame.extend_from_slice(&shard.to_le_bytes());
+        if m.write_to_vec(&mut frame).is_err() || frame.len() != 7 + size {
+            return false;
         }
+        peer.push(frame);
         true
     }
 
     /// Tell member `to` that it was removed from the cluster.
     pub fn send_removed(self: &Rc<Self>, to: u64) {
-        let peer = self.peer(to);
         let mut frame = Vec::with_capacity(5);
         frame.extend_from_slice(&1u32.to_le_bytes());
         frame.push(KIND_REMOVED);
-        peer.bytes.set(peer.bytes.get() + frame.len());
-        peer.queue.borrow_mut().push_back(frame);
-        let waker = peer.waker.borrow_mut().take();
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    /// True while a connection to `id` is up.
-    pub fn connected(&self, id: u64) -> bool {
-        self.peers
-            .borrow()
-            .get(&id)
-            .is_some_and(|p| p.connected.get())
+        self.peer(to).push(frame);
     }
 
     fn peer(self: &Rc<Self>, id: u64) -> Rc<Peer> {
@@ -209,7 +194,6 @@ impl Transport {
             queue: RefCell::default(),
             bytes: Cell::new(0),
             waker: RefCell::default(),
-            connected: Cell::new(false),
         });
         self.peers.borrow_mut().insert(id, p.clone());
         glommio::spawn_local(writer(self.clone(), id, p.clone())).detach();
@@ -270,7 +254,6 @@ async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
             continue;
         }
         backoff = Duration::from_millis(20);
-        p.connected.set(true);
         tracing::debug!(peer = %format!("{id:x}"), "peer connected");
         loop {
             crate::shard::until_queued(&p.queue, &p.waker).await;
@@ -289,7 +272,6 @@ async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
                 break;
             }
         }
-        p.connected.set(false);
     }
 }
 
@@ -428,7 +410,8 @@ async fn join(shard: &Rc<Shard>, line: &[u8]) -> Result<Vec<u8>, String> {
         let existing = v
             .members
             .iter()
-            .find(|x| x.name == m.name || x.peer_urls.iter().any(|u| m.peer_urls.contains(u)))
+            .find(|x| x.name == m.name)
+            .or_else(|| v.sharing_peer_url(&m.peer_urls).next())
             .cloned();
         (v.id, existing)
     };

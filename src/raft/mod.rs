@@ -31,7 +31,7 @@ mod session;
 mod snapshot;
 
 use replica::*;
-pub use replica::{add_member, read_barrier, remove_member, update_member};
+pub use replica::{add_member, read_barrier, remove_member};
 pub use session::roll_forward;
 use session::*;
 use snapshot::*;
@@ -390,13 +390,15 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         }
 
         shard.take_messages(&mut messages);
-        let transport = shard.transport.borrow().clone();
-        for m in messages.drain(..) {
-            if let Some(t) = &transport {
-                t.observe(m.from, false, &m);
+        if !messages.is_empty() {
+            let transport = shard.transport.borrow().clone();
+            for m in messages.drain(..) {
+                if let Some(t) = &transport {
+                    t.observe(m.from, false, &m);
+                }
+                // Messages from unknown or removed peers are refused by raft.
+                let _ = g.node.step(m);
             }
-            // Messages from unknown or removed peers are refused by raft.
-            let _ = g.node.step(m);
         }
         if shard.removed_notice.get() {
             stop_removed(shard, g).await?;

@@ -58,7 +58,7 @@ pub(super) fn propose_replicated(
                             t,
                             Answer::Read(Err(V2Error::new(
                                 RAFT_INTERNAL,
-                                format!("etcdserver: {e}").as_str(),
+                                format!("etcdserver: {e}"),
                                 0,
                             ))),
                         );
@@ -80,8 +80,7 @@ pub(super) fn propose_replicated(
     }
     if !batch.is_empty() {
         // One message for the batch (a follower forwards it to the leader
-        // whole). A dropped proposal (no leader known) times out like a
-        // lost one: the client sees etcd's 300 either way.
+        // whole).
         propose_batch(g, batch);
     }
     if expire_now.is_some() && shard.is_leader.get() {
@@ -94,18 +93,21 @@ pub(super) fn propose_replicated(
     Ok(())
 }
 
-/// Step one `MsgPropose` carrying `batch`. Raft drops it when no leader
-/// is known; such entries never entered any log, so they wait in
-/// `g.unsent` and are proposed again once a leader is known (until their
-/// requests time out).
+/// Step one `MsgPropose` carrying `batch`. While no leader is known raft
+/// would drop it; such entries wait in `g.unsent` instead (they never
+/// entered any log) and are proposed again once a leader is known, until
+/// their requests time out. A proposal raft drops for another reason (a
+/// leader transfer) times out like a lost one: 300, as in etcd.
 pub(super) fn propose_batch(g: &mut Group, batch: Vec<Entry>) {
+    if g.node.raft.leader_id == 0 {
+        g.unsent.extend(batch);
+        return;
+    }
     let mut m = Message::default();
     m.set_msg_type(MessageType::MsgPropose);
     m.from = g.opts.member_id;
-    m.set_entries(batch.clone().into());
-    if let Err(raft::Error::ProposalDropped) = g.node.step(m) {
-        g.unsent.extend(batch);
-    }
+    m.set_entries(batch.into());
+    let _ = g.node.step(m);
 }
 
 /// Propose again the entries dropped for want of a leader, once one is
@@ -222,8 +224,9 @@ pub(super) fn publish_attributes(shard: &Shard, g: &mut Group, now: Instant) {
     let _ = g.node.propose(Vec::new(), data);
 }
 
-/// Add member `m` through a raft configuration change; the answer carries
-/// the encoded membership once the change is applied here.
+/// Add member `m`, or replace the record of a member already in the
+/// cluster (new peer URLs), through a raft configuration change; the
+/// answer carries the encoded membership once the change is applied here.
 pub async fn add_member(shard: &Rc<Shard>, m: Member) -> Answer {
     let mut cc = ConfChange::default();
     cc.set_change_type(ConfChangeType::AddNode);
@@ -237,15 +240,6 @@ pub async fn remove_member(shard: &Rc<Shard>, id: u64) -> Answer {
     let mut cc = ConfChange::default();
     cc.set_change_type(ConfChangeType::RemoveNode);
     cc.node_id = id;
-    conf_change(shard, cc).await
-}
-
-/// Change a member's peer URLs (an update of its record, no voter change).
-pub async fn update_member(shard: &Rc<Shard>, m: Member) -> Answer {
-    let mut cc = ConfChange::default();
-    cc.set_change_type(ConfChangeType::AddNode);
-    cc.node_id = m.id;
-    cc.context = m.encode().into_bytes().into();
     conf_change(shard, cc).await
 }
 
@@ -293,22 +287,27 @@ pub(super) fn apply_entries(
     entries: &[Entry],
     answers: &mut Vec<(Target, Answer)>,
 ) -> Result<(), Error> {
+    // Entries arrive in log order; those at or below the applied index were
+    // executed before they were logged (one voter).
     let applied = shard.store.borrow().applied().0;
-    let todo: Vec<&Entry> = entries.iter().filter(|e| e.index > applied).collect();
-    let Some(last) = todo.last() else {
+    let Some(last) = entries.last().filter(|e| e.index > applied) else {
         return Ok(());
     };
     let last = (last.index, last.term);
     let me = g.opts.member_id;
-    let node = &mut g.node;
+    let (node, pending) = (&mut g.node, &mut g.pending);
     let view = shard.view().clone();
-    let mut outs: Vec<(u64, Answer)> = Vec::new();
+    let mut answer = |seq: Option<u64>, a: Answer| {
+        if let Some((t, _)) = seq.and_then(|s| pending.remove(&s)) {
+            answers.push((t, a));
+        }
+    };
     let mut confs = Vec::new();
     let mut removed = false;
     let mut told = Vec::new();
     let mut attrs_done = false;
     shard.store.borrow_mut().batch(|st, txn| {
-        for e in &todo {
+        for e in entries.iter().filter(|e| e.index > applied) {
             let seq = own_request(me, &e.context);
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
@@ -330,16 +329,13 @@ pub(super) fn apply_entries(
                     }
                 }
                 EntryType::EntryNormal => {
-                    let o = st.execute(txn, &e.data)?;
-                    if let (Some(seq), Some(o)) = (seq, o) {
-                        outs.push((
-                            seq,
-                            Answer::Write(Reply {
-                                outcome: o,
-                                raft_index: 0,
-                                raft_term: 0,
-                            }),
-                        ));
+                    if let Some(outcome) = st.execute(txn, &e.data)? {
+                        let reply = Reply {
+                            outcome,
+                            raft_index: 0,
+                            raft_term: 0,
+                        };
+                        answer(seq, Answer::Write(reply));
                     }
                 }
                 EntryType::EntryConfChange => {
@@ -369,8 +365,8 @@ pub(super) fn apply_entries(
                     st.meta_put(txn, META_CONF, &cs.write_to_bytes().unwrap_or_default())?;
                     tracing::info!(change = ?cc.get_change_type(), member = %format!("{:x}", cc.node_id), voters = ?cs.voters, "membership changed");
                     confs.push(cs);
-                    if let Some(seq) = seq {
-                        outs.push((seq, Answer::Read(Ok((v.encode(), 0)))));
+                    if seq.is_some() {
+                        answer(seq, Answer::Read(Ok((v.encode(), 0))));
                     }
                 }
                 EntryType::EntryConfChangeV2 => {}
@@ -387,11 +383,6 @@ pub(super) fn apply_entries(
     }
     for cs in confs {
         g.node.mut_store().mem.wl().set_conf_state(cs);
-    }
-    for (seq, a) in outs {
-        if let Some((t, _)) = g.pending.remove(&seq) {
-            answers.push((t, a));
-        }
     }
     g.removed |= removed;
     // A removed member may never apply its own removal (the leader stops

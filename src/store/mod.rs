@@ -143,6 +143,35 @@ pub struct SnapshotInfo {
     pub conf: Option<Vec<u8>>,
 }
 
+/// A `u64` the store keeps in `meta`.
+fn meta_u64(meta: &Database<Bytes, Bytes>, txn: &RoTxn, k: &[u8]) -> Result<Option<u64>> {
+    Ok(match meta.get(txn, k)? {
+        Some(v) if v.len() >= 8 => Some(u64::from_le_bytes(v[..8].try_into().unwrap())),
+        Some(_) => return Err(Error::Corrupt("short meta value".into())),
+        None => None,
+    })
+}
+
+/// The positions a store records in `meta` (read at open and after a
+/// snapshot replaced its contents).
+struct Recorded {
+    index: u64,
+    applied: (u64, u64),
+    next_dir_id: u64,
+    gseq: u64,
+}
+
+impl Recorded {
+    fn read(meta: &Database<Bytes, Bytes>, txn: &RoTxn) -> Result<Recorded> {
+        Ok(Recorded {
+            index: meta_u64(meta, txn, META_INDEX)?.unwrap_or(3),
+            applied: read_applied(meta.get(txn, META_APPLIED)?)?,
+            next_dir_id: meta_u64(meta, txn, META_DIR_ID)?.unwrap_or(1),
+            gseq: meta_u64(meta, txn, META_GSEQ)?.unwrap_or(0),
+        })
+    }
+}
+
 fn read_applied(v: Option<&[u8]>) -> Result<(u64, u64)> {
     match v {
         Some(v) if v.len() == 16 => Ok((
@@ -249,31 +278,16 @@ impl Store {
         let nodes = env.create_database(&mut wtxn, Some("nodes"))?;
         let expiry = env.create_database(&mut wtxn, Some("expiry"))?;
         let meta: Database<Bytes, Bytes> = env.create_database(&mut wtxn, Some("meta"))?;
-        let read_u64 = |txn: &RwTxn, k: &[u8]| -> Result<Option<u64>> {
-            Ok(match meta.get(txn, k)? {
-                Some(v) if v.len() >= 8 => Some(u64::from_le_bytes(v[..8].try_into().unwrap())),
-                Some(_) => return Err(Error::Corrupt("short meta value".into())),
-                None => None,
-            })
-        };
-        let fresh = read_u64(&wtxn, META_INDEX)?.is_none();
-        let gseq = read_u64(&wtxn, META_GSEQ)?.unwrap_or(0);
-        let (index, applied, next_dir_id) = if fresh {
+        let fresh = meta_u64(&meta, &wtxn, META_INDEX)?.is_none();
+        if fresh {
             meta.put(&mut wtxn, META_INDEX, &3u64.to_le_bytes())?;
-            (3, (0, 0), 1)
-        } else {
-            let index = read_u64(&wtxn, META_INDEX)?.unwrap_or(3);
-            let applied = match meta.get(&wtxn, META_APPLIED)? {
-                Some(v) if v.len() == 16 => (
-                    u64::from_le_bytes(v[..8].try_into().unwrap()),
-                    u64::from_le_bytes(v[8..].try_into().unwrap()),
-                ),
-                Some(_) => return Err(Error::Corrupt("bad applied index".into())),
-                None => (0, 0),
-            };
-            let next = read_u64(&wtxn, META_DIR_ID)?.unwrap_or(1);
-            (index, applied, next)
-        };
+        }
+        let Recorded {
+            index,
+            applied,
+            next_dir_id,
+            gseq,
+        } = Recorded::read(&meta, &wtxn)?;
         wtxn.commit()?;
         counter.fetch_max(index, Ordering::SeqCst);
         Ok(Store {
@@ -467,17 +481,10 @@ impl Store {
         copy.prepare_for_closing().wait();
         r?;
         let rtxn = self.env.read_txn()?;
-        let u = |k: &[u8]| -> Result<Option<u64>> {
-            Ok(match self.meta.get(&rtxn, k)? {
-                Some(v) if v.len() >= 8 => Some(u64::from_le_bytes(v[..8].try_into().unwrap())),
-                _ => None,
-            })
-        };
-        self.index = u(META_INDEX)?.unwrap_or(3);
-        self.next_dir_id = u(META_DIR_ID)?.unwrap_or(1);
-        self.gseq = u(META_GSEQ)?.unwrap_or(0);
-        self.applied = read_applied(self.meta.get(&rtxn, META_APPLIED)?)?;
+        let rec = Recorded::read(&self.meta, &rtxn)?;
         drop(rtxn);
+        (self.index, self.applied) = (rec.index, rec.applied);
+        (self.next_dir_id, self.gseq) = (rec.next_dir_id, rec.gseq);
         self.counter.fetch_max(self.index, Ordering::SeqCst);
         self.pending.clear();
         self.fresh = false;

@@ -199,11 +199,7 @@ pub fn members(
                 }
             };
             let view = api.cluster.read().expect("membership");
-            if view
-                .members
-                .iter()
-                .any(|m| m.peer_urls.iter().any(|u| urls.contains(u)))
-            {
+            if view.sharing_peer_url(&urls).next().is_some() {
                 members_error(req, hdr, 409, "membership: peerURL exists", out);
                 return Handled::Done;
             }
@@ -250,11 +246,7 @@ pub fn members(
                         return Handled::Done;
                     }
                 };
-                if view
-                    .members
-                    .iter()
-                    .any(|x| x.id != id && x.peer_urls.iter().any(|u| urls.contains(u)))
-                {
+                if view.sharing_peer_url(&urls).any(|x| x.id != id) {
                     members_error(req, hdr, 409, "membership: peerURL exists", out);
                     return Handled::Done;
                 }
@@ -263,10 +255,6 @@ pub fn members(
                     ..m
                 }))
             }
-        }
-        Method::Put | Method::Delete | Method::Post => {
-            method_not_allowed(req, b"GET,POST,DELETE,PUT", out);
-            return Handled::Done;
         }
         _ => {
             method_not_allowed(req, b"GET,POST,DELETE,PUT", out);
@@ -336,7 +324,7 @@ pub async fn change_members(api: &Api, p: PendingMembers, out: &mut Vec<u8>) {
             };
             (crate::raft::add_member(shard, m).await, Some(json))
         }
-        MemberOp::Update(m) => (crate::raft::update_member(shard, m).await, None),
+        MemberOp::Update(m) => (crate::raft::add_member(shard, m).await, None),
         MemberOp::Remove(id) => (crate::raft::remove_member(shard, id).await, None),
     };
     let cid = format!("{:x}", api.cluster.read().expect("membership").id);
