@@ -25,21 +25,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    error_code, http, node_values, put, read_response, send_request, serial, url_decode,
-    url_encode, value_of, CallError, Cluster, Json, CLIENT_TIMEOUT, FAST,
+    error_code, http, node_values, put, send_request, serial, url_decode, url_encode, value_of,
+    CallError, Cluster, Json, CLIENT_TIMEOUT, FAST,
 };
 use common::linearizability::{check, partition_by_key, Clock, Kind, Op, Recorder};
-use common::{have, missing, Conn, Response, Rng};
-
-fn seed() -> u64 {
-    let s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("seed {s}");
-    s
-}
+use common::{etcdctl, have, missing, read_response, Conn, Response, Rng};
 
 /// The response, or a panic with every member's log.
 fn expect_code(c: &Cluster, r: Result<Response, CallError>, codes: &[u16], what: &str) -> Response {
@@ -489,7 +479,7 @@ fn leader_crash_under_load() {
     let _serial = serial();
     let mut c = Cluster::start_static(3, &[]);
     let ports = c.ports();
-    let seed = seed();
+    let seed = common::time_seed();
     let stop = Arc::new(AtomicBool::new(false));
     let _stop_guard = StopOnDrop(stop.clone());
     let alive = alive_flags(3);
@@ -709,7 +699,7 @@ fn linearizable_register_across_leader_kills() {
     let _serial = serial();
     let mut c = Cluster::start_static(3, FAST);
     let ports = c.ports();
-    let seed = seed();
+    let seed = common::time_seed();
     let keys = ["/lin/a", "/lin/b", "/lin/c"];
     let clock = Clock::new();
     let history = Arc::new(Recorder::default());
@@ -986,19 +976,7 @@ fn etcdctl_against_a_cluster() {
         .map(|m| m.client_url())
         .collect::<Vec<_>>()
         .join(",");
-    let ctl = |args: &[&str]| {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "2")
-            .args(["--endpoints", &endpoints])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let ctl = |args: &[&str]| etcdctl(&endpoints, args);
     let (code, out, err) = ctl(&["set", "/a", "1"]);
     assert_eq!((code, out.as_str()), (0, "1\n"), "{err}\n{}", c.logs());
     let (code, out, err) = ctl(&["get", "/a"]);

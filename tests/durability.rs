@@ -43,12 +43,7 @@ fn acknowledged_writes_survive_sigkill_across_wal_rotations() {
 }
 
 fn sigkill_rounds(mut server: Server) -> Server {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("seed {seed}");
+    let seed = common::time_seed();
     let mut rng = Rng(seed);
     let acked: Acked = Arc::default();
     let mut last_index = 0u64;

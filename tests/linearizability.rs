@@ -353,12 +353,7 @@ fn generate(
 
 #[test]
 fn random_histories_from_a_real_register_pass() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("seed {seed}");
+    let seed = common::time_seed();
     let mut rng = Rng(seed);
     for round in 0..20 {
         let g = generate(rng.next() | 1, 4, 25, &["/x", "/y"], 5);
@@ -469,12 +464,7 @@ fn brute_force(ops: &[Op], placed: &mut Vec<bool>, state: &Option<String>) -> bo
 
 #[test]
 fn agrees_with_brute_force_on_small_random_histories() {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("seed {seed}");
+    let seed = common::time_seed();
     let mut rng = Rng(seed);
     let values = ["A", "B", "C"];
     let (mut yes, mut no) = (0, 0);

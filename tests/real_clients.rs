@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{have, missing, Server};
+use common::{etcdctl, have, missing, Server};
 
 #[test]
 fn etcdctl_v2_sets_gets_watches_and_lists_members() {
@@ -16,20 +16,7 @@ fn etcdctl_v2_sets_gets_watches_and_lists_members() {
     }
     let s = Server::start().unwrap();
     let ep = format!("http://127.0.0.1:{}", s.client_port);
-    let ctl = |args: &[&str]| {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "2")
-            .arg("--endpoints")
-            .arg(&ep)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let ctl = |args: &[&str]| etcdctl(&ep, args);
     assert_eq!(ctl(&["set", "/foo", "bar"]).1, "bar\n");
     assert_eq!(ctl(&["get", "/foo"]).1, "bar\n");
     assert_eq!(ctl(&["update", "/foo", "baz"]).1, "baz\n");

@@ -17,42 +17,30 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::json::Json;
 use common::{json_u64, open_stream, request, BodyLimit, Conn, Response, Rng, Server};
 
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// A parsed JSON value (objects keep their field order).
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(String),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
+/// What these tests read from etcd's node JSON.
+trait NodeJson {
+    fn str_of(&self, field: &str) -> Option<&str>;
+    fn u64_of(&self, field: &str) -> Option<u64>;
+    fn is_dir(&self) -> bool;
+    fn nodes(&self) -> &[Json];
+    /// Sorts every `nodes` array by key, recursively (for unsorted
+    /// listings, whose order is unspecified).
+    fn sort_nodes(&mut self);
 }
 
-impl Json {
-    fn get(&self, field: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(fields) => fields.iter().find(|(n, _)| n == field).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
+impl NodeJson for Json {
     fn str_of(&self, field: &str) -> Option<&str> {
-        match self.get(field)? {
-            Json::Str(s) => Some(s),
-            _ => None,
-        }
+        self.get(field)?.as_str()
     }
 
     fn u64_of(&self, field: &str) -> Option<u64> {
-        match self.get(field)? {
-            Json::Num(n) => n.parse().ok(),
-            _ => None,
-        }
+        self.get(field)?.as_u64()
     }
 
     fn is_dir(&self) -> bool {
@@ -66,8 +54,6 @@ impl Json {
         }
     }
 
-    /// Sorts every `nodes` array by key, recursively (for unsorted listings,
-    /// whose order is unspecified).
     fn sort_nodes(&mut self) {
         match self {
             Json::Obj(fields) => {
@@ -78,172 +64,9 @@ impl Json {
                     v.sort_nodes();
                 }
             }
-            Json::Arr(a) => a.iter_mut().for_each(Json::sort_nodes),
+            Json::Arr(a) => a.iter_mut().for_each(NodeJson::sort_nodes),
             _ => {}
         }
-    }
-}
-
-fn parse_json(s: &str) -> Result<Json, String> {
-    let mut p = JsonParser {
-        b: s.as_bytes(),
-        i: 0,
-    };
-    let v = p.value()?;
-    p.ws();
-    if p.i != p.b.len() {
-        return Err(format!("trailing data at byte {} of {s:?}", p.i));
-    }
-    Ok(v)
-}
-
-struct JsonParser<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while matches!(self.b.get(self.i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
-            self.i += 1;
-        }
-    }
-
-    fn bump(&mut self) -> Result<u8, String> {
-        let c = *self.b.get(self.i).ok_or("unexpected end of JSON")?;
-        self.i += 1;
-        Ok(c)
-    }
-
-    fn expect(&mut self, c: u8) -> Result<(), String> {
-        let got = self.bump()?;
-        if got != c {
-            return Err(format!(
-                "expected {:?} at byte {}, got {:?}",
-                c as char,
-                self.i - 1,
-                got as char
-            ));
-        }
-        Ok(())
-    }
-
-    fn literal(&mut self, word: &str, v: Json) -> Result<Json, String> {
-        if self.b[self.i..].starts_with(word.as_bytes()) {
-            self.i += word.len();
-            Ok(v)
-        } else {
-            Err(format!("bad literal at byte {}", self.i))
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.ws();
-        match self.b.get(self.i).copied() {
-            Some(b'{') => {
-                self.i += 1;
-                let mut fields = Vec::new();
-                self.ws();
-                if self.b.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(fields));
-                }
-                loop {
-                    self.ws();
-                    let k = self.string()?;
-                    self.ws();
-                    self.expect(b':')?;
-                    let v = self.value()?;
-                    fields.push((k, v));
-                    self.ws();
-                    match self.bump()? {
-                        b',' => continue,
-                        b'}' => return Ok(Json::Obj(fields)),
-                        c => return Err(format!("bad object separator {:?}", c as char)),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.b.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.ws();
-                    match self.bump()? {
-                        b',' => continue,
-                        b']' => return Ok(Json::Arr(items)),
-                        c => return Err(format!("bad array separator {:?}", c as char)),
-                    }
-                }
-            }
-            Some(b'"') => Ok(Json::Str(self.string()?)),
-            Some(b't') => self.literal("true", Json::Bool(true)),
-            Some(b'f') => self.literal("false", Json::Bool(false)),
-            Some(b'n') => self.literal("null", Json::Null),
-            Some(c) if c == b'-' || c.is_ascii_digit() => {
-                let start = self.i;
-                while matches!(self.b.get(self.i), Some(c) if c.is_ascii_digit() || b"+-.eE".contains(c))
-                {
-                    self.i += 1;
-                }
-                Ok(Json::Num(
-                    String::from_utf8_lossy(&self.b[start..self.i]).into_owned(),
-                ))
-            }
-            other => Err(format!("unexpected {other:?} at byte {}", self.i)),
-        }
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let mut v = 0;
-        for _ in 0..4 {
-            let c = self.bump()? as char;
-            v = v * 16 + c.to_digit(16).ok_or("bad \\u escape")?;
-        }
-        Ok(v)
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.expect(b'"')?;
-        let mut out = Vec::new();
-        loop {
-            match self.bump()? {
-                b'"' => break,
-                b'\\' => {
-                    let c = match self.bump()? {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let mut cp = self.hex4()?;
-                            if (0xD800..0xDC00).contains(&cp)
-                                && self.b[self.i..].starts_with(b"\\u")
-                            {
-                                self.i += 2;
-                                let lo = self.hex4()?;
-                                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo.wrapping_sub(0xDC00));
-                            }
-                            char::from_u32(cp).unwrap_or('\u{fffd}')
-                        }
-                        c => return Err(format!("bad escape \\{}", c as char)),
-                    };
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                }
-                c => out.push(c),
-            }
-        }
-        String::from_utf8(out).map_err(|e| e.to_string())
     }
 }
 
@@ -439,7 +262,7 @@ fn same_answer(req: &Req, a: &Response, b: &Response) -> bool {
     if !req.unordered {
         return false;
     }
-    match (parse_json(&a.body_str()), parse_json(&b.body_str())) {
+    match (Json::parse(&a.body_str()), Json::parse(&b.body_str())) {
         (Ok(mut x), Ok(mut y)) => {
             x.sort_nodes();
             y.sort_nodes();
@@ -666,7 +489,7 @@ fn watchers_see_every_event_once_in_index_order_across_shards() {
         let body = resp.body_str();
         let mut got = Vec::new();
         for line in body.lines() {
-            let ev = parse_json(line).unwrap_or_else(|e| panic!("{name}: {e}: {line}"));
+            let ev = Json::parse(line).unwrap_or_else(|e| panic!("{name}: {e}: {line}"));
             let node = ev.get("node").unwrap_or_else(|| panic!("{name}: {line}"));
             got.push((
                 node.u64_of("modifiedIndex").unwrap(),
@@ -946,7 +769,7 @@ fn verify_after_restart(server: &Server, round: u32, l: &Ledger, last_new: u64) 
         "round {round}: X-Etcd-Index {header} after restart, but index {} was acknowledged",
         l.max_index.max(last_new)
     );
-    let root = parse_json(&r.body_str()).unwrap_or_else(|e| panic!("round {round}: {e}"));
+    let root = Json::parse(&r.body_str()).unwrap_or_else(|e| panic!("round {round}: {e}"));
     let root_node = root.get("node").expect("node");
     let mut listed = BTreeMap::new();
     flatten(root_node, &mut listed, &mut problems);
@@ -1036,7 +859,7 @@ fn verify_after_restart(server: &Server, round: u32, l: &Ledger, last_new: u64) 
         let r = request(port, "GET", &format!("/v2/keys{k}"), None, &[]).unwrap();
         match listed.get(k) {
             Some(item) => {
-                let direct = parse_json(&r.body_str())
+                let direct = Json::parse(&r.body_str())
                     .ok()
                     .and_then(|j| j.get("node").cloned());
                 if r.code() != 200 || direct.as_ref() != Some(&item.node) {
@@ -1077,7 +900,7 @@ fn verify_after_restart(server: &Server, round: u32, l: &Ledger, last_new: u64) 
             ));
             continue;
         }
-        let Some(node) = parse_json(&r.body_str())
+        let Some(node) = Json::parse(&r.body_str())
             .ok()
             .and_then(|j| j.get("node").cloned())
         else {
@@ -1130,12 +953,7 @@ fn verify_after_restart(server: &Server, round: u32, l: &Ledger, last_new: u64) 
 #[test]
 fn cross_shard_writes_survive_sigkill_without_orphans() {
     let mut server = Server::start_with(&["--shards", "4"]).expect("start kardia --shards 4");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("seed {seed}");
+    let seed = common::time_seed();
     let mut rng = Rng(seed);
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
     let mut last_new = 0u64;

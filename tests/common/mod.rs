@@ -9,6 +9,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod cluster;
+pub mod json;
 pub mod linearizability;
 
 use std::fmt;
@@ -594,7 +595,15 @@ pub fn request(
         false,
     );
     conn.send(&req)?;
-    let deadline = Instant::now() + timeout;
+    read_response(&mut conn, method, Instant::now() + timeout)
+}
+
+/// Reads one whole response on `conn` by `deadline`.
+pub fn read_response(
+    conn: &mut Conn,
+    method: &str,
+    deadline: Instant,
+) -> Result<Response, HttpError> {
     let mut resp = conn
         .read_head(deadline)?
         .ok_or_else(|| HttpError::Protocol("connection closed without a response".into()))?;
@@ -632,6 +641,17 @@ fn trim_sp_tab(mut s: &[u8]) -> &[u8] {
 // ---------------------------------------------------------------------------
 // Shared helpers
 
+/// A seed from the clock, printed so a failing run can be repeated.
+pub fn time_seed() -> u64 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("seed {seed}");
+    seed
+}
+
 /// A tiny deterministic PRNG (xorshift64*): tests print their seed.
 pub struct Rng(pub u64);
 
@@ -655,6 +675,21 @@ pub fn have(cmd: &str, args: &[&str]) -> bool {
         .args(args)
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+/// Run `etcdctl` (v2 API) against `endpoints`: exit code, stdout, stderr.
+pub fn etcdctl(endpoints: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "2")
+        .args(["--endpoints", endpoints])
+        .args(args)
+        .output()
+        .expect("run etcdctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A real client is missing: a failure on CI (`.ci/run` installs it), a
