@@ -38,7 +38,7 @@ use std::task::Waker;
 use super::mesh::ReadReq;
 use super::{Answer, Msg as MeshMsg, ReadResult, Reply, Shard, Target};
 use crate::store::command::push_index;
-use crate::store::{Command, Event, Op, Outcome, RemoteFiles, ESCALATE};
+use crate::store::{Command, Event, Op, Outcome, RemoteFiles, Removed, ESCALATE};
 use crate::v2::error::{V2Error, KEY_NOT_FOUND, RAFT_INTERNAL};
 
 /// A member-wide request.
@@ -552,12 +552,12 @@ fn finish_apply(
     events: &mut Vec<Arc<Event>>,
 ) -> Answer {
     let mut main: Option<Arc<Event>> = None;
-    let mut removed: Vec<Box<[u8]>> = Vec::new();
+    let mut removed = Removed::default();
     let mut failure = None;
     for (i, r) in applied.into_iter().enumerate() {
         match r {
             Some(SubResult::Outcome(Some(Ok(e)))) => {
-                removed.extend(e.removed.iter().cloned());
+                removed.merge(&e.removed);
                 if i == a.primary {
                     main = Some(e);
                 }
@@ -571,8 +571,6 @@ fn finish_apply(
         tracing::error!(shard = shard.id, error = %m, "member-wide write failed");
         return reply(Err(fail_answer(&m)));
     };
-    removed.sort();
-    removed.dedup();
     let e = Arc::new(Event {
         index: e.index,
         action: e.action,

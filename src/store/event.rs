@@ -51,8 +51,8 @@ pub struct Event {
     pub created: bool,
     /// `{"action":..,"node":..,"prevNode":..}\n`
     pub json: Vec<u8>,
-    /// Paths a delete or expiry removed below `key` (their watchers hear it).
-    pub removed: Vec<Box<[u8]>>,
+    /// Nodes a delete or expiry removed below `key` (their watchers hear it).
+    pub removed: Removed,
 }
 
 impl Event {
@@ -67,7 +67,7 @@ impl Event {
             refresh: false,
             created: false,
             json: Vec::new(),
-            removed: Vec::new(),
+            removed: Removed::default(),
         }
     }
 
@@ -76,6 +76,138 @@ impl Event {
             self.action,
             Action::Delete | Action::CompareAndDelete | Action::Expire
         )
+    }
+}
+
+/// The nodes a delete or expiry removed below its event's key, as a tree of
+/// names: each node records its parent and its name once, so a deep chain
+/// or a wide directory costs its names, not its full paths (a 10,000-level
+/// chain would otherwise hold 100 MB of paths). Built without recursion, read
+/// without recursion.
+#[derive(Debug, Default, Clone)]
+pub struct Removed {
+    names: Vec<u8>,
+    nodes: Vec<RemovedNode>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RemovedNode {
+    /// Position of the parent node, or [`Removed::TOP`] for a child of the
+    /// event's key.
+    parent: usize,
+    start: usize,
+    end: usize,
+}
+
+impl Removed {
+    /// The parent of the event key's own children.
+    pub const TOP: usize = usize::MAX;
+
+    /// Record child `name` of `parent` (a position [`Removed::push`]
+    /// returned, or [`Removed::TOP`]); returns its position.
+    pub fn push(&mut self, parent: usize, name: &[u8]) -> usize {
+        let start = self.names.len();
+        self.names.extend_from_slice(name);
+        self.nodes.push(RemovedNode {
+            parent,
+            start,
+            end: self.names.len(),
+        });
+        self.nodes.len() - 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn name(&self, n: &RemovedNode) -> &[u8] {
+        &self.names[n.start..n.end]
+    }
+
+    /// (parent, name) → position, for lookups by path.
+    fn index(&self) -> std::collections::HashMap<(usize, &[u8]), usize> {
+        let mut m = std::collections::HashMap::with_capacity(self.nodes.len());
+        for (i, n) in self.nodes.iter().enumerate() {
+            m.entry((n.parent, self.name(n))).or_insert(i);
+        }
+        m
+    }
+
+    /// A lookup table over this set; build it once per event.
+    pub fn lookup(&self) -> RemovedLookup<'_> {
+        RemovedLookup(self.index())
+    }
+
+    /// Add every node of `other` that this set lacks (the parts of one
+    /// member-wide delete that several shards removed). Parents always come
+    /// before their children, in both sets.
+    pub fn merge(&mut self, other: &Removed) {
+        let mut known: std::collections::HashMap<(usize, Vec<u8>), usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ((n.parent, self.name(n).to_vec()), i))
+            .collect();
+        let mut map = Vec::with_capacity(other.nodes.len());
+        for n in &other.nodes {
+            let parent = if n.parent == Self::TOP {
+                Self::TOP
+            } else {
+                map[n.parent]
+            };
+            let name = other.name(n);
+            let at = match known.get(&(parent, name.to_vec())) {
+                Some(&i) => i,
+                None => {
+                    let i = self.push(parent, name);
+                    known.insert((parent, name.to_vec()), i);
+                    i
+                }
+            };
+            map.push(at);
+        }
+    }
+
+    /// Every removed path below `key`, in the order recorded (tests and
+    /// diagnostics; a deep chain's paths are large).
+    pub fn paths(&self, key: &[u8]) -> Vec<Vec<u8>> {
+        let mut full: Vec<Vec<u8>> = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let mut p = if n.parent == Self::TOP {
+                key.to_vec()
+            } else {
+                full[n.parent].clone()
+            };
+            p.push(b'/');
+            p.extend_from_slice(self.name(n));
+            full.push(p);
+        }
+        full
+    }
+}
+
+/// Path lookups in a [`Removed`] set.
+pub struct RemovedLookup<'a>(std::collections::HashMap<(usize, &'a [u8]), usize>);
+
+impl RemovedLookup<'_> {
+    /// Whether `rel` (a path below the event key, starting with `/`) was
+    /// removed.
+    pub fn contains(&self, rel: &[u8]) -> bool {
+        let Some(rest) = rel.strip_prefix(b"/") else {
+            return false;
+        };
+        let mut at = Removed::TOP;
+        for name in rest.split(|&b| b == b'/') {
+            match self.0.get(&(at, name)) {
+                Some(&i) => at = i,
+                None => return false,
+            }
+        }
+        true
     }
 }
 
@@ -193,6 +325,39 @@ mod tests {
         }
         .write(&mut out);
         assert_eq!(out, br#"{"dir":true}"#);
+    }
+
+    #[test]
+    fn removed_tree_lookup_and_merge() {
+        let mut a = Removed::default();
+        let x = a.push(Removed::TOP, b"x");
+        a.push(x, b"f");
+        let mut b = Removed::default();
+        let x2 = b.push(Removed::TOP, b"x");
+        b.push(x2, b"g");
+        b.push(Removed::TOP, b"y");
+        a.merge(&b);
+        assert_eq!(a.len(), 4);
+        let l = a.lookup();
+        for p in ["/x", "/x/f", "/x/g", "/y"] {
+            assert!(l.contains(p.as_bytes()), "{p}");
+        }
+        for p in ["/z", "/x/h", "/y/f", "", "/"] {
+            assert!(!l.contains(p.as_bytes()), "{p}");
+        }
+        assert_eq!(a.paths(b"/d")[3], b"/d/y");
+    }
+
+    #[test]
+    fn removed_deep_chain_is_linear() {
+        let mut r = Removed::default();
+        let mut at = Removed::TOP;
+        for _ in 0..100_000 {
+            at = r.push(at, b"a");
+        }
+        assert!(r.names.len() == 100_000);
+        let deep = "/a".repeat(100_000);
+        assert!(r.lookup().contains(deep.as_bytes()));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn};
 
 pub use command::{Command, Op};
-pub use event::{Action, Event, NodeJson};
+pub use event::{Action, Event, NodeJson, Removed};
 use node::{child_key, expiry_prefix, expiry_time, NodeRec};
 pub use placement::Placement;
 
@@ -66,9 +66,6 @@ impl std::error::Error for Error {}
 type Result<T> = std::result::Result<T, Error>;
 /// The outcome of one command: an event, or etcd's error for it.
 pub type Outcome = std::result::Result<Arc<Event>, V2Error>;
-
-/// Paths a delete or expiry removed below its key.
-type RemovedPaths = Vec<Box<[u8]>>;
 
 /// Counters reported by `/v2/stats/store`.
 #[derive(Default, Debug, Clone, Copy)]
@@ -965,7 +962,7 @@ impl Store {
             refresh: c.refresh,
             created,
         };
-        Ok(Ok(self.event(kind, &node, Vec::new())))
+        Ok(Ok(self.event(kind, &node, Removed::default())))
     }
 
     fn update(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
@@ -1090,7 +1087,7 @@ impl Store {
             refresh: c.refresh,
             created: false,
         };
-        Ok(Ok(self.event(kind, &node, Vec::new())))
+        Ok(Ok(self.event(kind, &node, Removed::default())))
     }
 
     fn delete(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
@@ -1144,10 +1141,9 @@ impl Store {
     ) -> Result<Arc<Event>> {
         let next = self.index + 1;
         self.render_prev(txn, c.key, &f, now)?;
-        let mut removed = Vec::new();
+        let mut removed = Removed::default();
         if f.meta.dir {
-            let mut path = c.key.to_vec();
-            self.remove_subtree(txn, f.meta.dir_id, &mut path, Some(&mut removed))?;
+            self.remove_subtree(txn, f.meta.dir_id, &mut removed)?;
         }
         if let Some(t) = f.meta.expire {
             self.del_expiry(txn, t, &f.lkey)?;
@@ -1182,36 +1178,36 @@ impl Store {
             .is_some())
     }
 
-    /// Delete every descendant of directory `dir_id` (whose path is `path`).
+    /// Delete every descendant of directory `dir_id`, recording each in
+    /// `removed`. Iterative: the depth of a tree costs heap, never stack.
     fn remove_subtree(
         &mut self,
         txn: &mut RwTxn,
         dir_id: u64,
-        path: &mut Vec<u8>,
-        mut removed: Option<&mut Vec<Box<[u8]>>>,
+        removed: &mut Removed,
     ) -> Result<()> {
+        // Directories whose children are still to delete: (id, position in
+        // `removed`). A directory's own record is deleted when it is found;
+        // its children stay keyed by its id until their turn.
+        let mut todo = vec![(dir_id, Removed::TOP)];
         let mut children = Vec::new();
-        for item in self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())? {
-            let (k, v) = item?;
-            let rec = NodeRec::decode(v).ok_or_else(corrupt)?;
-            let name = rec.name(k).to_vec();
-            children.push((k.to_vec(), name, rec.dir, rec.dir_id, rec.expire));
-        }
-        for (k, name, dir, id, expire) in children {
-            let len = path.len();
-            path.push(b'/');
-            path.extend_from_slice(&name);
-            if dir {
-                self.remove_subtree(txn, id, path, removed.as_deref_mut())?;
+        while let Some((id, at)) = todo.pop() {
+            children.clear();
+            for item in self.nodes.prefix_iter(txn, &id.to_be_bytes())? {
+                let (k, v) = item?;
+                let rec = NodeRec::decode(v).ok_or_else(corrupt)?;
+                let pos = removed.push(at, rec.name(k));
+                children.push((k.to_vec(), rec.dir.then_some(rec.dir_id), rec.expire, pos));
             }
-            if let Some(r) = removed.as_deref_mut() {
-                r.push(path.as_slice().into());
+            for (k, dir, expire, pos) in children.drain(..) {
+                if let Some(t) = expire {
+                    self.del_expiry(txn, t, &k)?;
+                }
+                self.nodes.delete(txn, &k)?;
+                if let Some(d) = dir {
+                    todo.push((d, pos));
+                }
             }
-            path.truncate(len);
-            if let Some(t) = expire {
-                self.del_expiry(txn, t, &k)?;
-            }
-            self.nodes.delete(txn, &k)?;
         }
         Ok(())
     }
@@ -1308,7 +1304,7 @@ impl Store {
 
     /// Render the event JSON (`self.prev` holds the prevNode when `has_prev`)
     /// and queue it for history and watchers after commit.
-    fn event(&mut self, kind: EventKind, node: &NodeJson, removed: RemovedPaths) -> Arc<Event> {
+    fn event(&mut self, kind: EventKind, node: &NodeJson, removed: Removed) -> Arc<Event> {
         let EventKind {
             action,
             has_prev,
@@ -1412,7 +1408,7 @@ impl Store {
                 now,
                 remote,
             };
-            self.write_children(&rtxn, f.meta.dir_id, &mut p, &w, out, 0)?;
+            self.write_children(&rtxn, f.meta.dir_id, &mut p, &w, out)?;
         }
         event::write_tail(out, f.meta.modified, f.meta.created);
         out.extend_from_slice(b"}\n");
@@ -1420,7 +1416,9 @@ impl Store {
     }
 
     /// Append `,"nodes":[..]` for the visible children of `dir_id`, if any,
-    /// merging in another shard's files of that directory from `w.remote`.
+    /// merging in another shard's files of that directory from `w.remote`;
+    /// with `w.recursive`, their children too. Iterative: a frame per open
+    /// directory on the heap, so nesting depth costs no stack.
     fn write_children(
         &self,
         txn: &RoTxn,
@@ -1428,11 +1426,89 @@ impl Store {
         path: &mut Vec<u8>,
         w: &Walk,
         out: &mut Vec<u8>,
-        depth: usize,
     ) -> Result<()> {
-        if depth > 10_000 {
-            return Err(Error::Corrupt("directory nesting too deep".into()));
+        /// One directory being listed: its children, the next to write,
+        /// whether `"nodes":[` is open, and the directory's own tail
+        /// (indexes, and the path length before its name) to close it with.
+        struct Frame<'t> {
+            items: Vec<(&'t [u8], Child<'t>)>,
+            next: usize,
+            any: bool,
+            close: Option<(u64, u64, usize)>,
         }
+        let mut stack = vec![Frame {
+            items: self.children(txn, dir_id, w)?,
+            next: 0,
+            any: false,
+            close: None,
+        }];
+        while let Some(top) = stack.last_mut() {
+            let Some((k, c)) = top.items.get(top.next) else {
+                let done = stack.pop().expect("a frame");
+                if done.any {
+                    out.push(b']');
+                }
+                if let Some((modified, created, len)) = done.close {
+                    event::write_tail(out, modified, created);
+                    path.truncate(len);
+                }
+                continue;
+            };
+            top.next += 1;
+            let rec = match c {
+                Child::Remote(name, json) => {
+                    if name.first() == Some(&b'_') {
+                        continue;
+                    }
+                    out.extend_from_slice(if top.any { b"," } else { b",\"nodes\":[" });
+                    top.any = true;
+                    out.extend_from_slice(json);
+                    continue;
+                }
+                Child::Local(rec) => *rec,
+            };
+            let name = rec.name(k);
+            if name.first() == Some(&b'_') {
+                continue;
+            }
+            out.extend_from_slice(if top.any { b"," } else { b",\"nodes\":[" });
+            top.any = true;
+            let len = path.len();
+            path.push(b'/');
+            path.extend_from_slice(name);
+            NodeJson {
+                key: path,
+                value: (!rec.dir).then_some(rec.value),
+                dir: rec.dir,
+                expire: rec.expire,
+                now: w.now,
+                modified: rec.modified,
+                created: rec.created,
+            }
+            .write_head(out);
+            if rec.dir && w.recursive {
+                stack.push(Frame {
+                    items: self.children(txn, rec.dir_id, w)?,
+                    next: 0,
+                    any: false,
+                    close: Some((rec.modified, rec.created, len)),
+                });
+            } else {
+                event::write_tail(out, rec.modified, rec.created);
+                path.truncate(len);
+            }
+        }
+        Ok(())
+    }
+
+    /// The children of `dir_id` in listing order: this shard's, merged with
+    /// another shard's files of that directory from `w.remote`.
+    fn children<'t>(
+        &self,
+        txn: &'t RoTxn,
+        dir_id: u64,
+        w: &Walk<'t>,
+    ) -> Result<Vec<(&'t [u8], Child<'t>)>> {
         let remote = w.remote.and_then(|r| r.get(&dir_id));
         let mut items: Vec<(&[u8], Child)> = Vec::new();
         for item in self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())? {
@@ -1464,49 +1540,7 @@ impl Store {
         if w.sorted && long {
             items.sort_by_key(|it| name_of(it));
         }
-        let mut any = false;
-        for (k, c) in items {
-            let rec = match c {
-                Child::Remote(name, json) => {
-                    if name.first() == Some(&b'_') {
-                        continue;
-                    }
-                    out.extend_from_slice(if any { b"," } else { b",\"nodes\":[" });
-                    any = true;
-                    out.extend_from_slice(json);
-                    continue;
-                }
-                Child::Local(rec) => rec,
-            };
-            let name = rec.name(k);
-            if name.first() == Some(&b'_') {
-                continue;
-            }
-            out.extend_from_slice(if any { b"," } else { b",\"nodes\":[" });
-            any = true;
-            let len = path.len();
-            path.push(b'/');
-            path.extend_from_slice(name);
-            NodeJson {
-                key: path,
-                value: (!rec.dir).then_some(rec.value),
-                dir: rec.dir,
-                expire: rec.expire,
-                now: w.now,
-                modified: rec.modified,
-                created: rec.created,
-            }
-            .write_head(out);
-            if rec.dir && w.recursive {
-                self.write_children(txn, rec.dir_id, path, w, out, depth + 1)?;
-            }
-            event::write_tail(out, rec.modified, rec.created);
-            path.truncate(len);
-        }
-        if any {
-            out.push(b']');
-        }
-        Ok(())
+        Ok(items)
     }
 
     /// This shard's files below directory `path` (for a member-wide
@@ -1521,59 +1555,61 @@ impl Store {
         if !f.meta.dir {
             return Ok(out);
         }
-        let mut p = if path == b"/" {
+        let p = if path == b"/" {
             Vec::new()
         } else {
             path.to_vec()
         };
-        self.collect_dir(&rtxn, f.meta.dir_id, &mut p, now, &mut out, 0)?;
+        self.collect_dir(&rtxn, f.meta.dir_id, p, now, &mut out)?;
         Ok(out)
     }
 
+    /// Render this shard's files below `dir_id` (at `path`) into `out`.
+    /// Iterative: directories still to visit wait on a heap stack with
+    /// their paths.
     fn collect_dir(
         &self,
         txn: &RoTxn,
         dir_id: u64,
-        path: &mut Vec<u8>,
+        path: Vec<u8>,
         now: i64,
         out: &mut RemoteFiles,
-        depth: usize,
     ) -> Result<()> {
-        if depth > 10_000 {
-            return Err(Error::Corrupt("directory nesting too deep".into()));
-        }
-        let owned = self
-            .placement
-            .owns_dir(if path.is_empty() { b"/" } else { path });
-        for item in self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())? {
-            let (k, v) = item?;
-            let rec = NodeRec::decode(v).ok_or_else(corrupt)?;
-            let name = rec.name(k);
-            let len = path.len();
-            path.push(b'/');
-            path.extend_from_slice(name);
-            if rec.dir {
-                self.collect_dir(txn, rec.dir_id, path, now, out, depth + 1)?;
-            } else if owned {
-                let d = out.entry(dir_id).or_default();
-                let k0 = d.buf.len() as u32;
-                d.buf.extend_from_slice(k);
-                let n0 = d.buf.len() as u32;
-                d.buf.extend_from_slice(name);
-                let j0 = d.buf.len() as u32;
-                NodeJson {
-                    key: path,
-                    value: Some(rec.value),
-                    dir: false,
-                    expire: rec.expire,
-                    now,
-                    modified: rec.modified,
-                    created: rec.created,
+        let mut todo = vec![(dir_id, path)];
+        while let Some((dir_id, mut path)) = todo.pop() {
+            let owned = self
+                .placement
+                .owns_dir(if path.is_empty() { b"/" } else { &path });
+            for item in self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())? {
+                let (k, v) = item?;
+                let rec = NodeRec::decode(v).ok_or_else(corrupt)?;
+                let name = rec.name(k);
+                let len = path.len();
+                path.push(b'/');
+                path.extend_from_slice(name);
+                if rec.dir {
+                    todo.push((rec.dir_id, path.clone()));
+                } else if owned {
+                    let d = out.entry(dir_id).or_default();
+                    let k0 = d.buf.len() as u32;
+                    d.buf.extend_from_slice(k);
+                    let n0 = d.buf.len() as u32;
+                    d.buf.extend_from_slice(name);
+                    let j0 = d.buf.len() as u32;
+                    NodeJson {
+                        key: &path,
+                        value: Some(rec.value),
+                        dir: false,
+                        expire: rec.expire,
+                        now,
+                        modified: rec.modified,
+                        created: rec.created,
+                    }
+                    .write(&mut d.buf);
+                    d.spans.push([k0, n0, j0, d.buf.len() as u32]);
                 }
-                .write(&mut d.buf);
-                d.spans.push([k0, n0, j0, d.buf.len() as u32]);
+                path.truncate(len);
             }
-            path.truncate(len);
         }
         Ok(())
     }

@@ -193,8 +193,8 @@ impl WatcherHub {
         if self.count == 0 || e.refresh {
             return;
         }
-        for p in &e.removed {
-            self.notify_at(e, p, true);
+        if !e.removed.is_empty() {
+            self.notify_removed(e);
         }
         // The key itself and each ancestor, root first.
         let key = &e.key;
@@ -206,6 +206,34 @@ impl WatcherHub {
         }
         if &**key != b"/" {
             self.notify_at(e, key, false);
+        }
+    }
+
+    /// Watchers on nodes a delete/expire removed below its key hear it
+    /// (etcd's per-node callback). Only watched paths are looked up, so the
+    /// cost follows the watchers below the key, not the size of the subtree.
+    fn notify_removed(&mut self, e: &Arc<Event>) {
+        let key: &[u8] = &e.key;
+        let mut hi = key.to_vec();
+        hi.push(b'/' + 1);
+        let mut lo = key.to_vec();
+        lo.push(b'/');
+        let below: Vec<Box<[u8]>> = self
+            .by_key
+            .range::<[u8], _>((
+                std::ops::Bound::Included(&lo[..]),
+                std::ops::Bound::Excluded(&hi[..]),
+            ))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if below.is_empty() {
+            return;
+        }
+        let lookup = e.removed.lookup();
+        for p in below {
+            if lookup.contains(&p[key.len()..]) {
+                self.notify_at(e, &p, true);
+            }
         }
     }
 
@@ -249,7 +277,7 @@ mod tests {
             refresh: false,
             created: false,
             json: b"{}\n".to_vec(),
-            removed: Vec::new(),
+            removed: Default::default(),
         })
     }
 
