@@ -175,6 +175,7 @@ fn bind_all(urls: &[String], what: &str) -> Result<Vec<i32>, String> {
 
 /// Run a member until killed. Errors are for the operator, one line each.
 pub fn run(cfg: Config) -> Result<(), String> {
+    give_back_large_buffers();
     let mut cluster = cluster_of(&cfg);
     let existing = cfg.data_dir.join(identity::FILE).exists();
     // Voters of a new raft group: this member alone, the static cluster,
@@ -483,4 +484,18 @@ fn allowed_cpus() -> Vec<usize> {
 /// Wait at the start-up barrier (before serving, so blocking is harmless).
 fn blocking_wait(b: &Barrier) {
     b.wait();
+}
+
+/// Allocations of 1 MiB or more (a large listing's response, a snapshot
+/// chunk) are mapped on their own and unmapped when freed, so memory a burst
+/// of large responses needed goes back to the system instead of staying in
+/// the allocator's heap (glibc would otherwise raise its mmap threshold to
+/// the largest size freed). Small allocations are unaffected.
+fn give_back_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before the
+    // executors start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }

@@ -1,13 +1,14 @@
-//! Bad input (G6): malformed and oversized requests, slow clients, floods
-//! and awkward keys against the real binary. Each gets a clear error (400,
-//! 408, 413, 431 or 503) and the connection is closed; the server keeps
-//! running and stored data is untouched.
+//! Bad input (G6): malformed and oversized requests, slow and silent
+//! clients, clients that never read, floods and awkward keys against the
+//! real binary. Each gets a clear error (400, 408, 413, 431 or 503) and the
+//! connection is closed; the server keeps running within its memory budget
+//! and stored data is untouched.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{request, BodyLimit, Conn, Server};
+use common::{build_request, read_response, request, rss_bytes, BodyLimit, Conn, Server};
 
 const LIMITS: &[&str] = &[
     "--max-header-bytes",
@@ -214,6 +215,131 @@ fn connections_over_the_cap_are_refused_and_the_rest_keep_working() {
     held.truncate(8);
     std::thread::sleep(Duration::from_millis(200));
     assert_alive_and_intact(port);
+}
+
+/// Connections that never send a byte are closed at the head deadline (not
+/// after the 5-minute idle time), so a flood of them cannot lock clients
+/// out for long; they get no answer, as from Go's server.
+#[test]
+fn silent_connections_are_closed_at_the_head_deadline() {
+    let s = Server::start_with(LIMITS).unwrap();
+    let port = s.client_port;
+    put_keep(port);
+    let start = Instant::now();
+    let mut silent: Vec<Conn> = (0..16)
+        .map(|_| Conn::connect(port, Duration::from_secs(2)).unwrap())
+        .collect();
+    // Every slot is taken: one more is refused.
+    std::thread::sleep(Duration::from_millis(100));
+    let (code, _) = raw(port, b"GET /v2/keys/keep HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(code, 503, "the silent connections did not fill the cap");
+    for c in silent.iter_mut() {
+        let deadline = start + Duration::from_secs(3);
+        assert!(
+            matches!(c.read_head(deadline), Ok(None)),
+            "a silent connection got an answer or stayed open"
+        );
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_alive_and_intact(port);
+}
+
+/// 50 clients pipeline 1000 recursive GETs of a 10 MB directory each and
+/// never read: the member stops handling a connection's next requests while
+/// its unsent output is over the bound, so it stays under 1 GiB (instead of
+/// growing by GBs), notices the clients leave, and keeps serving others.
+#[test]
+fn clients_that_never_read_stay_within_the_memory_budget() {
+    const BUDGET: u64 = 1 << 30;
+    let s = Server::start().unwrap();
+    let port = s.client_port;
+    let pid = s.pid().unwrap();
+    put_keep(port);
+    let value = format!("value={}", "v".repeat(1024));
+    let loaders: Vec<_> = (0..8)
+        .map(|t| {
+            let value = value.clone();
+            std::thread::spawn(move || {
+                let mut c = Conn::connect(port, Duration::from_secs(5)).unwrap();
+                for i in (t..10_000).step_by(8) {
+                    let target = format!("/v2/keys/big/k{i:05}");
+                    let req = build_request(
+                        port,
+                        "PUT",
+                        target.as_bytes(),
+                        Some(value.as_bytes()),
+                        &[],
+                        true,
+                    );
+                    c.send(&req).unwrap();
+                    let deadline = Instant::now() + Duration::from_secs(15);
+                    let r = read_response(&mut c, "PUT", deadline).unwrap();
+                    assert_eq!(r.code(), 201, "{}", r.body_str());
+                }
+            })
+        })
+        .collect();
+    for l in loaders {
+        l.join().unwrap();
+    }
+    let before = rss_bytes(pid);
+    let one = b"GET /v2/keys/big?recursive=true HTTP/1.1\r\nHost: x\r\n\r\n";
+    let pipeline: Vec<u8> = one.repeat(1000);
+    let mut hogs: Vec<Conn> = (0..50)
+        .map(|_| Conn::connect(port, Duration::from_secs(5)).unwrap())
+        .collect();
+    for c in hogs.iter_mut() {
+        c.send(&pipeline).unwrap();
+    }
+    let mut peak = 0;
+    let watch_for = |peak: &mut u64, d: Duration| {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            let rss = rss_bytes(pid);
+            *peak = (*peak).max(rss);
+            assert!(
+                rss < BUDGET,
+                "RSS {} MiB over the 1 GiB budget (was {} MiB before)",
+                rss >> 20,
+                before >> 20
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    watch_for(&mut peak, Duration::from_secs(6));
+    // Others are still served meanwhile.
+    let t = Instant::now();
+    assert_alive_and_intact(port);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "a good client waited {:?}",
+        t.elapsed()
+    );
+    drop(hogs);
+    watch_for(&mut peak, Duration::from_secs(3));
+    assert_alive_and_intact(port);
+    // The closed clients were noticed and their output dropped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rss_bytes(pid) > before + (256 << 20) {
+        assert!(
+            Instant::now() < deadline,
+            "RSS still {} MiB after the clients left (was {} MiB before)",
+            rss_bytes(pid) >> 20,
+            before >> 20
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "RSS before {} MiB, peak {} MiB, after {} MiB",
+        before >> 20,
+        peak >> 20,
+        rss_bytes(pid) >> 20
+    );
 }
 
 #[test]

@@ -10,6 +10,14 @@
 //! Limits (head size, body size, connections, head deadline, idle time) are
 //! enforced here; malformed input is answered with 400/413/431 and the
 //! connection is closed.
+//!
+//! Memory per connection is bounded: once a connection's unsent output
+//! passes [`OUTPUT_HIGH`], it stops handling its next requests until that
+//! output is written (a client that pipelines and never reads holds at most
+//! one response plus [`OUTPUT_HIGH`]); a write that makes no progress for
+//! the idle timeout closes the connection; buffers grown by one large
+//! request or response are given back afterwards. A connection that has
+//! sent nothing is closed after the head timeout, not the idle timeout.
 
 pub mod request;
 pub mod response;
@@ -27,6 +35,14 @@ use glommio::net::{TcpListener, TcpStream};
 use request::{decode_chunked, parse_head, HeadError};
 pub use request::{Framing, Head, Method};
 use response::plain_close;
+
+/// Unsent output at which a connection stops handling pipelined requests
+/// until the client has read it.
+pub const OUTPUT_HIGH: usize = 1 << 20;
+
+/// Buffer capacity a connection keeps between requests; anything larger
+/// that one request or response needed is given back.
+const KEEP_CAPACITY: usize = 64 << 10;
 
 /// Explicit, configurable limits of the front end.
 #[derive(Debug, Clone)]
@@ -117,6 +133,9 @@ pub async fn serve<S: Service>(
             continue;
         }
         let _ = stream.set_nodelay(true);
+        // A client that stops reading cannot hold a response (and its
+        // connection) forever.
+        let _ = stream.set_write_timeout(Some(limits.idle_timeout));
         let (svc, limits, open) = (svc.clone(), limits.clone(), open.clone());
         glommio::spawn_local(async move {
             Conn::new(stream).run(&*svc, &limits).await;
@@ -158,30 +177,48 @@ impl Conn {
 
     async fn run<S: Service>(mut self, svc: &S, limits: &Limits) {
         let mut pending: VecDeque<S::Pending> = VecDeque::new();
-        // When the current request's first byte arrived.
-        let mut head_started: Option<Instant> = None;
+        // When the current request's first byte arrived; a new connection
+        // counts as a request under way (a silent one gets the head timeout).
+        let mut head_started: Option<Instant> = Some(Instant::now());
+        let mut silent = true;
         loop {
-            // Handle every complete request in the buffer.
+            // Handle the complete requests in the buffer, until the output
+            // waiting for the client passes its bound.
+            let mut backlog = false;
             loop {
                 if self.start == self.end {
-                    head_started = None;
+                    if !silent {
+                        head_started = None;
+                    }
                     break;
                 }
+                silent = false;
                 head_started.get_or_insert_with(Instant::now);
                 match self.step(svc, limits, &mut pending).await {
-                    Ok(Some(Step::Continue)) => head_started = None,
+                    Ok(Some(Step::Continue)) => {
+                        head_started = None;
+                        if self.out.len() + self.scratch.len() >= OUTPUT_HIGH {
+                            backlog = self.start != self.end;
+                            break;
+                        }
+                    }
                     Ok(Some(Step::Close)) => {
-                        self.drain(svc, &mut pending).await;
-                        let _ = self.flush().await;
+                        if self.drain(svc, &mut pending).await.is_ok() {
+                            let _ = self.flush().await;
+                        }
                         return;
                     }
                     Ok(None) => break,
                     Err(()) => return,
                 }
             }
-            self.drain(svc, &mut pending).await;
-            if self.flush().await.is_err() {
+            if self.drain(svc, &mut pending).await.is_err() || self.flush().await.is_err() {
                 return;
+            }
+            self.shrink();
+            if backlog {
+                // Requests are still buffered: answer them before reading.
+                continue;
             }
             // Read more.
             if self.start == self.end {
@@ -211,8 +248,10 @@ impl Conn {
                 Some(t) => match limits.head_timeout.checked_sub(t.elapsed()) {
                     Some(d) if !d.is_zero() => d,
                     _ => {
-                        plain_close(&mut self.out, 408, "request head timeout");
-                        let _ = self.flush().await;
+                        if !(silent && self.end == 0) {
+                            plain_close(&mut self.out, 408, "request head timeout");
+                            let _ = self.flush().await;
+                        }
                         return;
                     }
                 },
@@ -223,12 +262,23 @@ impl Conn {
                 Ok(0) => return,
                 Ok(n) => self.end += n,
                 Err(_) => {
-                    if head_started.is_some() {
+                    // A connection that never sent a byte is closed
+                    // without an answer, as Go's server does.
+                    if head_started.is_some() && !(silent && self.end == 0) {
                         plain_close(&mut self.out, 408, "request head timeout");
                         let _ = self.flush().await;
                     }
                     return;
                 }
+            }
+        }
+    }
+
+    /// Give back the memory a large response or chunked body needed.
+    fn shrink(&mut self) {
+        for b in [&mut self.out, &mut self.scratch, &mut self.body] {
+            if b.capacity() > KEEP_CAPACITY && b.is_empty() {
+                *b = Vec::new();
             }
         }
     }
@@ -242,11 +292,21 @@ impl Conn {
         Ok(())
     }
 
-    /// Answer queued writes, in order.
-    async fn drain<S: Service>(&mut self, svc: &S, pending: &mut VecDeque<S::Pending>) {
+    /// Answer queued requests, in order, writing the output out whenever it
+    /// passes [`OUTPUT_HIGH`] (so a queue of large reads holds one at a
+    /// time). `Err`: the client is gone.
+    async fn drain<S: Service>(
+        &mut self,
+        svc: &S,
+        pending: &mut VecDeque<S::Pending>,
+    ) -> Result<(), ()> {
         while let Some(p) = pending.pop_front() {
             svc.complete(p, &mut self.out).await;
+            if self.out.len() >= OUTPUT_HIGH {
+                self.flush().await.map_err(|_| ())?;
+            }
         }
+        Ok(())
     }
 
     /// Parse and handle one request. `Ok(None)`: need more bytes.
@@ -261,7 +321,7 @@ impl Conn {
         if !pending.is_empty() {
             if let Ok(Some(h)) = parse_head(&self.buf[self.start..self.end]) {
                 if !matches!(h.method, Method::Put | Method::Post | Method::Delete) {
-                    self.drain(svc, pending).await;
+                    self.drain(svc, pending).await?;
                 }
             }
         }
@@ -314,7 +374,7 @@ impl Conn {
                 }
                 if avail.len() < head_len + n {
                     if head.expect_continue && avail.len() == head_len {
-                        self.drain(svc, pending).await;
+                        self.drain(svc, pending).await?;
                         self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                         self.flush().await.map_err(|_| ())?;
                     }
@@ -327,7 +387,7 @@ impl Conn {
                     Ok(Some(n)) => ((usize::MAX, 0), head_len + n),
                     Ok(None) => {
                         if head.expect_continue && avail.len() == head_len {
-                            self.drain(svc, pending).await;
+                            self.drain(svc, pending).await?;
                             self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
                             self.flush().await.map_err(|_| ())?;
                         }
@@ -373,7 +433,7 @@ impl Conn {
             }
             Handled::Done | Handled::Close => {
                 if !pending.is_empty() {
-                    self.drain(svc, pending).await;
+                    self.drain(svc, pending).await?;
                     self.out.extend_from_slice(&self.scratch);
                 }
                 if matches!(handled, Handled::Close) {
@@ -384,7 +444,7 @@ impl Conn {
             }
             Handled::Watch(w) => {
                 if !pending.is_empty() {
-                    self.drain(svc, pending).await;
+                    self.drain(svc, pending).await?;
                     self.out.extend_from_slice(&self.scratch);
                 }
                 if !self.watch(svc, w, http11).await {
@@ -444,7 +504,7 @@ impl Conn {
         status: u16,
         why: &str,
     ) -> Result<Option<Step>, ()> {
-        self.drain(svc, pending).await;
+        self.drain(svc, pending).await?;
         plain_close(&mut self.out, status, why);
         let _ = self.flush().await;
         Err(())

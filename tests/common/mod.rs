@@ -73,6 +73,11 @@ impl Server {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGKILL (no clean shutdown) and reap the process.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -640,6 +645,16 @@ fn trim_sp_tab(mut s: &[u8]) -> &[u8] {
 
 // ---------------------------------------------------------------------------
 // Shared helpers
+
+/// Resident memory of process `pid` in bytes (`VmRSS`), or 0 once it is gone.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
 
 /// A seed from the clock, printed so a failing run can be repeated.
 pub fn time_seed() -> u64 {
