@@ -1296,3 +1296,28 @@ fn ttl_keys_expire_on_every_member() {
     }
     c.wait_converged(Duration::from_secs(10));
 }
+
+/// A member reports healthy only once its own attributes (name, client
+/// URLs) are applied, so as soon as a fresh cluster is healthy every member
+/// lists every member's client URLs: etcdctl and go-etcd sync their
+/// endpoints from that list. Twenty fresh clusters in a row.
+#[test]
+fn members_list_client_urls_as_soon_as_healthy() {
+    let _serial = serial();
+    for round in 0..20 {
+        let c = Cluster::start_static(3, FAST);
+        for i in 0..3 {
+            let r = http(c.port(i), "GET", "/v2/members", None, CLIENT_TIMEOUT)
+                .unwrap_or_else(|e| panic!("round {round}: GET /v2/members: {e:?}"));
+            let body = r.body_str();
+            for m in &c.members {
+                let urls = format!("\"clientURLs\":[\"{}\"]", m.client_url());
+                assert!(
+                    body.contains(&urls),
+                    "round {round}: member {i} lists no client URL for {}: {body}",
+                    m.name
+                );
+            }
+        }
+    }
+}

@@ -193,12 +193,18 @@ pub(super) fn expire_requests(g: &mut Group, now: Instant, answers: &mut Vec<(Ta
 
 /// Each member publishes its name and client URLs through the log once
 /// per start (etcd's member attributes), retrying until applied.
+/// The member reports ready (`/health`) once they are applied.
 pub(super) fn publish_attributes(shard: &Shard, g: &mut Group, now: Instant) {
-    if g.attrs_done || shard.leader_id.get() == 0 {
+    if g.attrs_done {
+        shard.attrs_applied.set(true);
+        return;
+    }
+    if shard.leader_id.get() == 0 {
         return;
     }
     if !replicated(shard, g) {
         g.attrs_done = true;
+        shard.attrs_applied.set(true);
         return;
     }
     let me = {

@@ -149,6 +149,9 @@ pub struct Shard {
     pub lost_peer: Cell<u64>,
     /// The raft leader this shard knows of (0: none).
     pub leader_id: Cell<u64>,
+    /// This member's attributes (name, client URLs) are applied since it
+    /// started, so every member lists them: until then `/health` is 503.
+    pub attrs_applied: Cell<bool>,
     /// The membership (shared with the v2 handlers).
     view: crate::cluster::View,
     /// The peer transport (replicated members).
@@ -231,6 +234,7 @@ impl Shard {
             raft_term: Cell::new(0),
             is_leader: Cell::new(false),
             leader_id: Cell::new(0),
+            attrs_applied: Cell::new(false),
             kick: Cell::new(false),
             removed_notice: Cell::new(false),
             lost_peer: Cell::new(0),

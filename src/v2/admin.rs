@@ -59,10 +59,12 @@ pub fn health(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     if !only_get(req, out) {
         return;
     }
-    // Healthy when this shard knows a leader and no shard of the member
-    // has stopped.
+    // Healthy when this shard knows a leader, this member's attributes are
+    // applied (etcd's ReadyNotify: clients that sync their endpoints from
+    // the member list see its URLs) and no shard of the member has stopped.
     let healthy = api.shard.failed.borrow().is_none()
         && api.shard.leader_id.get() != 0
+        && api.shard.attrs_applied.get()
         && api
             .shard
             .shared
