@@ -3,8 +3,10 @@
 //! Requests enter through [`http`], are interpreted by [`v2`], ordered by
 //! [`raft`] and applied to the LMDB-backed [`store`] of the owning shard
 //! ([`shard`]). [`config`] turns flags into a [`config::Config`];
-//! [`server`] wires it all together for the binary.
+//! [`server`] wires it all together for the binary; [`check`] verifies a
+//! data dir offline.
 
+pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod http;

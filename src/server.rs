@@ -9,7 +9,7 @@
 use std::net::ToSocketAddrs;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
@@ -233,19 +233,18 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let cpus = allowed_cpus();
     let mut mesh = crate::shard::mesh::build(shards).into_iter();
     let barrier = Arc::new(Barrier::new(shards));
-    let not_fresh = Arc::new(AtomicBool::new(false));
     let view: crate::cluster::View = Arc::new(std::sync::RwLock::new(cluster));
     let mut handles = Vec::new();
     let boot = Arc::new(Boot {
         initial_voters,
         peer_fds: std::sync::Mutex::new(peer_fds),
+        history: std::sync::Mutex::new((Vec::new(), 0)),
     });
     for i in 0..shards {
         let cfg = cfg.clone();
         let shared = shared.clone();
         let mesh = mesh.next().expect("mesh ends");
         let barrier = barrier.clone();
-        let not_fresh = not_fresh.clone();
         let view = view.clone();
         let boot = boot.clone();
         // Each executor accepts on its own descriptor of the shared sockets.
@@ -263,10 +262,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             .name(&format!("kardia-shard-{i}"))
             .io_memory(1 << 20)
             .spawn(move || async move {
-                let r = shard_main(
-                    i, cfg, me_id, shared, mesh, barrier, not_fresh, view, fds, boot,
-                )
-                .await;
+                let r = shard_main(i, cfg, me_id, shared, mesh, barrier, view, fds, boot).await;
                 if let Err(e) = &r {
                     eprintln!("kardia: {e}");
                     std::process::exit(1);
@@ -290,6 +286,9 @@ struct Boot {
     initial_voters: Vec<u64>,
     /// Peer listening sockets, taken by shard 0.
     peer_fds: std::sync::Mutex<Vec<i32>>,
+    /// Every shard's stored events and the index from which all of them
+    /// are known (the largest of the shards'): the member's event history.
+    history: std::sync::Mutex<(Vec<Arc<crate::store::Event>>, u64)>,
 }
 
 /// One executor: recover its shard, wait for the others, then serve.
@@ -301,7 +300,6 @@ async fn shard_main(
     shared: Arc<Shared>,
     mesh: crate::shard::mesh::Ends,
     barrier: Arc<Barrier>,
-    not_fresh: Arc<AtomicBool>,
     view: crate::cluster::View,
     fds: Vec<i32>,
     boot: Arc<Boot>,
@@ -318,9 +316,6 @@ async fn shard_main(
         shared.counter.clone(),
     )
     .map_err(|e| format!("cannot open store in {}: {e}", shard_dir.display()))?;
-    if !store.is_fresh() {
-        not_fresh.store(true, Ordering::SeqCst);
-    }
     // The membership: as recorded by the store (the last applied change),
     // else as the flags or the join reply describe it (recorded now).
     if i == 0 {
@@ -348,7 +343,7 @@ async fn shard_main(
             }
         }
     }
-    let placeholder = Orderer::new(1, 0, false, Arc::new(AtomicU64::new(0)));
+    let placeholder = Orderer::new(1, 0, &[], 0, Arc::new(AtomicU64::new(0)));
     let shard = Rc::new(Shard::new(store, placeholder, shared.clone(), view.clone()));
     let opts = RaftOptions {
         member_id,
@@ -403,11 +398,28 @@ async fn shard_main(
     crate::raft::roll_forward(&shard, &mut group, &ops)
         .await
         .map_err(|e| format!("cannot complete shard {i} in {}: {e}", shard_dir.display()))?;
+    // Each shard's durable events go into the member's history.
+    let (events, complete_from) = shard
+        .store
+        .borrow()
+        .recent_events()
+        .map_err(|e| format!("cannot read shard {i}'s event history: {e}"))?;
+    {
+        let mut h = boot.history.lock().expect("history");
+        h.0.extend(events);
+        h.1 = h.1.max(complete_from);
+    }
     // The counter now holds the member's index.
     blocking_wait(&barrier);
     let index = shared.counter.load(Ordering::SeqCst);
-    let fresh = !not_fresh.load(Ordering::SeqCst) && index == 3;
-    *shard.orderer.borrow_mut() = Orderer::new(cfg.history, index, fresh, shared.closed.clone());
+    let orderer = {
+        let mut h = boot.history.lock().expect("history");
+        if !h.0.is_sorted_by_key(|e| e.index) {
+            h.0.sort_by_key(|e| e.index);
+        }
+        Orderer::new(cfg.history, index, &h.0, h.1, shared.closed.clone())
+    };
+    *shard.orderer.borrow_mut() = orderer;
     shard.executed.set(shard.store.borrow().index());
     shard.publish_figures();
     if shards > 1 {

@@ -29,7 +29,7 @@ use common::cluster::{
     CallError, Cluster, Json, CLIENT_TIMEOUT, FAST,
 };
 use common::linearizability::{check, partition_by_key, Clock, Kind, Op, Recorder};
-use common::{etcdctl, have, missing, read_response, Conn, Response, Rng};
+use common::{etcdctl, have, json_u64, missing, read_response, Conn, Response, Rng};
 
 /// The response, or a panic with every member's log.
 fn expect_code(c: &Cluster, r: Result<Response, CallError>, codes: &[u16], what: &str) -> Response {
@@ -949,6 +949,25 @@ fn lagging_member_catches_up_by_snapshot() {
         log.to_lowercase().contains("snapshot"),
         "n3 did not log a snapshot:\n{log}"
     );
+    // The snapshot carried the event history: a watch from an index n3
+    // never applied itself gets the same event from n3 as from n1.
+    let last = json_u64(
+        &get(c.port(0), "/v2/keys/lag/last").unwrap().body_str(),
+        "modifiedIndex",
+    )
+    .expect("modifiedIndex");
+    for since in [last - 300, last - 1, last] {
+        let q = format!("/v2/keys/lag?wait=true&recursive=true&waitIndex={since}");
+        let on = |i: usize| {
+            let r = expect_code(&c, get(c.port(i), &q), &[200], "watch from history");
+            r.body_str()
+        };
+        assert_eq!(
+            on(2),
+            on(0),
+            "waitIndex={since}: n3's history differs from n1's"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

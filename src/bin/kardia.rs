@@ -16,6 +16,16 @@ fn main() -> ExitCode {
             println!("kardia {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
+        Ok(Parsed::Check(dir)) => {
+            return match kardia::check::run(&dir) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("kardia check: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Err(e) => {
             eprintln!("kardia: {e}");
             return ExitCode::from(2);

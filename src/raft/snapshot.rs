@@ -77,7 +77,11 @@ pub(super) async fn apply_snapshot(
         }
     }
     let index = shard.store.borrow().index();
-    shard.orderer.borrow_mut().skip_to(index);
+    let (past, complete_from) = shard.store.borrow().recent_events()?;
+    shard
+        .orderer
+        .borrow_mut()
+        .skip_to(index, &past, complete_from);
     shard.executed.set(index);
     tracing::info!(
         index = md.index,

@@ -41,19 +41,19 @@ pub enum WatchStart {
 }
 
 impl Orderer {
-    /// An orderer whose sequence continues after `index`. A fresh member's
-    /// history holds etcd's three bootstrap writes as placeholders.
-    pub fn new(capacity: usize, index: u64, fresh: bool, closed: Arc<AtomicU64>) -> Orderer {
-        let mut history = if fresh {
-            EventHistory::new(capacity, 1, 0)
-        } else {
-            EventHistory::new(capacity, index + 1, index)
-        };
-        if fresh {
-            for i in 1..=index {
-                history.push(Arc::new(Event::placeholder(i)));
-            }
-        }
+    /// An orderer whose sequence continues after `index`, its history
+    /// rebuilt from the shards' stored events (`past`, in index order,
+    /// complete from `complete_from`; see [`EventHistory::restore`]). A
+    /// fresh member's history holds etcd's three bootstrap writes as
+    /// placeholders.
+    pub fn new(
+        capacity: usize,
+        index: u64,
+        past: &[Arc<Event>],
+        complete_from: u64,
+        closed: Arc<AtomicU64>,
+    ) -> Orderer {
+        let history = EventHistory::restore(capacity, index, past, complete_from);
         closed.fetch_max(index, Ordering::SeqCst);
         Orderer {
             history,
@@ -118,14 +118,27 @@ impl Orderer {
         self.closed.fetch_max(self.delivered, Ordering::SeqCst);
     }
 
-    /// A snapshot replaced the store up to `index`: the sequence continues
-    /// after it (watchers stay; events before it are no longer answerable).
-    pub fn skip_to(&mut self, index: u64) {
+    /// A snapshot replaced the store up to `index`, with its stored events
+    /// `past` (complete from `complete_from`): the history is rebuilt from
+    /// them, and the watchers hear the events they missed, in order — or,
+    /// when the snapshot's history does not reach back to what they last
+    /// heard, their watches end (they watch again and get 401 from history,
+    /// never a silent gap).
+    pub fn skip_to(&mut self, index: u64, past: &[Arc<Event>], complete_from: u64) {
         if index <= self.delivered {
             return;
         }
         self.early.retain(|i, _| *i > index);
-        self.history.reset(index);
+        let capacity = self.history.capacity();
+        self.history = EventHistory::restore(capacity, index, past, complete_from);
+        if self.history.start_index() <= self.delivered + 1 {
+            let missed: Vec<Arc<Event>> = self.history.after(self.delivered).cloned().collect();
+            for e in &missed {
+                self.hub.notify_restored(e);
+            }
+        } else {
+            self.hub.clear();
+        }
         self.delivered = index;
         self.closed.fetch_max(index, Ordering::SeqCst);
         self.waiters.retain(|(i, w)| {
@@ -200,7 +213,7 @@ mod tests {
     #[test]
     fn delivers_in_index_order() {
         let closed = Arc::new(AtomicU64::new(0));
-        let mut o = Orderer::new(100, 3, false, closed.clone());
+        let mut o = Orderer::new(100, 3, &[], 0, closed.clone());
         o.offer(Arc::new(Event::placeholder(5)));
         assert_eq!(o.delivered(), 3);
         o.offer(Arc::new(Event::placeholder(4)));

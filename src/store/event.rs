@@ -20,6 +20,18 @@ pub enum Action {
     Expire,
 }
 
+/// Every action, by its `as u8` value.
+const ACTIONS: [Action; 8] = [
+    Action::Get,
+    Action::Set,
+    Action::Create,
+    Action::Update,
+    Action::CompareAndSwap,
+    Action::Delete,
+    Action::CompareAndDelete,
+    Action::Expire,
+];
+
 impl Action {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -56,6 +68,41 @@ pub struct Event {
 }
 
 impl Event {
+    /// The record the store keeps of this event in its durable history:
+    /// action, flags, key and JSON (not the removed nodes: history answers
+    /// use etcd's prefix rule instead).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.push(self.action as u8);
+        out.push(self.prev_dir as u8 | (self.refresh as u8) << 1 | (self.created as u8) << 2);
+        out.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.key);
+        out.extend_from_slice(&self.json);
+    }
+
+    /// Inverse of [`Event::encode`]; `None` for a damaged record.
+    pub fn decode(index: u64, b: &[u8]) -> Option<Event> {
+        let action = *ACTIONS.get(*b.first()? as usize)?;
+        let flags = *b.get(1)?;
+        let len = u32::from_le_bytes(b.get(2..6)?.try_into().ok()?) as usize;
+        let key = b.get(6..6usize.checked_add(len)?)?;
+        Some(Event {
+            index,
+            action,
+            key: key.into(),
+            prev_dir: flags & 1 != 0,
+            refresh: flags & 2 != 0,
+            created: flags & 4 != 0,
+            json: b[6 + len..].to_vec(),
+            removed: Removed::default(),
+        })
+    }
+
+    /// Whether this is [`Event::placeholder`].
+    pub fn is_placeholder(&self) -> bool {
+        &*self.key == b"\0internal"
+    }
+
     /// An event that matches no watch: it fills index `index` in history
     /// (etcd's internal bootstrap writes, or an index no write kept).
     pub fn placeholder(index: u64) -> Event {
@@ -325,6 +372,31 @@ mod tests {
         }
         .write(&mut out);
         assert_eq!(out, br#"{"dir":true}"#);
+    }
+
+    #[test]
+    fn event_record_round_trip() {
+        for (i, &action) in ACTIONS.iter().enumerate() {
+            assert_eq!(action as usize, i);
+            let e = Event {
+                index: 7,
+                action,
+                key: (*b"/a/b").into(),
+                prev_dir: i % 2 == 0,
+                refresh: i % 3 == 0,
+                created: i % 5 == 0,
+                json: b"{\"action\":\"x\"}\n".to_vec(),
+                removed: Removed::default(),
+            };
+            let mut buf = Vec::new();
+            e.encode(&mut buf);
+            let d = Event::decode(7, &buf).unwrap();
+            assert_eq!(
+                (d.action, &d.key, d.prev_dir, d.refresh, d.created, &d.json),
+                (e.action, &e.key, e.prev_dir, e.refresh, e.created, &e.json)
+            );
+            assert!(Event::decode(7, &buf[..3]).is_none());
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! owning executor against a read transaction. LMDB failures are [`Error`]s:
 //! they stop the shard rather than diverge it.
 
+pub mod check;
 pub mod command;
 pub mod event;
 pub mod node;
@@ -28,7 +29,7 @@ use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn};
 
 pub use command::{Command, Op};
 pub use event::{Action, Event, NodeJson, Removed};
-use node::{child_key, expiry_prefix, expiry_time, NodeRec};
+use node::{child_key, expiry_prefix, expiry_time, seal, unseal, NodeRec};
 pub use placement::Placement;
 
 use crate::v2::error::*;
@@ -140,9 +141,44 @@ pub struct SnapshotInfo {
     pub conf: Option<Vec<u8>>,
 }
 
+/// Store `value` under `key`, sealed with its checksum.
+fn put_sealed(
+    db: &Database<Bytes, Bytes>,
+    txn: &mut RwTxn,
+    key: &[u8],
+    value: &[u8],
+) -> Result<()> {
+    let mut v = Vec::with_capacity(value.len() + node::CRC_LEN);
+    v.extend_from_slice(value);
+    seal(key, &mut v);
+    Ok(db.put(txn, key, &v)?)
+}
+
+/// The value under `key`, its checksum checked.
+fn get_sealed<'t>(
+    db: &Database<Bytes, Bytes>,
+    txn: &'t RoTxn,
+    key: &[u8],
+) -> Result<Option<&'t [u8]>> {
+    match db.get(txn, key)? {
+        None => Ok(None),
+        Some(v) => Ok(Some(
+            unseal(key, v).ok_or_else(|| bad_checksum("meta", key))?,
+        )),
+    }
+}
+
+/// A stored value failed its checksum: the shard stops rather than serve it.
+fn bad_checksum(what: &str, key: &[u8]) -> Error {
+    Error::Corrupt(format!(
+        "{what} record {:?} fails its checksum (damaged data file; run `kardia check`)",
+        String::from_utf8_lossy(key)
+    ))
+}
+
 /// A `u64` the store keeps in `meta`.
 fn meta_u64(meta: &Database<Bytes, Bytes>, txn: &RoTxn, k: &[u8]) -> Result<Option<u64>> {
-    Ok(match meta.get(txn, k)? {
+    Ok(match get_sealed(meta, txn, k)? {
         Some(v) if v.len() >= 8 => Some(u64::from_le_bytes(v[..8].try_into().unwrap())),
         Some(_) => return Err(Error::Corrupt("short meta value".into())),
         None => None,
@@ -162,7 +198,7 @@ impl Recorded {
     fn read(meta: &Database<Bytes, Bytes>, txn: &RoTxn) -> Result<Recorded> {
         Ok(Recorded {
             index: meta_u64(meta, txn, META_INDEX)?.unwrap_or(3),
-            applied: read_applied(meta.get(txn, META_APPLIED)?)?,
+            applied: read_applied(get_sealed(meta, txn, META_APPLIED)?)?,
             next_dir_id: meta_u64(meta, txn, META_DIR_ID)?.unwrap_or(1),
             gseq: meta_u64(meta, txn, META_GSEQ)?.unwrap_or(0),
         })
@@ -189,6 +225,10 @@ fn open_env(dir: &Path, map_size: usize) -> Result<Env> {
 }
 
 const META_INDEX: &[u8] = b"index";
+/// The layout version of the store's records (2: every value sealed with a
+/// checksum).
+const META_FORMAT: &[u8] = b"format";
+const FORMAT: u64 = 2;
 const META_DIR_ID: &[u8] = b"next_dir_id";
 /// The last member-wide operation applied (its index).
 const META_GSEQ: &[u8] = b"gseq";
@@ -218,6 +258,13 @@ pub struct Store {
     nodes: Database<Bytes, Bytes>,
     expiry: Database<Bytes, Bytes>,
     meta: Database<Bytes, Bytes>,
+    /// This shard's last `history_cap` events, by index (etcd's event
+    /// history, kept durable so watches resume after a restart).
+    history: Database<Bytes, Bytes>,
+    history_cap: usize,
+    /// Indexes of events this shard applied for a member-wide operation
+    /// another shard owns (that shard keeps them in its history).
+    not_mine: Vec<u64>,
     /// The last etcd index this shard used (the node-wide index is the
     /// largest over all shards).
     index: u64,
@@ -275,9 +322,21 @@ impl Store {
         let nodes = env.create_database(&mut wtxn, Some("nodes"))?;
         let expiry = env.create_database(&mut wtxn, Some("expiry"))?;
         let meta: Database<Bytes, Bytes> = env.create_database(&mut wtxn, Some("meta"))?;
-        let fresh = meta_u64(&meta, &wtxn, META_INDEX)?.is_none();
+        let history = env.create_database(&mut wtxn, Some("history"))?;
+        let fresh = meta.get(&wtxn, META_INDEX)?.is_none();
         if fresh {
-            meta.put(&mut wtxn, META_INDEX, &3u64.to_le_bytes())?;
+            put_sealed(&meta, &mut wtxn, META_INDEX, &3u64.to_le_bytes())?;
+            put_sealed(&meta, &mut wtxn, META_FORMAT, &FORMAT.to_le_bytes())?;
+        }
+        match meta.get(&wtxn, META_FORMAT)? {
+            Some(_) if meta_u64(&meta, &wtxn, META_FORMAT)? == Some(FORMAT) => {}
+            _ => {
+                return Err(Error::Corrupt(format!(
+                    "{} was written by an earlier kardia (records without checksums); \
+                     start from an empty data dir and copy the keys over",
+                    dir.display()
+                )))
+            }
         }
         let Recorded {
             index,
@@ -292,6 +351,9 @@ impl Store {
             nodes,
             expiry,
             meta,
+            history,
+            history_cap: opts.history.max(1),
+            not_mine: Vec::new(),
             index,
             counter,
             replay: Vec::new(),
@@ -328,7 +390,7 @@ impl Store {
     /// The entry of the last member-wide operation this shard applied.
     pub fn last_global(&self) -> Result<Option<Vec<u8>>> {
         let rtxn = self.env.read_txn()?;
-        Ok(self.meta.get(&rtxn, META_LAST_GLOBAL)?.map(|v| v.to_vec()))
+        Ok(get_sealed(&self.meta, &rtxn, META_LAST_GLOBAL)?.map(|v| v.to_vec()))
     }
 
     /// True when the store was created by this run.
@@ -346,6 +408,7 @@ impl Store {
         let rtxn = self.env.read_txn()?;
         for item in self.expiry.iter(&rtxn)? {
             let (k, v) = item?;
+            let v = unseal(k, v).ok_or_else(|| bad_checksum("expiry", k))?;
             if v.first() == Some(&EXP_DIR) && !self.expires_dirs() {
                 continue;
             }
@@ -367,6 +430,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.expiry.iter(&rtxn)? {
             let (k, v) = item?;
+            let v = unseal(k, v).ok_or_else(|| bad_checksum("expiry", k))?;
             if expiry_time(k) > now || out.len() >= max {
                 break;
             }
@@ -402,12 +466,12 @@ impl Store {
     /// A value of the store's own metadata (membership, raft configuration).
     pub fn meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let rtxn = self.env.read_txn()?;
-        Ok(self.meta.get(&rtxn, key)?.map(|v| v.to_vec()))
+        Ok(get_sealed(&self.meta, &rtxn, key)?.map(|v| v.to_vec()))
     }
 
     /// Set a metadata value inside [`Store::batch`].
     pub fn meta_put(&self, txn: &mut RwTxn, key: &[u8], value: &[u8]) -> Result<()> {
-        Ok(self.meta.put(txn, key, value)?)
+        put_sealed(&self.meta, txn, key, value)
     }
 
     /// A hash of every node (key, value, indexes, TTL): equal on members
@@ -444,8 +508,8 @@ impl Store {
             let meta: Database<Bytes, Bytes> = copy
                 .open_database(&rtxn, Some("meta"))?
                 .ok_or_else(|| Error::Corrupt("snapshot has no meta".into()))?;
-            let applied = read_applied(meta.get(&rtxn, META_APPLIED)?)?;
-            let conf = meta.get(&rtxn, conf_key)?.map(|v| v.to_vec());
+            let applied = read_applied(get_sealed(&meta, &rtxn, META_APPLIED)?)?;
+            let conf = get_sealed(&meta, &rtxn, conf_key)?.map(|v| v.to_vec());
             Ok(SnapshotInfo { applied, conf })
         })();
         copy.prepare_for_closing().wait();
@@ -463,6 +527,7 @@ impl Store {
                 ("nodes", self.nodes),
                 ("expiry", self.expiry),
                 ("meta", self.meta),
+                ("history", self.history),
             ] {
                 db.clear(&mut wtxn)?;
                 if let Some(src) = copy.open_database::<Bytes, Bytes>(&rtxn, Some(name))? {
@@ -555,20 +620,19 @@ impl Store {
                 let mut a = [0u8; 16];
                 a[..8].copy_from_slice(&last.0.to_le_bytes());
                 a[8..].copy_from_slice(&last.1.to_le_bytes());
-                self.meta.put(&mut wtxn, META_APPLIED, &a)?;
+                put_sealed(&self.meta, &mut wtxn, META_APPLIED, &a)?;
             }
             if self.index != index_before {
-                self.meta
-                    .put(&mut wtxn, META_INDEX, &self.index.to_le_bytes())?;
+                put_sealed(&self.meta, &mut wtxn, META_INDEX, &self.index.to_le_bytes())?;
             }
             if self.next_dir_id != dir_id_before {
-                self.meta
-                    .put(&mut wtxn, META_DIR_ID, &self.next_dir_id.to_le_bytes())?;
+                let id = self.next_dir_id.to_le_bytes();
+                put_sealed(&self.meta, &mut wtxn, META_DIR_ID, &id)?;
             }
             if self.gseq != gseq_before {
-                self.meta
-                    .put(&mut wtxn, META_GSEQ, &self.gseq.to_le_bytes())?;
+                put_sealed(&self.meta, &mut wtxn, META_GSEQ, &self.gseq.to_le_bytes())?;
             }
+            self.keep_history(&mut wtxn, pending_before)?;
             wtxn.commit()?;
             Ok((r, last))
         })();
@@ -588,6 +652,74 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Add the events of this batch to the durable history and trim it to
+    /// its capacity, in the batch's transaction.
+    fn keep_history(&mut self, txn: &mut RwTxn, from: usize) -> Result<()> {
+        let mut buf = std::mem::take(&mut self.vbuf);
+        let mut added = 0;
+        for e in &self.pending[from..] {
+            if e.is_placeholder() || self.not_mine.contains(&e.index) {
+                continue;
+            }
+            let k = e.index.to_be_bytes();
+            e.encode(&mut buf);
+            seal(&k, &mut buf);
+            self.history.put(txn, &k, &buf)?;
+            added += 1;
+        }
+        self.vbuf = buf;
+        self.not_mine.clear();
+        if added > 0 {
+            let mut over = self
+                .history
+                .len(txn)?
+                .saturating_sub(self.history_cap as u64);
+            while over > 0 {
+                let Some((k, _)) = self.history.first(txn)? else {
+                    break;
+                };
+                let k: [u8; 8] = k.try_into().map_err(|_| bad_checksum("history", k))?;
+                self.history.delete(txn, &k)?;
+                over -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// This shard's durable event history, oldest first, and the first
+    /// index from which it is complete (0: complete since the store began;
+    /// older events of this shard were trimmed away otherwise).
+    pub fn recent_events(&self) -> Result<(Vec<Arc<Event>>, u64)> {
+        let rtxn = self.env.read_txn()?;
+        let mut out = Vec::new();
+        let mut damaged = 0;
+        for item in self.history.iter(&rtxn)? {
+            let (k, v) = item?;
+            let index = <[u8; 8]>::try_from(k)
+                .map(u64::from_be_bytes)
+                .map_err(|_| bad_checksum("history", k))?;
+            match unseal(k, v).and_then(|v| Event::decode(index, v)) {
+                Some(e) => out.push(Arc::new(e)),
+                None => {
+                    // History is not data: drop what came before the damage
+                    // (watches from there get 401), keep serving the store.
+                    tracing::warn!(
+                        index,
+                        "event history record fails its checksum; history starts after it"
+                    );
+                    out.clear();
+                    damaged = index + 1;
+                }
+            }
+        }
+        let complete_from = if out.len() >= self.history_cap {
+            out.first().map_or(0, |e| e.index)
+        } else {
+            0
+        };
+        Ok((out, complete_from.max(damaged)))
     }
 
     /// Execute one encoded command inside [`Store::batch`]. A command that
@@ -611,7 +743,7 @@ impl Store {
         let r = r?;
         if cmd.gseq != 0 && cmd.gseq > self.gseq {
             self.gseq = cmd.gseq;
-            self.meta.put(txn, META_LAST_GLOBAL, data)?;
+            put_sealed(&self.meta, txn, META_LAST_GLOBAL, data)?;
         }
         if replaying && (matches!(r, Some(Err(_))) || !self.replay.is_empty()) {
             return Err(Error::Corrupt(format!(
@@ -661,7 +793,11 @@ impl Store {
         self.global = c.gseq != 0;
         if c.op == Op::Sync {
             if self.global {
-                return self.expire_dir(txn, c).map(Some);
+                let r = self.expire_dir(txn, c)?;
+                if let (Ok(e), false) = (&r, self.is_primary(c)) {
+                    self.not_mine.push(e.index);
+                }
+                return Ok(Some(r));
             }
             self.expire_until(txn, c.now)?;
             return Ok(None);
@@ -687,8 +823,12 @@ impl Store {
                 Err(e)
             }
         };
-        // A member-wide write is counted once, by the shard that owns it.
+        // A member-wide write is counted (and kept in history) once, by the
+        // shard that owns it.
         if self.global && !self.is_primary(c) {
+            if let Ok(e) = &r {
+                self.not_mine.push(e.index);
+            }
             return Ok(Some(r));
         }
         let s = &mut self.stats;
@@ -742,7 +882,7 @@ impl Store {
                     )));
                 }
                 None => return Ok(Err(V2Error::new(KEY_NOT_FOUND, &path[..end], self.index))),
-                Some(v) => meta = decode_meta(v)?,
+                Some(v) => meta = decode_meta(kbuf, v)?,
             }
             if end == path.len() {
                 lkey.extend_from_slice(kbuf);
@@ -767,7 +907,7 @@ impl Store {
             None
         } else {
             match self.nodes.get(txn, &found.lkey)? {
-                Some(v) => Some(NodeRec::decode(v).ok_or_else(corrupt)?.value),
+                Some(v) => Some(rec(&found.lkey, v)?.value),
                 None => return Err(corrupt()),
             }
         };
@@ -799,7 +939,7 @@ impl Store {
             let f = found.as_ref().unwrap();
             if !f.meta.dir && !f.lkey.is_empty() {
                 if let Some(v) = self.nodes.get(txn, &f.lkey)? {
-                    old_value.extend_from_slice(NodeRec::decode(v).ok_or_else(corrupt)?.value);
+                    old_value.extend_from_slice(rec(&f.lkey, v)?.value);
                 }
             }
             value = &old_value;
@@ -859,7 +999,7 @@ impl Store {
             child_key(&mut kbuf, parent.dir_id, comp);
             match self.nodes.get(txn, &kbuf)? {
                 Some(v) => {
-                    let m = decode_meta(v)?;
+                    let m = decode_meta(&kbuf, v)?;
                     if !m.dir {
                         self.kbuf = kbuf;
                         self.vbuf = vbuf;
@@ -884,7 +1024,7 @@ impl Store {
                         long_name: None,
                         value: b"",
                     };
-                    rec.encode(comp, &mut vbuf);
+                    rec.encode(&kbuf, comp, &mut vbuf);
                     self.nodes.put(txn, &kbuf, &vbuf)?;
                     parent = Meta {
                         dir: true,
@@ -899,7 +1039,7 @@ impl Store {
         }
         child_key(&mut kbuf, parent.dir_id, name);
         if let Some(v) = self.nodes.get(txn, &kbuf)? {
-            let m = decode_meta(v)?;
+            let m = decode_meta(&kbuf, v)?;
             if !replace {
                 self.kbuf = kbuf;
                 self.vbuf = vbuf;
@@ -934,7 +1074,7 @@ impl Store {
             long_name: None,
             value,
         };
-        rec.encode(name, &mut vbuf);
+        rec.encode(&kbuf, name, &mut vbuf);
         // In a member-wide operation a file is written by its owner only.
         if c.dir || !self.global || self.owns_file(path) {
             self.nodes.put(txn, &kbuf, &vbuf)?;
@@ -1004,7 +1144,7 @@ impl Store {
     /// etcd's Compare and getCompareFailCause: `None` when both checks pass.
     fn compare(&self, txn: &RoTxn, f: &Found, c: &Command) -> Result<Option<Vec<u8>>> {
         let v = self.nodes.get(txn, &f.lkey)?.ok_or_else(corrupt)?;
-        let cur = NodeRec::decode(v).ok_or_else(corrupt)?.value;
+        let cur = rec(&f.lkey, v)?.value;
         let index_ok = c.prev_index == 0 || c.prev_index == f.meta.modified;
         let value_ok = c.prev_value.is_empty() || c.prev_value == cur;
         if index_ok && value_ok {
@@ -1043,7 +1183,7 @@ impl Store {
         let mut value_copy = Vec::new();
         {
             let v = self.nodes.get(txn, &f.lkey)?.ok_or_else(corrupt)?;
-            let rec = NodeRec::decode(v).ok_or_else(corrupt)?;
+            let rec = rec(&f.lkey, v)?;
             let name = rec.name(&f.lkey);
             let value = if c.refresh || f.meta.dir {
                 rec.value
@@ -1058,7 +1198,7 @@ impl Store {
                 value: &value_copy,
                 ..rec
             };
-            new.encode(name, &mut vbuf);
+            new.encode(&f.lkey, name, &mut vbuf);
         }
         self.nodes.put(txn, &f.lkey, &vbuf)?;
         self.vbuf = vbuf;
@@ -1195,7 +1335,7 @@ impl Store {
             children.clear();
             for item in self.nodes.prefix_iter(txn, &id.to_be_bytes())? {
                 let (k, v) = item?;
-                let rec = NodeRec::decode(v).ok_or_else(corrupt)?;
+                let rec = rec(k, v)?;
                 let pos = removed.push(at, rec.name(k));
                 children.push((k.to_vec(), rec.dir.then_some(rec.dir_id), rec.expire, pos));
             }
@@ -1223,6 +1363,7 @@ impl Store {
         let mut due = Vec::new();
         for item in self.expiry.iter(txn)? {
             let (k, v) = item?;
+            let v = unseal(k, v).ok_or_else(|| bad_checksum("expiry", k))?;
             if expiry_time(k) > now || due.len() >= MAX_EXPIRE_PER_SYNC {
                 break;
             }
@@ -1287,9 +1428,10 @@ impl Store {
         let mut k = Vec::with_capacity(8 + lkey.len());
         k.extend_from_slice(&expiry_prefix(t));
         k.extend_from_slice(lkey);
-        let mut v = Vec::with_capacity(1 + path.len());
+        let mut v = Vec::with_capacity(1 + path.len() + node::CRC_LEN);
         v.push(if dir { EXP_DIR } else { EXP_FILE });
         v.extend_from_slice(path);
+        seal(&k, &mut v);
         self.expiry.put(txn, &k, &v)?;
         Ok(())
     }
@@ -1384,7 +1526,7 @@ impl Store {
             None
         } else {
             let v = self.nodes.get(&rtxn, &f.lkey)?.ok_or_else(corrupt)?;
-            Some(NodeRec::decode(v).ok_or_else(corrupt)?.value)
+            Some(rec(&f.lkey, v)?.value)
         };
         let node = NodeJson {
             key: key_field(path),
@@ -1513,7 +1655,7 @@ impl Store {
         let mut items: Vec<(&[u8], Child)> = Vec::new();
         for item in self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())? {
             let (k, v) = item?;
-            items.push((k, Child::Local(NodeRec::decode(v).ok_or_else(corrupt)?)));
+            items.push((k, Child::Local(rec(k, v)?)));
         }
         if let Some(r) = remote {
             // Both lists are in LMDB key order; only a mix needs sorting.
@@ -1582,7 +1724,7 @@ impl Store {
                 .owns_dir(if path.is_empty() { b"/" } else { &path });
             for item in self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())? {
                 let (k, v) = item?;
-                let rec = NodeRec::decode(v).ok_or_else(corrupt)?;
+                let rec = rec(k, v)?;
                 let name = rec.name(k);
                 let len = path.len();
                 path.push(b'/');
@@ -1697,8 +1839,13 @@ fn corrupt() -> Error {
     Error::Corrupt("undecodable node record".into())
 }
 
-fn decode_meta(v: &[u8]) -> Result<Meta> {
-    let r = NodeRec::decode(v).ok_or_else(corrupt)?;
+/// Decode the node record stored under `k`, its checksum checked.
+fn rec<'v>(k: &[u8], v: &'v [u8]) -> Result<NodeRec<'v>> {
+    NodeRec::decode(k, v).ok_or_else(|| bad_checksum("node", k))
+}
+
+fn decode_meta(k: &[u8], v: &[u8]) -> Result<Meta> {
+    let r = rec(k, v)?;
     Ok(Meta {
         dir: r.dir,
         created: r.created,

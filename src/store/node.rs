@@ -6,6 +6,11 @@
 //! 511-byte key limit are stored under a truncated name plus a hash, with the
 //! full name kept in the record. Records are decoded in place, without copying,
 //! from the LMDB page.
+//!
+//! Every record ends with a CRC-32 of its LMDB key and the rest of the
+//! record, checked on every decode: a flipped bit in a stored name, index or
+//! value is reported as corruption (which stops the shard), never served.
+//! The same seal protects the store's other values ([`seal`], [`unseal`]).
 
 /// Longest name stored verbatim in a key (LMDB allows 511 bytes per key).
 pub const MAX_INLINE_NAME: usize = 480;
@@ -51,8 +56,34 @@ pub struct NodeRec<'a> {
     pub value: &'a [u8],
 }
 
+/// Bytes of the checksum that ends every stored value.
+pub const CRC_LEN: usize = 4;
+
+fn crc(key: &[u8], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(key);
+    h.update(body);
+    h.finalize()
+}
+
+/// Append the checksum of `key` and `out` (a value about to be stored under
+/// `key`) to `out`.
+pub fn seal(key: &[u8], out: &mut Vec<u8>) {
+    let c = crc(key, out);
+    out.extend_from_slice(&c.to_le_bytes());
+}
+
+/// `value` (stored under `key`) without its checksum, or `None` when the
+/// checksum does not match.
+pub fn unseal<'v>(key: &[u8], value: &'v [u8]) -> Option<&'v [u8]> {
+    let n = value.len().checked_sub(CRC_LEN)?;
+    let (body, tail) = value.split_at(n);
+    (crc(key, body).to_le_bytes() == tail).then_some(body)
+}
+
 impl<'a> NodeRec<'a> {
-    pub fn encode(&self, name: &[u8], out: &mut Vec<u8>) {
+    /// Encode into `out` the record of child `name`, stored under `key`.
+    pub fn encode(&self, key: &[u8], name: &[u8], out: &mut Vec<u8>) {
         out.clear();
         let long = name.len() > MAX_INLINE_NAME;
         let mut flags = 0;
@@ -81,10 +112,13 @@ impl<'a> NodeRec<'a> {
         if !self.dir {
             out.extend_from_slice(self.value);
         }
+        seal(key, out);
     }
 
-    /// Decode; `None` means the record is corrupt.
-    pub fn decode(b: &'a [u8]) -> Option<NodeRec<'a>> {
+    /// Decode the record stored under `key`; `None` means it is corrupt
+    /// (its checksum does not match, or it does not parse).
+    pub fn decode(key: &[u8], b: &'a [u8]) -> Option<NodeRec<'a>> {
+        let b = unseal(key, b)?;
         let flags = *b.first()?;
         let u = |at: usize| -> Option<u64> {
             Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
@@ -163,18 +197,46 @@ mod tests {
                 long_name: None,
                 value: b"hello",
             };
+            let mut key = Vec::new();
+            child_key(&mut key, 5, name);
+            assert!(key.len() <= 511);
             let mut buf = Vec::new();
-            rec.encode(name, &mut buf);
-            let d = NodeRec::decode(&buf).unwrap();
+            rec.encode(&key, name, &mut buf);
+            let d = NodeRec::decode(&key, &buf).unwrap();
             assert_eq!(
                 (d.created, d.modified, d.expire, d.value),
                 (3, 9, Some(-77), &b"hello"[..])
             );
-            let mut key = Vec::new();
-            child_key(&mut key, 5, name);
-            assert!(key.len() <= 511);
             assert_eq!(d.name(&key), name);
         }
+    }
+
+    #[test]
+    fn any_flipped_bit_is_caught() {
+        let rec = NodeRec {
+            dir: false,
+            created: 3,
+            modified: 9,
+            expire: None,
+            dir_id: 0,
+            long_name: None,
+            value: b"hello",
+        };
+        let mut key = Vec::new();
+        child_key(&mut key, 5, b"name");
+        let mut buf = Vec::new();
+        rec.encode(&key, b"name", &mut buf);
+        for i in 0..buf.len() * 8 {
+            let mut bad = buf.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(NodeRec::decode(&key, &bad).is_none(), "bit {i}");
+        }
+        for i in 0..key.len() * 8 {
+            let mut bad = key.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert!(NodeRec::decode(&bad, &buf).is_none(), "key bit {i}");
+        }
+        assert!(NodeRec::decode(&key, &buf[..3]).is_none());
     }
 
     #[test]

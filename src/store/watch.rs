@@ -39,12 +39,48 @@ impl EventHistory {
         }
     }
 
-    /// Forget everything: the history continues after `index` (a snapshot
-    /// replaced the store; older events cannot be answered).
-    pub fn reset(&mut self, index: u64) {
-        self.queue.clear();
-        self.start_index = index + 1;
-        self.last_index = index;
+    /// The window ending at `last_index` rebuilt from stored events (in
+    /// index order; an index without one is a placeholder), answerable from
+    /// `complete_from` on (the oldest index whose events are all known; 0
+    /// for all) and for at most `capacity` events.
+    pub fn restore(
+        capacity: usize,
+        last_index: u64,
+        events: &[Arc<Event>],
+        complete_from: u64,
+    ) -> EventHistory {
+        let capacity = capacity.max(1);
+        let start = (last_index + 1)
+            .saturating_sub(capacity as u64)
+            .max(complete_from)
+            .max(1);
+        let mut h = EventHistory::new(capacity, start, start - 1);
+        let mut next = events.partition_point(|e| e.index < start);
+        for i in start..=last_index {
+            match events.get(next) {
+                Some(e) if e.index == i => {
+                    h.push(e.clone());
+                    next += 1;
+                }
+                _ => h.push(Arc::new(Event::placeholder(i))),
+            }
+        }
+        h
+    }
+
+    /// The events after `index`, oldest first.
+    pub fn after(&self, index: u64) -> impl Iterator<Item = &Arc<Event>> {
+        let first = self.queue.partition_point(|e| e.index <= index);
+        self.queue.range(first..)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The oldest index this window can answer.
+    pub fn start_index(&self) -> u64 {
+        self.start_index
     }
 
     pub fn push(&mut self, e: Arc<Event>) {
@@ -161,6 +197,37 @@ impl WatcherHub {
             key: key.into(),
             rx,
         }
+    }
+
+    /// End every watch (their streams close; clients watch again and learn
+    /// from history what they missed, or get 401).
+    pub fn clear(&mut self) {
+        self.by_key.clear();
+        self.count = 0;
+    }
+
+    /// Deliver an event rebuilt from stored history (a snapshot install):
+    /// it knows no removed nodes, so a directory delete reaches watchers by
+    /// etcd's history rule instead (any watched key it is a prefix of).
+    pub fn notify_restored(&mut self, e: &Arc<Event>) {
+        if self.count == 0 || e.refresh || e.is_placeholder() {
+            return;
+        }
+        if e.prev_dir && e.is_delete() {
+            let below: Vec<Box<[u8]>> = self
+                .by_key
+                .range::<[u8], _>((
+                    std::ops::Bound::Excluded(&e.key[..]),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.starts_with(&e.key))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in below {
+                self.notify_at(e, &k, true);
+            }
+        }
+        self.notify(e);
     }
 
     /// Unregister (client went away). Dropping the sender ends the stream.
