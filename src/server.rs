@@ -430,7 +430,12 @@ async fn shard_main(
     }
     if i == 0 {
         let cid = view.read().expect("membership").id;
-        let t = crate::cluster::transport::Transport::new(member_id, cid, view.clone());
+        let t = crate::cluster::transport::Transport::new(
+            member_id,
+            cid,
+            view.clone(),
+            shard_dir.join("snap"),
+        );
         *shard.transport.borrow_mut() = Some(t.clone());
         let peer_fds = std::mem::take(&mut *boot.peer_fds.lock().expect("peer fds"));
         for fd in peer_fds {

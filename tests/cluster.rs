@@ -29,7 +29,7 @@ use common::cluster::{
     CallError, Cluster, Json, CLIENT_TIMEOUT, FAST,
 };
 use common::linearizability::{check, partition_by_key, Clock, Kind, Op, Recorder};
-use common::{etcdctl, have, json_u64, missing, read_response, Conn, Response, Rng};
+use common::{build_request, etcdctl, have, json_u64, missing, read_response, Conn, Response, Rng};
 
 /// The response, or a panic with every member's log.
 fn expect_code(c: &Cluster, r: Result<Response, CallError>, codes: &[u16], what: &str) -> Response {
@@ -1339,4 +1339,92 @@ fn members_list_client_urls_as_soon_as_healthy() {
             }
         }
     }
+}
+
+/// A snapshot is streamed in 1 MiB chunks from the file it was copied to,
+/// never held whole: a member catching up on a 64 MB store from a snapshot
+/// stays within a fixed heap budget, and so does the leader sending it.
+#[test]
+fn snapshot_catch_up_within_a_fixed_memory_budget() {
+    let _serial = serial();
+    let mut extra: Vec<&str> = FAST.to_vec();
+    extra.extend(["--snapshot-count", "50"]);
+    let mut c = Cluster::start_static(3, &extra);
+    let leader = c.wait_leader_agreed(Duration::from_secs(10));
+    let lagging = (leader + 1) % 3;
+    c.kill(lagging);
+    let port = c.port(leader);
+    let value = "v".repeat(2000);
+    let loaders: Vec<_> = (0..16)
+        .map(|t| {
+            let value = value.clone();
+            thread::spawn(move || {
+                let mut conn = Conn::connect(port, Duration::from_secs(5)).unwrap();
+                for n in (t..32_000).step_by(16) {
+                    let target = format!("/v2/keys/big/d{}/k{n}", n % 50);
+                    let form = format!("value={value}");
+                    let req = build_request(
+                        port,
+                        "PUT",
+                        target.as_bytes(),
+                        Some(form.as_bytes()),
+                        &[],
+                        true,
+                    );
+                    conn.send(&req).unwrap();
+                    let r =
+                        read_response(&mut conn, "PUT", Instant::now() + CLIENT_TIMEOUT).unwrap();
+                    assert!(matches!(r.code(), 200 | 201), "{}", r.body_str());
+                }
+            })
+        })
+        .collect();
+    for l in loaders {
+        l.join().unwrap();
+    }
+    c.must_put(leader, "/big/last", "done");
+    let leader_pid = c.members[leader].pid().unwrap();
+    let leader_before = common::rss_anon_bytes(leader_pid);
+    // Started without waiting for health: it is sampled from its first
+    // moment.
+    c.members[lagging].spawn().unwrap();
+    let pid = c.members[lagging].pid().unwrap();
+    let (mut peak, mut leader_peak) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Caught up, and the snapshot's install finished (it logs after its
+    // sync, which follows the moment reads see the data).
+    let installed = |c: &Cluster| {
+        c.get_value(lagging, "/big/last") == Ok(Some("done".to_string()))
+            && c.members[lagging]
+                .log_since_start()
+                .contains("applied snapshot")
+    };
+    while !installed(&c) {
+        peak = peak.max(common::rss_anon_bytes(pid));
+        leader_peak = leader_peak.max(common::rss_anon_bytes(leader_pid));
+        assert!(
+            Instant::now() < deadline,
+            "no catch-up by snapshot\n{}",
+            c.logs()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "catching-up member heap peak {} MiB; leader heap {} -> peak {} MiB",
+        peak >> 20,
+        leader_before >> 20,
+        leader_peak >> 20
+    );
+    assert!(
+        peak < 96 << 20,
+        "the catching-up member's heap reached {} MiB",
+        peak >> 20
+    );
+    assert!(
+        leader_peak < leader_before + (48 << 20),
+        "the leader's heap grew from {} to {} MiB while sending",
+        leader_before >> 20,
+        leader_peak >> 20
+    );
+    c.wait_converged(Duration::from_secs(20));
 }

@@ -9,6 +9,7 @@
 //! is kept in the store (so it travels in snapshots) and published to the
 //! v2 handlers through a [`View`].
 
+pub mod snapfile;
 pub mod transport;
 
 use std::sync::{Arc, RwLock};

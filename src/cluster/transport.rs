@@ -11,7 +11,9 @@
 //! applied.
 //!
 //! Frame: `u32 length` (of what follows), `u8 kind`, payload. Handshake:
-//! `KRFT`, `u64 sender id`, `u64 cluster id`.
+//! `KRFT`, `u64 sender id`, `u64 cluster id`. The wire format is encoded and
+//! decoded by the pure functions at the end of this file, which the async
+//! reader and writer call and `tests/fuzz.rs` exercises.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -24,6 +26,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 
+use super::snapfile::{self, Descriptor, Incoming, KIND_SNAP_CHUNK};
 use super::{Member, View};
 use crate::shard::{Answer, Shard};
 
@@ -43,8 +46,10 @@ pub const KIND_REMOVED: u8 = 5;
 /// Queue bounds per peer: beyond these, messages are dropped.
 const MAX_QUEUED: usize = 4096;
 const MAX_QUEUED_BYTES: usize = 256 << 20;
-/// Frames larger than this are refused (a snapshot must fit).
-const MAX_FRAME: usize = 1 << 30;
+/// Frames larger than this are refused (the largest raft message: a batch
+/// of entries, one of which may be a 10 MiB value; snapshots travel as
+/// 1 MiB chunks, see [`super::snapfile`]).
+const MAX_FRAME: usize = 64 << 20;
 
 /// One peer's outgoing queue.
 struct Peer {
@@ -114,6 +119,8 @@ pub struct Transport {
     me: u64,
     cluster_id: u64,
     view: View,
+    /// Where snapshot files from the leader are received (`incoming/`).
+    snap_dir: std::path::PathBuf,
     peers: RefCell<HashMap<u64, Rc<Peer>>>,
     pub stats: RefCell<HashMap<u64, PeerStats>>,
     /// Append messages received and sent (`/v2/stats/self`).
@@ -144,11 +151,19 @@ impl Transport {
         }
     }
 
-    pub fn new(me: u64, cluster_id: u64, view: View) -> Rc<Transport> {
+    pub fn new(
+        me: u64,
+        cluster_id: u64,
+        view: View,
+        snap_dir: std::path::PathBuf,
+    ) -> Rc<Transport> {
+        // Files a crash left half received.
+        let _ = std::fs::remove_dir_all(snap_dir.join("incoming"));
         Rc::new(Transport {
             me,
             cluster_id,
             view,
+            snap_dir,
             peers: RefCell::default(),
             stats: RefCell::default(),
             appends_received: Cell::new(0),
@@ -166,13 +181,14 @@ impl Transport {
             self.stats.borrow_mut().entry(m.to).or_default().dropped += 1;
             return false;
         }
-        // The frame is the message encoded after its header: one buffer.
-        let mut frame = Vec::with_capacity(7 + size);
-        frame.extend_from_slice(&((3 + size) as u32).to_le_bytes());
-        frame.push(KIND_RAFT);
-        frame.extend_from_slice(&shard.to_le_bytes());
-        if m.write_to_vec(&mut frame).is_err() || frame.len() != 7 + size {
+        let Some(frame) = encode_raft(shard, m, size) else {
             return false;
+        };
+        // A snapshot's file goes ahead of its message, streamed in chunks.
+        if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+            if let Some(d) = Descriptor::decode(m.get_snapshot().get_data()) {
+                peer.push(snapfile::file_frame(&d));
+            }
         }
         peer.push(frame);
         true
@@ -245,11 +261,10 @@ async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
             }
         };
         let _ = s.set_nodelay(true);
-        let mut hello = Vec::with_capacity(20);
-        hello.extend_from_slice(MAGIC);
-        hello.extend_from_slice(&t.me.to_le_bytes());
-        hello.extend_from_slice(&t.cluster_id.to_le_bytes());
-        if s.write_all(&hello).await.is_err() {
+        if s.write_all(&encode_hello(t.me, t.cluster_id))
+            .await
+            .is_err()
+        {
             glommio::timer::sleep(backoff).await;
             continue;
         }
@@ -258,9 +273,15 @@ async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
         loop {
             crate::shard::until_queued(&p.queue, &p.waker).await;
             buf.clear();
+            let mut file = None;
             {
                 let mut q = p.queue.borrow_mut();
                 while let Some(f) = q.pop_front() {
+                    if let Some(stream) = snapfile::decode_file_frame(&f) {
+                        p.bytes.set(p.bytes.get().saturating_sub(f.len()));
+                        file = Some(stream);
+                        break;
+                    }
                     buf.extend_from_slice(&f);
                     if buf.len() > 4 << 20 {
                         break;
@@ -268,7 +289,16 @@ async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
                 }
             }
             p.bytes.set(p.bytes.get().saturating_sub(buf.len()));
-            if s.write_all(&buf).await.is_err() || s.flush().await.is_err() {
+            if s.write_all(&buf).await.is_err() {
+                break;
+            }
+            if let Some((len, path)) = file {
+                if let Err(e) = snapfile::send_file(&mut s, &path, len).await {
+                    tracing::warn!(peer = %format!("{id:x}"), error = %e, "snapshot not sent");
+                    break;
+                }
+            }
+            if s.flush().await.is_err() {
                 break;
             }
         }
@@ -305,10 +335,7 @@ type PeerReader = futures_lite::io::BufReader<glommio::net::TcpStream>;
 async fn read_frame(s: &mut PeerReader, buf: &mut Vec<u8>) -> Option<u8> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await.ok()?;
-    let len = u32::from_le_bytes(len) as usize;
-    if len == 0 || len > MAX_FRAME {
-        return None;
-    }
+    let len = frame_len(len)?;
     buf.resize(len, 0);
     s.read_exact(buf).await.ok()?;
     Some(buf[0])
@@ -318,11 +345,12 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) 
     let _ = s.set_nodelay(true);
     let mut s = futures_lite::io::BufReader::with_capacity(256 << 10, s);
     let mut hello = [0u8; 20];
-    if s.read_exact(&mut hello).await.is_err() || &hello[..4] != MAGIC {
+    if s.read_exact(&mut hello).await.is_err() {
         return;
     }
-    let from = u64::from_le_bytes(hello[4..12].try_into().unwrap());
-    let cid = u64::from_le_bytes(hello[12..20].try_into().unwrap());
+    let Some((from, cid)) = decode_hello(&hello) else {
+        return;
+    };
     if cid != 0 && cid != t.cluster_id {
         tracing::warn!(
             from = %format!("{from:x}"),
@@ -333,8 +361,15 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) 
     }
     let mut buf = Vec::new();
     let mut told = false;
+    let mut incoming = Incoming::default();
     while let Some(kind) = read_frame(&mut s, &mut buf).await {
         match kind {
+            KIND_SNAP_CHUNK => {
+                if let Err(e) = incoming.chunk(&t.snap_dir.join("incoming"), &buf).await {
+                    tracing::warn!(from = %format!("{from:x}"), error = %e, "snapshot not received");
+                    break;
+                }
+            }
             KIND_RAFT if buf.len() >= 3 => {
                 let removed = shard
                     .view()
@@ -350,9 +385,29 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) 
                     }
                     continue;
                 }
-                match Message::parse_from_bytes(&buf[3..]) {
-                    Ok(m) => shard.deliver(m),
-                    Err(_) => return,
+                match decode_raft(&buf) {
+                    Some((_, mut m)) => {
+                        if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                            // Its file arrived ahead of it: check it, and
+                            // hand raft the file's place here.
+                            let Some(sent) = Descriptor::decode(m.get_snapshot().get_data()) else {
+                                tracing::warn!("snapshot message without a file descriptor");
+                                continue;
+                            };
+                            match incoming.finish(&sent).await {
+                                Ok(here) => m.mut_snapshot().set_data(here.encode().into()),
+                                Err(e) => {
+                                    tracing::warn!(from = %format!("{from:x}"), error = %e, "snapshot dropped");
+                                    continue;
+                                }
+                            }
+                        }
+                        shard.deliver(m)
+                    }
+                    None => {
+                        incoming.discard().await;
+                        return;
+                    }
                 }
             }
             KIND_REMOVED => {
@@ -372,15 +427,7 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) 
                 } else {
                     Ok(shard.view().read().expect("membership").encode())
                 };
-                let (ok, body) = match reply {
-                    Ok(b) => (1u8, b),
-                    Err(e) => (0u8, e.into_bytes()),
-                };
-                let mut out = Vec::with_capacity(6 + body.len());
-                out.extend_from_slice(&((2 + body.len()) as u32).to_le_bytes());
-                out.push(KIND_JOIN_REPLY);
-                out.push(ok);
-                out.extend_from_slice(&body);
+                let out = encode_join_reply(reply.map_err(String::into_bytes));
                 let _ = s.get_mut().write_all(&out).await;
                 let _ = s.get_mut().flush().await;
                 return;
@@ -388,6 +435,7 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) 
             _ => break,
         }
     }
+    incoming.discard().await;
     // The stream from `from` ended: if it was the leader's, it has most
     // likely died (a killed process's sockets are closed by the kernel).
     if from != 0 {
@@ -459,10 +507,7 @@ fn exchange(addr: &str, kind: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&0u64.to_le_bytes());
-    out.extend_from_slice(&0u64.to_le_bytes());
+    let mut out = encode_hello(0, 0).to_vec();
     out.extend_from_slice(&((1 + payload.len()) as u32).to_le_bytes());
     out.push(kind);
     out.extend_from_slice(payload);
@@ -470,19 +515,95 @@ fn exchange(addr: &str, kind: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len)
         .map_err(|e| format!("{addr}: no answer ({e})"))?;
-    let len = u32::from_le_bytes(len) as usize;
-    if !(2..=MAX_FRAME).contains(&len) {
-        return Err(format!("{addr}: bad join reply"));
-    }
+    let len = frame_len(len).ok_or_else(|| format!("{addr}: bad join reply"))?;
     let mut body = vec![0u8; len];
     s.read_exact(&mut body)
         .map_err(|e| format!("{addr}: {e}"))?;
-    if body[0] != KIND_JOIN_REPLY {
-        return Err(format!("{addr}: bad join reply"));
+    match decode_join_reply(&body) {
+        Some(Ok(b)) => Ok(b.to_vec()),
+        Some(Err(e)) => Err(e),
+        None => Err(format!("{addr}: bad join reply")),
     }
-    if body[1] == 1 {
-        Ok(body[2..].to_vec())
+}
+
+// ---- the wire format, as pure functions (the async code above and
+// tests/fuzz.rs use these) ------------------------------------------------
+
+/// The 20-byte handshake that opens a connection: `KRFT`, sender id,
+/// cluster id (0 and 0 for a join or lookup).
+pub fn encode_hello(me: u64, cluster_id: u64) -> [u8; 20] {
+    let mut h = [0u8; 20];
+    h[..4].copy_from_slice(MAGIC);
+    h[4..12].copy_from_slice(&me.to_le_bytes());
+    h[12..].copy_from_slice(&cluster_id.to_le_bytes());
+    h
+}
+
+/// `(sender id, cluster id)` of a handshake; `None` when it is not one.
+pub fn decode_hello(h: &[u8]) -> Option<(u64, u64)> {
+    if h.len() != 20 || &h[..4] != MAGIC {
+        return None;
+    }
+    let from = u64::from_le_bytes(h[4..12].try_into().ok()?);
+    let cid = u64::from_le_bytes(h[12..20].try_into().ok()?);
+    Some((from, cid))
+}
+
+/// The length a frame's 4-byte prefix announces (kind + payload); `None`
+/// for an empty or oversized frame, which ends the connection.
+pub fn frame_len(prefix: [u8; 4]) -> Option<usize> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    (1..=MAX_FRAME).contains(&len).then_some(len)
+}
+
+/// A whole raft frame (prefix included) for message `m`, whose encoded
+/// size is `size`; `None` if the message does not encode to that size.
+pub fn encode_raft(shard: u16, m: &Message, size: usize) -> Option<Vec<u8>> {
+    // The frame is the message encoded after its header: one buffer.
+    let mut frame = Vec::with_capacity(7 + size);
+    frame.extend_from_slice(&u32::try_from(3 + size).ok()?.to_le_bytes());
+    frame.push(KIND_RAFT);
+    frame.extend_from_slice(&shard.to_le_bytes());
+    if m.write_to_vec(&mut frame).is_err() || frame.len() != 7 + size {
+        return None;
+    }
+    Some(frame)
+}
+
+/// Decode a raft frame's body (`kind`, `u16 shard`, message: what follows
+/// the length prefix); `None` when it is not one.
+pub fn decode_raft(body: &[u8]) -> Option<(u16, Message)> {
+    if body.len() < 3 || body[0] != KIND_RAFT {
+        return None;
+    }
+    let shard = u16::from_le_bytes([body[1], body[2]]);
+    let m = Message::parse_from_bytes(&body[3..]).ok()?;
+    Some((shard, m))
+}
+
+/// A whole join reply frame: the encoded cluster, or an error message.
+pub fn encode_join_reply(reply: Result<Vec<u8>, Vec<u8>>) -> Vec<u8> {
+    let (ok, body) = match reply {
+        Ok(b) => (1u8, b),
+        Err(e) => (0u8, e),
+    };
+    let mut out = Vec::with_capacity(6 + body.len());
+    out.extend_from_slice(&((2 + body.len()) as u32).to_le_bytes());
+    out.push(KIND_JOIN_REPLY);
+    out.push(ok);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decode a join reply frame's body (what follows the length prefix): the
+/// encoded cluster, or the refusal's message; `None` when it is not one.
+pub fn decode_join_reply(body: &[u8]) -> Option<Result<&[u8], String>> {
+    if body.len() < 2 || body[0] != KIND_JOIN_REPLY {
+        return None;
+    }
+    Some(if body[1] == 1 {
+        Ok(&body[2..])
     } else {
         Err(String::from_utf8_lossy(&body[2..]).into_owned())
-    }
+    })
 }

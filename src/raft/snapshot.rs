@@ -1,26 +1,42 @@
 //! Snapshots for lagging followers: a consistent copy of the shard's LMDB
 //! store, made off the executor when raft asks for one
-//! ([`prepare_snapshot`]), and installed by a follower that receives one
-//! ([`apply_snapshot`]): copied into its own environment in one
-//! transaction, synced, and the event history continued after it.
+//! ([`prepare_snapshot`]) and kept on disk — the raft message carries only
+//! its descriptor, the peer transport streams the file in chunks
+//! ([`crate::cluster::snapfile`]) — and installed by a follower that
+//! receives one ([`apply_snapshot`]): copied into its own environment in one
+//! transaction, synced, and the event history taken from it.
 
 use super::*;
+use crate::cluster::snapfile::Descriptor;
 
 /// Make a snapshot for lagging followers: a consistent copy of the store,
 /// off the executor.
 pub(super) fn prepare_snapshot(shard: &Rc<Shard>, g: &mut Group) {
     let env = shard.store.borrow().env().clone();
-    let dir = g.opts.snap_dir.join("send");
+    let send = g.opts.snap_dir.join("send");
     let slot = g.node.store().snap.clone();
     glommio::spawn_local(async move {
         let r = glommio::executor()
             .spawn_blocking(move || -> Result<Snapshot, String> {
-                let info = crate::store::Store::copy_to(&env, &dir, META_CONF)
+                // The copy stays on disk: the peer writer streams it to the
+                // follower in chunks; the message carries its descriptor.
+                let tmp = send.join("tmp");
+                let info = crate::store::Store::copy_to(&env, &tmp, META_CONF)
                     .map_err(|e| e.to_string())?;
-                let data = std::fs::read(dir.join("data.mdb")).map_err(|e| e.to_string())?;
-                let _ = std::fs::remove_dir_all(&dir);
+                let file = send.join(format!("{}-{}.mdb", info.applied.0, info.applied.1));
+                // Older copies go (a writer still streaming one keeps it open).
+                if let Ok(dir) = std::fs::read_dir(&send) {
+                    for e in dir.flatten() {
+                        if e.path().extension().is_some_and(|x| x == "mdb") {
+                            let _ = std::fs::remove_file(e.path());
+                        }
+                    }
+                }
+                std::fs::rename(tmp.join("data.mdb"), &file).map_err(|e| e.to_string())?;
+                let _ = std::fs::remove_dir_all(&tmp);
+                let d = Descriptor::of_file(&file).map_err(|e| e.to_string())?;
                 let mut snap = Snapshot {
-                    data: data.into(),
+                    data: d.encode().into(),
                     ..Default::default()
                 };
                 let md = snap.mut_metadata();
@@ -36,7 +52,7 @@ pub(super) fn prepare_snapshot(shard: &Rc<Shard>, g: &mut Group) {
             Ok(s) => {
                 tracing::info!(
                     index = s.get_metadata().index,
-                    bytes = s.data.len(),
+                    bytes = Descriptor::decode(&s.data).map_or(0, |d| d.len),
                     "snapshot ready"
                 );
                 log::SnapSlot::Ready(s)
@@ -62,7 +78,12 @@ pub(super) async fn apply_snapshot(
     let corrupt = |e: String| Error::Store(crate::store::Error::Corrupt(e));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| corrupt(e.to_string()))?;
-    std::fs::write(dir.join("data.mdb"), &snap.data).map_err(|e| corrupt(e.to_string()))?;
+    // The file arrived ahead of the message (checked against its length
+    // and CRC by the peer reader); it becomes the copy to restore from.
+    let received = Descriptor::decode(&snap.data)
+        .ok_or_else(|| corrupt("snapshot message without a file".into()))?;
+    std::fs::rename(&received.path, dir.join("data.mdb"))
+        .map_err(|e| corrupt(format!("snapshot file {}: {e}", received.path.display())))?;
     shard.store.borrow_mut().restore(&dir)?;
     let _ = std::fs::remove_dir_all(&dir);
     let env = shard.store.borrow().env().clone();

@@ -648,10 +648,19 @@ fn trim_sp_tab(mut s: &[u8]) -> &[u8] {
 
 /// Resident memory of process `pid` in bytes (`VmRSS`), or 0 once it is gone.
 pub fn rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS:")
+}
+
+/// Resident anonymous memory (the heap: not LMDB's mapped file) of `pid`.
+pub fn rss_anon_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "RssAnon:")
+}
+
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
