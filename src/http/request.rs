@@ -215,7 +215,9 @@ pub fn decode_chunked(
         match httparse::parse_chunk_size(&buf[at..]) {
             Ok(httparse::Status::Complete((n, size))) => {
                 at += n;
-                let size = size as usize;
+                // A chunk size is up to 16 hex digits: keep the sums below
+                // from overflowing (`out` never grows past `max`).
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
                 if size == 0 {
                     // Trailer section: lines until an empty one.
                     loop {
@@ -228,10 +230,10 @@ pub fn decode_chunked(
                         }
                     }
                 }
-                if out.len() + size > max {
+                if size > max.saturating_sub(out.len()) {
                     return Err(HeadError::TooLarge);
                 }
-                if buf.len() < at + size + 2 {
+                if buf.len() - at < size.saturating_add(2) {
                     return Ok(None);
                 }
                 out.extend_from_slice(&buf[at..at + size]);
