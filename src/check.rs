@@ -16,6 +16,10 @@ pub fn run(data_dir: &Path) -> Result<bool, String> {
     if !data_dir.is_dir() {
         return Err(format!("{}: no such data dir", data_dir.display()));
     }
+    // One store (a shard's `lmdb` folder, or a snapshot file's folder).
+    if data_dir.join("data.mdb").is_file() {
+        return Ok(report_store("store", data_dir));
+    }
     let mut shards: Vec<(usize, std::path::PathBuf)> = std::fs::read_dir(data_dir)
         .map_err(|e| format!("{}: {e}", data_dir.display()))?
         .filter_map(|e| {
@@ -39,28 +43,7 @@ pub fn run(data_dir: &Path) -> Result<bool, String> {
     println!("data dir {}: {} shard(s)", data_dir.display(), shards.len());
     let mut sound = true;
     for (i, dir) in shards {
-        match verify(&dir.join("lmdb")) {
-            Ok(r) => {
-                println!(
-                    "shard {i}: store: {} dirs, {} files, {} TTLs, applied raft index {} (term {}), etcd index {}",
-                    r.dirs, r.files, r.ttls, r.applied.0, r.applied.1, r.index
-                );
-                for p in &r.problems {
-                    println!("shard {i}: store: DAMAGED: {p}");
-                }
-                if r.problem_count > r.problems.len() as u64 {
-                    println!(
-                        "shard {i}: store: … {} more problems",
-                        r.problem_count - r.problems.len() as u64
-                    );
-                }
-                sound &= r.is_clean();
-            }
-            Err(e) => {
-                println!("shard {i}: store: UNREADABLE: {e}");
-                sound = false;
-            }
-        }
+        sound &= report_store(&format!("shard {i}: store"), &dir.join("lmdb"));
         let wal = dir.join("wal");
         if !wal.is_dir() {
             println!("shard {i}: wal: missing ({})", wal.display());
@@ -92,4 +75,30 @@ pub fn run(data_dir: &Path) -> Result<bool, String> {
         }
     );
     Ok(sound)
+}
+
+/// Verify one store and print what was found under `label`; true if sound.
+fn report_store(label: &str, dir: &Path) -> bool {
+    match verify(dir) {
+        Ok(r) => {
+            println!(
+                "{label}: {} dirs, {} files, {} TTLs, applied raft index {} (term {}), etcd index {}",
+                r.dirs, r.files, r.ttls, r.applied.0, r.applied.1, r.index
+            );
+            for p in &r.problems {
+                println!("{label}: DAMAGED: {p}");
+            }
+            if r.problem_count > r.problems.len() as u64 {
+                println!(
+                    "{label}: … {} more problems",
+                    r.problem_count - r.problems.len() as u64
+                );
+            }
+            r.is_clean()
+        }
+        Err(e) => {
+            println!("{label}: UNREADABLE: {e}");
+            false
+        }
+    }
 }

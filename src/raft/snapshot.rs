@@ -84,6 +84,17 @@ pub(super) async fn apply_snapshot(
         .ok_or_else(|| corrupt("snapshot message without a file".into()))?;
     std::fs::rename(&received.path, dir.join("data.mdb"))
         .map_err(|e| corrupt(format!("snapshot file {}: {e}", received.path.display())))?;
+    // LMDB trusts its file (a damaged one can crash the reader): a child
+    // process reads every record first, and a snapshot it cannot read
+    // stops this shard instead of killing the member or being installed.
+    let (exe, check_dir) = (std::env::current_exe(), dir.clone());
+    glommio::executor()
+        .spawn_blocking(move || {
+            let exe = exe.map_err(|e| e.to_string())?;
+            crate::store::check::verify_in_child(&exe, &check_dir)
+        })
+        .await
+        .map_err(|e| corrupt(format!("snapshot from the leader fails verification: {e}")))?;
     shard.store.borrow_mut().restore(&dir)?;
     let _ = std::fs::remove_dir_all(&dir);
     let env = shard.store.borrow().env().clone();

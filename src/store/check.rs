@@ -158,3 +158,27 @@ pub fn verify(dir: &Path) -> Result<Report> {
     }
     Ok(r)
 }
+
+/// Verify the store in `dir` by running `exe check DIR` (the kardia binary)
+/// in a child process: `Ok` when it reports the store sound, else what it
+/// said (or the signal that killed it). Blocking: call it off the executor.
+pub fn verify_in_child(exe: &Path, dir: &Path) -> std::result::Result<(), String> {
+    let out = std::process::Command::new(exe)
+        .arg("check")
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {} check: {e}", exe.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stdout);
+    let why = said
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+        .filter(|l| l.contains("DAMAGED") || l.contains("UNREADABLE") || l.contains("check:"))
+        .take(5)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(format!("{} ({})", out.status, why))
+}
