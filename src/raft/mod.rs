@@ -160,7 +160,14 @@ pub struct Group {
 
 /// Rebuild the raft group of `shard` from its store and the WAL in `wal_dir`.
 pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<Group, Error> {
+    if !wal_dir.exists() && shard.store.borrow().applied().0 > 0 {
+        tracing::warn!(
+            dir = %wal_dir.display(),
+            "no wal folder: starting from the store alone (a restore from a store copy)"
+        );
+    }
     let (recovered, segments) = Wal::recover(wal_dir)?;
+    let log_end = recovered.end;
     let (applied, _) = shard.store.borrow().applied();
     let id = opts.member_id;
     // The group's configuration: recorded with the last applied change,
@@ -232,8 +239,13 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
     if let Some(first) = entries.first() {
         if first.index != applied + 1 {
             return Err(Error::Wal(crate::storage::wal::Error::Corrupt(format!(
-                "log starts at {} but the store has applied only {}",
-                first.index, applied
+                "{}: the log starts at entry {} but the store has applied only {}: the entries \
+                 in between (acknowledged writes) are gone. This member does not start: restore \
+                 the data dir from a backup (docs/operations.md), or in a cluster remove this \
+                 member and add it back with an empty data dir",
+                wal_dir.display(),
+                first.index,
+                applied
             ))));
         }
     }
@@ -304,7 +316,7 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
         shard.is_leader.set(node.raft.state == StateRole::Leader);
         shard.leader_id.set(node.raft.leader_id);
     }
-    let wal = Wal::open(wal_dir, segments, opts.segment_bytes).await?;
+    let wal = Wal::open(wal_dir, segments, log_end, opts.segment_bytes).await?;
     let now = Instant::now();
     Ok(Group {
         node,

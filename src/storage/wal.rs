@@ -29,6 +29,11 @@ pub const FIRST_SEGMENT_SIZE: u64 = 16 << 20;
 
 const REC_ENTRY: u8 = 1;
 const REC_HARD_STATE: u8 = 2;
+/// The first record of every segment: where the log ended before it
+/// (`u64 previous segment`, `u64 byte offset` in it). Bytes after that
+/// point in the previous segment are not part of the log (a torn tail that
+/// a restart left behind, or a write that landed after the crash).
+const REC_START: u8 = 3;
 const HEADER: usize = 8;
 
 /// WAL failures. Any of them stops the shard.
@@ -74,6 +79,8 @@ pub struct Recovered {
     /// Entries in log order, later writes of an index replacing earlier ones.
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
+    /// Where the log ends: (segment, byte offset).
+    pub end: Option<(u64, u64)>,
 }
 
 struct Segment {
@@ -98,6 +105,9 @@ pub struct Wal {
     buf: Vec<u8>,
     /// Highest entry index in `buf`.
     buf_last: u64,
+    /// The start record the current segment still needs (its first sync
+    /// writes it first).
+    start: Option<(u64, u64)>,
 }
 
 fn segment_name(seq: u64) -> String {
@@ -105,7 +115,19 @@ fn segment_name(seq: u64) -> String {
 }
 
 impl Wal {
-    /// Read all segments in `dir` (creating it if needed).
+    /// Read all segments in `dir` (creating it if needed), telling a torn
+    /// tail from damage.
+    ///
+    /// A record that fails its CRC (or does not parse) ends the log only if
+    /// nothing valid follows it: that is the last batch, cut short by a
+    /// crash, never acknowledged; it is dropped with a warning. A valid
+    /// entry record after it (in the same segment or a later one), a gap in
+    /// the segment sequence, or a missing segment the log had reached (the
+    /// `HEAD` file names the last segment that received records) means
+    /// acknowledged writes would be lost: recovery refuses, naming the file,
+    /// the byte offset and what to do. A missing `wal` folder is a
+    /// deliberate restore from a store copy (docs/operations.md) and starts
+    /// from the store alone.
     pub fn recover(dir: &Path) -> Result<(Recovered, Vec<SegmentInfo>)> {
         std::fs::create_dir_all(dir)?;
         let mut segs: Vec<(u64, PathBuf)> = Vec::new();
@@ -120,26 +142,81 @@ impl Wal {
             }
         }
         segs.sort();
+        for w in segs.windows(2) {
+            if w[1].0 != w[0].0 + 1 {
+                return Err(damaged(
+                    &dir.join(segment_name(w[0].0 + 1)),
+                    0,
+                    "this segment is missing between two others",
+                ));
+            }
+        }
+        if let Some(head) = read_head(dir)? {
+            if !segs.iter().any(|(s, _)| *s == head) {
+                return Err(damaged(
+                    &dir.join(segment_name(head)),
+                    0,
+                    &format!(
+                        "the log had reached this segment, but it is missing ({} segment files left)",
+                        segs.len()
+                    ),
+                ));
+            }
+        }
+        // Where each segment's successor says it ended.
+        let mut bounds: std::collections::HashMap<u64, usize> = Default::default();
+        for (seq, path) in &segs {
+            if let Some((prev, end)) = start_record(*seq, path)? {
+                bounds.insert(prev, end as usize);
+            }
+        }
         let mut rec = Recovered::default();
         let mut out = Vec::new();
-        for (seq, path) in segs {
-            let data = std::fs::read(&path)?;
+        let mut last_good = 0;
+        // A segment whose log ended in damage or a torn tail, and where.
+        let mut ended: Option<(u64, PathBuf, usize)> = None;
+        for (seq, path) in &segs {
+            let mut data = std::fs::read(path)?;
+            if let Some((prev, _)) = start_record(*seq, path)? {
+                if ended.as_ref().is_some_and(|(s, _, _)| *s <= prev) {
+                    // A later start (a restart, after recovering that end)
+                    // continues the log here.
+                    ended = None;
+                }
+            }
+            if let Some((_, torn, at)) = &ended {
+                // The log ended in an earlier segment: nothing valid may follow.
+                if let Some(v) = find_valid(*seq, &data, 0, last_good) {
+                    return Err(damaged(
+                        torn,
+                        *at,
+                        &format!(
+                            "a damaged record, yet {} holds valid records (from byte {v})",
+                            path.display()
+                        ),
+                    ));
+                }
+                out.push((*seq, path.clone(), 0));
+                continue;
+            }
+            let bound = bounds.get(seq).copied();
+            if let Some(b) = bound {
+                data.truncate(b);
+            }
             let mut at = 0;
             let mut last = 0;
-            while at + HEADER <= data.len() {
-                let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
-                let crc = u32::from_le_bytes(data[at + 4..at + 8].try_into().unwrap());
-                if len == 0 || at + HEADER + len > data.len() {
-                    break;
-                }
-                let payload = &data[at + HEADER..at + HEADER + len];
-                if crc_of(seq, payload) != crc {
-                    // A torn tail: the batch was never acknowledged.
-                    break;
-                }
-                match decode(payload)? {
+            let end = loop {
+                let Some((len, rec_end)) = record_at(*seq, &data, at) else {
+                    break at;
+                };
+                let payload = &data[at + HEADER..rec_end];
+                let Ok(r) = decode(payload) else {
+                    break at;
+                };
+                match r {
                     Record::Entry(e) => {
                         last = e.index;
+                        last_good = e.index;
                         while rec.entries.last().is_some_and(|l| l.index >= e.index) {
                             rec.entries.pop();
                         }
@@ -155,16 +232,63 @@ impl Wal {
                         rec.entries.push(e);
                     }
                     Record::HardState(hs) => rec.hard_state = Some(hs),
+                    Record::Start => {}
                 }
                 at += HEADER + len;
+            };
+            out.push((*seq, path.clone(), last));
+            if bound.is_some() {
+                if end < data.len() {
+                    // The log went on after this segment's recorded end.
+                    return Err(damaged(
+                        path,
+                        end,
+                        "a damaged record where the log is known to continue",
+                    ));
+                }
+                continue;
             }
-            out.push((seq, path, last));
+            let tail_end = data.len() - trailing_zeros(&data[end..]);
+            if tail_end > end {
+                if let Some(v) = find_valid(*seq, &data, end + 1, last_good) {
+                    return Err(damaged(
+                        path,
+                        end,
+                        &format!("a damaged record, yet valid records follow it (from byte {v})"),
+                    ));
+                }
+            }
+            let torn = tail_end > end && continues(&data, end, last_good);
+            if end == 0 && !torn {
+                // Nothing of the log here: a segment prepared in advance
+                // (zeros, or the stale records of a recycled one).
+                continue;
+            }
+            if torn {
+                let len = data
+                    .get(end..end + 4)
+                    .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or_default()));
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset = end,
+                    bytes = (HEADER + len as usize).min(tail_end - end),
+                    "wal: torn tail dropped (the last batch, cut short by a crash; never acknowledged)"
+                );
+            }
+            rec.end = Some((*seq, end as u64));
+            ended = Some((*seq, path.clone(), end));
         }
         Ok((rec, out))
     }
 
-    /// Open for writing, in a fresh segment after the recovered ones.
-    pub async fn open(dir: &Path, existing: Vec<SegmentInfo>, segment_size: u64) -> Result<Wal> {
+    /// Open for writing, in a fresh segment after the recovered ones; its
+    /// first record says where the recovered log (`end`) stopped.
+    pub async fn open(
+        dir: &Path,
+        existing: Vec<SegmentInfo>,
+        end: Option<(u64, u64)>,
+        segment_size: u64,
+    ) -> Result<Wal> {
         let next = existing.last().map_or(1, |s| s.0 + 1);
         let sealed = existing
             .into_iter()
@@ -189,11 +313,13 @@ impl Wal {
             offset: 0,
             buf: Vec::with_capacity(1 << 16),
             buf_last: 0,
+            start: Some(end.unwrap_or((0, 0))),
         };
         w.file = Some(
             w.create_segment(FIRST_SEGMENT_SIZE.min(segment_size))
                 .await?,
         );
+        w.mark_head().await?;
         w.prepare_next(None);
         Ok(w)
     }
@@ -329,6 +455,16 @@ impl Wal {
         if self.offset + self.buf.len() as u64 > self.current_size && self.offset > 0 {
             self.rotate().await?;
         }
+        if let Some((prev, end)) = self.start.take() {
+            let mut r = Vec::with_capacity(HEADER + 17 + self.buf.len());
+            r.extend_from_slice(&17u32.to_le_bytes());
+            r.extend_from_slice(&[0; 4]);
+            r.push(REC_START);
+            r.extend_from_slice(&prev.to_le_bytes());
+            r.extend_from_slice(&end.to_le_bytes());
+            r.extend_from_slice(&self.buf);
+            self.buf = r;
+        }
         self.stamp();
         let cap = self.buf.capacity();
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
@@ -359,11 +495,24 @@ impl Wal {
                 last_index: 0,
             },
         );
+        self.start = Some((old.seq, self.offset));
         self.sealed.push(old);
         self.offset = 0;
         let size = self.segment_size;
         self.file = Some(self.create_segment(size).await?);
+        self.mark_head().await?;
         self.prepare_next(None);
+        Ok(())
+    }
+
+    /// Record that the current segment receives records from now on, before
+    /// the first of them is written (recovery then knows a missing segment
+    /// from a log that never reached it). Off the executor; once a segment.
+    async fn mark_head(&self) -> Result<()> {
+        let (dir, seq) = (self.dir.clone(), self.current.seq);
+        glommio::executor()
+            .spawn_blocking(move || write_head(&dir, seq))
+            .await?;
         Ok(())
     }
 
@@ -372,12 +521,16 @@ impl Wal {
     /// one becomes the next segment instead, so rotations rarely zero-fill.
     /// File operations run off the executor.
     pub async fn release(&mut self, durable_applied: u64) -> Result<()> {
+        // Only the oldest segments go, so the log on disk never has a gap in
+        // its sequence (recovery treats a gap as damage). An empty segment
+        // (last index 0) between kept ones waits for them.
         let current = self.current.seq;
-        let (done, keep): (Vec<Segment>, Vec<Segment>) = self
+        let n = self
             .sealed
-            .drain(..)
-            .partition(|s| s.last_index <= durable_applied && s.seq < current);
-        self.sealed = keep;
+            .iter()
+            .take_while(|s| s.last_index <= durable_applied && s.seq < current)
+            .count();
+        let done: Vec<Segment> = self.sealed.drain(..n).collect();
         let full = self.segment_size;
         let mut paths: Vec<PathBuf> = done.into_iter().map(|s| s.path).collect();
         let recyclable = paths
@@ -409,6 +562,115 @@ impl Wal {
     pub fn offset(&self) -> u64 {
         self.offset
     }
+}
+
+/// The file naming the last segment that received records.
+const HEAD: &str = "HEAD";
+
+fn read_head(dir: &Path) -> Result<Option<u64>> {
+    match std::fs::read_to_string(dir.join(HEAD)) {
+        Ok(s) => Ok(u64::from_str_radix(s.trim(), 16).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Record durably that segment `seq` is about to receive records (blocking).
+fn write_head(dir: &Path, seq: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join("HEAD.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{seq:016x}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(HEAD))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The start record of segment `seq` at `path`: (previous segment, its end).
+fn start_record(seq: u64, path: &Path) -> Result<Option<(u64, u64)>> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(HEADER + 17);
+    std::fs::File::open(path)?
+        .take((HEADER + 17) as u64)
+        .read_to_end(&mut head)?;
+    let Some((17, _)) = record_at(seq, &head, 0) else {
+        return Ok(None);
+    };
+    let p = &head[HEADER..];
+    if p[0] != REC_START {
+        return Ok(None);
+    }
+    let u = |at: usize| u64::from_le_bytes(p[at..at + 8].try_into().unwrap_or_default());
+    Ok(Some((u(1), u(9))))
+}
+
+/// The error for a log that cannot be recovered without losing writes.
+fn damaged(path: &Path, at: usize, what: &str) -> Error {
+    Error::Corrupt(format!(
+        "{} at byte {at}: {what}. Acknowledged writes would be lost, so this member does not start: \
+         restore the data dir from a backup (docs/operations.md), or in a cluster remove this member \
+         and add it back with an empty data dir so it catches up from the others",
+        path.display()
+    ))
+}
+
+/// The record of segment `seq` at `at` if it is whole and its CRC matches:
+/// (payload length, end offset).
+fn record_at(seq: u64, data: &[u8], at: usize) -> Option<(usize, usize)> {
+    let head = data.get(at..at.checked_add(HEADER)?)?;
+    let len = u32::from_le_bytes(head[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(head[4..8].try_into().ok()?);
+    let end = at.checked_add(HEADER)?.checked_add(len)?;
+    if len == 0 || end > data.len() || crc_of(seq, &data[at + HEADER..end]) != crc {
+        return None;
+    }
+    Some((len, end))
+}
+
+/// Zero bytes at the end of `b` (a segment is zero-filled before use).
+fn trailing_zeros(b: &[u8]) -> usize {
+    let mut n = b.len();
+    while n >= 16 && b[n - 16..n].iter().fold(0u8, |a, &x| a | x) == 0 {
+        n -= 16;
+    }
+    while n > 0 && b[n - 1] == 0 {
+        n -= 1;
+    }
+    b.len() - n
+}
+
+/// Whether the bytes at `at` start a record of the log being continued (an
+/// entry after index `after`, or a hard state): a torn write, not zeros or
+/// the stale records of a recycled segment (older indexes).
+fn continues(data: &[u8], at: usize, after: u64) -> bool {
+    match data.get(at + HEADER) {
+        Some(&REC_ENTRY) => data
+            .get(at + HEADER + 9..at + HEADER + 17)
+            .is_none_or(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) > after),
+        Some(&REC_HARD_STATE) => true,
+        _ => data.len() < at + HEADER && data[at..].iter().any(|&b| b != 0),
+    }
+}
+
+/// The offset of a valid entry record of segment `seq` at or after `from`
+/// whose index is beyond `after` (stale records of a recycled segment carry
+/// older indexes and another segment's CRC salt), if there is one.
+fn find_valid(seq: u64, data: &[u8], from: usize, after: u64) -> Option<usize> {
+    let end = data.len() - trailing_zeros(data);
+    let mut at = from;
+    while at + HEADER + 18 <= end {
+        // Cheap filters first: a plausible length and an entry record.
+        let len = u32::from_le_bytes(data[at..at + 4].try_into().ok()?) as usize;
+        if len >= 18 && at + HEADER + len <= data.len() && data[at + HEADER] == REC_ENTRY {
+            let index =
+                u64::from_le_bytes(data[at + HEADER + 9..at + HEADER + 17].try_into().ok()?);
+            if index > after && record_at(seq, data, at).is_some() {
+                return Some(at);
+            }
+        }
+        at += 1;
+    }
+    None
 }
 
 /// A record's checksum: CRC-32 of the segment sequence and the payload.
@@ -446,6 +708,7 @@ fn zero_fill(path: &Path, size: u64, pace: Option<std::time::Duration>) -> std::
 enum Record {
     Entry(Entry),
     HardState(HardState),
+    Start,
 }
 
 fn decode(p: &[u8]) -> Result<Record> {
@@ -473,6 +736,7 @@ fn decode(p: &[u8]) -> Result<Record> {
             });
             Ok(Record::Entry(e))
         }
+        Some(&REC_START) => Ok(Record::Start),
         Some(&REC_HARD_STATE) => Ok(Record::HardState(HardState {
             term: u(1)?,
             vote: u(9)?,
@@ -503,7 +767,7 @@ mod tests {
         glommio::LocalExecutor::default().run(async move {
             let (rec, segs) = Wal::recover(&d).unwrap();
             assert!(rec.entries.is_empty());
-            let mut w = Wal::open(&d, segs, 1 << 20).await.unwrap();
+            let mut w = Wal::open(&d, segs, None, 1 << 20).await.unwrap();
             w.append_entries(&[entry(1, 1, b"a"), entry(2, 1, b"bb")]);
             w.append_hard_state(&HardState {
                 term: 1,
@@ -541,13 +805,124 @@ mod tests {
         });
     }
 
+    /// Three synced batches of two entries each in a fresh segment.
+    fn three_batches(d: &Path) {
+        let d = d.to_path_buf();
+        glommio::LocalExecutor::default().run(async move {
+            let (_, segs) = Wal::recover(&d).unwrap();
+            let mut w = Wal::open(&d, segs, None, 1 << 20).await.unwrap();
+            for b in 0..3u64 {
+                w.append_entries(&[
+                    entry(b * 2 + 1, 1, b"first"),
+                    entry(b * 2 + 2, 1, b"second"),
+                ]);
+                w.sync().await.unwrap();
+            }
+            w.settle().await;
+        });
+    }
+
+    fn segment_with_records(d: &Path) -> PathBuf {
+        let mut segs: Vec<PathBuf> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .collect();
+        segs.sort();
+        segs.into_iter()
+            .find(|p| std::fs::read(p).unwrap().iter().any(|&b| b != 0))
+            .unwrap()
+    }
+
+    #[test]
+    fn damage_before_the_end_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        three_batches(dir.path());
+        let seg = segment_with_records(dir.path());
+        let mut data = std::fs::read(&seg).unwrap();
+        let at = data.windows(5).position(|w| w == b"first").unwrap();
+        data[at] ^= 0x20;
+        std::fs::write(&seg, &data).unwrap();
+        let err = Wal::recover(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("valid records follow"), "{err}");
+        assert!(err.contains(&seg.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn a_torn_last_record_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        three_batches(dir.path());
+        let seg = segment_with_records(dir.path());
+        let mut data = std::fs::read(&seg).unwrap();
+        let at = data.windows(6).rposition(|w| w == b"second").unwrap();
+        data[at] ^= 0x20;
+        std::fs::write(&seg, &data).unwrap();
+        let (rec, _) = Wal::recover(dir.path()).unwrap();
+        assert_eq!(rec.entries.last().unwrap().index, 5);
+        // Cut short instead: the same.
+        let data = std::fs::read(&seg).unwrap();
+        std::fs::write(&seg, &data[..at]).unwrap();
+        let (rec, _) = Wal::recover(dir.path()).unwrap();
+        assert_eq!(rec.entries.last().unwrap().index, 5);
+    }
+
+    #[test]
+    fn a_restart_after_a_torn_tail_continues_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        three_batches(dir.path());
+        let seg = segment_with_records(dir.path());
+        let mut data = std::fs::read(&seg).unwrap();
+        let at = data.windows(6).rposition(|w| w == b"second").unwrap();
+        data[at] ^= 0x20;
+        std::fs::write(&seg, &data).unwrap();
+        let d = dir.path().to_path_buf();
+        glommio::LocalExecutor::default().run(async move {
+            let (rec, segs) = Wal::recover(&d).unwrap();
+            assert_eq!(rec.entries.last().unwrap().index, 5);
+            let mut w = Wal::open(&d, segs, rec.end, 1 << 20).await.unwrap();
+            w.append_entries(&[entry(6, 2, b"after"), entry(7, 2, b"restart")]);
+            w.sync().await.unwrap();
+            w.settle().await;
+        });
+        // The torn record stays behind the recorded end of its segment; a
+        // write that lands there late changes nothing either.
+        let mut data = std::fs::read(&seg).unwrap();
+        data[at + 1] ^= 0x20;
+        std::fs::write(&seg, &data).unwrap();
+        let (rec, _) = Wal::recover(dir.path()).unwrap();
+        let got: Vec<u64> = rec.entries.iter().map(|e| e.index).collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn missing_segments_are_refused_a_missing_folder_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        three_batches(dir.path());
+        let seg = segment_with_records(dir.path());
+        std::fs::remove_file(&seg).unwrap();
+        let err = Wal::recover(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("missing"), "{err}");
+        // A gap between two segments.
+        let dir = tempfile::tempdir().unwrap();
+        for seq in [1u64, 2, 3] {
+            std::fs::write(dir.path().join(segment_name(seq)), [0u8; 64]).unwrap();
+        }
+        std::fs::remove_file(dir.path().join(segment_name(2))).unwrap();
+        let err = Wal::recover(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("missing between"), "{err}");
+        // No wal folder at all: a restore from a store copy.
+        let dir = tempfile::tempdir().unwrap();
+        let (rec, segs) = Wal::recover(&dir.path().join("wal")).unwrap();
+        assert!(rec.entries.is_empty() && segs.is_empty());
+    }
+
     #[test]
     fn rotation_recycling_and_recovery_across_many_segments() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
         glommio::LocalExecutor::default().run(async move {
             let (_, segs) = Wal::recover(&d).unwrap();
-            let mut w = Wal::open(&d, segs, 64 << 10).await.unwrap();
+            let mut w = Wal::open(&d, segs, None, 64 << 10).await.unwrap();
             let payload = vec![0xabu8; 1000];
             let mut index = 0;
             for round in 0..40 {
