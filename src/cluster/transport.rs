@@ -261,6 +261,7 @@ async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
             }
         };
         let _ = s.set_nodelay(true);
+        user_timeout(&s);
         if s.write_all(&encode_hello(t.me, t.cluster_id))
             .await
             .is_err()
@@ -305,6 +306,31 @@ async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
     }
 }
 
+/// Data unacknowledged this long breaks a peer connection.
+const PEER_USER_TIMEOUT_MS: u32 = 3000;
+
+/// Make a stalled peer connection fail instead of waiting for TCP's
+/// retransmissions (which back off to minutes through a partition): the
+/// writer then reconnects, so a member cut off for a long time is reached
+/// again within about a second of the network healing.
+fn user_timeout(s: &glommio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let ms = PEER_USER_TIMEOUT_MS;
+    // SAFETY: a valid socket descriptor and a u32 option value of its size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_USER_TIMEOUT not set");
+    }
+}
+
 fn drop_old(p: &Peer, keep: usize) {
     let mut q = p.queue.borrow_mut();
     while q.len() > keep {
@@ -343,6 +369,7 @@ async fn read_frame(s: &mut PeerReader, buf: &mut Vec<u8>) -> Option<u8> {
 
 async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) {
     let _ = s.set_nodelay(true);
+    user_timeout(&s);
     let mut s = futures_lite::io::BufReader::with_capacity(256 << 10, s);
     let mut hello = [0u8; 20];
     if s.read_exact(&mut hello).await.is_err() {

@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod json;
 pub mod linearizability;
+pub mod netns;
 
 use std::fmt;
 use std::fs::File;
