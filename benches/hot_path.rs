@@ -130,8 +130,8 @@ fn wal(c: &mut Criterion) {
                 let d = dir.path().to_path_buf();
                 glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
                     .spawn(move || async move {
-                        let (_, segs) = Wal::recover(&d).unwrap();
-                        let mut w = Wal::open(&d, segs, 64 << 20).await.unwrap();
+                        let (rec, segs) = Wal::recover(&d).unwrap();
+                        let mut w = Wal::open(&d, segs, rec.end, 64 << 20).await.unwrap();
                         let mut index = 0;
                         let entry = |i: u64| raft::eraftpb::Entry {
                             index: i,

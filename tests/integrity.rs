@@ -13,6 +13,9 @@ mod common;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::{request, Server};
 
@@ -185,4 +188,107 @@ fn a_damaged_or_missing_wal_is_never_replayed_silently() {
         "the index went back further than the torn record"
     );
     let _ = std::fs::remove_dir_all(&saved);
+}
+
+/// Writers PUT 2 KB values from 8 threads until the store's map is full.
+/// Every request must be answered within `limit`: 201, or 500 with etcd's
+/// `300 Raft Internal Error`. Returns the acknowledged keys (key, value) and
+/// how many refusals were seen.
+fn write_until_refused(port: u16, tag: &str, limit: Duration) -> (Vec<(String, String)>, usize) {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let slowest = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..8)
+        .map(|t| {
+            let (acked, refused, tag) = (acked.clone(), refused.clone(), tag.to_string());
+            let slowest = slowest.clone();
+            std::thread::spawn(move || {
+                let pad = "x".repeat(2000);
+                // Keep writing a little after the first refusal: later
+                // writes must be answered too.
+                let mut after = 0;
+                for i in 0.. {
+                    if after >= 5 || i >= 100_000 {
+                        break;
+                    }
+                    let key = format!("/full/{tag}/d{}/t{t}-{i}", i % 7);
+                    let value = format!("{t}-{i}-{pad}");
+                    let started = Instant::now();
+                    let r = request(
+                        port,
+                        "PUT",
+                        &format!("/v2/keys{key}"),
+                        Some(&format!("value={value}")),
+                        &[],
+                    )
+                    .unwrap_or_else(|e| {
+                        panic!("{key}: no answer ({e:?}) after {:?}", started.elapsed())
+                    });
+                    let took = started.elapsed();
+                    assert!(took < limit, "{key}: answered after {took:?}");
+                    slowest.fetch_max(took.as_micros() as usize, Ordering::Relaxed);
+                    match r.code() {
+                        200 | 201 => acked.lock().unwrap().push((key, value)),
+                        500 => {
+                            let body = r.body_str();
+                            assert!(body.contains("\"errorCode\":300"), "{body}");
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            after += 1;
+                        }
+                        c => panic!("{key}: unexpected {c} {}", r.body_str()),
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    let slowest = slowest.load(Ordering::Relaxed);
+    println!(
+        "{tag}: the slowest answer took {:.1} ms",
+        slowest as f64 / 1000.0
+    );
+    (acked, refused.load(Ordering::Relaxed))
+}
+
+/// Every acknowledged key reads back with its value.
+fn assert_all_present(port: u16, acked: &[(String, String)]) {
+    for (key, value) in acked {
+        let r = request(port, "GET", &format!("/v2/keys{key}"), None, &[]).unwrap();
+        assert_eq!(r.code(), 200, "{key} lost: {}", r.body_str());
+        assert!(
+            r.body_str().contains(&format!("\"value\":\"{value}\"")),
+            "{key} changed"
+        );
+    }
+}
+
+/// `--map-size` reached (MDB_MAP_FULL): the shard stops by design, but the
+/// writes in the batch that hit it, and every later one, are answered at
+/// once with 300; `/health` is 503 and reads go on.
+#[test]
+fn a_full_map_answers_every_write_and_keeps_serving_reads() {
+    for shards in ["1", "2"] {
+        let s = Server::start_with(&["--shards", shards, "--map-size", "1048576"])
+            .expect("start kardia");
+        let port = s.client_port;
+        let started = Instant::now();
+        let (acked, refused) = write_until_refused(port, shards, Duration::from_secs(3));
+        println!(
+            "{shards} shard(s): {} writes acknowledged, {refused} refused, {:?}",
+            acked.len(),
+            started.elapsed()
+        );
+        assert!(!acked.is_empty() && refused >= 8, "{refused} refused");
+        assert!(
+            s.log_tail(50).contains("--map-size"),
+            "no log line names the cause:\n{}",
+            s.log_tail(20)
+        );
+        let r = request(port, "GET", "/health", None, &[]).unwrap();
+        assert_eq!(r.code(), 503, "{}", r.body_str());
+        assert_all_present(port, &acked);
+    }
 }

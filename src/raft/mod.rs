@@ -156,6 +156,8 @@ pub struct Group {
     /// Member-wide operations found in the log, by sequence (for
     /// [`roll_forward`] on the shards that missed them).
     pub global_ops: Vec<(u64, Vec<u8>)>,
+    /// The etcd indexes taken by the batch being executed.
+    reserved: Vec<u64>,
 }
 
 /// Rebuild the raft group of `shard` from its store and the WAL in `wal_dir`.
@@ -336,12 +338,19 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
         unsent: Vec::new(),
         campaign_at: None,
         global_ops,
+        reserved: Vec::new(),
     })
 }
 
-/// Drive the group until a fatal error (which stops the shard).
+/// Drive the group until a fatal error (which stops the shard). Every
+/// request the loop held then — taken from the queue, executed and waiting
+/// for its sync, waiting for its apply or for a read barrier — is answered
+/// at once with the error, like the ones queued after it.
 pub async fn run(shard: Rc<Shard>, mut g: Group) {
-    if let Err(e) = run_inner(&shard, &mut g).await {
+    let mut proposals = Vec::new();
+    // Executed proposals waiting for their entries to be durable.
+    let mut answers: Vec<(Target, Answer)> = Vec::new();
+    if let Err(e) = run_inner(&shard, &mut g, &mut proposals, &mut answers).await {
         // Indexes of this shard's last batch will never be published: send
         // placeholders, so the other shards' events are not held behind them.
         let mut events = Vec::new();
@@ -351,15 +360,50 @@ pub async fn run(shard: Rc<Shard>, mut g: Group) {
             .map(|e| std::sync::Arc::new(crate::store::Event::placeholder(e.index)))
             .collect();
         shard.publish(&mut holes);
-        shard.fail(e.to_string());
+        let msg = match &e {
+            Error::Store(crate::store::Error::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull))) => {
+                format!("{e}: the store is full; restart with a larger --map-size")
+            }
+            _ => e.to_string(),
+        };
+        shard.fail(msg.clone());
+        let stopped = || {
+            V2Error::new(
+                RAFT_INTERNAL,
+                format!("etcdserver: server stopped ({msg})"),
+                0,
+            )
+        };
+        let writes = answers
+            .drain(..)
+            .map(|(t, _)| t)
+            .chain(proposals.drain(..).filter_map(|p| p.target))
+            .chain(g.pending.drain().map(|(_, (t, _))| t));
+        for t in writes.collect::<Vec<_>>() {
+            let reply = Reply {
+                outcome: Err(stopped()),
+                raft_index: 0,
+                raft_term: 0,
+            };
+            shard.answer(t, Answer::Write(reply));
+        }
+        let reads = g.reads.drain(..).map(|(_, t, _)| t);
+        for t in reads
+            .chain(g.barriers.drain(..).map(|(_, t)| t))
+            .collect::<Vec<_>>()
+        {
+            shard.answer(t, Answer::Read(Err(stopped())));
+        }
     }
 }
 
-async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
-    let mut proposals = Vec::new();
+async fn run_inner(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    proposals: &mut Vec<Proposal>,
+    answers: &mut Vec<(Target, Answer)>,
+) -> Result<(), Error> {
     let mut messages = Vec::new();
-    // Executed proposals waiting for their entries to be durable.
-    let mut answers: Vec<(Target, Answer)> = Vec::new();
     let mut events = Vec::new();
     let mut next_tick = Instant::now() + g.opts.heartbeat;
     let mut last_checkpoint = Instant::now();
@@ -417,12 +461,12 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         }
         leader_lost(shard, g);
         retry_unsent(g);
-        shard.take_proposals(&mut proposals);
+        shard.take_proposals(proposals);
         let now = Instant::now();
         if now >= next_tick {
             g.node.tick();
             next_tick = now + g.opts.heartbeat;
-            expire_requests(g, now, &mut answers);
+            expire_requests(g, now, answers);
             publish_attributes(shard, g, now);
             // Diagnostics: the write rate and the live log, about once a second.
             let elapsed = now.duration_since(rate_since);
@@ -446,7 +490,7 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         };
         if !proposals.is_empty() || expire_now.is_some() {
             Metrics::add(&shard.metrics.proposals, proposals.len() as u64);
-            execute(shard, g, &mut proposals, expire_now, &mut answers)?;
+            execute(shard, g, proposals, expire_now, answers)?;
             shard.executed.set(shard.store.borrow().index());
             next_expiry = shard.store.borrow().next_expiry()?;
             if expire_now.is_some() && shard.id == 0 && shard.shared.shards > 1 {
@@ -471,9 +515,9 @@ async fn run_inner(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
             || g.persist.persisted() > g.reported
         {
             if replicated(shard, g) || !g.persist.idle() || !g.waiting.is_empty() {
-                handle_ready_async(shard, g, &mut answers).await?;
+                handle_ready_async(shard, g, answers).await?;
             } else {
-                handle_ready(shard, g, &mut answers).await?;
+                handle_ready(shard, g, answers).await?;
             }
             // The batch is durable: deliver its events, then answer.
             shard.store.borrow_mut().take_events(&mut events);
@@ -665,9 +709,14 @@ fn execute(
         return Ok(());
     }
     let node = &mut g.node;
-    let mut escalated = Vec::new();
-    shard.store.borrow_mut().batch(|st, txn| {
-        for p in proposals.drain(..) {
+    // Every etcd index the batch takes, in case it is lost (below).
+    let reserved = &mut g.reserved;
+    reserved.clear();
+    let mut escalated: Vec<(Vec<u8>, Option<Target>)> = Vec::new();
+    let batch = std::mem::take(proposals);
+    let mut queue = batch.into_iter();
+    let r = shard.store.borrow_mut().batch(|st, txn| {
+        for p in queue.by_ref() {
             if p.data.first() == Some(&REQ_READ) {
                 // One voter that leads: the local store is linearizable.
                 if let Some(t) = p.target {
@@ -676,7 +725,24 @@ fn execute(
                 continue;
             }
             let mut data = p.data;
-            let outcome = st.execute(txn, &data)?;
+            let r = st.execute(txn, &data);
+            reserved.extend_from_slice(st.taken());
+            let outcome = match r {
+                Ok(o) => o,
+                Err(e) => {
+                    // The batch is lost: give this proposal back, so the
+                    // shard's failure answers it with the rest, and keep
+                    // the indexes of the events it had made.
+                    proposals.push(Proposal {
+                        data,
+                        target: p.target,
+                    });
+                    let mut made = Vec::new();
+                    st.take_events(&mut made);
+                    reserved.extend(made.iter().map(|e| e.index));
+                    return Err(e);
+                }
+            };
             match &outcome {
                 Some(Ok(_)) => {
                     for &i in st.taken() {
@@ -704,7 +770,9 @@ fn execute(
         if let Some(now) = expire_now {
             let mut data = Vec::with_capacity(48);
             Command::new(Op::Sync, b"/", now).encode(&mut data);
-            st.execute(txn, &data)?;
+            let r = st.execute(txn, &data);
+            reserved.extend_from_slice(st.taken());
+            r?;
             if !st.taken().is_empty() {
                 for &i in st.taken() {
                     push_index(&mut data, i);
@@ -715,7 +783,28 @@ fn execute(
         let last = node.raft.raft_log.last_index();
         let term = node.raft.raft_log.term(last).unwrap_or(node.raft.term);
         Ok(((), Some((last, term))))
-    })?;
+    });
+    if let Err(e) = r {
+        // Nothing of the batch was committed: the shard's failure answers
+        // every request of it (those executed wait in `answers`), and the
+        // indexes it took are published as placeholders, so the other
+        // shards' writes are not held behind them.
+        g.reserved.sort_unstable();
+        g.reserved.dedup();
+        let mut holes: Vec<_> = g
+            .reserved
+            .iter()
+            .map(|&i| std::sync::Arc::new(crate::store::Event::placeholder(i)))
+            .collect();
+        shard.publish(&mut holes);
+        proposals.extend(queue);
+        proposals.extend(
+            escalated
+                .into_iter()
+                .map(|(data, target)| Proposal { data, target }),
+        );
+        return Err(e.into());
+    }
     for (data, target) in escalated {
         global::submit(shard, Job::Write(data), target);
     }
