@@ -292,3 +292,102 @@ fn a_full_map_answers_every_write_and_keeps_serving_reads() {
         assert_all_present(port, &acked);
     }
 }
+
+/// A tmpfs mounted for the test, unmounted when dropped (also when the test
+/// fails).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a server still running on it (a failed test) cannot hold it.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A full disk (a 20 MiB tmpfs as the data dir, with a filler file):
+/// writes stop with 300 and a log line, the process stays alive, `/health`
+/// is 503, reads are served; after the filler is deleted and the member
+/// restarted, every acknowledged write is there and writes work.
+#[test]
+fn a_full_disk_stops_writes_and_keeps_the_process_alive() {
+    if !is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root: this test must mount a tmpfs"
+        );
+        println!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let mut s = Server::start_with(&["--shards", "1", "--wal-segment-bytes", "1048576"])
+        .expect("start kardia");
+    let port = s.client_port;
+    let data = s.data_dir();
+    s.kill();
+    std::fs::remove_dir_all(&data).unwrap();
+    let _disk = Tmpfs::mount(&data, "20m").unwrap_or_else(|e| panic!("cannot mount a tmpfs: {e}"));
+    s.restart().expect("start on the tmpfs");
+    // Space the test gives back later.
+    let filler = data.join("filler");
+    std::fs::write(&filler, vec![1u8; 4 << 20]).unwrap();
+
+    let started = Instant::now();
+    let (acked, refused) = write_until_refused(port, "disk", Duration::from_secs(5));
+    println!(
+        "{} writes acknowledged, {refused} refused, {:?}",
+        acked.len(),
+        started.elapsed()
+    );
+    assert!(!acked.is_empty() && refused >= 8);
+    assert!(s
+        .pid()
+        .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()));
+    assert!(
+        s.log_tail(50).contains("no space left on device"),
+        "no log line names the cause:\n{}",
+        s.log_tail(20)
+    );
+    let r = request(port, "GET", "/health", None, &[]).unwrap();
+    assert_eq!(r.code(), 503, "{}", r.body_str());
+    assert_all_present(port, &acked);
+    let r = request(port, "PUT", "/v2/keys/after", Some("value=x"), &[]).unwrap();
+    assert_eq!(r.code(), 500, "{}", r.body_str());
+    let wal = data.join("shard-0/wal");
+    let tmp: Vec<_> = std::fs::read_dir(&wal)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(tmp.is_empty(), "half-made segments left: {tmp:?}");
+
+    // Space returns: a restart has every acknowledged write, and writes work.
+    s.kill();
+    std::fs::remove_file(&filler).unwrap();
+    s.restart().expect("restart once space is back");
+    assert_all_present(port, &acked);
+    let r = request(port, "PUT", "/v2/keys/after", Some("value=x"), &[]).unwrap();
+    assert_eq!(r.code(), 201, "{}", r.body_str());
+    s.kill();
+}

@@ -54,6 +54,7 @@ use crate::shard::global::{self, Job, SubOp, SubResult};
 use crate::shard::{Answer, Metrics, Proposal, Reply, Shard, Target};
 use crate::storage::wal::Wal;
 use crate::store::command::push_index;
+use crate::store::space::Space;
 use crate::store::{Command, Op, ESCALATE};
 use crate::v2::error::{V2Error, RAFT_INTERNAL};
 
@@ -96,6 +97,8 @@ pub enum Error {
     Wal(crate::storage::wal::Error),
     Store(crate::store::Error),
     Raft(raft::Error),
+    /// The disk has no room for what the store must write next.
+    Space(String),
 }
 
 impl std::fmt::Display for Error {
@@ -104,6 +107,7 @@ impl std::fmt::Display for Error {
             Error::Wal(e) => write!(f, "{e}"),
             Error::Store(e) => write!(f, "{e}"),
             Error::Raft(e) => write!(f, "raft: {e}"),
+            Error::Space(e) => write!(f, "{e}"),
         }
     }
 }
@@ -158,6 +162,8 @@ pub struct Group {
     pub global_ops: Vec<(u64, Vec<u8>)>,
     /// The etcd indexes taken by the batch being executed.
     reserved: Vec<u64>,
+    /// The store's map, allocated ahead of LMDB's writes.
+    space: Space,
 }
 
 /// Rebuild the raft group of `shard` from its store and the WAL in `wal_dir`.
@@ -253,7 +259,14 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
     }
     let storage = log::LogStore::new();
     let mut hs = recovered.hard_state.unwrap_or_default();
+    let env = shard.store.borrow().env().clone();
+    let space = Space::open(&env, opts.segment_bytes)
+        .await
+        .map_err(|e| Error::Space(format!("{}: {e}", env.path().display())))?;
     if single {
+        // Replaying writes into the store: its map must have room first.
+        let need = entries.iter().map(|e| write_need(e.data.len())).sum();
+        space.room(need).await.map_err(Error::Space)?;
         // One voter: everything logged was executed before it was logged;
         // replay it all (each entry with the indexes it recorded).
         if !entries.is_empty() {
@@ -339,6 +352,7 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
         campaign_at: None,
         global_ops,
         reserved: Vec::new(),
+        space,
     })
 }
 
@@ -441,6 +455,7 @@ async fn run_inner(
         // Member-wide operations run while every shard is parked here, at
         // a batch boundary.
         if shard.global.park_requested() {
+            g.space.room(SESSION_NEED).await.map_err(Error::Space)?;
             park_session(shard, g).await?;
             next_expiry = shard.store.borrow().next_expiry()?;
         }
@@ -489,6 +504,14 @@ async fn run_inner(
             _ => None,
         };
         if !proposals.is_empty() || expire_now.is_some() {
+            // What the batch can write must be allocated before LMDB
+            // touches it (two loads and a compare when it is).
+            let need = proposals
+                .iter()
+                .map(|p| write_need(p.data.len()))
+                .sum::<u64>()
+                + expire_now.map_or(0, |_| SYNC_NEED);
+            g.space.room(need).await.map_err(Error::Space)?;
             Metrics::add(&shard.metrics.proposals, proposals.len() as u64);
             execute(shard, g, proposals, expire_now, answers)?;
             shard.executed.set(shard.store.borrow().index());
@@ -514,6 +537,10 @@ async fn run_inner(
             || shard.store.borrow().has_events()
             || g.persist.persisted() > g.reported
         {
+            if replicated(shard, g) {
+                // Committed entries are applied in the `Ready`.
+                g.space.room(READY_NEED).await.map_err(Error::Space)?;
+            }
             if replicated(shard, g) || !g.persist.idle() || !g.waiting.is_empty() {
                 handle_ready_async(shard, g, answers).await?;
             } else {
@@ -658,6 +685,24 @@ async fn stop_removed(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     glommio::timer::sleep(Duration::from_millis(200)).await;
     std::process::exit(0);
 }
+
+/// What executing a command of `len` bytes can make LMDB write: the node
+/// record and the event in the history (each about the command's size, and
+/// the previous value rendered in the event), plus two leaf pages it copies
+/// (the branch pages above them are shared by the batch and covered by
+/// `space::MARGIN`).
+fn write_need(len: usize) -> u64 {
+    3 * len as u64 + (8 << 10)
+}
+
+/// An expiry entry (at most `MAX_EXPIRE_PER_SYNC` deletions, each a small
+/// event in the history; emptied pages are reused within the transaction).
+const SYNC_NEED: u64 = 4 << 20;
+/// A member-wide session's operations on this shard.
+const SESSION_NEED: u64 = 4 << 20;
+/// A `Ready`'s committed entries (raft hands out at most 16 MiB at once;
+/// each is stored about twice: node and event).
+const READY_NEED: u64 = 2 * (16 << 20);
 
 /// Compact the in-memory raft log once this many applied entries pile up.
 const COMPACT_EVERY: u64 = 1024;

@@ -95,6 +95,9 @@ pub(super) async fn apply_snapshot(
         })
         .await
         .map_err(|e| corrupt(format!("snapshot from the leader fails verification: {e}")))?;
+    // The copy is written into the store's map in one transaction.
+    let size = std::fs::metadata(dir.join("data.mdb")).map_or(0, |m| m.len());
+    g.space.room(size + size / 4).await.map_err(Error::Space)?;
     shard.store.borrow_mut().restore(&dir)?;
     let _ = std::fs::remove_dir_all(&dir);
     let env = shard.store.borrow().env().clone();

@@ -1,5 +1,7 @@
 //! Durable files of a shard: the raft write-ahead log ([`wal`]) and the
-//! data-dir identity file ([`identity`]).
+//! data-dir identity file ([`identity`]), and the free space they are
+//! allocated from ([`disk`]).
 
+pub mod disk;
 pub mod identity;
 pub mod wal;

@@ -42,6 +42,8 @@ pub enum Error {
     Io(std::io::Error),
     Glommio(String),
     Corrupt(String),
+    /// No room for a new segment without taking the filesystem's reserve.
+    NoSpace(String),
 }
 
 impl std::fmt::Display for Error {
@@ -50,6 +52,7 @@ impl std::fmt::Display for Error {
             Error::Io(e) => write!(f, "wal i/o: {e}"),
             Error::Glommio(e) => write!(f, "wal i/o: {e}"),
             Error::Corrupt(e) => write!(f, "wal corrupt: {e}"),
+            Error::NoSpace(e) => write!(f, "no space left on device: {e}"),
         }
     }
 }
@@ -334,11 +337,14 @@ impl Wal {
         if !self.current.path.exists() {
             let (path, dir) = (self.current.path.clone(), self.dir.clone());
             // File creation and the directory sync are blocking calls: keep
-            // them off the executor.
+            // them off the executor. A segment never takes the filesystem's
+            // reserve: without room, the shard stops writing instead.
             glommio::executor()
-                .spawn_blocking(move || -> std::io::Result<()> {
+                .spawn_blocking(move || -> Result<()> {
+                    room_for(&path, size)?;
                     zero_fill(&path, size, None)?;
-                    std::fs::File::open(&dir)?.sync_all()
+                    std::fs::File::open(&dir)?.sync_all()?;
+                    Ok(())
                 })
                 .await?;
         }
@@ -380,16 +386,22 @@ impl Wal {
         let (dir, size) = (self.dir.clone(), self.segment_size);
         glommio::spawn_local(async move {
             let r = glommio::executor()
-                .spawn_blocking(move || -> std::io::Result<()> {
+                .spawn_blocking(move || -> Result<()> {
                     match recycle {
                         Some(old) => std::fs::rename(&old, &next)?,
-                        None => zero_fill(&next, size, Some(std::time::Duration::from_millis(10)))?,
+                        None => {
+                            // Only with room to spare: the rotation makes
+                            // the segment itself if it must.
+                            room_for(&next, size)?;
+                            zero_fill(&next, size, Some(std::time::Duration::from_millis(10)))?
+                        }
                     }
-                    std::fs::File::open(&dir)?.sync_all()
+                    std::fs::File::open(&dir)?.sync_all()?;
+                    Ok(())
                 })
                 .await;
             if let Err(e) = r {
-                tracing::warn!(error = %e, "could not prepare the next wal segment");
+                tracing::warn!(error = %e, "the next wal segment is not prepared in advance");
             }
             flag.set(false);
         })
@@ -686,9 +698,37 @@ fn crc_of(seq: u64, payload: &[u8]) -> u32 {
 /// pause in between, so preparing a segment in the background never floods
 /// the device queue that the WAL's own syncs wait in.
 fn zero_fill(path: &Path, size: u64, pace: Option<std::time::Duration>) -> std::io::Result<()> {
-    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let r = fill(&tmp, size, pace).and_then(|_| std::fs::rename(&tmp, path));
+    if r.is_err() {
+        // A full disk must not keep a half-made segment.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+/// Room for a new segment of `size` bytes next to `path`, leaving the
+/// filesystem's reserve free (`storage::disk`).
+fn room_for(path: &Path, size: u64) -> Result<()> {
+    let dir = path.parent().unwrap_or(path);
+    let u = crate::storage::disk::usage(dir)?;
+    if u.spare() >= size {
+        return Ok(());
+    }
+    use crate::storage::disk::human;
+    Err(Error::NoSpace(format!(
+        "{}: a new WAL segment needs {}, {} is free and {} stays in reserve; free space on \
+         that filesystem (the segment is made at the next rotation or start)",
+        path.display(),
+        human(size),
+        human(u.free),
+        human(u.reserve())
+    )))
+}
+
+fn fill(tmp: &Path, size: u64, pace: Option<std::time::Duration>) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(tmp)?;
     let zeros = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
@@ -700,9 +740,7 @@ fn zero_fill(path: &Path, size: u64, pace: Option<std::time::Duration>) -> std::
             std::thread::sleep(p);
         }
     }
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    f.sync_all()
 }
 
 enum Record {

@@ -18,6 +18,7 @@ pub mod command;
 pub mod event;
 pub mod node;
 pub mod placement;
+pub mod space;
 pub mod watch;
 
 use std::path::Path;
@@ -318,6 +319,9 @@ impl Store {
             eo.flags(EnvFlags::NO_SYNC | EnvFlags::WRITE_MAP | EnvFlags::NO_READ_AHEAD);
             eo.open(dir)?
         };
+        // Under WRITE_MAP a page written into a hole of a full disk is a
+        // SIGBUS: allocate the map's used part and headroom first.
+        space::prepare(dir, &env).map_err(heed::Error::Io)?;
         let mut wtxn = env.write_txn()?;
         let nodes = env.create_database(&mut wtxn, Some("nodes"))?;
         let expiry = env.create_database(&mut wtxn, Some("expiry"))?;
