@@ -176,6 +176,7 @@ fn bind_all(urls: &[String], what: &str) -> Result<Vec<i32>, String> {
 /// Run a member until killed. Errors are for the operator, one line each.
 pub fn run(cfg: Config) -> Result<(), String> {
     give_back_large_buffers();
+    crate::storage::powercut::init(&cfg.data_dir)?;
     let mut cluster = cluster_of(&cfg);
     let existing = cfg.data_dir.join(identity::FILE).exists();
     // Voters of a new raft group: this member alone, the static cluster,

@@ -52,6 +52,7 @@ use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage};
 use crate::cluster::{Cluster, Member};
 use crate::shard::global::{self, Job, SubOp, SubResult};
 use crate::shard::{Answer, Metrics, Proposal, Reply, Shard, Target};
+use crate::storage::powercut;
 use crate::storage::wal::Wal;
 use crate::store::command::push_index;
 use crate::store::space::Space;
@@ -608,10 +609,13 @@ async fn run_inner(
             let env = shard.store.borrow().env().clone();
             let done = checkpoint_done.clone();
             checkpointing = true;
+            let image = powercut::checkpoint_begin(env.path(), crate::store::space::used(&env));
             glommio::spawn_local(async move {
                 let r = glommio::executor()
                     .spawn_blocking(move || {
-                        env.force_sync().map(|_| applied).map_err(|e| e.to_string())
+                        env.force_sync().map_err(|e| e.to_string())?;
+                        powercut::checkpoint_done(image);
+                        Ok(applied)
                     })
                     .await;
                 *done.borrow_mut() = Some(r);
@@ -678,8 +682,9 @@ async fn stop_removed(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         Ok(((), None))
     })?;
     let env = shard.store.borrow().env().clone();
+    let image = powercut::checkpoint_begin(env.path(), crate::store::space::used(&env));
     let _ = glommio::executor()
-        .spawn_blocking(move || env.force_sync())
+        .spawn_blocking(move || env.force_sync().map(|_| powercut::checkpoint_done(image)))
         .await;
     tracing::warn!("this member was removed from the cluster; stopping");
     glommio::timer::sleep(Duration::from_millis(200)).await;

@@ -101,8 +101,13 @@ pub(super) async fn apply_snapshot(
     shard.store.borrow_mut().restore(&dir)?;
     let _ = std::fs::remove_dir_all(&dir);
     let env = shard.store.borrow().env().clone();
+    let image =
+        crate::storage::powercut::checkpoint_begin(env.path(), crate::store::space::used(&env));
     glommio::executor()
-        .spawn_blocking(move || env.force_sync())
+        .spawn_blocking(move || {
+            env.force_sync()
+                .map(|_| crate::storage::powercut::checkpoint_done(image))
+        })
         .await
         .map_err(|e| corrupt(format!("sync after snapshot: {e}")))?;
     g.node.mut_store().mem.wl().apply_snapshot(snap)?;

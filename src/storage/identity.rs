@@ -97,6 +97,7 @@ pub fn load_or_create(
             std::fs::File::open(dir)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| e.to_string())?;
+            super::powercut::synced_dir(dir);
             Ok(want)
         }
         Err(e) => Err(format!("cannot read {}: {e}", file.display())),

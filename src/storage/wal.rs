@@ -344,6 +344,7 @@ impl Wal {
                     room_for(&path, size)?;
                     zero_fill(&path, size, None)?;
                     std::fs::File::open(&dir)?.sync_all()?;
+                    super::powercut::synced_dir(&dir);
                     Ok(())
                 })
                 .await?;
@@ -397,6 +398,7 @@ impl Wal {
                         }
                     }
                     std::fs::File::open(&dir)?.sync_all()?;
+                    super::powercut::synced_dir(&dir);
                     Ok(())
                 })
                 .await;
@@ -487,6 +489,7 @@ impl Wal {
             return Err(Error::Corrupt(format!("short wal write: {n} of {len}")));
         }
         file.fdatasync().await?;
+        super::powercut::synced_range(&self.current.path, self.offset, len as u64);
         self.offset += len as u64;
         if self.buf_last > 0 {
             self.current.last_index = self.buf_last;
@@ -545,16 +548,24 @@ impl Wal {
         let done: Vec<Segment> = self.sealed.drain(..n).collect();
         let full = self.segment_size;
         let mut paths: Vec<PathBuf> = done.into_iter().map(|s| s.path).collect();
-        let recyclable = paths
-            .iter()
-            .position(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == full));
-        let recycle = recyclable.map(|i| paths.swap_remove(i));
+        // Only the newest released segment may be recycled, after the older
+        // ones are removed (in order): at every moment, a crash leaves a
+        // contiguous run of segments on disk.
+        let recycle = match paths.last() {
+            Some(p) if std::fs::metadata(p).is_ok_and(|m| m.len() == full) => paths.pop(),
+            _ => None,
+        };
         if !paths.is_empty() {
+            // The removals are made durable too: a power loss must not
+            // bring released segments back (harmless, but disk not freed).
+            let dir = self.dir.clone();
             glommio::executor()
                 .spawn_blocking(move || -> std::io::Result<()> {
                     for p in paths {
                         std::fs::remove_file(&p)?;
                     }
+                    std::fs::File::open(&dir)?.sync_all()?;
+                    super::powercut::synced_dir(&dir);
                     Ok(())
                 })
                 .await?;
@@ -595,7 +606,9 @@ fn write_head(dir: &Path, seq: u64) -> std::io::Result<()> {
     f.write_all(format!("{seq:016x}\n").as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join(HEAD))?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::File::open(dir)?.sync_all()?;
+    super::powercut::synced_dir(dir);
+    Ok(())
 }
 
 /// The start record of segment `seq` at `path`: (previous segment, its end).

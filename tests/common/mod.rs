@@ -37,6 +37,8 @@ pub struct Server {
     pub peer_port: u16,
     /// Extra flags given at every start.
     extra_args: Vec<String>,
+    /// Simulate power cuts: the binary keeps a durable image of its data dir.
+    power_cut: bool,
 }
 
 impl Server {
@@ -54,9 +56,45 @@ impl Server {
             client_port: free_port()?,
             peer_port: free_port()?,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
+            power_cut: false,
         };
         server.spawn()?;
         Ok(server)
+    }
+
+    /// Like [`Server::start_with`], with the power-cut simulation on: the
+    /// binary keeps an image of what its fsyncs made durable
+    /// (`src/storage/powercut.rs`), and [`Server::power_cut`] restarts it on
+    /// that image.
+    pub fn start_power_cut(args: &[&str]) -> io::Result<Server> {
+        let root = tempfile::Builder::new().prefix("kardia-test-").tempdir()?;
+        let mut server = Server {
+            child: None,
+            root,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            power_cut: true,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn image_dir(&self) -> PathBuf {
+        self.root.path().join("image")
+    }
+
+    /// Cut the power: SIGKILL, then boot with only what was fsynced (the
+    /// image replaces the data dir; the next image starts as its copy).
+    /// `inspect` sees the data dir as the machine boots (before kardia runs).
+    pub fn power_cut(&mut self, inspect: impl FnOnce(&Path)) -> io::Result<()> {
+        assert!(self.power_cut, "started without the power-cut simulation");
+        self.kill();
+        std::fs::remove_dir_all(self.data_dir())?;
+        std::fs::rename(self.image_dir(), self.data_dir())?;
+        copy_dir(&self.data_dir(), &self.image_dir())?;
+        inspect(&self.data_dir());
+        self.spawn()
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -109,6 +147,10 @@ impl Server {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("default={peer}")])
             .args(&self.extra_args)
+            .envs(
+                self.power_cut
+                    .then(|| ("KARDIA_POWERCUT_IMAGE", self.image_dir())),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -142,6 +184,52 @@ impl Server {
             thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Copy a directory tree (regular files and folders).
+fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for ent in std::fs::read_dir(from)? {
+        let ent = ent?;
+        let target = to.join(ent.file_name());
+        if ent.file_type()?.is_dir() {
+            copy_dir(&ent.path(), &target)?;
+        } else {
+            copy_sparse(&ent.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copy a file's data ranges only (`SEEK_DATA`/`SEEK_HOLE`): LMDB files
+/// are as long as their map (64 GiB) and almost all hole.
+fn copy_sparse(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    let src = File::open(from)?;
+    let len = src.metadata()?.len();
+    let dst = File::create(to)?;
+    let fd = src.as_raw_fd();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0i64;
+    while (at as u64) < len {
+        // SAFETY: lseek on an open descriptor has no memory effects.
+        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // only a hole is left (ENXIO)
+        }
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { len as i64 } else { hole };
+        let mut pos = data;
+        while pos < end {
+            let n = buf.len().min((end - pos) as usize);
+            src.read_exact_at(&mut buf[..n], pos as u64)?;
+            dst.write_all_at(&buf[..n], pos as u64)?;
+            pos += n as i64;
+        }
+        at = end;
+    }
+    dst.set_len(len)
 }
 
 impl Drop for Server {
