@@ -1409,7 +1409,16 @@ fn json_store_events() {
                 .map_err(|e| TestCaseError::fail(format!("apply: {e}")))?;
             let mut got = Vec::new();
             let r = store
-                .get(0, &key, false, false, now, None, &mut got)
+                .get(
+                    0,
+                    &key,
+                    false,
+                    false,
+                    now,
+                    None,
+                    kardia::store::ReadAt::Now,
+                    &mut got,
+                )
                 .map_err(|e| TestCaseError::fail(format!("get: {e}")))?;
             prop_assert!(r.is_ok(), "get: {:?}", r.err());
             store
@@ -1953,7 +1962,16 @@ fn snapshot_store_round_trip() {
             .map_err(|e| TestCaseError::fail(format!("restore: {e}")))?;
         let dump = |s: &mut kardia::store::Store| {
             let mut out = Vec::new();
-            let r = s.get(0, b"/", true, true, 1, None, &mut out);
+            let r = s.get(
+                0,
+                b"/",
+                true,
+                true,
+                1,
+                None,
+                kardia::store::ReadAt::Now,
+                &mut out,
+            );
             prop_assert!(matches!(r, Ok(Ok(_))));
             parse_json(&out)?;
             Ok::<_, TestCaseError>(out)
@@ -2061,7 +2079,16 @@ fn install(
     }
     if store.restore(recv).is_ok() {
         let mut out = Vec::new();
-        if let Ok(Ok(_)) = store.get(0, b"/", true, true, 1, None, &mut out) {
+        if let Ok(Ok(_)) = store.get(
+            0,
+            b"/",
+            true,
+            true,
+            1,
+            None,
+            kardia::store::ReadAt::Now,
+            &mut out,
+        ) {
             parse_json(&out)?;
         }
     }

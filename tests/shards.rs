@@ -1153,3 +1153,162 @@ fn a_data_dir_keeps_its_shard_count() {
         .body_str();
     assert!(d.starts_with("{\"shards\":3,"), "{d}");
 }
+
+/// Issue #13: a read never shows a write its `X-Etcd-Index` does not cover
+/// (one that is executed but still in its fsync, not acknowledged), and a
+/// connection's `X-Etcd-Index` never goes back. Writers PUT a few keys as
+/// fast as they can while readers GET them on keep-alive connections; at 1
+/// and 2 shards.
+#[test]
+fn reads_never_run_ahead_of_their_index() {
+    for shards in ["1", "2"] {
+        let server = Server::start_with(&["--shards", shards]).expect("start kardia");
+        let port = server.client_port;
+        let stop = Arc::new(AtomicBool::new(false));
+        let keep_alive = move |rng: &mut Rng,
+                               stop: &AtomicBool,
+                               write: bool|
+              -> Result<u64, String> {
+            let deadline = Duration::from_secs(10);
+            let mut conn = Conn::connect(port, deadline).map_err(|e| e.to_string())?;
+            let (mut last_header, mut n) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("/v2/keys/hot/k{}", rng.below(4));
+                let req = if write {
+                    let body = format!("value={}", rng.next());
+                    common::build_request(
+                        port,
+                        "PUT",
+                        key.as_bytes(),
+                        Some(body.as_bytes()),
+                        &[],
+                        true,
+                    )
+                } else {
+                    common::build_request(port, "GET", key.as_bytes(), None, &[], true)
+                };
+                conn.send(&req).map_err(|e| e.to_string())?;
+                let method = if write { "PUT" } else { "GET" };
+                let r = common::read_response(&mut conn, method, Instant::now() + deadline)
+                    .map_err(|e| format!("{e:?}"))?;
+                n += 1;
+                if r.code() == 404 {
+                    continue;
+                }
+                let header = index_header(&r).ok_or("no X-Etcd-Index")?;
+                let body = r.body_str();
+                let modified = json_u64(&body, "modifiedIndex").ok_or("no modifiedIndex")?;
+                if modified > header {
+                    return Err(format!(
+                        "{method} {key}: modifiedIndex {modified} above X-Etcd-Index {header}: {body}"
+                    ));
+                }
+                if header < last_header {
+                    return Err(format!(
+                        "{method} {key}: X-Etcd-Index went back from {last_header} to {header}"
+                    ));
+                }
+                last_header = header;
+            }
+            Ok(n)
+        };
+        let keep_alive = Arc::new(keep_alive);
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let (stop, f) = (stop.clone(), keep_alive.clone());
+                thread::spawn(move || f(&mut Rng(t * 7919 + 1), &stop, t < 3))
+            })
+            .collect();
+        thread::sleep(Duration::from_secs(3));
+        stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for t in threads {
+            total += t
+                .join()
+                .expect("client thread")
+                .unwrap_or_else(|e| panic!("--shards {shards}: {e}"));
+        }
+        eprintln!("--shards {shards}: {total} requests checked");
+    }
+}
+
+/// Issue #13: requests pipelined on one connection take effect in request
+/// order, as etcd's server (one request at a time per connection) has it:
+/// each write's index is above the one before it on the connection, and a
+/// read sees the writes sent before it, whichever shards the keys live on.
+#[test]
+fn pipelined_requests_take_effect_in_request_order() {
+    for shards in ["2", "4"] {
+        let server = Server::start_with(&["--shards", shards]).expect("start kardia");
+        let port = server.client_port;
+        let mut rng = Rng(common::time_seed());
+        for round in 0..20 {
+            // Keys in several directories (so on several shards), some
+            // directories new (member-wide writes among plain ones).
+            let mut wire = Vec::new();
+            let mut expect = Vec::new();
+            for i in 0..24 {
+                let key = format!(
+                    "/v2/keys/pipe{}/d{}/k{}",
+                    round % 3,
+                    rng.below(8),
+                    rng.below(4)
+                );
+                if rng.below(3) == 0 {
+                    wire.extend(common::build_request(
+                        port,
+                        "GET",
+                        key.as_bytes(),
+                        None,
+                        &[],
+                        true,
+                    ));
+                    expect.push(("GET", key, String::new()));
+                } else {
+                    let value = format!("r{round}i{i}");
+                    let body = format!("value={value}");
+                    wire.extend(common::build_request(
+                        port,
+                        "PUT",
+                        key.as_bytes(),
+                        Some(body.as_bytes()),
+                        &[],
+                        true,
+                    ));
+                    expect.push(("PUT", key, value));
+                }
+            }
+            let mut conn = Conn::connect(port, Duration::from_secs(10)).expect("connect");
+            conn.send(&wire).expect("send the pipeline");
+            let mut last_write = 0u64;
+            let mut values: BTreeMap<String, String> = BTreeMap::new();
+            for (method, key, value) in expect {
+                let r = common::read_response(
+                    &mut conn,
+                    method,
+                    Instant::now() + Duration::from_secs(10),
+                )
+                .unwrap_or_else(|e| panic!("--shards {shards}: {method} {key}: {e:?}"));
+                let body = r.body_str();
+                if method == "PUT" {
+                    let idx = json_u64(&body, "modifiedIndex").expect("modifiedIndex");
+                    assert!(
+                        idx > last_write,
+                        "--shards {shards}: pipelined PUT {key} took index {idx}, after a PUT \
+                         sent before it took {last_write}"
+                    );
+                    last_write = idx;
+                    values.insert(key, value);
+                } else {
+                    if let Some(v) = values.get(&key) {
+                        assert!(
+                            r.code() == 200 && body.contains(&format!("\"value\":\"{v}\"")),
+                            "--shards {shards}: pipelined GET {key} after PUT {v}: {} {body}",
+                            r.code()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

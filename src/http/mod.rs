@@ -4,9 +4,10 @@
 //! heads are parsed in place ([`request`]), bodies are taken by
 //! Content-Length or chunked framing, and each request is handed to a
 //! [`Service`] as a borrowed [`Request`]. Responses are appended to one
-//! output buffer and written once per batch of pipelined requests. Writes
-//! that wait on raft are queued so a pipeline of PUTs shares one batch; any
-//! other request first waits for the queue, so answers keep request order.
+//! output buffer and written once per batch of pipelined requests. Requests
+//! are handled one at a time, as etcd's Go server does: a request waiting on
+//! raft is answered before the next one on its connection starts, so
+//! pipelined requests take effect, and are answered, in request order.
 //! Limits (head size, body size, connections, head deadline, idle time) are
 //! enforced here; malformed input is answered with 400/413/431 and the
 //! connection is closed.
@@ -316,14 +317,13 @@ impl Conn {
         limits: &Limits,
         pending: &mut VecDeque<S::Pending>,
     ) -> Result<Option<Step>, ()> {
-        // A read must see every write queued before it on this connection:
-        // only writes may queue behind writes.
+        // One request at a time, as etcd's Go server handles a connection:
+        // a pipelined request starts once the one before it is answered, so
+        // a read sees the writes sent before it and pipelined writes take
+        // their indexes in request order (writes to different shards, or
+        // one that becomes member-wide, could otherwise overtake each other).
         if !pending.is_empty() {
-            if let Ok(Some(h)) = parse_head(&self.buf[self.start..self.end]) {
-                if !matches!(h.method, Method::Put | Method::Post | Method::Delete) {
-                    self.drain(svc, pending).await?;
-                }
-            }
+            self.drain(svc, pending).await?;
         }
         // Go accepts raw bytes >= 0x80 in the request target; httparse does
         // not. Percent-encode them in place (they are decoded again with the

@@ -604,7 +604,15 @@ async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
         .counter
         .load(std::sync::atomic::Ordering::SeqCst);
     let mut body = Vec::new();
-    match super::read_at(shard, index, &req.key, req.opts, Some(&remote), &mut body) {
+    match super::read_at(
+        shard,
+        index,
+        &req.key,
+        req.opts,
+        Some(&remote),
+        crate::store::ReadAt::Now,
+        &mut body,
+    ) {
         Ok(i) => Ok((body, i)),
         // The directory went away since its owner escalated the read.
         Err(e) if e.code == ESCALATE => Err(V2Error::new(KEY_NOT_FOUND, &req.key[..], index)),

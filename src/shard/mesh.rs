@@ -6,8 +6,12 @@
 //! [`Msg::Answer`]; every durable batch's events go to every executor as
 //! [`Msg::Events`]; member-wide operations use [`Msg::Global`]. Receiving
 //! never blocks on sending (a full channel hands the message to a task), so
-//! executors cannot deadlock on each other's queues.
+//! executors cannot deadlock on each other's queues; messages wait behind
+//! that task in order, so none overtakes an earlier one to the same
+//! executor.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -83,29 +87,75 @@ pub fn build(shards: usize) -> Vec<Ends> {
 /// This executor's senders, by executor id.
 pub struct Mesh {
     senders: Rc<Vec<Option<ConnectedSender<Msg>>>>,
+    /// Messages waiting for room in a full channel, by executor id, in
+    /// the order they were sent. While one waits, later ones queue behind
+    /// it: a message never overtakes an earlier one to the same executor.
+    overflow: Rc<Vec<RefCell<Overflow>>>,
+}
+
+#[derive(Default)]
+struct Overflow {
+    queue: VecDeque<Msg>,
+    /// A task is sending the queue (possibly its last message, already
+    /// taken out of it).
+    draining: bool,
 }
 
 impl Mesh {
+    fn new(senders: Vec<Option<ConnectedSender<Msg>>>) -> Mesh {
+        let overflow = (0..senders.len()).map(|_| RefCell::default()).collect();
+        Mesh {
+            senders: Rc::new(senders),
+            overflow: Rc::new(overflow),
+        }
+    }
+
     pub fn send(&self, to: usize, msg: Msg) {
         let Some(Some(s)) = self.senders.get(to) else {
             return;
         };
-        if let Err(e) = s.try_send(msg) {
-            let msg = match e {
-                glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m)) => m,
-                _ => {
-                    tracing::error!(to, "mesh send failed: channel closed");
-                    return;
-                }
-            };
-            let senders = self.senders.clone();
-            glommio::spawn_local(async move {
-                if let Some(Some(s)) = senders.get(to) {
-                    let _ = s.send(msg).await;
-                }
-            })
-            .detach();
+        let mut over = self.overflow[to].borrow_mut();
+        if over.draining {
+            over.queue.push_back(msg);
+            return;
         }
+        let msg = match s.try_send(msg) {
+            Ok(()) => return,
+            Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m))) => m,
+            Err(_) => {
+                tracing::error!(to, "mesh send failed: channel closed");
+                return;
+            }
+        };
+        // The channel is full: a task sends this message and every later
+        // one, in order, waiting for room (sending never blocks the caller,
+        // so executors cannot deadlock on each other's channels).
+        over.queue.push_back(msg);
+        over.draining = true;
+        // The task may start right away: release the queue first.
+        drop(over);
+        let (senders, overflow) = (self.senders.clone(), self.overflow.clone());
+        glommio::spawn_local(async move {
+            let Some(Some(s)) = senders.get(to) else {
+                return;
+            };
+            loop {
+                let next = {
+                    let mut over = overflow[to].borrow_mut();
+                    let next = over.queue.pop_front();
+                    over.draining = next.is_some();
+                    next
+                };
+                let Some(msg) = next else { break };
+                if s.send(msg).await.is_err() {
+                    let mut over = overflow[to].borrow_mut();
+                    over.queue.clear();
+                    over.draining = false;
+                    break;
+                }
+            }
+        })
+        .detach();
     }
 }
 
@@ -139,9 +189,7 @@ pub async fn join(shard: &Rc<Shard>, ends: Ends) -> Result<(), String> {
             None => None,
         });
     }
-    shard.attach(Mesh {
-        senders: Rc::new(senders),
-    });
+    shard.attach(Mesh::new(senders));
     Ok(())
 }
 
@@ -170,5 +218,64 @@ pub fn dispatch(shard: &Rc<Shard>, msg: Msg) {
             shard.note_watchers();
         }
         Msg::Global(m) => global::on_message(shard, m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Messages to one executor arrive in the order sent, also when its
+    /// channel is full and some of them wait for room.
+    #[test]
+    fn a_full_channel_keeps_the_order() {
+        const N: usize = 3 * CHANNEL;
+        let (s, r) = shared_channel::new_bounded::<Msg>(CHANNEL);
+        let receiver = std::thread::spawn(move || {
+            glommio::LocalExecutor::default().run(async move {
+                let r = r.connect().await;
+                // Start late, so the channel fills, then drain in bursts.
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                let mut got = Vec::with_capacity(N);
+                while let Some(m) = r.recv().await {
+                    if let Msg::Propose { slot, .. } = m {
+                        got.push(slot);
+                        if got.len() % 1000 == 0 {
+                            glommio::timer::sleep(Duration::from_millis(1)).await;
+                        }
+                        if got.len() == N {
+                            break;
+                        }
+                    }
+                }
+                got
+            })
+        });
+        glommio::LocalExecutor::default().run(async move {
+            let s = s.connect().await;
+            let mesh = Mesh::new(vec![None, Some(s)]);
+            for slot in 0..N {
+                let data = Vec::new();
+                mesh.send(
+                    1,
+                    Msg::Propose {
+                        from: 0,
+                        slot,
+                        data,
+                    },
+                );
+                if slot % 500 == 0 {
+                    glommio::timer::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            while mesh.overflow[1].borrow().draining {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        let got = receiver.join().expect("receiver");
+        let first_wrong = got.iter().enumerate().find(|(i, s)| *i != **s);
+        assert_eq!(first_wrong, None, "messages arrived out of order");
+        assert_eq!(got.len(), N);
     }
 }

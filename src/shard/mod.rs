@@ -25,7 +25,7 @@ use std::task::{Context, Poll, Waker};
 use hdrhistogram::Histogram;
 use slab::Slab;
 
-use crate::store::{escalated_to, Event, Outcome, Placement, Store, MEMBER_WIDE};
+use crate::store::{escalated_to, Event, Outcome, Placement, ReadAt, Store, MEMBER_WIDE};
 use crate::v2::error::{V2Error, RAFT_INTERNAL};
 pub use mesh::Msg;
 pub use orderer::Orderer;
@@ -527,14 +527,35 @@ impl From<Reply> for Answer {
 /// A read this shard cannot answer goes on to the shard that can.
 pub async fn serve_read(shard: Rc<Shard>, req: mesh::ReadReq, target: Target) {
     global::read_gate(&shard).await;
-    orderer::Delivered {
-        orderer: &shard.orderer,
-        index: shard.executed.get(),
+    // The newest read view whose writes are all delivered: never a batch
+    // still in its fsync (which the raft loop may execute while this task
+    // waits to run), and no wait for it either. The choice and the read
+    // run without a suspension point between them.
+    loop {
+        let delivered = shard.orderer.borrow().delivered();
+        let chosen = shard.store.borrow_mut().select_view(delivered);
+        match chosen {
+            Ok(()) => break,
+            Err(index) => {
+                orderer::Delivered {
+                    orderer: &shard.orderer,
+                    index,
+                }
+                .await
+            }
+        }
     }
-    .await;
     let index = shard.orderer.borrow().closed();
     let mut body = Vec::new();
-    let r = read_at(&shard, index, &req.key, req.opts, None, &mut body);
+    let r = read_at(
+        &shard,
+        index,
+        &req.key,
+        req.opts,
+        None,
+        ReadAt::View,
+        &mut body,
+    );
     let next = match r {
         Ok(i) => return shard.answer(target, Answer::Read(Ok((body, i)))),
         Err(e) => match escalated_to(&e) {
@@ -565,6 +586,7 @@ pub fn read_at(
     key: &[u8],
     opts: mesh::ReadOpts,
     remote: Option<&crate::store::RemoteFiles>,
+    at: ReadAt,
     body: &mut Vec<u8>,
 ) -> Result<u64, V2Error> {
     let r = shard.store.borrow_mut().get(
@@ -574,6 +596,7 @@ pub fn read_at(
         opts.sorted,
         opts.now,
         remote,
+        at,
         body,
     );
     if shard.shared.shards > 1 {

@@ -21,12 +21,17 @@ pub mod placement;
 pub mod space;
 pub mod watch;
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use heed::types::Bytes;
-use heed::{Database, Env, EnvFlags, EnvOpenOptions, RoTxn, RwTxn};
+use heed::{Database, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+
+/// A shard's LMDB environment. Read transactions do not use thread-local
+/// slots, so the shard can hold several (its read views) at once.
+pub type Env = heed::Env<WithoutTls>;
 
 pub use command::{Command, Op};
 pub use event::{Action, Event, NodeJson, Removed};
@@ -219,7 +224,7 @@ fn read_applied(v: Option<&[u8]>) -> Result<(u64, u64)> {
 
 /// Open a store copy (read and written by this process only).
 fn open_env(dir: &Path, map_size: usize) -> Result<Env> {
-    let mut eo = EnvOpenOptions::new();
+    let mut eo = EnvOpenOptions::new().read_txn_without_tls();
     eo.map_size(map_size).max_dbs(4);
     // SAFETY: each copy directory is opened once, by this process only.
     Ok(unsafe { eo.open(dir)? })
@@ -294,6 +299,23 @@ pub struct Store {
     kbuf: Vec<u8>,
     vbuf: Vec<u8>,
     prev: Vec<u8>,
+    /// Read views: a read transaction opened right after each commit, with
+    /// the index the store had reached then, oldest first (at most
+    /// [`MAX_VIEWS`]). A read that must not see writes still in their fsync
+    /// uses the newest view whose index is delivered ([`Store::select_view`]).
+    views: VecDeque<(u64, RoTxn<'static, WithoutTls>)>,
+}
+
+/// Read views kept at most (each pins the pages of its snapshot).
+const MAX_VIEWS: usize = 16;
+
+/// Which state a read sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAt {
+    /// The store as it is now (the caller knows nothing is in flight).
+    Now,
+    /// The view chosen by the last [`Store::select_view`].
+    View,
 }
 
 impl Store {
@@ -308,8 +330,9 @@ impl Store {
     ) -> Result<Store> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Corrupt(format!("{}: {e}", dir.display())))?;
-        let mut eo = EnvOpenOptions::new();
-        eo.map_size(opts.map_size).max_dbs(4);
+        let mut eo = EnvOpenOptions::new().read_txn_without_tls();
+        // Reader slots: the read views, plus reads, snapshots and checks.
+        eo.map_size(opts.map_size).max_dbs(4).max_readers(256);
         // SAFETY: the environment is opened once per shard directory. NO_SYNC
         // is safe against process crashes (pages are in the OS cache);
         // durability comes from the raft log, and the shard checkpoints with
@@ -374,11 +397,49 @@ impl Store {
             kbuf: Vec::new(),
             vbuf: Vec::new(),
             prev: Vec::new(),
+            views: VecDeque::new(),
         })
     }
 
     pub fn env(&self) -> &Env {
         &self.env
+    }
+
+    /// Open a read view of the state just committed.
+    fn push_view(&mut self) {
+        if self.views.len() >= MAX_VIEWS {
+            self.views.pop_front();
+        }
+        match self.env.clone().static_read_txn() {
+            Ok(txn) => self.views.push_back((self.index, txn)),
+            // No reader slot: reads wait for the next commit's view.
+            Err(e) => tracing::warn!(error = %e, "no read view for this commit"),
+        }
+    }
+
+    /// Choose the view a [`ReadAt::View`] read sees: the newest one whose
+    /// index is at most `delivered` (so every write it shows is durable
+    /// and published). `Err(i)`: none yet; wait until index `i` is
+    /// delivered and ask again.
+    pub fn select_view(&mut self, delivered: u64) -> std::result::Result<(), u64> {
+        while self.views.len() >= 2 && self.views[1].0 <= delivered {
+            self.views.pop_front();
+        }
+        match self.views.front() {
+            Some((i, _)) if *i <= delivered => Ok(()),
+            Some((i, _)) => Err(*i),
+            // No view (none committed since the start, or no reader slot
+            // was free): the store as it is, once all of it is delivered.
+            None if self.index <= delivered => {
+                self.push_view();
+                if self.views.is_empty() {
+                    Err(self.index + 1)
+                } else {
+                    Ok(())
+                }
+            }
+            None => Err(self.index),
+        }
     }
 
     /// The last etcd index this shard used.
@@ -554,6 +615,8 @@ impl Store {
         self.counter.fetch_max(self.index, Ordering::SeqCst);
         self.pending.clear();
         self.fresh = false;
+        self.views.clear();
+        self.push_view();
         Ok(())
     }
 
@@ -645,6 +708,7 @@ impl Store {
                 if let Some(last) = last {
                     self.applied = last;
                 }
+                self.push_view();
                 Ok(r)
             }
             Err(e) => {
@@ -1500,11 +1564,42 @@ impl Store {
         sorted: bool,
         now: i64,
         remote: Option<&RemoteFiles>,
+        at: ReadAt,
         out: &mut Vec<u8>,
     ) -> Result<std::result::Result<u64, V2Error>> {
-        let rtxn = self.env.read_txn()?;
+        // The view leaves the queue while it is read (nothing else runs).
+        let view = match at {
+            ReadAt::View => self.views.pop_front(),
+            ReadAt::Now => None,
+        };
+        let r = match &view {
+            Some((_, txn)) => self.get_in(txn, index, path, recursive, sorted, now, remote, out),
+            None => {
+                let env = self.env.clone();
+                let txn = env.read_txn()?;
+                self.get_in(&txn, index, path, recursive, sorted, now, remote, out)
+            }
+        };
+        if let Some(v) = view {
+            self.views.push_front(v);
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn get_in(
+        &mut self,
+        rtxn: &RoTxn,
+        index: u64,
+        path: &[u8],
+        recursive: bool,
+        sorted: bool,
+        now: i64,
+        remote: Option<&RemoteFiles>,
+        out: &mut Vec<u8>,
+    ) -> Result<std::result::Result<u64, V2Error>> {
         let mut kbuf = std::mem::take(&mut self.kbuf);
-        let found = self.find(&rtxn, path, &mut kbuf)?;
+        let found = self.find(rtxn, path, &mut kbuf)?;
         self.kbuf = kbuf;
         let f = match found {
             Ok(f) => f,
@@ -1529,7 +1624,7 @@ impl Store {
         let value = if f.meta.dir {
             None
         } else {
-            let v = self.nodes.get(&rtxn, &f.lkey)?.ok_or_else(corrupt)?;
+            let v = self.nodes.get(rtxn, &f.lkey)?.ok_or_else(corrupt)?;
             Some(rec(&f.lkey, v)?.value)
         };
         let node = NodeJson {
@@ -1554,7 +1649,7 @@ impl Store {
                 now,
                 remote,
             };
-            self.write_children(&rtxn, f.meta.dir_id, &mut p, &w, out)?;
+            self.write_children(rtxn, f.meta.dir_id, &mut p, &w, out)?;
         }
         event::write_tail(out, f.meta.modified, f.meta.created);
         out.extend_from_slice(b"}\n");

@@ -26,7 +26,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use heed::Env;
+use super::Env;
 
 use crate::storage::disk;
 
@@ -316,7 +316,7 @@ mod tests {
     use super::*;
 
     fn env(dir: &Path) -> Env {
-        let mut eo = heed::EnvOpenOptions::new();
+        let mut eo = heed::EnvOpenOptions::new().read_txn_without_tls();
         eo.map_size(32 << 20).max_dbs(1);
         // SAFETY: a fresh directory, opened once.
         unsafe {

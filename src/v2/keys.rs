@@ -18,8 +18,8 @@ use crate::raft::wall_nanos;
 use crate::shard::mesh::{ReadOpts, ReadReq};
 use crate::shard::orderer::{Delivered, WatchStart};
 use crate::shard::{read_at, Answer, AnswerFuture};
-use crate::store::escalated_to;
 use crate::store::watch::WatchHandle;
+use crate::store::{escalated_to, ReadAt};
 use crate::store::{Action, Command, Event, Op};
 
 /// A request answered later, in request order.
@@ -359,7 +359,7 @@ fn read_now(
     };
     let mut body = api.scratch.borrow_mut();
     body.clear();
-    match read_at(sh, index, key, opts, None, &mut body) {
+    match read_at(sh, index, key, opts, None, ReadAt::Now, &mut body) {
         Ok(i) => read_headers(api, out, http11, i).body(&body, head_only),
         Err(e) if escalated_to(&e).is_some() => return false,
         Err(e) => {
