@@ -290,6 +290,41 @@ fn a_full_map_answers_every_write_and_keeps_serving_reads() {
         let r = request(port, "GET", "/health", None, &[]).unwrap();
         assert_eq!(r.code(), 503, "{}", r.body_str());
         assert_all_present(port, &acked);
+        // A stopped shard does not hold up the member: member-wide writes
+        // (a new directory) and listings of every shard are answered at
+        // once, again and again (a session it never joined would park
+        // every shard for good).
+        for i in 0..3 {
+            for (method, target, form) in [
+                (
+                    "PUT",
+                    format!("/v2/keys/after-stop/d{i}/k"),
+                    Some("value=x"),
+                ),
+                ("GET", "/v2/keys/?recursive=true".to_string(), None),
+                (
+                    "PUT",
+                    format!("/v2/keys/full/{shards}/d{i}/after"),
+                    Some("value=y"),
+                ),
+            ] {
+                let started = Instant::now();
+                let r = request(port, method, &target, form, &[])
+                    .unwrap_or_else(|e| panic!("{method} {target}: no answer ({e:?})"));
+                let took = started.elapsed();
+                assert!(
+                    took < Duration::from_secs(3),
+                    "{shards} shard(s): {method} {target} answered after {took:?}"
+                );
+                assert!(
+                    matches!(r.code(), 200 | 201 | 500),
+                    "{method} {target}: {} {}",
+                    r.code(),
+                    r.body_str()
+                );
+            }
+        }
+        assert_all_present(port, &acked);
     }
 }
 

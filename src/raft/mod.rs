@@ -381,7 +381,12 @@ pub async fn run(shard: Rc<Shard>, mut g: Group) {
             }
             _ => e.to_string(),
         };
+        // Reads see nothing of the batches that will never be durable.
+        if let Some(first) = holes.first().map(|e| e.index) {
+            shard.store.borrow_mut().freeze_views(first);
+        }
         shard.fail(msg.clone());
+        glommio::spawn_local(global::serve_stopped(shard.clone(), msg.clone())).detach();
         let stopped = || {
             V2Error::new(
                 RAFT_INTERNAL,

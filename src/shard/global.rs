@@ -177,9 +177,38 @@ pub fn on_message(shard: &Rc<Shard>, m: Msg) {
     }
 }
 
-fn request_park(shard: &Shard) {
+fn request_park(shard: &Rc<Shard>) {
+    if shard.failed.borrow().is_some() {
+        // No raft loop any more: the stopped shard parks at once.
+        report_parked(shard);
+        return;
+    }
     shard.global.park.set(true);
     shard.wake_loop();
+}
+
+/// A stopped shard (its raft loop ended with a fatal error) still takes
+/// part in member-wide sessions, so they end and release the other shards:
+/// it parks at once ([`request_park`]) and fails every step, so no
+/// member-wide write is accepted while it is stopped, and every job gets
+/// an answer.
+pub async fn serve_stopped(shard: Rc<Shard>, msg: String) {
+    if shard.global.park.replace(false) {
+        report_parked(&shard);
+    }
+    loop {
+        let result = match next_subop(&shard).await {
+            SubOp::Unpark => {
+                set_applying(&shard, false);
+                continue;
+            }
+            SubOp::Batch(ops) => {
+                SubResult::Batch(ops.iter().map(|_| SubResult::Failed(msg.clone())).collect())
+            }
+            _ => SubResult::Failed(msg.clone()),
+        };
+        report(&shard, result);
+    }
 }
 
 /// Called by a parked raft loop: tell the coordinator.

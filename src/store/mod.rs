@@ -304,6 +304,8 @@ pub struct Store {
     /// [`MAX_VIEWS`]). A read that must not see writes still in their fsync
     /// uses the newest view whose index is delivered ([`Store::select_view`]).
     views: VecDeque<(u64, RoTxn<'static, WithoutTls>)>,
+    /// The shard stopped: no view is added any more ([`Store::freeze_views`]).
+    frozen: bool,
 }
 
 /// Read views kept at most (each pins the pages of its snapshot).
@@ -398,6 +400,7 @@ impl Store {
             vbuf: Vec::new(),
             prev: Vec::new(),
             views: VecDeque::new(),
+            frozen: false,
         })
     }
 
@@ -407,6 +410,9 @@ impl Store {
 
     /// Open a read view of the state just committed.
     fn push_view(&mut self) {
+        if self.frozen {
+            return;
+        }
         if self.views.len() >= MAX_VIEWS {
             self.views.pop_front();
         }
@@ -415,6 +421,14 @@ impl Store {
             // No reader slot: reads wait for the next commit's view.
             Err(e) => tracing::warn!(error = %e, "no read view for this commit"),
         }
+    }
+
+    /// The shard stopped: writes from index `first` on will never be
+    /// durable. Reads keep the views below it only; with none left they
+    /// fail rather than show those writes.
+    pub fn freeze_views(&mut self, first: u64) {
+        self.views.retain(|(i, _)| *i < first);
+        self.frozen = true;
     }
 
     /// Choose the view a [`ReadAt::View`] read sees: the newest one whose
@@ -426,6 +440,7 @@ impl Store {
             self.views.pop_front();
         }
         match self.views.front() {
+            _ if self.frozen => Ok(()),
             Some((i, _)) if *i <= delivered => Ok(()),
             Some((i, _)) => Err(*i),
             // No view (none committed since the start, or no reader slot
@@ -1574,6 +1589,9 @@ impl Store {
         };
         let r = match &view {
             Some((_, txn)) => self.get_in(txn, index, path, recursive, sorted, now, remote, out),
+            None if self.frozen => Err(Error::Corrupt(
+                "stopped: no durable state left to read".into(),
+            )),
             None => {
                 let env = self.env.clone();
                 let txn = env.read_txn()?;

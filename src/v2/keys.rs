@@ -352,7 +352,8 @@ fn read_now(
     let index = {
         let o = sh.orderer.borrow();
         let closed = o.closed();
-        if sh.global.applying() || o.delivered() < closed.max(sh.executed.get()) {
+        let stopped = sh.failed.borrow().is_some();
+        if stopped || sh.global.applying() || o.delivered() < closed.max(sh.executed.get()) {
             return false;
         }
         closed
