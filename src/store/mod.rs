@@ -314,7 +314,8 @@ const MAX_VIEWS: usize = 16;
 /// Which state a read sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadAt {
-    /// The store as it is now (the caller knows nothing is in flight).
+    /// The store as it is now (the caller knows nothing is in flight, or
+    /// every shard is parked).
     Now,
     /// The view chosen by the last [`Store::select_view`].
     View,
@@ -418,8 +419,12 @@ impl Store {
         }
         match self.env.clone().static_read_txn() {
             Ok(txn) => self.views.push_back((self.index, txn)),
-            // No reader slot: reads wait for the next commit's view.
-            Err(e) => tracing::warn!(error = %e, "no read view for this commit"),
+            // No reader slot: no view may stand for the present any more
+            // (reads open their own transaction, or wait for delivery).
+            Err(e) => {
+                tracing::warn!(error = %e, "no read view for this commit");
+                self.views.clear();
+            }
         }
     }
 
@@ -1583,8 +1588,12 @@ impl Store {
         out: &mut Vec<u8>,
     ) -> Result<std::result::Result<u64, V2Error>> {
         // The view leaves the queue while it is read (nothing else runs).
+        // The newest view is the store as it is now (one is opened after
+        // every commit): a read of the present needs no transaction of its
+        // own either.
         let view = match at {
             ReadAt::View => self.views.pop_front(),
+            ReadAt::Now if !self.frozen => self.views.pop_back(),
             ReadAt::Now => None,
         };
         let r = match &view {
@@ -1599,7 +1608,10 @@ impl Store {
             }
         };
         if let Some(v) = view {
-            self.views.push_front(v);
+            match at {
+                ReadAt::View => self.views.push_front(v),
+                ReadAt::Now => self.views.push_back(v),
+            }
         }
         r
     }
