@@ -556,6 +556,8 @@ async fn run_inner(
             shard.store.borrow_mut().take_events(&mut events);
             shard.publish(&mut events);
             shard.publish_figures();
+            let delivered = shard.orderer.borrow().delivered();
+            shard.store.borrow_mut().prune_views(delivered);
             shard.executed.set(shard.store.borrow().index());
             if replicated(shard, g) {
                 // Applied entries may have expired or set TTLs.

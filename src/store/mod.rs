@@ -436,14 +436,21 @@ impl Store {
         self.frozen = true;
     }
 
+    /// Drop the views a read can no longer choose (a newer one is
+    /// delivered), so LMDB may reuse their pages: called after every
+    /// published batch.
+    pub fn prune_views(&mut self, delivered: u64) {
+        while self.views.len() >= 2 && self.views[1].0 <= delivered {
+            self.views.pop_front();
+        }
+    }
+
     /// Choose the view a [`ReadAt::View`] read sees: the newest one whose
     /// index is at most `delivered` (so every write it shows is durable
     /// and published). `Err(i)`: none yet; wait until index `i` is
     /// delivered and ask again.
     pub fn select_view(&mut self, delivered: u64) -> std::result::Result<(), u64> {
-        while self.views.len() >= 2 && self.views[1].0 <= delivered {
-            self.views.pop_front();
-        }
+        self.prune_views(delivered);
         match self.views.front() {
             _ if self.frozen => Ok(()),
             Some((i, _)) if *i <= delivered => Ok(()),
