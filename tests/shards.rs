@@ -1108,6 +1108,18 @@ fn writes_survive_power_cuts_at_random_moments() {
     }
 }
 
+/// A new data dir gets one shard unless `--shards` says otherwise (issue #13:
+/// one is faster on HM9000's workload until directory creation stops parking
+/// every shard), on any number of cores.
+#[test]
+fn a_new_data_dir_has_one_shard_by_default() {
+    let server = Server::start().expect("start kardia");
+    let d = request(server.client_port, "GET", "/debug/kardia/shards", None, &[])
+        .unwrap()
+        .body_str();
+    assert!(d.starts_with("{\"shards\":1,"), "{d}");
+}
+
 /// A data dir keeps the shard count it was created with: another explicit
 /// `--shards` is refused with a message naming both, nothing is touched,
 /// and the member starts again with its data at the recorded count.

@@ -85,6 +85,10 @@ struct Common {
     /// etcd binary (default: `etcd` on PATH).
     #[arg(long, global = true, value_name = "PATH")]
     etcd_bin: Option<PathBuf>,
+    /// Extra kardia flags, e.g. "--shards 2". Repeat it to compare several
+    /// kardia configurations in one run (each is started in turn).
+    #[arg(long, global = true, value_name = "ARGS", allow_hyphen_values = true)]
+    kardia_args: Vec<String>,
     /// Never run cargo to build a missing kardia binary.
     #[arg(long, global = true)]
     no_build: bool,
@@ -277,16 +281,23 @@ fn systems(c: &Common) -> Vec<Kind> {
             out.push(k);
         }
     };
+    // Each `--kardia-args` value is one kardia configuration, run in turn.
+    let configs: Vec<String> = if c.kardia_args.is_empty() {
+        vec![String::new()]
+    } else {
+        c.kardia_args.clone()
+    };
+    let kardias = || configs.iter().map(|a| Kind::Kardia(a.clone()));
     if c.compare {
-        add(Kind::Kardia);
+        kardias().for_each(&mut add);
         add(Kind::Etcd);
     }
     for s in &c.server {
-        add(match s {
-            ServerArg::Kardia => Kind::Kardia,
-            ServerArg::Etcd => Kind::Etcd,
-            ServerArg::Null => Kind::Null,
-        });
+        match s {
+            ServerArg::Kardia => kardias().for_each(&mut add),
+            ServerArg::Etcd => add(Kind::Etcd),
+            ServerArg::Null => add(Kind::Null),
+        }
     }
     if c.null_server {
         add(Kind::Null);
@@ -853,6 +864,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kardia_args_give_one_system_per_configuration() {
+        let cli = Cli::try_parse_from([
+            "kardia-loadtest",
+            "hm9000",
+            "--compare",
+            "--kardia-args",
+            "--shards 1",
+            "--kardia-args",
+            "--shards 2",
+        ])
+        .unwrap();
+        let sys = systems(&cli.common);
+        assert_eq!(
+            sys,
+            vec![
+                Kind::Kardia("--shards 1".into()),
+                Kind::Kardia("--shards 2".into()),
+                Kind::Etcd
+            ]
+        );
+        assert_eq!(sys[1].label(), "kardia --shards 2");
+    }
+
+    #[test]
     fn cli_parses_global_flags_after_the_workload() {
         let cli = Cli::try_parse_from([
             "kardia-loadtest",
@@ -867,7 +902,10 @@ mod tests {
         assert!(cli.common.compare);
         assert_eq!(cli.common.members, 3);
         assert_eq!(cli.common.duration, Some(Duration::from_secs(5)));
-        assert_eq!(systems(&cli.common), vec![Kind::Kardia, Kind::Etcd]);
+        assert_eq!(
+            systems(&cli.common),
+            vec![Kind::Kardia(String::new()), Kind::Etcd]
+        );
         let cli = Cli::try_parse_from([
             "kardia-loadtest",
             "put",

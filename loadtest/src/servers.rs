@@ -28,7 +28,8 @@ pub static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// Which system to run against.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
-    Kardia,
+    /// kardia, with these extra flags (`--kardia-args`, split on spaces).
+    Kardia(String),
     Etcd,
     Null,
     /// Already running at these client URLs.
@@ -38,7 +39,8 @@ pub enum Kind {
 impl Kind {
     pub fn label(&self) -> String {
         match self {
-            Kind::Kardia => "kardia".into(),
+            Kind::Kardia(args) if args.trim().is_empty() => "kardia".into(),
+            Kind::Kardia(args) => format!("kardia {}", args.trim()),
             Kind::Etcd => "etcd".into(),
             Kind::Null => "null".into(),
             Kind::External(urls) => urls.join(","),
@@ -211,7 +213,7 @@ pub fn start(kind: &Kind, opts: &ServerOpts) -> Result<System, String> {
             }
             Ok(sys)
         }
-        Kind::Kardia | Kind::Etcd => start_processes(kind, opts),
+        Kind::Kardia(_) | Kind::Etcd => start_processes(kind, opts),
     }
 }
 
@@ -294,6 +296,9 @@ fn start_processes(kind: &Kind, opts: &ServerOpts) -> Result<System, String> {
             .arg(&cluster);
         if *kind == Kind::Etcd {
             cmd.arg("--initial-cluster-state").arg("new");
+        }
+        if let Kind::Kardia(args) = kind {
+            cmd.args(args.split_whitespace());
         }
         cmd.stdin(Stdio::null())
             .stdout(logf.try_clone().map_err(|e| e.to_string())?)

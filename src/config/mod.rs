@@ -341,7 +341,7 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
             "flag -election-timeout ({election_ms}) must be at least twice -heartbeat-interval ({heartbeat_ms})"
         ));
     }
-    // 0 = automatic: the data dir's count, or one per core for a new one.
+    // 0 = automatic: the data dir's count, or one for a new one.
     let mut shards: usize = num(vals, "shards", 0)?;
     if shards > 256 {
         return Err(format!(
@@ -426,8 +426,8 @@ usage: kardia [flags]      (flags take one or two dashes; each is also ETCD_<NAM
   --force-new-cluster               keep the data, forget the other members, serve alone
   --enable-v2                       accepted (the v2 API is always on)
   --shards N                        shards (executors) per member (default: the data
-                                    dir's count, or one per core for a new data dir;
-                                    1 for a member of a cluster)
+                                    dir's count, or 1 for a new data dir; a cluster
+                                    member has 1)
   --history-size N                  watch event history window (default 1000, as etcd)
   --max-header-bytes N              request head limit, 431 above (default 1048576)
   --max-body-bytes N                request body limit, 413 above (default 10551296)

@@ -81,7 +81,10 @@ pub fn load_or_create(
                 .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
             let mut want = want.clone();
             if want.shards == 0 {
-                want.shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+                // One shard: until a directory's creation stops parking every
+                // shard (issue #13), one is faster on HM9000's workload
+                // (docs/performance.md); `--shards N` opts in to more.
+                want.shards = 1;
             }
             let text = format!(
                 "{MAGIC}\nname={}\nmember_id={:x}\ncluster_id={:x}\nshards={}\n",
