@@ -1962,16 +1962,7 @@ fn snapshot_store_round_trip() {
             .map_err(|e| TestCaseError::fail(format!("restore: {e}")))?;
         let dump = |s: &mut kardia::store::Store| {
             let mut out = Vec::new();
-            let r = s.get(
-                0,
-                b"/",
-                true,
-                true,
-                1,
-                None,
-                kardia::store::ReadAt::Now,
-                &mut out,
-            );
+            let r = list_root(s, &mut out);
             prop_assert!(matches!(r, Ok(Ok(_))));
             parse_json(&out)?;
             Ok::<_, TestCaseError>(out)
@@ -2079,16 +2070,7 @@ fn install(
     }
     if store.restore(recv).is_ok() {
         let mut out = Vec::new();
-        if let Ok(Ok(_)) = store.get(
-            0,
-            b"/",
-            true,
-            true,
-            1,
-            None,
-            kardia::store::ReadAt::Now,
-            &mut out,
-        ) {
+        if let Ok(Ok(_)) = list_root(store, &mut out) {
             parse_json(&out)?;
         }
     }
@@ -2209,4 +2191,21 @@ fn regression_form_escape_error_quoting() {
             Bytes(body.to_vec())
         );
     }
+}
+
+/// A sorted recursive GET of `/` at index 0 (rendered into `out`).
+fn list_root(
+    store: &mut kardia::store::Store,
+    out: &mut Vec<u8>,
+) -> Result<Result<u64, kardia::v2::error::V2Error>, kardia::store::Error> {
+    store.get(
+        0,
+        b"/",
+        true,
+        true,
+        1,
+        None,
+        kardia::store::ReadAt::Now,
+        out,
+    )
 }

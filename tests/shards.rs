@@ -964,47 +964,68 @@ fn verify_after_restart(
     header
 }
 
+/// One round of crash writers: 4 threads write until `cut` (run after
+/// `pause` ms) takes the member down and brings it back. Returns the
+/// requests sent.
+fn crash_round(
+    server: &mut Server,
+    round: u32,
+    rng: &mut Rng,
+    ledger: &Arc<Mutex<Ledger>>,
+    pause: u64,
+    cut: impl FnOnce(&mut Server),
+) -> usize {
+    let port = server.client_port;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u32)
+        .map(|t| {
+            let (stop, ledger) = (stop.clone(), ledger.clone());
+            let s = rng.next() | 1;
+            thread::spawn(move || crash_writer(port, round, t, s, stop, ledger))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(pause));
+    cut(server);
+    stop.store(true, Ordering::Relaxed);
+    let mut ops = 0;
+    for w in writers {
+        match w.join().expect("writer thread") {
+            Ok(n) => ops += n,
+            Err(e) => panic!("round {round}: {e}"),
+        }
+    }
+    ops
+}
+
+/// After a restart, a new write takes an index above everything
+/// acknowledged and reported before. Returns it.
+fn next_write_index(port: u16, round: u32, l: &Ledger, header: u64, last_new: u64) -> u64 {
+    let r = request(port, "PUT", "/v2/keys/after", Some("value=x"), &[]).unwrap();
+    assert!(r.code() == 200 || r.code() == 201, "{}", describe(&r));
+    let idx = json_u64(&r.body_str(), "modifiedIndex").unwrap();
+    assert!(
+        idx > l.max_index && idx > header && idx > last_new,
+        "round {round}: new PUT got index {idx}; acknowledged before the restart up to {}, \
+         X-Etcd-Index after it {header}",
+        l.max_index
+    );
+    idx
+}
+
 #[test]
 fn cross_shard_writes_survive_sigkill_without_orphans() {
     let mut server = Server::start_with(&["--shards", "4"]).expect("start kardia --shards 4");
-    let seed = common::time_seed();
-    let mut rng = Rng(seed);
+    let mut rng = Rng(common::time_seed());
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
     let mut last_new = 0u64;
     for round in 0..5u32 {
-        let port = server.client_port;
-        let stop = Arc::new(AtomicBool::new(false));
-        let writers: Vec<_> = (0..4u32)
-            .map(|t| {
-                let (stop, ledger) = (stop.clone(), ledger.clone());
-                let s = rng.next() | 1;
-                thread::spawn(move || crash_writer(port, round, t, s, stop, ledger))
-            })
-            .collect();
         let pause = 100 + rng.below(501);
-        thread::sleep(Duration::from_millis(pause));
-        server.kill();
-        stop.store(true, Ordering::Relaxed);
-        let mut ops = 0;
-        for w in writers {
-            match w.join().expect("writer thread") {
-                Ok(n) => ops += n,
-                Err(e) => panic!("round {round}: {e}"),
-            }
-        }
-        server.restart().expect("restart after SIGKILL");
+        let ops = crash_round(&mut server, round, &mut rng, &ledger, pause, |s| {
+            s.restart().expect("restart after SIGKILL")
+        });
         let l = ledger.lock().unwrap().clone();
         let header = verify_after_restart(&server, round, &l, last_new, &|_| true);
-        let r = request(port, "PUT", "/v2/keys/after", Some("value=x"), &[]).unwrap();
-        assert!(r.code() == 200 || r.code() == 201, "{}", describe(&r));
-        let idx = json_u64(&r.body_str(), "modifiedIndex").unwrap();
-        assert!(
-            idx > l.max_index && idx > header && idx > last_new,
-            "round {round}: new PUT got index {idx}; acknowledged before the kill up to {}, \
-             X-Etcd-Index after restart {header}",
-            l.max_index
-        );
-        last_new = idx;
+        last_new = next_write_index(server.client_port, round, &l, header, last_new);
         eprintln!("round {round}: killed after {pause} ms, {ops} requests sent");
     }
 }
@@ -1042,20 +1063,10 @@ fn writes_survive_power_cuts_at_random_moments() {
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
     let mut last_new = 0u64;
     for round in 0..rounds {
-        let port = server.client_port;
-        let stop = Arc::new(AtomicBool::new(false));
-        let writers: Vec<_> = (0..4u32)
-            .map(|t| {
-                let (stop, ledger) = (stop.clone(), ledger.clone());
-                let s = rng.next() | 1;
-                thread::spawn(move || crash_writer(port, round, t, s, stop, ledger))
-            })
-            .collect();
         let pause = 20 + rng.below(281);
-        thread::sleep(Duration::from_millis(pause));
         let mut checked = String::new();
-        server
-            .power_cut(|dir| {
+        let ops = crash_round(&mut server, round, &mut rng, &ledger, pause, |s| {
+            s.power_cut(|dir| {
                 let out = Command::new(env!("CARGO_BIN_EXE_kardia"))
                     .arg("check")
                     .arg(dir)
@@ -1071,30 +1082,14 @@ fn writes_survive_power_cuts_at_random_moments() {
                     "round {round} (seed {seed}): kardia check on the booted image:\n{checked}"
                 );
             })
-            .unwrap_or_else(|e| panic!("round {round} (seed {seed}): boot after the cut: {e}"));
-        stop.store(true, Ordering::Relaxed);
-        let mut ops = 0;
-        for w in writers {
-            match w.join().expect("writer thread") {
-                Ok(n) => ops += n,
-                Err(e) => panic!("round {round}: {e}"),
-            }
-        }
+            .unwrap_or_else(|e| panic!("round {round} (seed {seed}): boot after the cut: {e}"))
+        });
         let l = ledger.lock().unwrap().clone();
         let this_round = format!("/c/r{round}/");
         let header = verify_after_restart(&server, round, &l, last_new, &|k| {
             k.starts_with(&this_round) || !k.starts_with("/c/r")
         });
-        let r = request(port, "PUT", "/v2/keys/after", Some("value=x"), &[]).unwrap();
-        assert!(r.code() == 200 || r.code() == 201, "{}", describe(&r));
-        let idx = json_u64(&r.body_str(), "modifiedIndex").unwrap();
-        assert!(
-            idx > l.max_index && idx > header && idx > last_new,
-            "round {round}: new PUT got index {idx}; acknowledged before the cut up to {}, \
-             X-Etcd-Index after the boot {header}",
-            l.max_index
-        );
-        last_new = idx;
+        last_new = next_write_index(server.client_port, round, &l, header, last_new);
         // What the cut left on disk: per shard, the checkpoint (applied
         // raft index) and the WAL range replayed on top of it.
         let booted: Vec<&str> = checked

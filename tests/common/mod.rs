@@ -49,17 +49,7 @@ impl Server {
 
     /// Like [`Server::start`], with extra flags (e.g. limits) on every start.
     pub fn start_with(args: &[&str]) -> io::Result<Server> {
-        let root = tempfile::Builder::new().prefix("kardia-test-").tempdir()?;
-        let mut server = Server {
-            child: None,
-            root,
-            client_port: free_port()?,
-            peer_port: free_port()?,
-            extra_args: args.iter().map(|s| s.to_string()).collect(),
-            power_cut: false,
-        };
-        server.spawn()?;
-        Ok(server)
+        Server::launch(args, false)
     }
 
     /// Like [`Server::start_with`], with the power-cut simulation on: the
@@ -67,6 +57,10 @@ impl Server {
     /// (`src/storage/powercut.rs`), and [`Server::power_cut`] restarts it on
     /// that image.
     pub fn start_power_cut(args: &[&str]) -> io::Result<Server> {
+        Server::launch(args, true)
+    }
+
+    fn launch(args: &[&str], power_cut: bool) -> io::Result<Server> {
         let root = tempfile::Builder::new().prefix("kardia-test-").tempdir()?;
         let mut server = Server {
             child: None,
@@ -74,7 +68,7 @@ impl Server {
             client_port: free_port()?,
             peer_port: free_port()?,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
-            power_cut: true,
+            power_cut,
         };
         server.spawn()?;
         Ok(server)
