@@ -87,10 +87,16 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
     let mut parse_err = None;
     if matches!(m, Method::Put | Method::Post) {
         if let Some(ct) = req.head.content_type {
-            match media_type(ct) {
-                Ok(mt) if mt == FORM_TYPE => body = Some(req.body),
-                Ok(_) => {}
-                Err(e) => parse_err = Some(e),
+            // Clients send exactly the form type: a byte compare, no
+            // allocation; anything else takes Go's full parse.
+            if ct.eq_ignore_ascii_case(FORM_TYPE.as_bytes()) {
+                body = Some(req.body);
+            } else {
+                match media_type(ct) {
+                    Ok(mt) if mt == FORM_TYPE => body = Some(req.body),
+                    Ok(_) => {}
+                    Err(e) => parse_err = Some(e),
+                }
             }
         }
     }
