@@ -170,10 +170,34 @@ pub fn kill_all_children() {
     }
 }
 
+/// A port no one listens on, from below the kernel's ephemeral range
+/// (32768 and up by default): a port the kernel picks is in that range,
+/// where this harness's own outgoing connections take their local ports,
+/// and one could take it before the server binds it. A process-wide counter
+/// from a per-process start moves on at each call.
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919) ^ seed) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other(
+        "no free port below the ephemeral range",
+    ))
 }
 
 /// Starts (or attaches to) a system and waits until it serves.

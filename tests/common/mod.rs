@@ -243,8 +243,37 @@ pub fn json_u64(body: &str, field: &str) -> Option<u64> {
 }
 
 /// A loopback port that was free a moment ago.
+/// A port no one listens on, for a server this test starts. It comes from
+/// below the kernel's ephemeral range (32768 and up by default), which a
+/// port the kernel picks (`bind` to 0) is in: the test's own outgoing
+/// connections take local ports from that range, and one could take the
+/// port between this check and the server's bind ("Address already in
+/// use"). Each call moves on (a process-wide counter from a per-process
+/// start), so parallel tests never get the same port.
 pub fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919) ^ nanos()) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::other("no free port below the ephemeral range"))
+}
+
+fn nanos() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
 }
 
 fn health_ok(port: u16) -> bool {
