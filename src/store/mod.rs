@@ -1999,3 +1999,63 @@ fn key_field(path: &[u8]) -> &[u8] {
         path
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(store: &mut Store, raft_index: u64, value: &str) {
+        let mut c = Command::new(Op::Set, b"/a", 1);
+        c.value = value.as_bytes();
+        let mut data = Vec::new();
+        c.encode(&mut data);
+        let mut out = Vec::new();
+        store
+            .apply_batch(std::iter::once((raft_index, 1, &data[..])), &mut out)
+            .unwrap();
+    }
+
+    fn read(store: &mut Store, at: ReadAt) -> Result<String> {
+        let mut out = Vec::new();
+        store
+            .get(0, b"/a", false, false, 1, None, at, &mut out)?
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let v = text.split("\"value\":\"").nth(1).unwrap();
+        Ok(v[..v.find('"').unwrap()].to_string())
+    }
+
+    /// A read sees the newest view whose writes are delivered, waits when
+    /// none is, and a stopped shard's reads never see its undurable batch.
+    #[test]
+    fn reads_see_delivered_views_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        let opts = Options {
+            map_size: 1 << 26,
+            history: 10,
+        };
+        let mut s = Store::open(dir.path(), &opts, Placement::single(), counter).unwrap();
+        set(&mut s, 1, "one"); // index 4
+        set(&mut s, 2, "two"); // index 5
+        assert_eq!(
+            s.select_view(3),
+            Err(4),
+            "nothing delivered yet: wait for 4"
+        );
+        assert_eq!(s.select_view(4), Ok(()));
+        assert_eq!(read(&mut s, ReadAt::View).unwrap(), "one");
+        assert_eq!(read(&mut s, ReadAt::Now).unwrap(), "two");
+        assert_eq!(s.select_view(5), Ok(()));
+        assert_eq!(read(&mut s, ReadAt::View).unwrap(), "two");
+        // Index 6 is executed, then the shard stops before it is durable.
+        set(&mut s, 3, "three");
+        s.freeze_views(6);
+        assert_eq!(s.select_view(6), Ok(()));
+        assert_eq!(read(&mut s, ReadAt::View).unwrap(), "two");
+        assert!(
+            read(&mut s, ReadAt::Now).is_err(),
+            "a stopped shard reads views only"
+        );
+    }
+}
