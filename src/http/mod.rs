@@ -152,7 +152,6 @@ struct Conn {
     start: usize,
     end: usize,
     out: Vec<u8>,
-    scratch: Vec<u8>,
     path: Vec<u8>,
     body: Vec<u8>,
 }
@@ -170,13 +169,13 @@ impl Conn {
             start: 0,
             end: 0,
             out: Vec::with_capacity(16 << 10),
-            scratch: Vec::new(),
             path: Vec::new(),
             body: Vec::new(),
         }
     }
 
     async fn run<S: Service>(mut self, svc: &S, limits: &Limits) {
+        // The request waiting on raft, if any (one at a time per connection).
         let mut pending: VecDeque<S::Pending> = VecDeque::new();
         // When the current request's first byte arrived; a new connection
         // counts as a request under way (a silent one gets the head timeout).
@@ -198,7 +197,7 @@ impl Conn {
                 match self.step(svc, limits, &mut pending).await {
                     Ok(Some(Step::Continue)) => {
                         head_started = None;
-                        if self.out.len() + self.scratch.len() >= OUTPUT_HIGH {
+                        if self.out.len() >= OUTPUT_HIGH {
                             backlog = self.start != self.end;
                             break;
                         }
@@ -277,7 +276,7 @@ impl Conn {
 
     /// Give back the memory a large response or chunked body needed.
     fn shrink(&mut self) {
-        for b in [&mut self.out, &mut self.scratch, &mut self.body] {
+        for b in [&mut self.out, &mut self.body] {
             if b.capacity() > KEEP_CAPACITY && b.is_empty() {
                 *b = Vec::new();
             }
@@ -418,35 +417,18 @@ impl Conn {
             path: &self.path,
             body,
         };
-        // With writes queued, an immediate answer must wait its turn.
-        let handled = if pending.is_empty() {
-            svc.handle(&req, &mut self.out)
-        } else {
-            self.scratch.clear();
-            svc.handle(&req, &mut self.scratch)
-        };
+        // Nothing is pending here (drained above): the answer goes straight
+        // into the output, in request order.
+        let handled = svc.handle(&req, &mut self.out);
         self.start += consumed;
         let step = match handled {
             Handled::Pending(p) => {
                 pending.push_back(p);
                 Step::Continue
             }
-            Handled::Done | Handled::Close => {
-                if !pending.is_empty() {
-                    self.drain(svc, pending).await?;
-                    self.out.extend_from_slice(&self.scratch);
-                }
-                if matches!(handled, Handled::Close) {
-                    Step::Close
-                } else {
-                    Step::Continue
-                }
-            }
+            Handled::Done => Step::Continue,
+            Handled::Close => Step::Close,
             Handled::Watch(w) => {
-                if !pending.is_empty() {
-                    self.drain(svc, pending).await?;
-                    self.out.extend_from_slice(&self.scratch);
-                }
                 if !self.watch(svc, w, http11).await {
                     return Err(());
                 }

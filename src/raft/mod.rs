@@ -52,7 +52,6 @@ use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage};
 use crate::cluster::{Cluster, Member};
 use crate::shard::global::{self, Job, SubOp, SubResult};
 use crate::shard::{Answer, Metrics, Proposal, Reply, Shard, Target};
-use crate::storage::powercut;
 use crate::storage::wal::Wal;
 use crate::store::command::push_index;
 use crate::store::space::Space;
@@ -613,17 +612,12 @@ async fn run_inner(
         if !checkpointing && due {
             last_checkpoint = Instant::now();
             checkpointed = applied;
-            let env = shard.store.borrow().env().clone();
             let done = checkpoint_done.clone();
             checkpointing = true;
-            let image = powercut::checkpoint_begin(env.path(), crate::store::space::used(&env));
+            let sync = crate::store::checkpoint(shard.store.borrow().env());
             glommio::spawn_local(async move {
                 let r = glommio::executor()
-                    .spawn_blocking(move || {
-                        env.force_sync().map_err(|e| e.to_string())?;
-                        powercut::checkpoint_done(image);
-                        Ok(applied)
-                    })
+                    .spawn_blocking(move || sync().map(|_| applied).map_err(|e| e.to_string()))
                     .await;
                 *done.borrow_mut() = Some(r);
             })
@@ -688,11 +682,8 @@ async fn stop_removed(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
         st.meta_put(txn, META_MEMBERS, &members)?;
         Ok(((), None))
     })?;
-    let env = shard.store.borrow().env().clone();
-    let image = powercut::checkpoint_begin(env.path(), crate::store::space::used(&env));
-    let _ = glommio::executor()
-        .spawn_blocking(move || env.force_sync().map(|_| powercut::checkpoint_done(image)))
-        .await;
+    let sync = crate::store::checkpoint(shard.store.borrow().env());
+    let _ = glommio::executor().spawn_blocking(sync).await;
     tracing::warn!("this member was removed from the cluster; stopping");
     glommio::timer::sleep(Duration::from_millis(200)).await;
     std::process::exit(0);

@@ -100,14 +100,9 @@ pub(super) async fn apply_snapshot(
     g.space.room(size + size / 4).await.map_err(Error::Space)?;
     shard.store.borrow_mut().restore(&dir)?;
     let _ = std::fs::remove_dir_all(&dir);
-    let env = shard.store.borrow().env().clone();
-    let image =
-        crate::storage::powercut::checkpoint_begin(env.path(), crate::store::space::used(&env));
+    let sync = crate::store::checkpoint(shard.store.borrow().env());
     glommio::executor()
-        .spawn_blocking(move || {
-            env.force_sync()
-                .map(|_| crate::storage::powercut::checkpoint_done(image))
-        })
+        .spawn_blocking(sync)
         .await
         .map_err(|e| corrupt(format!("sync after snapshot: {e}")))?;
     g.node.mut_store().mem.wl().apply_snapshot(snap)?;

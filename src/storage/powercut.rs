@@ -149,11 +149,12 @@ pub fn synced_dir(dir: &Path) {
 }
 
 /// A checkpoint of the LMDB environment in `env_dir`, which uses the first
-/// `used` bytes of its file, is about to sync: copy the file as it is now
+/// `used()` bytes of its file, is about to sync: copy the file as it is now
 /// (call between transactions; the preallocated rest stays a hole). The copy
 /// takes effect at [`checkpoint_done`].
-pub fn checkpoint_begin(env_dir: &Path, used: u64) -> Option<PathBuf> {
+pub fn checkpoint_begin(env_dir: &Path, used: impl FnOnce() -> u64) -> Option<PathBuf> {
     let s = sim()?;
+    let used = used();
     let to = s.mapped(env_dir)?;
     let pending = to.join("data.mdb.powercut-pending");
     let r = (|| -> std::io::Result<()> {

@@ -308,6 +308,19 @@ pub struct Store {
     frozen: bool,
 }
 
+/// A checkpoint of `env`, to run on a blocking thread: `force_sync`. The
+/// power-cut simulation (tests) copies the store now, between
+/// transactions, and keeps the copy once the sync has returned.
+pub fn checkpoint(env: &Env) -> impl FnOnce() -> heed::Result<()> + Send + 'static {
+    let image = crate::storage::powercut::checkpoint_begin(env.path(), || space::used(env));
+    let env = env.clone();
+    move || {
+        env.force_sync()?;
+        crate::storage::powercut::checkpoint_done(image);
+        Ok(())
+    }
+}
+
 /// Read views kept at most (each pins the pages of its snapshot).
 const MAX_VIEWS: usize = 16;
 
@@ -456,15 +469,9 @@ impl Store {
             Some((i, _)) if *i <= delivered => Ok(()),
             Some((i, _)) => Err(*i),
             // No view (none committed since the start, or no reader slot
-            // was free): the store as it is, once all of it is delivered.
-            None if self.index <= delivered => {
-                self.push_view();
-                if self.views.is_empty() {
-                    Err(self.index + 1)
-                } else {
-                    Ok(())
-                }
-            }
+            // was free): the store as it is ([`Store::get`] opens a
+            // transaction), once all of it is delivered.
+            None if self.index <= delivered => Ok(()),
             None => Err(self.index),
         }
     }
@@ -1603,15 +1610,21 @@ impl Store {
             ReadAt::Now if !self.frozen => self.views.pop_back(),
             ReadAt::Now => None,
         };
+        let w = Walk {
+            recursive,
+            sorted,
+            now,
+            remote,
+        };
         let r = match &view {
-            Some((_, txn)) => self.get_in(txn, index, path, recursive, sorted, now, remote, out),
+            Some((_, txn)) => self.get_in(txn, index, path, &w, out),
             None if self.frozen => Err(Error::Corrupt(
                 "stopped: no durable state left to read".into(),
             )),
             None => {
                 let env = self.env.clone();
                 let txn = env.read_txn()?;
-                self.get_in(&txn, index, path, recursive, sorted, now, remote, out)
+                self.get_in(&txn, index, path, &w, out)
             }
         };
         if let Some(v) = view {
@@ -1623,16 +1636,12 @@ impl Store {
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn get_in(
         &mut self,
         rtxn: &RoTxn,
         index: u64,
         path: &[u8],
-        recursive: bool,
-        sorted: bool,
-        now: i64,
-        remote: Option<&RemoteFiles>,
+        w: &Walk,
         out: &mut Vec<u8>,
     ) -> Result<std::result::Result<u64, V2Error>> {
         let mut kbuf = std::mem::take(&mut self.kbuf);
@@ -1648,8 +1657,8 @@ impl Store {
                 return Ok(Err(e));
             }
         };
-        if f.meta.dir && remote.is_none() && self.placement.shards > 1 {
-            if recursive {
+        if f.meta.dir && w.remote.is_none() && self.placement.shards > 1 {
+            if w.recursive {
                 return Ok(Err(escalate(MEMBER_WIDE)));
             }
             if !self.placement.owns_dir(path) {
@@ -1669,7 +1678,7 @@ impl Store {
             value,
             dir: f.meta.dir,
             expire: f.meta.expire,
-            now,
+            now: w.now,
             modified: f.meta.modified,
             created: f.meta.created,
         };
@@ -1680,13 +1689,7 @@ impl Store {
             } else {
                 path.to_vec()
             };
-            let w = Walk {
-                recursive,
-                sorted,
-                now,
-                remote,
-            };
-            self.write_children(rtxn, f.meta.dir_id, &mut p, &w, out)?;
+            self.write_children(rtxn, f.meta.dir_id, &mut p, w, out)?;
         }
         event::write_tail(out, f.meta.modified, f.meta.created);
         out.extend_from_slice(b"}\n");

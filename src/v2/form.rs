@@ -253,6 +253,19 @@ fn go_quote(b: &[u8]) -> String {
     out
 }
 
+/// The url-encoded form type, the one body kind the keys API reads.
+pub const FORM_TYPE: &str = "application/x-www-form-urlencoded";
+
+/// Whether a Content-Type names the form type, or Go's error text. Clients
+/// send exactly that type: a byte compare, no allocation; anything else
+/// takes Go's full parse ([`media_type`]).
+pub fn is_form(ct: &[u8]) -> Result<bool, String> {
+    if ct.eq_ignore_ascii_case(FORM_TYPE.as_bytes()) {
+        return Ok(true);
+    }
+    media_type(ct).map(|mt| mt == FORM_TYPE)
+}
+
 /// Check a Content-Type with Go's `mime.ParseMediaType` and return the
 /// lower-cased media type, or Go's error text.
 pub fn media_type(ct: &[u8]) -> Result<String, String> {
@@ -320,6 +333,13 @@ mod tests {
             "invalid URL escape \"%z\""
         );
         assert_eq!(media_type(b";;;").unwrap_err(), "mime: no media type");
+        assert_eq!(is_form(b"APPLICATION/x-www-form-urlencoded"), Ok(true));
+        assert_eq!(
+            is_form(b"application/x-www-form-urlencoded; charset=utf-8"),
+            Ok(true)
+        );
+        assert_eq!(is_form(b"application/json"), Ok(false));
+        assert!(is_form(b"text/").is_err());
         assert_eq!(
             media_type(b"Application/X-WWW-Form-Urlencoded; charset=utf-8").unwrap(),
             "application/x-www-form-urlencoded"

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::error::*;
-use super::form::{media_type, Field};
+use super::form::{is_form, Field};
 use super::Api;
 use crate::http::response::{Response, JSON};
 use crate::http::{Handled, Method, Request};
@@ -69,8 +69,6 @@ pub struct Watch {
 
 type Out = Handled<Pending, Watch>;
 
-const FORM_TYPE: &str = "application/x-www-form-urlencoded";
-
 /// Handle `/v2/keys<rest>`.
 pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> Out {
     let m = req.head.method;
@@ -87,16 +85,10 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
     let mut parse_err = None;
     if matches!(m, Method::Put | Method::Post) {
         if let Some(ct) = req.head.content_type {
-            // Clients send exactly the form type: a byte compare, no
-            // allocation; anything else takes Go's full parse.
-            if ct.eq_ignore_ascii_case(FORM_TYPE.as_bytes()) {
-                body = Some(req.body);
-            } else {
-                match media_type(ct) {
-                    Ok(mt) if mt == FORM_TYPE => body = Some(req.body),
-                    Ok(_) => {}
-                    Err(e) => parse_err = Some(e),
-                }
+            match is_form(ct) {
+                Ok(true) => body = Some(req.body),
+                Ok(false) => {}
+                Err(e) => parse_err = Some(e),
             }
         }
     }
