@@ -205,6 +205,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             member_id: cluster.local().id,
             cluster_id: cluster.id,
             shards: cfg.shards,
+            unit_depth: cfg.unit_depth,
         },
         explicit_cluster,
     )?;
@@ -216,6 +217,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
     cluster.id = id.cluster_id;
     let me = cluster.local().clone();
     let shards = id.shards.max(1);
+    let unit_depth = id.unit_depth.unwrap_or(0);
     // Bind before starting anything, without SO_REUSEPORT, so a port that
     // is already in use (by etcd, or another kardia) is an error, not a
     // silently shared socket.
@@ -230,7 +232,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         advertise_client_urls = %cfg.advertise_client_urls.join(","),
         "kardia starting"
     );
-    let shared = Arc::new(Shared::new(shards));
+    let shared = Arc::new(Shared::new(shards, unit_depth));
     let cpus = allowed_cpus();
     let mut mesh = crate::shard::mesh::build(shards).into_iter();
     let barrier = Arc::new(Barrier::new(shards));
@@ -313,7 +315,11 @@ async fn shard_main(
             map_size: cfg.map_size,
             history: cfg.history,
         },
-        crate::store::Placement { shard: i, shards },
+        crate::store::Placement {
+            shard: i,
+            shards,
+            unit_depth: shared.unit_depth,
+        },
         shared.counter.clone(),
     )
     .map_err(|e| format!("cannot open store in {}: {e}", shard_dir.display()))?;

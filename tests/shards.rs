@@ -275,11 +275,25 @@ fn same_answer(req: &Req, a: &Response, b: &Response) -> bool {
 
 #[test]
 fn random_operation_sequences_answer_the_same_at_one_and_four_shards() {
-    const SEED: u64 = 0x005E_ED0F_5A4D_2024;
+    same_answers_at_one_and_four_shards("0", 0x005E_ED0F_5A4D_2024);
+}
+
+/// Placement units at depth 1 (every top-level node is a unit: the root's
+/// listing spans the shards) and 2 (`/dN/sN` and `/dN/kN` are units: their
+/// creation, deletion and listing stay on one shard, `/dN` listings span
+/// the shards).
+#[test]
+fn random_operation_sequences_answer_the_same_with_placement_units() {
+    same_answers_at_one_and_four_shards("1", 0x0001_1A1D_5EED_0001);
+    same_answers_at_one_and_four_shards("2", 0x0002_1A1D_5EED_0002);
+}
+
+fn same_answers_at_one_and_four_shards(unit_depth: &str, seed: u64) {
     const OPS: usize = 400;
     let one = Server::start_with(&["--shards", "1"]).expect("start kardia --shards 1");
-    let four = Server::start_with(&["--shards", "4"]).expect("start kardia --shards 4");
-    let mut rng = Rng(SEED);
+    let four = Server::start_with(&["--shards", "4", "--unit-depth", unit_depth])
+        .expect("start kardia --shards 4");
+    let mut rng = Rng(seed);
     let mut seen: Vec<u64> = Vec::new();
     let mut log: Vec<String> = Vec::new();
     let mut codes: BTreeMap<(String, u16), usize> = BTreeMap::new();
@@ -291,7 +305,7 @@ fn random_operation_sequences_answer_the_same_at_one_and_four_shards() {
             let recent = log[log.len().saturating_sub(25)..].join("\n  ");
             panic!(
                 "op {n}: {req}\n  --shards 1: {}\n  --shards 4: {}\n\
-                 preceding requests (seed {SEED:#x}):\n  {recent}",
+                 preceding requests (seed {seed:#x}):\n  {recent}",
                 describe(&a),
                 describe(&b)
             );
@@ -327,7 +341,7 @@ fn random_operation_sequences_answer_the_same_at_one_and_four_shards() {
     };
     let fin = check(OPS + 1, &last, &log);
     eprintln!(
-        "{OPS} ops agreed in {:?}; final index {:?}; answers {codes:?}",
+        "{OPS} ops agreed at --unit-depth {unit_depth} in {:?}; final index {:?}; answers {codes:?}",
         t.elapsed(),
         fin.header("X-Etcd-Index")
     );
@@ -359,7 +373,10 @@ fn under(prefix: &str, recursive: bool, key: &str) -> bool {
 
 #[test]
 fn watchers_see_every_event_once_in_index_order_across_shards() {
-    let s = Server::start_with(&["--shards", "4"]).expect("start kardia --shards 4");
+    // Units at depth 2: `/w/aN` and everything below is one shard's; the
+    // files `/xN/k` are units of their own.
+    let s = Server::start_with(&["--shards", "4", "--unit-depth", "2"])
+        .expect("start kardia --shards 4");
     let port = s.client_port;
     // (modifiedIndex, key, action) of every acknowledged write.
     let acked: Arc<Mutex<Vec<(u64, String, String)>>> = Arc::default();
@@ -1014,7 +1031,10 @@ fn next_write_index(port: u16, round: u32, l: &Ledger, header: u64, last_new: u6
 
 #[test]
 fn cross_shard_writes_survive_sigkill_without_orphans() {
-    let mut server = Server::start_with(&["--shards", "4"]).expect("start kardia --shards 4");
+    // Units at depth 4: each writer's directories `/c/rR/tT/dN` are created
+    // and deleted by their own shard, in its normal batches.
+    let mut server = Server::start_with(&["--shards", "4", "--unit-depth", "4"])
+        .expect("start kardia --shards 4");
     let mut rng = Rng(common::time_seed());
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
     let mut last_new = 0u64;
@@ -1318,4 +1338,209 @@ fn pipelined_requests_take_effect_in_request_order() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Placement units (issue #13)
+
+fn sessions(port: u16) -> u64 {
+    let r = request(port, "GET", "/debug/kardia/shards", None, &[]).unwrap();
+    json_u64(&r.body_str(), "memberWideSessions").expect("memberWideSessions")
+}
+
+fn ok(port: u16, method: &str, target: &str, form: Option<&str>) -> Response {
+    let r = request(port, method, target, form, &[]).unwrap();
+    assert!(r.code() < 300, "{method} {target}: {}", describe(&r));
+    r
+}
+
+/// HM9000's layout at the default unit depth (5) on two shards: creating
+/// and deleting application directories, their TTLs and expiries commit on
+/// one shard without a member-wide session (before units, each of these
+/// parked every shard); listings of `apps/actual` span the shards and see
+/// every application; a skeleton directory's TTL still expires member-wide.
+#[test]
+fn application_directories_commit_on_one_shard_without_parking() {
+    let s = Server::start_with(&["--shards", "2"]).expect("start kardia --shards 2");
+    let port = s.client_port;
+    let actual = "/v2/keys/hm/v4/apps/actual";
+    // The skeleton (`/hm/v4/apps/actual` and the presence directory) is
+    // created member-wide, once.
+    ok(port, "PUT", &format!("{actual}?dir=true"), None);
+    ok(
+        port,
+        "PUT",
+        "/v2/keys/hm/v4/dea-presence/dea0",
+        Some("value=x&ttl=30"),
+    );
+    let before = sessions(port);
+    let base = current_index(port);
+    let (mut watch, mut stream) = open_stream(
+        port,
+        &format!(
+            "{actual}?wait=true&recursive=true&stream=true&waitIndex={}",
+            base + 1
+        ),
+    );
+
+    let mut model: BTreeMap<String, String> = BTreeMap::new();
+    for app in 0..40 {
+        for i in 0..3 {
+            let key = format!("/hm/v4/apps/actual/app{app},v1/i{i}");
+            let value = format!("{i},RUNNING,1.0,dea{app}");
+            ok(
+                port,
+                "PUT",
+                &format!("/v2/keys{key}"),
+                Some(&format!("value={value}")),
+            );
+            model.insert(key, value);
+        }
+    }
+    // Whole applications go away; others get a TTL (refreshed, then due).
+    for app in 0..8 {
+        ok(
+            port,
+            "DELETE",
+            &format!("{actual}/app{app},v1?recursive=true"),
+            None,
+        );
+        model.retain(|k, _| !k.starts_with(&format!("/hm/v4/apps/actual/app{app},v1/")));
+    }
+    for app in 8..12 {
+        let dir = format!("{actual}/app{app},v1?dir=true&prevExist=true");
+        ok(port, "PUT", &format!("{dir}&ttl=100"), None);
+        ok(port, "PUT", &format!("{dir}&ttl=1&refresh=true"), None);
+        model.retain(|k, _| !k.starts_with(&format!("/hm/v4/apps/actual/app{app},v1/")));
+    }
+    ok(port, "PUT", &format!("{actual}/new,v1?dir=true"), None);
+    ok(port, "DELETE", &format!("{actual}/new,v1?dir=true"), None);
+    let app20 = ok(
+        port,
+        "GET",
+        &format!("{actual}/app20,v1?recursive=true"),
+        None,
+    );
+    assert_eq!(
+        Json::parse(&app20.body_str())
+            .unwrap()
+            .get("node")
+            .unwrap()
+            .nodes()
+            .len(),
+        3
+    );
+    assert_eq!(
+        sessions(port),
+        before,
+        "a write or read inside an application directory parked every shard"
+    );
+
+    // A skeleton directory with a TTL, and a POST just above the units
+    // (its key lands in any shard's unit): member-wide.
+    ok(port, "PUT", "/v2/keys/hm/v4/tmp?dir=true&ttl=1", None);
+    let posted = ok(port, "POST", actual, Some("value=in-order"));
+    let posted_key = Json::parse(&posted.body_str())
+        .unwrap()
+        .get("node")
+        .and_then(|n| n.str_of("key").map(str::to_string))
+        .expect("POST answers the created key");
+    model.insert(posted_key.clone(), "in-order".into());
+    assert!(sessions(port) > before);
+
+    // Expiries: the four applications on their shards, `tmp` member-wide.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let apps = (8..12)
+            .filter(|a| {
+                let t = format!("{actual}/app{a},v1");
+                request(port, "GET", &t, None, &[]).unwrap().code() == 200
+            })
+            .count();
+        let tmp = request(port, "GET", "/v2/keys/hm/v4/tmp", None, &[])
+            .unwrap()
+            .code();
+        if apps == 0 && tmp == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not expired: {apps} apps, tmp {tmp}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    // The listing spans both shards and equals the model, recursively and
+    // not: every application directory is there, and nothing else.
+    for recursive in [true, false] {
+        let r = ok(
+            port,
+            "GET",
+            &format!("{actual}?recursive={recursive}&sorted=true"),
+            None,
+        );
+        let node = Json::parse(&r.body_str()).unwrap();
+        let node = node.get("node").unwrap();
+        let mut files = BTreeMap::new();
+        let mut dirs = BTreeSet::new();
+        for child in node.nodes() {
+            let key = child.str_of("key").unwrap().to_string();
+            if child.is_dir() {
+                dirs.insert(key);
+                for leaf in child.nodes() {
+                    let k = leaf.str_of("key").unwrap().to_string();
+                    files.insert(k, leaf.str_of("value").unwrap().to_string());
+                }
+            } else {
+                files.insert(key, child.str_of("value").unwrap().to_string());
+            }
+        }
+        let want_dirs: BTreeSet<String> = (12..40)
+            .map(|a| format!("/hm/v4/apps/actual/app{a},v1"))
+            .collect();
+        assert_eq!(dirs, want_dirs, "recursive={recursive}");
+        if recursive {
+            assert_eq!(files, model, "recursive listing differs from the writes");
+        } else {
+            assert_eq!(files.len(), 1, "{files:?}");
+            assert!(node.nodes().iter().all(|c| c.nodes().is_empty()));
+        }
+    }
+
+    // The watcher saw every change in index order: 121 sets (120 files and
+    // a directory), 9 deletes, 4 TTL updates (refreshes notify no one), the
+    // POST's create and 4 expiries.
+    watch
+        .read_body(
+            &mut stream,
+            "GET",
+            Instant::now() + Duration::from_secs(10),
+            BodyLimit {
+                lines: Some(139),
+                idle: None,
+            },
+        )
+        .unwrap();
+    let mut actions: BTreeMap<String, usize> = BTreeMap::new();
+    let mut last = base;
+    for line in stream.body_str().lines() {
+        let e = Json::parse(line).unwrap();
+        let i = e.get("node").unwrap().u64_of("modifiedIndex").unwrap();
+        assert!(i > last, "event {i} after {last}: {line}");
+        last = i;
+        *actions
+            .entry(e.str_of("action").unwrap().to_string())
+            .or_default() += 1;
+    }
+    let want: BTreeMap<String, usize> = [
+        ("set", 121),
+        ("delete", 9),
+        ("update", 4),
+        ("create", 1),
+        ("expire", 4),
+    ]
+    .into_iter()
+    .map(|(a, n)| (a.to_string(), n))
+    .collect();
+    assert_eq!(actions, want);
 }

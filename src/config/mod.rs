@@ -27,6 +27,8 @@ pub struct Config {
     pub heartbeat: Duration,
     pub election: Duration,
     pub shards: usize,
+    /// `--unit-depth` (None: the data dir's, or the default for a new one).
+    pub unit_depth: Option<usize>,
     pub history: usize,
     pub map_size: usize,
     /// How often the store is synced to disk (and the WAL it covers freed).
@@ -90,6 +92,7 @@ const FLAGS: &[(&str, Kind)] = &[
     ("enable-v2", Kind::Bool),
     ("force-new-cluster", Kind::Bool),
     ("shards", Kind::Str),
+    ("unit-depth", Kind::Str),
     ("history-size", Kind::Str),
     ("max-header-bytes", Kind::Str),
     ("max-body-bytes", Kind::Str),
@@ -389,6 +392,10 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         heartbeat: Duration::from_millis(heartbeat_ms),
         election: Duration::from_millis(election_ms),
         shards,
+        unit_depth: match get("unit-depth") {
+            None => None,
+            Some(_) => Some(num::<usize>(vals, "unit-depth", 0)?.min(64)),
+        },
         history: num(vals, "history-size", 1000)?,
         map_size: num::<usize>(vals, "map-size", 64 << 30)?,
         wal_segment_bytes: num(vals, "wal-segment-bytes", crate::storage::wal::SEGMENT_SIZE)?
@@ -428,6 +435,11 @@ usage: kardia [flags]      (flags take one or two dashes; each is also ETCD_<NAM
   --shards N                        shards (executors) per member (default: the data
                                     dir's count, or 1 for a new data dir; a cluster
                                     member has 1)
+  --unit-depth K                    nodes at depth K or deeper are placed by their
+                                    first K path components, so a directory there and
+                                    everything below it live on one shard (default 5
+                                    for a new data dir: HM9000's application
+                                    directories; 0: every directory on every shard)
   --history-size N                  watch event history window (default 1000, as etcd)
   --max-header-bytes N              request head limit, 431 above (default 1048576)
   --max-body-bytes N                request body limit, 413 above (default 10551296)

@@ -97,9 +97,12 @@ pub(super) async fn park_session(shard: &Rc<Shard>, g: &mut Group) -> Result<(),
 pub(super) async fn subop(shard: &Rc<Shard>, g: &mut Group, op: SubOp) -> Result<SubResult, Error> {
     Ok(match op {
         SubOp::Trial(data) => SubResult::Outcome(shard.store.borrow_mut().trial(&data)?),
-        SubOp::Collect { key, now } => {
-            SubResult::Collected(shard.store.borrow().collect_files(&key, now)?)
-        }
+        SubOp::Collect { key, opts } => SubResult::Collected(shard.store.borrow().collect(
+            &key,
+            opts.recursive,
+            opts.sorted,
+            opts.now,
+        )?),
         SubOp::Flush => {
             flush_global(shard, g).await?;
             SubResult::Outcome(None)

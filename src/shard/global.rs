@@ -35,7 +35,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Waker;
 
-use super::mesh::ReadReq;
+use super::mesh::{ReadOpts, ReadReq};
 use super::{Answer, Msg as MeshMsg, ReadResult, Reply, Shard, Target};
 use crate::store::command::push_index;
 use crate::store::{Command, Event, Op, Outcome, RemoteFiles, Removed, ESCALATE};
@@ -59,7 +59,7 @@ pub enum SubOp {
     Batch(Vec<SubOp>),
     Collect {
         key: Vec<u8>,
-        now: i64,
+        opts: ReadOpts,
     },
     Unpark,
 }
@@ -308,6 +308,13 @@ pub async fn coordinate(shard: Rc<Shard>) {
                 }
             }
         }
+        let stats = &shard.shared;
+        stats
+            .sessions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats
+            .session_jobs
+            .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
         // 1. Park everyone.
         shard.global.parked.set(0);
         for peer in 1..n {
@@ -470,7 +477,7 @@ async fn run_writes(
                 }
                 Some(cmd) => {
                     let primary = if cmd.op == Op::CreateUnique {
-                        shard.placement.of_dir(cmd.key)
+                        shard.placement.of_created(cmd.key, next_index)
                     } else {
                         shard.placement.of_key(cmd.key)
                     };
@@ -619,13 +626,16 @@ async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
     let others: Vec<usize> = (1..n).collect();
     let collected = round(shard, &others, || SubOp::Collect {
         key: req.key.clone(),
-        now: req.opts.now,
+        opts: req.opts,
     })
     .await;
     let mut remote = RemoteFiles::new();
     for r in collected.into_iter().flatten() {
         if let SubResult::Collected(files) = r {
-            remote.extend(files);
+            // Several shards hold nodes of a skeleton directory.
+            for (dir, nodes) in files {
+                remote.entry(dir).or_default().append(nodes);
+            }
         }
     }
     let index = shard

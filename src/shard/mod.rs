@@ -81,6 +81,12 @@ struct Inbox {
 /// Facts every executor of the member shares (atomics only, no locks).
 pub struct Shared {
     pub shards: usize,
+    /// Depth of the placement units ([`Placement`]).
+    pub unit_depth: usize,
+    /// Member-wide sessions run (each parked every shard), and the jobs
+    /// they carried.
+    pub sessions: AtomicU64,
+    pub session_jobs: AtomicU64,
     /// The member-wide etcd index counter.
     pub counter: Arc<AtomicU64>,
     /// The node-wide closed index (see [`Orderer`]).
@@ -114,9 +120,12 @@ pub struct Figures {
 }
 
 impl Shared {
-    pub fn new(shards: usize) -> Shared {
+    pub fn new(shards: usize, unit_depth: usize) -> Shared {
         Shared {
             shards,
+            unit_depth,
+            sessions: AtomicU64::new(0),
+            session_jobs: AtomicU64::new(0),
             counter: Arc::new(AtomicU64::new(0)),
             closed: Arc::new(AtomicU64::new(0)),
             figures: (0..shards).map(|_| Figures::default()).collect(),

@@ -18,7 +18,15 @@ pub struct Identity {
     pub member_id: u64,
     pub cluster_id: u64,
     pub shards: usize,
+    /// Depth of the placement units (`store::Placement`; 0: none, as data
+    /// dirs written before units existed). `None` in a request: the default
+    /// for a new data dir, whatever an existing one has.
+    pub unit_depth: Option<usize>,
 }
+
+/// The unit depth of a new data dir: HM9000's application directories
+/// (`/hm/v4/apps/actual/<app>,<ver>`) are at depth 5.
+pub const DEFAULT_UNIT_DEPTH: usize = 5;
 
 /// Load the identity of `dir`, creating it when the dir is new or empty.
 /// Returns a message for the operator when the dir belongs to someone else:
@@ -65,6 +73,14 @@ pub fn load_or_create(
                     have.shards
                 ));
             }
+            if want.unit_depth.is_some() && have.unit_depth != want.unit_depth {
+                return Err(format!(
+                    "data dir {} was created with --unit-depth {}; start it with --unit-depth {} or without the flag (changing the placement of an existing data dir is not supported)",
+                    dir.display(),
+                    have.unit_depth.unwrap_or(0),
+                    have.unit_depth.unwrap_or(0)
+                ));
+            }
             Ok(have)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -86,8 +102,9 @@ pub fn load_or_create(
                 // (docs/performance.md); `--shards N` opts in to more.
                 want.shards = 1;
             }
+            let depth = *want.unit_depth.get_or_insert(DEFAULT_UNIT_DEPTH);
             let text = format!(
-                "{MAGIC}\nname={}\nmember_id={:x}\ncluster_id={:x}\nshards={}\n",
+                "{MAGIC}\nname={}\nmember_id={:x}\ncluster_id={:x}\nshards={}\nunit_depth={depth}\n",
                 want.name, want.member_id, want.cluster_id, want.shards
             );
             let tmp = dir.join("kardia.id.tmp");
@@ -113,6 +130,7 @@ fn parse(text: &str) -> Option<Identity> {
         return None;
     }
     let (mut name, mut mid, mut cid, mut shards) = (None, None, None, None);
+    let mut unit_depth = Some(0);
     for l in lines {
         let (k, v) = l.split_once('=')?;
         match k {
@@ -120,6 +138,7 @@ fn parse(text: &str) -> Option<Identity> {
             "member_id" => mid = u64::from_str_radix(v, 16).ok(),
             "cluster_id" => cid = u64::from_str_radix(v, 16).ok(),
             "shards" => shards = v.parse().ok(),
+            "unit_depth" => unit_depth = Some(v.parse().ok()?),
             _ => {}
         }
     }
@@ -128,6 +147,7 @@ fn parse(text: &str) -> Option<Identity> {
         member_id: mid?,
         cluster_id: cid?,
         shards: shards?,
+        unit_depth,
     })
 }
 
@@ -144,6 +164,7 @@ mod tests {
             member_id: 1,
             cluster_id: 2,
             shards: 1,
+            unit_depth: Some(3),
         };
         assert_eq!(load_or_create(&dir, &me, true).unwrap(), me);
         assert_eq!(load_or_create(&dir, &me, true).unwrap(), me);
@@ -158,5 +179,29 @@ mod tests {
         assert!(load_or_create(&foreign, &me, true)
             .unwrap_err()
             .contains("not a kardia data dir"));
+    }
+
+    #[test]
+    fn keeps_its_unit_depth() {
+        let d = tempfile::tempdir().unwrap();
+        let auto = Identity {
+            name: "a".into(),
+            member_id: 1,
+            cluster_id: 2,
+            shards: 2,
+            unit_depth: None,
+        };
+        let made = load_or_create(d.path(), &auto, true).unwrap();
+        assert_eq!(made.unit_depth, Some(DEFAULT_UNIT_DEPTH));
+        assert_eq!(load_or_create(d.path(), &auto, true).unwrap(), made);
+        let other = Identity {
+            unit_depth: Some(2),
+            ..auto.clone()
+        };
+        let err = load_or_create(d.path(), &other, true).unwrap_err();
+        assert!(err.contains("--unit-depth 5"), "{err}");
+        // A data dir from before units has none.
+        let old = "kardia-data-dir v1\nname=a\nmember_id=1\ncluster_id=2\nshards=2\n";
+        assert_eq!(parse(old).unwrap().unit_depth, Some(0));
     }
 }

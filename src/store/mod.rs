@@ -197,6 +197,7 @@ struct Recorded {
     index: u64,
     applied: (u64, u64),
     next_dir_id: u64,
+    next_unit_id: u64,
     gseq: u64,
 }
 
@@ -206,6 +207,7 @@ impl Recorded {
             index: meta_u64(meta, txn, META_INDEX)?.unwrap_or(3),
             applied: read_applied(get_sealed(meta, txn, META_APPLIED)?)?,
             next_dir_id: meta_u64(meta, txn, META_DIR_ID)?.unwrap_or(1),
+            next_unit_id: meta_u64(meta, txn, META_UNIT_ID)?.unwrap_or(UNIT_IDS),
             gseq: meta_u64(meta, txn, META_GSEQ)?.unwrap_or(0),
         })
     }
@@ -236,6 +238,12 @@ const META_INDEX: &[u8] = b"index";
 const META_FORMAT: &[u8] = b"format";
 const FORMAT: u64 = 2;
 const META_DIR_ID: &[u8] = b"next_dir_id";
+/// The next id of a directory inside a placement unit. Those ids come from
+/// their own range, so the skeleton's ids (taken in the same order by every
+/// shard) stay equal on every shard: a member-wide listing matches
+/// directories across shards by id.
+const META_UNIT_ID: &[u8] = b"next_unit_id";
+const UNIT_IDS: u64 = 1 << 62;
 /// The last member-wide operation applied (its index).
 const META_GSEQ: &[u8] = b"gseq";
 /// That operation's entry: a crash between its apply and its fsync leaves
@@ -285,6 +293,8 @@ pub struct Store {
     /// Raft (index, term) last applied.
     applied: (u64, u64),
     next_dir_id: u64,
+    /// The next id of a directory inside a placement unit.
+    next_unit_id: u64,
     /// The last member-wide operation this shard applied.
     gseq: u64,
     /// Which keys this shard owns.
@@ -385,6 +395,7 @@ impl Store {
             index,
             applied,
             next_dir_id,
+            next_unit_id,
             gseq,
         } = Recorded::read(&meta, &wtxn)?;
         wtxn.commit()?;
@@ -404,6 +415,7 @@ impl Store {
             fresh,
             applied,
             next_dir_id,
+            next_unit_id,
             gseq,
             placement,
             global: false,
@@ -508,7 +520,7 @@ impl Store {
         for item in self.expiry.iter(&rtxn)? {
             let (k, v) = item?;
             let v = unseal(k, v).ok_or_else(|| bad_checksum("expiry", k))?;
-            if v.first() == Some(&EXP_DIR) && !self.expires_dirs() {
+            if v.first() == Some(&EXP_DIR) && !self.expires_dirs() && self.skeleton(&v[1..]) {
                 continue;
             }
             return Ok(Some(expiry_time(k)));
@@ -516,14 +528,32 @@ impl Store {
         Ok(None)
     }
 
-    /// Directory TTLs are carried out by shard 0 alone, as member-wide
-    /// operations (every shard holds every directory).
+    /// The TTLs of skeleton directories are carried out by shard 0 alone,
+    /// as member-wide operations (every shard holds them).
     fn expires_dirs(&self) -> bool {
         self.placement.shards == 1 || self.placement.shard == 0
     }
 
-    /// Expiring directories due at or before `now` (shard 0 of a sharded
-    /// member turns each into a member-wide expiry).
+    /// True when the directory at `path` is part of the skeleton every
+    /// shard holds (changed only by member-wide operations), not of a
+    /// placement unit.
+    fn skeleton(&self, path: &[u8]) -> bool {
+        !self.placement.in_unit(path)
+    }
+
+    /// A fresh id for a directory created at `path`.
+    fn new_dir_id(&mut self, path: &[u8]) -> u64 {
+        let next = if self.skeleton(path) {
+            &mut self.next_dir_id
+        } else {
+            &mut self.next_unit_id
+        };
+        *next += 1;
+        *next - 1
+    }
+
+    /// Expiring skeleton directories due at or before `now` (shard 0 of a
+    /// sharded member turns each into a member-wide expiry).
     pub fn due_dirs(&self, now: i64, max: usize) -> Result<Vec<Vec<u8>>> {
         let rtxn = self.env.read_txn()?;
         let mut out = Vec::new();
@@ -533,7 +563,7 @@ impl Store {
             if expiry_time(k) > now || out.len() >= max {
                 break;
             }
-            if v.first() == Some(&EXP_DIR) {
+            if v.first() == Some(&EXP_DIR) && self.skeleton(&v[1..]) {
                 out.push(v[1..].to_vec());
             }
         }
@@ -542,24 +572,21 @@ impl Store {
 
     /// A command on one shard of several must not change the directory
     /// skeleton every shard holds, nor decide on an ancestor another shard
-    /// owns: it is escalated to a member-wide operation instead.
+    /// owns, nor create a node another shard owns: it is escalated to a
+    /// member-wide operation instead.
     fn local_only(&self) -> bool {
         self.placement.shards > 1 && !self.global
     }
 
-    /// This shard owns the event of member-wide command `c`.
-    fn is_primary(&self, c: &Command) -> bool {
+    /// This shard owns the event of member-wide command `c`, which took
+    /// etcd index `index`.
+    fn is_primary(&self, c: &Command, index: u64) -> bool {
         let owner = if c.op == Op::CreateUnique {
-            self.placement.of_dir(c.key)
+            self.placement.of_created(c.key, index)
         } else {
             self.placement.of_key(c.key)
         };
         owner == self.placement.shard
-    }
-
-    /// True when the file at `path` belongs in this shard.
-    fn owns_file(&self, path: &[u8]) -> bool {
-        self.placement.owns_dir(placement::parent(path))
     }
 
     /// A value of the store's own metadata (membership, raft configuration).
@@ -646,6 +673,7 @@ impl Store {
         drop(rtxn);
         (self.index, self.applied) = (rec.index, rec.applied);
         (self.next_dir_id, self.gseq) = (rec.next_dir_id, rec.gseq);
+        self.next_unit_id = rec.next_unit_id;
         self.counter.fetch_max(self.index, Ordering::SeqCst);
         self.pending.clear();
         self.fresh = false;
@@ -710,6 +738,7 @@ impl Store {
     ) -> Result<R> {
         let index_before = self.index;
         let dir_id_before = self.next_dir_id;
+        let unit_id_before = self.next_unit_id;
         let gseq_before = self.gseq;
         let stats_before = self.stats;
         let pending_before = self.pending.len();
@@ -730,6 +759,10 @@ impl Store {
                 let id = self.next_dir_id.to_le_bytes();
                 put_sealed(&self.meta, &mut wtxn, META_DIR_ID, &id)?;
             }
+            if self.next_unit_id != unit_id_before {
+                let id = self.next_unit_id.to_le_bytes();
+                put_sealed(&self.meta, &mut wtxn, META_UNIT_ID, &id)?;
+            }
             if self.gseq != gseq_before {
                 put_sealed(&self.meta, &mut wtxn, META_GSEQ, &self.gseq.to_le_bytes())?;
             }
@@ -748,6 +781,7 @@ impl Store {
             Err(e) => {
                 self.index = index_before;
                 self.next_dir_id = dir_id_before;
+                self.next_unit_id = unit_id_before;
                 self.gseq = gseq_before;
                 self.stats = stats_before;
                 self.pending.truncate(pending_before);
@@ -896,7 +930,7 @@ impl Store {
         if c.op == Op::Sync {
             if self.global {
                 let r = self.expire_dir(txn, c)?;
-                if let (Ok(e), false) = (&r, self.is_primary(c)) {
+                if let (Ok(e), false) = (&r, self.is_primary(c, 0)) {
                     self.not_mine.push(e.index);
                 }
                 return Ok(Some(r));
@@ -927,7 +961,7 @@ impl Store {
         };
         // A member-wide write is counted (and kept in history) once, by the
         // shard that owns it.
-        if self.global && !self.is_primary(c) {
+        if self.global && !self.is_primary(c, i) {
             if let Ok(e) = &r {
                 self.not_mine.push(e.index);
             }
@@ -976,12 +1010,10 @@ impl Store {
             match self.nodes.get(txn, kbuf)? {
                 None if end != path.len()
                     && self.local_only()
-                    && !self.placement.owns_dir(&path[..start.max(2) - 1]) =>
+                    && !self.placement.owns(&path[..end]) =>
                 {
                     // A file of another shard may block the way.
-                    return Ok(Err(escalate(
-                        self.placement.of_dir(&path[..start.max(2) - 1]),
-                    )));
+                    return Ok(Err(escalate(self.placement.of_key(&path[..end]))));
                 }
                 None => return Ok(Err(V2Error::new(KEY_NOT_FOUND, &path[..end], self.index))),
                 Some(v) => meta = decode_meta(kbuf, v)?,
@@ -1058,11 +1090,7 @@ impl Store {
 
     fn create(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
         if c.op == Op::CreateUnique {
-            let mut path = Vec::with_capacity(c.key.len() + 21);
-            if c.key != b"/" {
-                path.extend_from_slice(c.key);
-            }
-            path.extend_from_slice(format!("/{:020}", self.index + 1).as_bytes());
+            let path = placement::unique_path(c.key, self.index + 1);
             return self.internal_create(txn, c, &path, c.value, false, Action::Create, false);
         }
         self.internal_create(txn, c, c.key, c.value, false, Action::Create, false)
@@ -1085,107 +1113,18 @@ impl Store {
             return Ok(Err(V2Error::new(ROOT_RONLY, "/", self.index)));
         }
         let expire = c.expire.filter(|&t| t >= MIN_EXPIRE);
-        let split = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
-        let name = &path[split + 1..];
-        // Walk the parents, creating missing directories.
-        let mut parent = ROOT;
-        let mut start = 1;
-        let mut kbuf = std::mem::take(&mut self.kbuf);
-        let mut vbuf = std::mem::take(&mut self.vbuf);
-        while start <= split {
-            let end = path[start..]
-                .iter()
-                .position(|&b| b == b'/')
-                .map_or(path.len(), |p| start + p);
-            let comp = &path[start..end];
-            child_key(&mut kbuf, parent.dir_id, comp);
-            match self.nodes.get(txn, &kbuf)? {
-                Some(v) => {
-                    let m = decode_meta(&kbuf, v)?;
-                    if !m.dir {
-                        self.kbuf = kbuf;
-                        self.vbuf = vbuf;
-                        return Ok(Err(V2Error::new(NOT_DIR, &path[..end], self.index)));
-                    }
-                    parent = m;
-                }
-                None if self.local_only() => {
-                    self.kbuf = kbuf;
-                    self.vbuf = vbuf;
-                    return Ok(Err(escalate(0)));
-                }
-                None => {
-                    let id = self.next_dir_id;
-                    self.next_dir_id += 1;
-                    let rec = NodeRec {
-                        dir: true,
-                        created: next,
-                        modified: next,
-                        expire: None,
-                        dir_id: id,
-                        long_name: None,
-                        value: b"",
-                    };
-                    rec.encode(&kbuf, comp, &mut vbuf);
-                    self.nodes.put(txn, &kbuf, &vbuf)?;
-                    parent = Meta {
-                        dir: true,
-                        created: next,
-                        modified: next,
-                        expire: None,
-                        dir_id: id,
-                    };
-                }
-            }
-            start = end + 1;
-        }
-        child_key(&mut kbuf, parent.dir_id, name);
-        if let Some(v) = self.nodes.get(txn, &kbuf)? {
-            let m = decode_meta(&kbuf, v)?;
-            if !replace {
-                self.kbuf = kbuf;
-                self.vbuf = vbuf;
-                return Ok(Err(V2Error::new(NODE_EXIST, path, self.index)));
-            }
-            if m.dir {
-                self.kbuf = kbuf;
-                self.vbuf = vbuf;
-                return Ok(Err(V2Error::new(NOT_FILE, path, self.index)));
-            }
-            if let Some(t) = m.expire {
-                self.del_expiry(txn, t, &kbuf)?;
-            }
-        }
-        if c.dir && self.local_only() {
-            self.kbuf = kbuf;
-            self.vbuf = vbuf;
+        if self.local_only() && self.placement.in_unit(path) && !self.placement.owns(path) {
+            // A POST just above the unit depth lands in any shard's unit.
             return Ok(Err(escalate(0)));
         }
-        let dir_id = if c.dir {
-            self.next_dir_id += 1;
-            self.next_dir_id - 1
-        } else {
-            0
-        };
-        let rec = NodeRec {
-            dir: c.dir,
-            created: next,
-            modified: next,
-            expire,
-            dir_id,
-            long_name: None,
-            value,
-        };
-        rec.encode(&kbuf, name, &mut vbuf);
-        // In a member-wide operation a file is written by its owner only.
-        if c.dir || !self.global || self.owns_file(path) {
-            self.nodes.put(txn, &kbuf, &vbuf)?;
-            if let Some(t) = expire {
-                self.put_expiry(txn, t, &kbuf, path, c.dir)?;
-            }
-        }
+        let mut kbuf = std::mem::take(&mut self.kbuf);
+        let mut vbuf = std::mem::take(&mut self.vbuf);
+        let r = self.create_nodes(txn, c, path, value, replace, expire, &mut kbuf, &mut vbuf);
         self.kbuf = kbuf;
         self.vbuf = vbuf;
+        if let Err(e) = r? {
+            return Ok(Err(e));
+        }
         self.index = next;
         let node = NodeJson {
             key: path,
@@ -1207,6 +1146,115 @@ impl Store {
         Ok(Ok(self.event(kind, &node, Removed::default())))
     }
 
+    /// The writes of [`Store::internal_create`]: missing parents, then the
+    /// node at `path` (its index is `self.index + 1`). In a member-wide
+    /// operation a shard writes the skeleton and what it owns, and skips a
+    /// placement unit another shard holds.
+    #[allow(clippy::too_many_arguments)]
+    fn create_nodes(
+        &mut self,
+        txn: &mut RwTxn,
+        c: &Command,
+        path: &[u8],
+        value: &[u8],
+        replace: bool,
+        expire: Option<i64>,
+        kbuf: &mut Vec<u8>,
+        vbuf: &mut Vec<u8>,
+    ) -> Result<std::result::Result<(), V2Error>> {
+        let next = self.index + 1;
+        let split = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
+        let name = &path[split + 1..];
+        let foreign = self.global && self.placement.in_unit(path) && !self.placement.owns(path);
+        // Walk the parents, creating missing directories.
+        let mut parent = ROOT;
+        let mut start = 1;
+        while start <= split {
+            let end = path[start..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(path.len(), |p| start + p);
+            let (comp, here) = (&path[start..end], &path[..end]);
+            if foreign && self.placement.in_unit(here) {
+                return Ok(Ok(()));
+            }
+            child_key(kbuf, parent.dir_id, comp);
+            match self.nodes.get(txn, kbuf)? {
+                Some(v) => {
+                    let m = decode_meta(kbuf, v)?;
+                    if !m.dir {
+                        return Ok(Err(V2Error::new(NOT_DIR, here, self.index)));
+                    }
+                    parent = m;
+                }
+                None if self.local_only() && self.skeleton(here) => {
+                    return Ok(Err(escalate(0)));
+                }
+                None => {
+                    let id = self.new_dir_id(here);
+                    let rec = NodeRec {
+                        dir: true,
+                        created: next,
+                        modified: next,
+                        expire: None,
+                        dir_id: id,
+                        long_name: None,
+                        value: b"",
+                    };
+                    rec.encode(kbuf, comp, vbuf);
+                    self.nodes.put(txn, kbuf, vbuf)?;
+                    parent = Meta {
+                        dir: true,
+                        created: next,
+                        modified: next,
+                        expire: None,
+                        dir_id: id,
+                    };
+                }
+            }
+            start = end + 1;
+        }
+        if foreign {
+            return Ok(Ok(()));
+        }
+        child_key(kbuf, parent.dir_id, name);
+        if let Some(v) = self.nodes.get(txn, kbuf)? {
+            let m = decode_meta(kbuf, v)?;
+            if !replace {
+                return Ok(Err(V2Error::new(NODE_EXIST, path, self.index)));
+            }
+            if m.dir {
+                return Ok(Err(V2Error::new(NOT_FILE, path, self.index)));
+            }
+            if let Some(t) = m.expire {
+                self.del_expiry(txn, t, kbuf)?;
+            }
+        }
+        if c.dir && self.local_only() && self.skeleton(path) {
+            return Ok(Err(escalate(0)));
+        }
+        // In a member-wide operation a file is written by its owner only.
+        if self.global && !self.placement.holds(path, c.dir) {
+            return Ok(Ok(()));
+        }
+        let dir_id = if c.dir { self.new_dir_id(path) } else { 0 };
+        let rec = NodeRec {
+            dir: c.dir,
+            created: next,
+            modified: next,
+            expire,
+            dir_id,
+            long_name: None,
+            value,
+        };
+        rec.encode(kbuf, name, vbuf);
+        self.nodes.put(txn, kbuf, vbuf)?;
+        if let Some(t) = expire {
+            self.put_expiry(txn, t, kbuf, path, c.dir)?;
+        }
+        Ok(Ok(()))
+    }
+
     fn update(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
         if c.key == b"/" {
             return Ok(Err(V2Error::new(ROOT_RONLY, "/", self.index)));
@@ -1219,7 +1267,7 @@ impl Store {
         if f.meta.dir && !c.value.is_empty() {
             return Ok(Err(V2Error::new(NOT_FILE, c.key, self.index)));
         }
-        if f.meta.dir && self.local_only() {
+        if f.meta.dir && self.local_only() && self.skeleton(c.key) {
             return Ok(Err(escalate(0)));
         }
         self.rewrite(txn, c, f, Action::Update)
@@ -1346,7 +1394,7 @@ impl Store {
             if !dir {
                 return Ok(Err(V2Error::new(NOT_FILE, c.key, self.index)));
             }
-            if self.local_only() {
+            if self.local_only() && self.skeleton(c.key) {
                 return Ok(Err(escalate(0)));
             }
             if !c.recursive && self.has_children(txn, f.meta.dir_id)? {
@@ -1460,7 +1508,7 @@ impl Store {
         // Bounded per entry, so a backlog (say, after a long downtime) is
         // expired over several small batches instead of one huge one; the
         // leader proposes the next SYNC at once while keys are still due.
-        // Directories of a sharded member are left to shard 0.
+        // Skeleton directories of a sharded member are left to shard 0.
         let skip_dirs = self.local_only();
         let mut due = Vec::new();
         for item in self.expiry.iter(txn)? {
@@ -1469,7 +1517,7 @@ impl Store {
             if expiry_time(k) > now || due.len() >= MAX_EXPIRE_PER_SYNC {
                 break;
             }
-            if skip_dirs && v.first() == Some(&EXP_DIR) {
+            if skip_dirs && v.first() == Some(&EXP_DIR) && self.skeleton(&v[1..]) {
                 continue;
             }
             due.push((k.to_vec(), v.get(1..).unwrap_or_default().to_vec()));
@@ -1657,12 +1705,14 @@ impl Store {
                 return Ok(Err(e));
             }
         };
-        if f.meta.dir && w.remote.is_none() && self.placement.shards > 1 {
-            if w.recursive {
-                return Ok(Err(escalate(MEMBER_WIDE)));
-            }
-            if !self.placement.owns_dir(path) {
-                return Ok(Err(escalate(self.placement.of_dir(path))));
+        // A listing of a skeleton directory may need other shards' nodes:
+        // those of its files, or (just above the unit depth, or recursive)
+        // of every shard.
+        if f.meta.dir && w.remote.is_none() && self.placement.shards > 1 && self.skeleton(path) {
+            match self.placement.of_dir(path) {
+                Some(owner) if !w.recursive && owner == self.placement.shard => {}
+                Some(owner) if !w.recursive => return Ok(Err(escalate(owner))),
+                _ => return Ok(Err(escalate(MEMBER_WIDE))),
             }
         }
         self.stats.gets_success += 1;
@@ -1797,15 +1847,12 @@ impl Store {
             items.push((k, Child::Local(rec(k, v)?)));
         }
         if let Some(r) = remote {
-            // Both lists are in LMDB key order; only a mix needs sorting.
-            let mixed = !items.is_empty();
+            // Each shard's part is in LMDB key order: a merge of sorted runs.
             items.extend(
                 r.files()
                     .map(|(k, name, json)| (k, Child::Remote(name, json))),
             );
-            if mixed {
-                items.sort_by(|a, b| a.0.cmp(b.0));
-            }
+            items.sort_by(|a, b| a.0.cmp(b.0));
         }
         // LMDB order is name order except for over-long names.
         let name_of = |(k, c): &(&[u8], Child)| -> Vec<u8> {
@@ -1824,9 +1871,18 @@ impl Store {
         Ok(items)
     }
 
-    /// This shard's files below directory `path` (for a member-wide
-    /// recursive GET): each rendered as a node, keyed by its directory.
-    pub fn collect_files(&self, path: &[u8], now: i64) -> Result<RemoteFiles> {
+    /// This shard's part of a member-wide listing of the skeleton directory
+    /// `path`: its files there, and its placement units there whole (with
+    /// their subtrees when `recursive`), each rendered as a node and keyed
+    /// by its directory; with `recursive`, the same for every skeleton
+    /// directory below.
+    pub fn collect(
+        &self,
+        path: &[u8],
+        recursive: bool,
+        sorted: bool,
+        now: i64,
+    ) -> Result<RemoteFiles> {
         let rtxn = self.env.read_txn()?;
         let mut out = RemoteFiles::new();
         let mut kbuf = Vec::new();
@@ -1841,26 +1897,31 @@ impl Store {
         } else {
             path.to_vec()
         };
-        self.collect_dir(&rtxn, f.meta.dir_id, p, now, &mut out)?;
+        let w = Walk {
+            recursive,
+            sorted,
+            now,
+            remote: None,
+        };
+        self.collect_dir(&rtxn, f.meta.dir_id, p, &w, &mut out)?;
         Ok(out)
     }
 
-    /// Render this shard's files below `dir_id` (at `path`) into `out`.
-    /// Iterative: directories still to visit wait on a heap stack with
-    /// their paths.
+    /// Render this shard's part below the skeleton directory `dir_id` (at
+    /// `path`) into `out`. Iterative: directories still to visit wait on a
+    /// heap stack with their paths.
     fn collect_dir(
         &self,
         txn: &RoTxn,
         dir_id: u64,
         path: Vec<u8>,
-        now: i64,
+        w: &Walk,
         out: &mut RemoteFiles,
     ) -> Result<()> {
         let mut todo = vec![(dir_id, path)];
         while let Some((dir_id, mut path)) = todo.pop() {
-            let owned = self
-                .placement
-                .owns_dir(if path.is_empty() { b"/" } else { &path });
+            let dir = if path.is_empty() { &b"/"[..] } else { &path };
+            let owned = self.placement.of_dir(dir) == Some(self.placement.shard);
             for item in self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())? {
                 let (k, v) = item?;
                 let rec = rec(k, v)?;
@@ -1868,9 +1929,12 @@ impl Store {
                 let len = path.len();
                 path.push(b'/');
                 path.extend_from_slice(name);
-                if rec.dir {
-                    todo.push((rec.dir_id, path.clone()));
-                } else if owned {
+                let unit = self.placement.in_unit(&path);
+                if rec.dir && !unit {
+                    if w.recursive {
+                        todo.push((rec.dir_id, path.clone()));
+                    }
+                } else if owned || unit {
                     let d = out.entry(dir_id).or_default();
                     let k0 = d.buf.len() as u32;
                     d.buf.extend_from_slice(k);
@@ -1879,14 +1943,19 @@ impl Store {
                     let j0 = d.buf.len() as u32;
                     NodeJson {
                         key: &path,
-                        value: Some(rec.value),
-                        dir: false,
+                        value: (!rec.dir).then_some(rec.value),
+                        dir: rec.dir,
                         expire: rec.expire,
-                        now,
+                        now: w.now,
                         modified: rec.modified,
                         created: rec.created,
                     }
-                    .write(&mut d.buf);
+                    .write_head(&mut d.buf);
+                    if rec.dir && w.recursive {
+                        // A unit lives whole on this shard.
+                        self.write_children(txn, rec.dir_id, &mut path, w, &mut d.buf)?;
+                    }
+                    event::write_tail(&mut d.buf, rec.modified, rec.created);
                     d.spans.push([k0, n0, j0, d.buf.len() as u32]);
                 }
                 path.truncate(len);
@@ -1903,6 +1972,7 @@ impl Store {
             return Err(Error::Corrupt("undecodable command".into()));
         };
         let saved = (self.index, self.next_dir_id, self.stats, self.pending.len());
+        let unit_id = self.next_unit_id;
         let env = self.env.clone();
         let mut txn = env.write_txn()?;
         self.taken.clear();
@@ -1915,6 +1985,7 @@ impl Store {
         txn.abort();
         self.global = false;
         (self.index, self.next_dir_id, self.stats) = (saved.0, saved.1, saved.2);
+        self.next_unit_id = unit_id;
         self.pending.truncate(saved.3);
         r
     }
@@ -1935,8 +2006,9 @@ enum Child<'a> {
     Remote(&'a [u8], &'a [u8]),
 }
 
-/// The files of one directory that another shard rendered for a
-/// member-wide GET, in LMDB key order: keys, names and JSON in one buffer.
+/// The nodes of one directory that another shard rendered for a
+/// member-wide GET (files, and whole placement units), in LMDB key order:
+/// keys, names and JSON in one buffer.
 #[derive(Debug, Clone, Default)]
 pub struct RemoteDir {
     buf: Vec<u8>,
@@ -1945,6 +2017,14 @@ pub struct RemoteDir {
 }
 
 impl RemoteDir {
+    /// Add another shard's nodes of the same directory.
+    pub fn append(&mut self, other: RemoteDir) {
+        let base = self.buf.len() as u32;
+        self.buf.extend_from_slice(&other.buf);
+        self.spans
+            .extend(other.spans.iter().map(|s| s.map(|x| x + base)));
+    }
+
     /// (LMDB key, name, JSON) of each file.
     fn files(&self) -> impl Iterator<Item = (&[u8], &[u8], &[u8])> {
         self.spans.iter().map(|&[k, n, j, e]| {
@@ -1958,8 +2038,8 @@ impl RemoteDir {
     }
 }
 
-/// Other shards' files by directory id (a directory's files all live in one
-/// shard).
+/// Other shards' nodes by the id of their skeleton directory (the skeleton's
+/// ids are the same on every shard).
 pub type RemoteFiles = std::collections::HashMap<u64, RemoteDir>;
 
 /// What kind of event [`Store::event`] renders.

@@ -541,8 +541,11 @@ pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     drop(h);
     let o = sh.orderer.borrow();
     let mut body = format!(
-        "{{\"shards\":{},\"index\":{},\"executor\":{{\"id\":{},\"leader\":{},\"raftIndex\":{},\"raftTerm\":{},\"walSyncedEntries\":{},\"walSyncSeconds\":{:.6},\"walSyncMicros\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"delivered\":{},\"held\":{},\"hash\":\"{:016x}\"}},\"shard\":[",
+        "{{\"shards\":{},\"unitDepth\":{},\"memberWideSessions\":{},\"memberWideJobs\":{},\"index\":{},\"executor\":{{\"id\":{},\"leader\":{},\"raftIndex\":{},\"raftTerm\":{},\"walSyncedEntries\":{},\"walSyncSeconds\":{:.6},\"walSyncMicros\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"delivered\":{},\"held\":{},\"hash\":\"{:016x}\"}},\"shard\":[",
         sh.shared.shards,
+        sh.shared.unit_depth,
+        sh.shared.sessions.load(Ordering::Relaxed),
+        sh.shared.session_jobs.load(Ordering::Relaxed),
         o.closed(),
         sh.id,
         sh.is_leader.get(),

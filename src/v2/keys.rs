@@ -270,7 +270,8 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
             drop(form);
             let pl = api.shard.placement;
             let owner = if op == Op::CreateUnique {
-                pl.of_dir(key)
+                // Just above the unit depth: any shard escalates it.
+                pl.of_dir(key).unwrap_or(api.shard.id)
             } else {
                 pl.of_key(key)
             };
