@@ -1544,3 +1544,116 @@ fn application_directories_commit_on_one_shard_without_parking() {
     .collect();
     assert_eq!(actions, want);
 }
+
+/// Member-wide listings are consistent cuts (issue #13): while writers
+/// create and delete unit directories and files on four shards, every
+/// recursive listing of the root at `X-Etcd-Index` X holds exactly the files
+/// the acknowledged writes up to X leave, with their values and indexes —
+/// no write above X, none below it missing — although the shards resume
+/// writing before the listing is rendered.
+#[test]
+fn recursive_listings_are_consistent_cuts_under_writes() {
+    let s = Server::start_with(&["--shards", "4", "--unit-depth", "2"])
+        .expect("start kardia --shards 4");
+    let port = s.client_port;
+    ok(port, "PUT", "/v2/keys/top?dir=true", None);
+    // (index, key, Some(value) for a PUT or None for a recursive DELETE).
+    let log: Arc<Mutex<Vec<(u64, String, Option<String>)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3u64)
+        .map(|w| {
+            let log = log.clone();
+            thread::spawn(move || {
+                let mut rng = Rng(0xC0_7C07 + w);
+                for n in 0..300 {
+                    let (method, key, form) = match rng.below(10) {
+                        0 => ("DELETE", format!("/u{}", rng.below(8)), None),
+                        1..=3 => (
+                            "PUT",
+                            format!("/top/k{}", rng.below(6)),
+                            Some(format!("w{w}n{n}")),
+                        ),
+                        _ => (
+                            "PUT",
+                            format!("/u{}/i{}", rng.below(8), rng.below(4)),
+                            Some(format!("w{w}n{n}")),
+                        ),
+                    };
+                    let target = match method {
+                        "DELETE" => format!("/v2/keys{key}?recursive=true"),
+                        _ => format!("/v2/keys{key}"),
+                    };
+                    let body = form.as_ref().map(|v| format!("value={v}"));
+                    let r = request(port, method, &target, body.as_deref(), &[]).unwrap();
+                    if r.code() >= 300 {
+                        assert_eq!(
+                            (method, r.code()),
+                            ("DELETE", 404),
+                            "{target}: {}",
+                            describe(&r)
+                        );
+                        continue;
+                    }
+                    let i = json_u64(&r.body_str(), "modifiedIndex").expect("modifiedIndex");
+                    log.lock().unwrap().push((i, key, form));
+                }
+            })
+        })
+        .collect();
+    let reader = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut listings = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let r = ok(port, "GET", "/v2/keys/?recursive=true&sorted=true", None);
+                let x = index_header(&r).expect("X-Etcd-Index");
+                let node = Json::parse(&r.body_str()).unwrap();
+                let mut files = BTreeMap::new();
+                let mut todo = vec![node.get("node").unwrap().clone()];
+                while let Some(n) = todo.pop() {
+                    for c in n.nodes() {
+                        if c.is_dir() {
+                            todo.push(c.clone());
+                        } else {
+                            let k = c.str_of("key").unwrap().to_string();
+                            let v = c.str_of("value").unwrap().to_string();
+                            files.insert(k, (v, c.u64_of("modifiedIndex").unwrap()));
+                        }
+                    }
+                }
+                listings.push((x, files));
+            }
+            listings
+        })
+    };
+    for w in writers {
+        w.join().expect("writer");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let listings = reader.join().expect("reader");
+    let mut log = log.lock().unwrap().clone();
+    log.sort();
+    let dels = log.iter().filter(|e| e.2.is_none()).count();
+    assert!(dels > 20, "too few directory deletes: {dels}");
+    assert!(listings.len() > 10, "too few listings: {}", listings.len());
+    for (x, got) in &listings {
+        let mut want: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        for (i, key, value) in log.iter().take_while(|e| e.0 <= *x) {
+            match value {
+                Some(v) => {
+                    want.insert(key.clone(), (v.clone(), *i));
+                }
+                None => want.retain(|k, _| !k.starts_with(&format!("{key}/"))),
+            }
+        }
+        assert_eq!(
+            got, &want,
+            "the listing at index {x} is not the writes up to {x}"
+        );
+    }
+    eprintln!(
+        "{} listings checked against {} writes ({dels} directory deletes)",
+        listings.len(),
+        log.len()
+    );
+}

@@ -55,6 +55,10 @@ pub(super) fn expire_dirs(shard: &Rc<Shard>) -> Result<(), Error> {
 /// until it releases the shard. The loop is at a batch boundary: nothing of
 /// this shard is in flight.
 pub(super) async fn park_session(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
+    if shard.global.take_cut_request() {
+        // The session's reads see this shard as it is now.
+        shard.store.borrow_mut().take_cut()?;
+    }
     global::report_parked(shard);
     loop {
         let op = global::next_subop(shard).await;
@@ -97,12 +101,6 @@ pub(super) async fn park_session(shard: &Rc<Shard>, g: &mut Group) -> Result<(),
 pub(super) async fn subop(shard: &Rc<Shard>, g: &mut Group, op: SubOp) -> Result<SubResult, Error> {
     Ok(match op {
         SubOp::Trial(data) => SubResult::Outcome(shard.store.borrow_mut().trial(&data)?),
-        SubOp::Collect { key, opts } => SubResult::Collected(shard.store.borrow().collect(
-            &key,
-            opts.recursive,
-            opts.sorted,
-            opts.now,
-        )?),
         SubOp::Flush => {
             flush_global(shard, g).await?;
             SubResult::Outcome(None)

@@ -57,10 +57,6 @@ pub enum SubOp {
     Flush,
     /// Several steps, carried out in order; one report.
     Batch(Vec<SubOp>),
-    Collect {
-        key: Vec<u8>,
-        opts: ReadOpts,
-    },
     Unpark,
 }
 
@@ -70,7 +66,6 @@ impl SubOp {
             SubOp::Trial(_) => "trial",
             SubOp::Apply(_) => "apply",
             SubOp::Flush => "flush",
-            SubOp::Collect { .. } => "collect",
             SubOp::Unpark => "unpark",
             SubOp::Batch(_) => "batch",
         }
@@ -87,17 +82,39 @@ pub enum SubResult {
 
 /// Messages of the protocol, over the mesh.
 pub enum Msg {
-    Submit { job: Job, target: Option<Target> },
-    Park,
-    Parked { shard: usize },
+    Submit {
+        job: Job,
+        target: Option<Target>,
+    },
+    /// Park at the next batch boundary; with `cut`, hold a snapshot of the
+    /// store there for the session's reads.
+    Park {
+        cut: bool,
+    },
+    Parked {
+        shard: usize,
+    },
     Sub(SubOp),
-    Result { shard: usize, result: SubResult },
+    /// This shard's part of a member-wide read, from its cut (handled by the
+    /// executor at once, whether its raft loop is parked or not).
+    Collect {
+        key: Vec<u8>,
+        opts: ReadOpts,
+    },
+    /// The session's reads are done: release the cut.
+    DropCut,
+    Result {
+        shard: usize,
+        result: SubResult,
+    },
 }
 
 /// Per-executor state of the protocol.
 #[derive(Default)]
 pub struct State {
     park: Cell<bool>,
+    /// The park asked for a cut ([`Msg::Park`]).
+    cut: Cell<bool>,
     /// Applied a member-wide write not yet released: reads wait.
     applying: Cell<bool>,
     gate: RefCell<Vec<Waker>>,
@@ -116,6 +133,11 @@ pub struct State {
 impl State {
     pub fn park_requested(&self) -> bool {
         self.park.get()
+    }
+
+    /// The pending park asked for a cut (asked once).
+    pub fn take_cut_request(&self) -> bool {
+        self.cut.replace(false)
     }
 
     /// A member-wide write is applied here and not yet released.
@@ -156,7 +178,7 @@ pub fn on_message(shard: &Rc<Shard>, m: Msg) {
             g.jobs.borrow_mut().push_back((job, target));
             wake(&g.job_waker);
         }
-        Msg::Park => request_park(shard),
+        Msg::Park { cut } => request_park(shard, cut),
         Msg::Parked { .. } => {
             g.parked.set(g.parked.get() + 1);
             wake(&g.coord_waker);
@@ -165,6 +187,25 @@ pub fn on_message(shard: &Rc<Shard>, m: Msg) {
             g.subops.borrow_mut().push_back(op);
             wake(&g.subop_waker);
         }
+        Msg::Collect { key, opts } => {
+            let failed = shard.failed.borrow().clone();
+            let result = match failed {
+                Some(m) => SubResult::Failed(m),
+                None => {
+                    let r =
+                        shard
+                            .store
+                            .borrow()
+                            .collect(&key, opts.recursive, opts.sorted, opts.now);
+                    match r {
+                        Ok(files) => SubResult::Collected(files),
+                        Err(e) => SubResult::Failed(e.to_string()),
+                    }
+                }
+            };
+            report(shard, result);
+        }
+        Msg::DropCut => shard.store.borrow_mut().drop_cut(),
         Msg::Result {
             shard: from,
             result,
@@ -177,12 +218,14 @@ pub fn on_message(shard: &Rc<Shard>, m: Msg) {
     }
 }
 
-fn request_park(shard: &Rc<Shard>) {
+fn request_park(shard: &Rc<Shard>, cut: bool) {
     if shard.failed.borrow().is_some() {
-        // No raft loop any more: the stopped shard parks at once.
+        // No raft loop any more: the stopped shard parks at once (and
+        // fails the session's reads: it takes no cut).
         report_parked(shard);
         return;
     }
+    shard.global.cut.set(cut);
     shard.global.park.set(true);
     shard.wake_loop();
 }
@@ -315,12 +358,22 @@ pub async fn coordinate(shard: Rc<Shard>) {
         stats
             .session_jobs
             .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        // 1. Park everyone.
+        let mut reads = Vec::new();
+        let mut writes = Vec::with_capacity(jobs.len());
+        for (job, target) in jobs {
+            match job {
+                Job::Read(req) => reads.push((req, target)),
+                Job::Write(data) => writes.push((data, target)),
+            }
+        }
+        // 1. Park everyone; with reads, each shard holds a snapshot where
+        // it parked: together a cut of the member at the counter's value.
+        let cut = !reads.is_empty();
         shard.global.parked.set(0);
         for peer in 1..n {
-            shard.send(peer, MeshMsg::Global(Msg::Park));
+            shard.send(peer, MeshMsg::Global(Msg::Park { cut }));
         }
-        request_park(&shard);
+        request_park(&shard, cut);
         std::future::poll_fn(|cx| {
             if shard.global.parked.get() >= n {
                 std::task::Poll::Ready(())
@@ -330,24 +383,12 @@ pub async fn coordinate(shard: Rc<Shard>) {
             }
         })
         .await;
-        // 2. Run the jobs in order; answers wait for durability.
-        // Reads first: they see the state every shard had durably when it
-        // parked, and leave at once instead of waiting for this session's
-        // fsync. (Concurrent requests have no order among themselves; a
-        // connection sends a read only after its earlier writes are done.)
-        let mut answers: Vec<(Option<Target>, Answer)> = Vec::with_capacity(jobs.len());
-        let mut writes = Vec::with_capacity(jobs.len());
-        for (job, target) in jobs {
-            match job {
-                Job::Read(req) => {
-                    let a = Answer::Read(read(&shard, req).await);
-                    if let Some(t) = target {
-                        shard.answer(t, a);
-                    }
-                }
-                Job::Write(data) => writes.push((data, target)),
-            }
-        }
+        let cut_index = shard
+            .shared
+            .counter
+            .load(std::sync::atomic::Ordering::SeqCst);
+        // 2. Run the writes in order; answers wait for durability.
+        let mut answers: Vec<(Option<Target>, Answer)> = Vec::with_capacity(writes.len());
         let mut events: Vec<Arc<Event>> = Vec::new();
         let wrote = !writes.is_empty();
         run_writes(&shard, writes, &mut answers, &mut events).await;
@@ -387,6 +428,23 @@ pub async fn coordinate(shard: Rc<Shard>) {
         for peer in 0..n {
             send_sub(&shard, peer, SubOp::Unpark);
         }
+        // 5. The reads, from the cut, while the shards run on: they see
+        // what every shard had durably when it parked (before this
+        // session's writes). Concurrent requests have no order among
+        // themselves; a connection sends a read only after its earlier
+        // writes are done.
+        for (req, target) in reads {
+            let a = Answer::Read(read(&shard, req, cut_index).await);
+            if let Some(t) = target {
+                shard.answer(t, a);
+            }
+        }
+        if cut {
+            for peer in 1..n {
+                shard.send(peer, MeshMsg::Global(Msg::DropCut));
+            }
+            shard.store.borrow_mut().drop_cut();
+        }
     }
 }
 
@@ -399,17 +457,28 @@ fn send_sub(shard: &Rc<Shard>, to: usize, op: SubOp) {
     }
 }
 
-/// Send `op(peer)` to each of `peers` and wait for all their results.
+/// Send `op()` to each of `peers` (parked) and wait for all their results.
 async fn round(
     shard: &Rc<Shard>,
     peers: &[usize],
     op: impl Fn() -> SubOp,
 ) -> Vec<Option<SubResult>> {
+    let send = |p| send_sub(shard, p, op());
+    exchange(shard, peers, send).await
+}
+
+/// Send each of `peers` a request with `send` and wait for all their
+/// results.
+async fn exchange(
+    shard: &Rc<Shard>,
+    peers: &[usize],
+    send: impl Fn(usize),
+) -> Vec<Option<SubResult>> {
     let n = shard.shared.shards;
     *shard.global.results.borrow_mut() = (0..n).map(|_| None).collect();
     tracing::trace!(?peers, "round");
     for &p in peers {
-        send_sub(shard, p, op());
+        send(p);
     }
     std::future::poll_fn(|cx| {
         let done = {
@@ -621,27 +690,34 @@ fn finish_apply(
     reply(Ok(e))
 }
 
-async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
+/// A member-wide read at the session's cut (`index`, the counter when
+/// every shard had parked): every other shard's part, merged into shard
+/// 0's.
+async fn read(shard: &Rc<Shard>, req: ReadReq, index: u64) -> ReadResult {
     let n = shard.shared.shards;
     let others: Vec<usize> = (1..n).collect();
-    let collected = round(shard, &others, || SubOp::Collect {
-        key: req.key.clone(),
-        opts: req.opts,
-    })
-    .await;
+    let send = |p| {
+        let m = Msg::Collect {
+            key: req.key.clone(),
+            opts: req.opts,
+        };
+        shard.send(p, MeshMsg::Global(m));
+    };
+    let collected = exchange(shard, &others, send).await;
     let mut remote = RemoteFiles::new();
-    for r in collected.into_iter().flatten() {
-        if let SubResult::Collected(files) = r {
-            // Several shards hold nodes of a skeleton directory.
-            for (dir, nodes) in files {
-                remote.entry(dir).or_default().append(nodes);
+    for (i, r) in collected.into_iter().enumerate().skip(1) {
+        match r {
+            Some(SubResult::Collected(files)) => {
+                // Several shards hold nodes of a skeleton directory.
+                for (dir, nodes) in files {
+                    remote.entry(dir).or_default().append(nodes);
+                }
             }
+            // Never a partial listing.
+            Some(SubResult::Failed(m)) => return Err(fail_answer(&m)),
+            _ => return Err(fail_answer(&format!("shard {i} did not answer a read"))),
         }
     }
-    let index = shard
-        .shared
-        .counter
-        .load(std::sync::atomic::Ordering::SeqCst);
     let mut body = Vec::new();
     match super::read_at(
         shard,
@@ -649,7 +725,7 @@ async fn read(shard: &Rc<Shard>, req: ReadReq) -> ReadResult {
         &req.key,
         req.opts,
         Some(&remote),
-        crate::store::ReadAt::Now,
+        crate::store::ReadAt::Cut,
         &mut body,
     ) {
         Ok(i) => Ok((body, i)),

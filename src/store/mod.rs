@@ -314,6 +314,10 @@ pub struct Store {
     /// [`MAX_VIEWS`]). A read that must not see writes still in their fsync
     /// uses the newest view whose index is delivered ([`Store::select_view`]).
     views: VecDeque<(u64, RoTxn<'static, WithoutTls>)>,
+    /// The snapshot a member-wide read renders from: taken while every
+    /// shard is parked (a cut of the whole member), read after they resume
+    /// ([`Store::take_cut`]).
+    cut: Option<RoTxn<'static, WithoutTls>>,
     /// The shard stopped: no view is added any more ([`Store::freeze_views`]).
     frozen: bool,
 }
@@ -342,6 +346,8 @@ pub enum ReadAt {
     Now,
     /// The view chosen by the last [`Store::select_view`].
     View,
+    /// The member-wide cut ([`Store::take_cut`]).
+    Cut,
 }
 
 impl Store {
@@ -426,6 +432,7 @@ impl Store {
             vbuf: Vec::new(),
             prev: Vec::new(),
             views: VecDeque::new(),
+            cut: None,
             frozen: false,
         })
     }
@@ -451,6 +458,20 @@ impl Store {
                 self.views.clear();
             }
         }
+    }
+
+    /// Hold a snapshot of the store as it is now, for member-wide reads at
+    /// this cut ([`ReadAt::Cut`], [`Store::collect`]); it replaces any
+    /// earlier one.
+    pub fn take_cut(&mut self) -> Result<()> {
+        self.cut = None;
+        self.cut = Some(self.env.clone().static_read_txn()?);
+        Ok(())
+    }
+
+    /// Release the snapshot of [`Store::take_cut`] (it pins pages).
+    pub fn drop_cut(&mut self) {
+        self.cut = None;
     }
 
     /// The shard stopped: writes from index `first` on will never be
@@ -1657,6 +1678,10 @@ impl Store {
             ReadAt::View => self.views.pop_front(),
             ReadAt::Now if !self.frozen => self.views.pop_back(),
             ReadAt::Now => None,
+            ReadAt::Cut => match self.cut.take() {
+                Some(txn) => Some((0, txn)),
+                None => return Err(Error::Corrupt("no cut to read".into())),
+            },
         };
         let w = Walk {
             recursive,
@@ -1679,6 +1704,7 @@ impl Store {
             match at {
                 ReadAt::View => self.views.push_front(v),
                 ReadAt::Now => self.views.push_back(v),
+                ReadAt::Cut => self.cut = Some(v.1),
             }
         }
         r
@@ -1872,7 +1898,7 @@ impl Store {
     }
 
     /// This shard's part of a member-wide listing of the skeleton directory
-    /// `path`: its files there, and its placement units there whole (with
+    /// `path`, read from the cut ([`Store::take_cut`]): its files there, and its placement units there whole (with
     /// their subtrees when `recursive`), each rendered as a node and keyed
     /// by its directory; with `recursive`, the same for every skeleton
     /// directory below.
@@ -1883,10 +1909,12 @@ impl Store {
         sorted: bool,
         now: i64,
     ) -> Result<RemoteFiles> {
-        let rtxn = self.env.read_txn()?;
+        let Some(rtxn) = &self.cut else {
+            return Err(Error::Corrupt("no cut to read".into()));
+        };
         let mut out = RemoteFiles::new();
         let mut kbuf = Vec::new();
-        let Ok(f) = self.find(&rtxn, path, &mut kbuf)? else {
+        let Ok(f) = self.find(rtxn, path, &mut kbuf)? else {
             return Ok(out);
         };
         if !f.meta.dir {
@@ -1903,7 +1931,7 @@ impl Store {
             now,
             remote: None,
         };
-        self.collect_dir(&rtxn, f.meta.dir_id, p, &w, &mut out)?;
+        self.collect_dir(rtxn, f.meta.dir_id, p, &w, &mut out)?;
         Ok(out)
     }
 
