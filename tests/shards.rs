@@ -1557,8 +1557,9 @@ fn recursive_listings_are_consistent_cuts_under_writes() {
         .expect("start kardia --shards 4");
     let port = s.client_port;
     ok(port, "PUT", "/v2/keys/top?dir=true", None);
-    // (index, key, Some(value) for a PUT or None for a recursive DELETE).
-    let log: Arc<Mutex<Vec<(u64, String, Option<String>)>>> = Arc::default();
+    /// (index, key, Some(value) for a PUT or None for a recursive DELETE).
+    type Write = (u64, String, Option<String>);
+    let log: Arc<Mutex<Vec<Write>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..3u64)
         .map(|w| {
