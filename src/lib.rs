@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod raft;
+pub mod reshard;
 pub mod server;
 pub mod shard;
 pub mod storage;

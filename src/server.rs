@@ -209,6 +209,8 @@ pub fn run(cfg: Config) -> Result<(), String> {
         },
         explicit_cluster,
     )?;
+    // One process per data dir, for as long as this one runs.
+    let _lock = identity::lock(&cfg.data_dir)?;
     // The recorded identity wins over the flags.
     if let Some(i) = cluster.members.iter().position(|m| m.name == id.name) {
         cluster.members[i].id = id.member_id;

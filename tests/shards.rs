@@ -1168,7 +1168,8 @@ fn a_data_dir_keeps_its_shard_count() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("was created with --shards 3"), "{err}");
+    assert!(err.contains("has 3 shard(s)"), "{err}");
+    assert!(err.contains("kardia reshard"), "{err}");
     server.restart().expect("restart at the recorded count");
     let port = server.client_port;
     for key in &written {
@@ -1657,4 +1658,190 @@ fn recursive_listings_are_consistent_cuts_under_writes() {
         listings.len(),
         log.len()
     );
+}
+
+/// Without the listing's `ttl` fields (they count down while the test runs).
+fn without_ttl(j: &Json) -> Json {
+    match j {
+        Json::Obj(fields) => Json::Obj(
+            fields
+                .iter()
+                .filter(|(k, _)| k != "ttl")
+                .map(|(k, v)| (k.clone(), without_ttl(v)))
+                .collect(),
+        ),
+        Json::Arr(a) => Json::Arr(a.iter().map(without_ttl).collect()),
+        other => other.clone(),
+    }
+}
+
+fn kardia_tool(args: &[&str], dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kardia"))
+        .args(args)
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+/// `kardia reshard` (issue #13): a stopped member's data dir changes shard
+/// count and unit depth and keeps every key — files, directories, hidden
+/// keys, in-order keys, TTLs, indexes and the watch history — including the
+/// writes only its log held (the power-cut simulation with no checkpoint
+/// leaves the stores behind their logs, so the reshard replays them).
+/// A running member's data dir is refused.
+#[test]
+fn a_stopped_member_reshards_without_losing_a_key() {
+    let mut server = Server::start_power_cut(&[
+        "--shards",
+        "3",
+        "--unit-depth",
+        "0",
+        "--checkpoint-interval",
+        "3600000",
+    ])
+    .expect("start kardia");
+    let port = server.client_port;
+    for app in 0..30 {
+        for i in 0..3 {
+            let t = format!("/v2/keys/hm/v4/apps/actual/app{app}/i{i}");
+            ok(port, "PUT", &t, Some("value=running"));
+        }
+    }
+    ok(
+        port,
+        "DELETE",
+        "/v2/keys/hm/v4/apps/actual/app7?recursive=true",
+        None,
+    );
+    ok(
+        port,
+        "PUT",
+        "/v2/keys/hm/v4/dea-presence/d1",
+        Some("value=x&ttl=3000"),
+    );
+    ok(port, "PUT", "/v2/keys/hm/v4/lease?dir=true&ttl=3000", None);
+    ok(port, "PUT", "/v2/keys/_hidden/k", Some("value=h"));
+    ok(port, "PUT", "/v2/keys/a/_h", Some("value=h2"));
+    ok(port, "POST", "/v2/keys/queue", Some("value=q1"));
+    ok(port, "POST", "/v2/keys/queue", Some("value=q2"));
+    ok(port, "PUT", "/v2/keys/top", Some("value=t"));
+    let list = "/v2/keys/?recursive=true&sorted=true";
+    let before = ok(port, "GET", list, None);
+    let index = index_header(&before).unwrap();
+    let history = ok(
+        port,
+        "GET",
+        &format!(
+            "/v2/keys/?wait=true&recursive=true&waitIndex={}",
+            index - 20
+        ),
+        None,
+    );
+
+    // While it runs, the data dir is its own.
+    let running = kardia_tool(
+        &["reshard", "--shards", "2", "--data-dir"],
+        &server.data_dir(),
+    );
+    let err = String::from_utf8_lossy(&running.stderr);
+    assert_eq!(running.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use"), "{err}");
+
+    server.set_args(&["--shards", "2"]);
+    server
+        .power_cut(|dir| {
+            let out = kardia_tool(
+                &[
+                    "reshard",
+                    "--shards",
+                    "2",
+                    "--unit-depth",
+                    "5",
+                    "--data-dir",
+                ],
+                dir,
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                text.contains("3 shard(s) at unit depth 0 -> 2 shard(s) at unit depth 5"),
+                "{text}"
+            );
+            let out = kardia_tool(&["check"], dir);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "kardia check after the reshard:\n{text}"
+            );
+        })
+        .expect("start the resharded member");
+    let port = server.client_port;
+    let d = request(port, "GET", "/debug/kardia/shards", None, &[])
+        .unwrap()
+        .body_str();
+    assert!(d.starts_with("{\"shards\":2,\"unitDepth\":5,"), "{d}");
+    let after = ok(port, "GET", list, None);
+    assert_eq!(index_header(&after), Some(index));
+    assert_eq!(
+        without_ttl(&Json::parse(&after.body_str()).unwrap()),
+        without_ttl(&Json::parse(&before.body_str()).unwrap()),
+        "the listing changed across the reshard"
+    );
+    for (key, value) in [("/_hidden/k", "h"), ("/a/_h", "h2")] {
+        let r = ok(port, "GET", &format!("/v2/keys{key}"), None);
+        assert!(
+            r.body_str().contains(&format!("\"value\":\"{value}\"")),
+            "{}",
+            r.body_str()
+        );
+    }
+    let lease = ok(port, "GET", "/v2/keys/hm/v4/lease", None).body_str();
+    let ttl = Json::parse(&lease)
+        .unwrap()
+        .get("node")
+        .unwrap()
+        .u64_of("ttl")
+        .unwrap();
+    assert!((2900..=3000).contains(&ttl), "{lease}");
+    let again = ok(
+        port,
+        "GET",
+        &format!(
+            "/v2/keys/?wait=true&recursive=true&waitIndex={}",
+            index - 20
+        ),
+        None,
+    );
+    assert_eq!(again.body, history.body, "the watch history changed");
+    // Writes go on above the old index, in units now.
+    let r = ok(
+        port,
+        "PUT",
+        "/v2/keys/hm/v4/apps/actual/app99/i0",
+        Some("value=new"),
+    );
+    assert_eq!(json_u64(&r.body_str(), "modifiedIndex"), Some(index + 1));
+    ok(
+        port,
+        "DELETE",
+        "/v2/keys/hm/v4/apps/actual/app3?recursive=true",
+        None,
+    );
+    let r = ok(
+        port,
+        "GET",
+        "/v2/keys/hm/v4/apps/actual?recursive=true",
+        None,
+    );
+    let apps = Json::parse(&r.body_str())
+        .unwrap()
+        .get("node")
+        .unwrap()
+        .nodes()
+        .len();
+    assert_eq!(apps, 29, "{}", r.body_str());
 }

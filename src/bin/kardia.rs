@@ -26,6 +26,19 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Ok(Parsed::Reshard {
+            data_dir,
+            shards,
+            unit_depth,
+        }) => {
+            return match kardia::reshard::run(&data_dir, shards, unit_depth) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kardia reshard: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Err(e) => {
             eprintln!("kardia: {e}");
             return ExitCode::from(2);

@@ -64,6 +64,58 @@ pub enum Parsed {
     Version,
     /// `kardia check [DATA_DIR]`: verify a data dir offline.
     Check(PathBuf),
+    /// `kardia reshard --data-dir DIR --shards N [--unit-depth K]`: change
+    /// a stopped member's shard count or unit depth.
+    Reshard {
+        data_dir: PathBuf,
+        shards: usize,
+        unit_depth: Option<usize>,
+    },
+}
+
+const RESHARD_USAGE: &str =
+    "usage: kardia reshard --data-dir DIR --shards N [--unit-depth K] (the member must be stopped)";
+
+/// `kardia reshard`'s flags.
+fn parse_reshard(args: &[String]) -> Result<Parsed, String> {
+    let (mut dir, mut shards, mut depth) = (None, None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let flag = a.trim_start_matches('-');
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (flag, None),
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => it.next().cloned().ok_or(RESHARD_USAGE)?,
+        };
+        let number = |v: &str| -> Result<usize, String> {
+            v.parse()
+                .map_err(|_| format!("invalid value {v:?} for flag -{name}"))
+        };
+        match name {
+            "data-dir" => dir = Some(PathBuf::from(value)),
+            "shards" => shards = Some(number(&value)?),
+            "unit-depth" => depth = Some(number(&value)?),
+            _ => {
+                return Err(format!(
+                    "flag provided but not defined: {a}\n{RESHARD_USAGE}"
+                ))
+            }
+        }
+    }
+    let shards = shards.ok_or(RESHARD_USAGE)?;
+    if !(1..=256).contains(&shards) {
+        return Err(format!(
+            "invalid value {shards} for flag -shards: 1 to 256 shards per member"
+        ));
+    }
+    Ok(Parsed::Reshard {
+        data_dir: dir.ok_or(RESHARD_USAGE)?,
+        shards,
+        unit_depth: depth.map(|d| d.min(64)),
+    })
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -132,6 +184,9 @@ fn env_name(flag: &str) -> String {
 
 /// Parse `args` (without the program name) and the environment.
 pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Parsed, String> {
+    if args.first().map(String::as_str) == Some("reshard") {
+        return parse_reshard(&args[1..]);
+    }
     if args.first().map(String::as_str) == Some("check") {
         return match &args[1..] {
             [] => Ok(Parsed::Check(PathBuf::from("default.etcd"))),

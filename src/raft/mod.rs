@@ -89,7 +89,7 @@ pub struct RaftOptions {
 
 /// Metadata keys of the store kept for the cluster.
 pub const META_MEMBERS: &[u8] = b"members";
-const META_CONF: &[u8] = b"conf_state";
+pub const META_CONF: &[u8] = b"conf_state";
 
 /// Fatal errors of the loop.
 #[derive(Debug)]
@@ -1102,4 +1102,94 @@ pub fn wall_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// Offline (no executor, no raft node): bring the store of a one-voter
+/// group up to date with its WAL in `wal_dir`, as a start would — every
+/// logged entry the store has not applied is replayed with the indexes it
+/// recorded. Returns the member-wide operations found in the log, by
+/// sequence, for the roll-forward across shards (`kardia reshard`).
+pub fn replay_offline(
+    store: &mut crate::store::Store,
+    wal_dir: &Path,
+) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+    if let Some(conf) = store.meta_get(META_CONF)? {
+        let cs = ConfState::parse_from_bytes(&conf)
+            .map_err(|e| Error::Store(crate::store::Error::Corrupt(format!("conf state: {e}"))))?;
+        if cs.voters.len() > 1 || !cs.learners.is_empty() {
+            return Err(Error::Store(crate::store::Error::Corrupt(
+                "this data dir belongs to a member of a replicated cluster, which runs one shard"
+                    .into(),
+            )));
+        }
+    }
+    if !wal_dir.exists() {
+        return Ok(Vec::new());
+    }
+    let (recovered, _) = Wal::recover(wal_dir)?;
+    if store.applied().0 == 0 && recovered.entries.first().is_some_and(|e| e.index == 2) {
+        // A one-voter group starts from a snapshot at index 1 (see
+        // `start`); a store never checkpointed since has not recorded it.
+        store.batch(|_, _| Ok(((), Some((1, 1)))))?;
+    }
+    let applied = store.applied().0;
+    let global_ops = recovered
+        .entries
+        .iter()
+        .filter_map(|e| Command::decode(&e.data).map(|c| (c.gseq, e.data.to_vec())))
+        .filter(|(g, _)| *g != 0)
+        .collect();
+    let entries: Vec<&Entry> = recovered
+        .entries
+        .iter()
+        .filter(|e| e.index > applied)
+        .collect();
+    if let Some(first) = entries.first() {
+        if first.index != applied + 1 {
+            return Err(Error::Wal(crate::storage::wal::Error::Corrupt(format!(
+                "{}: the log starts at entry {} but the store has applied only {}",
+                wal_dir.display(),
+                first.index,
+                applied
+            ))));
+        }
+    }
+    if !entries.is_empty() {
+        let mut out = Vec::new();
+        store.apply_batch(
+            entries.iter().map(|e| {
+                let data: &[u8] =
+                    if e.get_entry_type() == EntryType::EntryNormal && !is_internal(&e.data) {
+                        &e.data
+                    } else {
+                        &[]
+                    };
+                (e.index, e.term, data)
+            }),
+            &mut out,
+        )?;
+        let mut events = Vec::new();
+        store.take_events(&mut events);
+    }
+    Ok(global_ops)
+}
+
+/// Offline roll-forward (see [`roll_forward`]): apply to `store` the
+/// member-wide operations of `ops` (by sequence) it has not applied.
+pub fn roll_forward_offline(
+    store: &mut crate::store::Store,
+    ops: &[(u64, Vec<u8>)],
+) -> Result<usize, Error> {
+    let mut n = 0;
+    for (gseq, data) in ops {
+        if *gseq > store.gseq() {
+            let (ri, term) = store.applied();
+            let mut out = Vec::new();
+            store.apply_batch(std::iter::once((ri + 1, term, &data[..])), &mut out)?;
+            let mut events = Vec::new();
+            store.take_events(&mut events);
+            n += 1;
+        }
+    }
+    Ok(n)
 }

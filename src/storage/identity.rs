@@ -67,18 +67,23 @@ pub fn load_or_create(
             }
             if want.shards != 0 && have.shards != want.shards {
                 return Err(format!(
-                    "data dir {} was created with --shards {}; start it with --shards {} (re-sharding an existing data dir is not supported)",
+                    "data dir {} has {} shard(s); start it with --shards {} or without the flag, or change it while the member is stopped: kardia reshard --data-dir {} --shards {}",
                     dir.display(),
                     have.shards,
-                    have.shards
+                    have.shards,
+                    dir.display(),
+                    want.shards
                 ));
             }
             if want.unit_depth.is_some() && have.unit_depth != want.unit_depth {
                 return Err(format!(
-                    "data dir {} was created with --unit-depth {}; start it with --unit-depth {} or without the flag (changing the placement of an existing data dir is not supported)",
+                    "data dir {} has unit depth {}; start it with --unit-depth {} or without the flag, or change it while the member is stopped: kardia reshard --data-dir {} --shards {} --unit-depth {}",
                     dir.display(),
                     have.unit_depth.unwrap_or(0),
-                    have.unit_depth.unwrap_or(0)
+                    have.unit_depth.unwrap_or(0),
+                    dir.display(),
+                    have.shards,
+                    want.unit_depth.unwrap_or(0)
                 ));
             }
             Ok(have)
@@ -102,25 +107,59 @@ pub fn load_or_create(
                 // (docs/performance.md); `--shards N` opts in to more.
                 want.shards = 1;
             }
-            let depth = *want.unit_depth.get_or_insert(DEFAULT_UNIT_DEPTH);
-            let text = format!(
-                "{MAGIC}\nname={}\nmember_id={:x}\ncluster_id={:x}\nshards={}\nunit_depth={depth}\n",
-                want.name, want.member_id, want.cluster_id, want.shards
-            );
-            let tmp = dir.join("kardia.id.tmp");
-            std::fs::write(&tmp, text)
-                .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| e.to_string())?;
-            std::fs::rename(&tmp, &file).map_err(|e| e.to_string())?;
-            std::fs::File::open(dir)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| e.to_string())?;
-            super::powercut::synced_dir(dir);
+            want.unit_depth.get_or_insert(DEFAULT_UNIT_DEPTH);
+            write(dir, &want)?;
             Ok(want)
         }
         Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+    }
+}
+
+/// The identity recorded in `dir` (an existing data dir).
+pub fn read(dir: &Path) -> Result<Identity, String> {
+    let file = dir.join(FILE);
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("{}: {e} (not a kardia data dir?)", file.display()))?;
+    parse(&text).ok_or_else(|| format!("{} is not a valid kardia identity file", file.display()))
+}
+
+/// Write `id` as the identity file of `dir` (atomically: a temporary file,
+/// synced, renamed over, and the directory synced).
+pub fn write(dir: &Path, id: &Identity) -> Result<(), String> {
+    let text = format!(
+        "{MAGIC}\nname={}\nmember_id={:x}\ncluster_id={:x}\nshards={}\nunit_depth={}\n",
+        id.name,
+        id.member_id,
+        id.cluster_id,
+        id.shards,
+        id.unit_depth.unwrap_or(0)
+    );
+    let tmp = dir.join("kardia.id.tmp");
+    std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, dir.join(FILE)).map_err(|e| e.to_string())?;
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| e.to_string())?;
+    super::powercut::synced_dir(dir);
+    Ok(())
+}
+
+/// Hold `dir` for this process: an exclusive lock on its identity file,
+/// released when the returned file is closed (at exit, whatever the cause).
+/// A second kardia, or `kardia reshard`, on the same data dir is refused.
+pub fn lock(dir: &Path) -> Result<std::fs::File, String> {
+    let file = dir.join(FILE);
+    let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "data dir {} is in use by another kardia process: stop it first, or give this one another --data-dir",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", file.display())),
     }
 }
 
@@ -199,7 +238,7 @@ mod tests {
             ..auto.clone()
         };
         let err = load_or_create(d.path(), &other, true).unwrap_err();
-        assert!(err.contains("--unit-depth 5"), "{err}");
+        assert!(err.contains("has unit depth 5"), "{err}");
         // A data dir from before units has none.
         let old = "kardia-data-dir v1\nname=a\nmember_id=1\ncluster_id=2\nshards=2\n";
         assert_eq!(parse(old).unwrap().unit_depth, Some(0));

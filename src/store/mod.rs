@@ -18,10 +18,11 @@ pub mod command;
 pub mod event;
 pub mod node;
 pub mod placement;
+pub mod reshard;
 pub mod space;
 pub mod watch;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -2068,7 +2069,7 @@ impl RemoteDir {
 
 /// Other shards' nodes by the id of their skeleton directory (the skeleton's
 /// ids are the same on every shard).
-pub type RemoteFiles = std::collections::HashMap<u64, RemoteDir>;
+pub type RemoteFiles = HashMap<u64, RemoteDir>;
 
 /// What kind of event [`Store::event`] renders.
 struct EventKind {

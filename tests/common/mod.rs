@@ -119,6 +119,11 @@ impl Server {
         }
     }
 
+    /// Replace the extra flags given at every later start.
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.extra_args = args.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Kill, then start again on the same data dir and ports.
     pub fn restart(&mut self) -> io::Result<()> {
         self.kill();
