@@ -102,9 +102,10 @@ pub fn load_or_create(
                 .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
             let mut want = want.clone();
             if want.shards == 0 {
-                // One shard: until a directory's creation stops parking every
-                // shard (issue #13), one is faster on HM9000's workload
-                // (docs/performance.md); `--shards N` opts in to more.
+                // One shard: with placement units two win HM9000's cold
+                // start, but one wins its steady state (listings that span
+                // shards cost more) and GETs (docs/performance.md);
+                // `--shards N` opts in to more.
                 want.shards = 1;
             }
             want.unit_depth.get_or_insert(DEFAULT_UNIT_DEPTH);
