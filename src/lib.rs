@@ -10,6 +10,7 @@ pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod raft;
 pub mod reshard;
 pub mod server;

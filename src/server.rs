@@ -352,6 +352,7 @@ async fn shard_main(
             }
         }
     }
+    store.observe_commits(shared.metrics.backend_commit.clone());
     let placeholder = Orderer::new(1, 0, &[], 0, Arc::new(AtomicU64::new(0)));
     let shard = Rc::new(Shard::new(store, placeholder, shared.clone(), view.clone()));
     let opts = RaftOptions {
@@ -444,6 +445,7 @@ async fn shard_main(
             cid,
             view.clone(),
             shard_dir.join("snap"),
+            &shard.shared.metrics,
         );
         *shard.transport.borrow_mut() = Some(t.clone());
         let peer_fds = std::mem::take(&mut *boot.peer_fds.lock().expect("peer fds"));

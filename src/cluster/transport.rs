@@ -53,6 +53,8 @@ const MAX_FRAME: usize = 64 << 20;
 
 /// One peer's outgoing queue.
 struct Peer {
+    /// Bytes written to it (`etcd_network_peer_sent_bytes_total`).
+    sent: prometheus::IntCounter,
     queue: RefCell<VecDeque<Vec<u8>>>,
     bytes: Cell<usize>,
     waker: RefCell<Option<Waker>>,
@@ -126,6 +128,9 @@ pub struct Transport {
     /// Append messages received and sent (`/v2/stats/self`).
     pub appends_received: Cell<u64>,
     pub appends_sent: Cell<u64>,
+    /// The member's byte counters by peer (`/metrics`).
+    bytes_sent: prometheus::IntCounterVec,
+    bytes_received: prometheus::IntCounterVec,
 }
 
 impl Transport {
@@ -156,6 +161,7 @@ impl Transport {
         cluster_id: u64,
         view: View,
         snap_dir: std::path::PathBuf,
+        metrics: &crate::metrics::Metrics,
     ) -> Rc<Transport> {
         // Files a crash left half received.
         let _ = std::fs::remove_dir_all(snap_dir.join("incoming"));
@@ -168,6 +174,8 @@ impl Transport {
             stats: RefCell::default(),
             appends_received: Cell::new(0),
             appends_sent: Cell::new(0),
+            bytes_sent: metrics.peer_sent.clone(),
+            bytes_received: metrics.peer_received.clone(),
         })
     }
 
@@ -207,6 +215,7 @@ impl Transport {
             return p.clone();
         }
         let p = Rc::new(Peer {
+            sent: self.bytes_sent.with_label_values(&[&format!("{id:x}")]),
             queue: RefCell::default(),
             bytes: Cell::new(0),
             waker: RefCell::default(),
@@ -293,6 +302,7 @@ async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
             if s.write_all(&buf).await.is_err() {
                 break;
             }
+            p.sent.inc_by(buf.len() as u64);
             if let Some((len, path)) = file {
                 if let Err(e) = snapfile::send_file(&mut s, &path, len).await {
                     tracing::warn!(peer = %format!("{id:x}"), error = %e, "snapshot not sent");
@@ -389,7 +399,9 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) 
     let mut buf = Vec::new();
     let mut told = false;
     let mut incoming = Incoming::default();
+    let received = t.bytes_received.with_label_values(&[&format!("{from:x}")]);
     while let Some(kind) = read_frame(&mut s, &mut buf).await {
+        received.inc_by(4 + buf.len() as u64);
         match kind {
             KIND_SNAP_CHUNK => {
                 if let Err(e) = incoming.chunk(&t.snap_dir.join("incoming"), &buf).await {

@@ -329,7 +329,12 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
     if single {
         node.campaign()?;
         shard.is_leader.set(node.raft.state == StateRole::Leader);
-        shard.leader_id.set(node.raft.leader_id);
+        let leader = node.raft.leader_id;
+        if shard.id == 0 && leader != 0 && shard.leader_id.replace(leader) != leader {
+            shard.shared.metrics.has_leader.set(1);
+            shard.shared.metrics.leader_changes.inc();
+        }
+        shard.leader_id.set(leader);
     }
     let wal = Wal::open(wal_dir, segments, log_end, opts.segment_bytes).await?;
     let now = Instant::now();
@@ -762,6 +767,8 @@ fn execute(
     reserved.clear();
     let mut escalated: Vec<(Vec<u8>, Option<Target>)> = Vec::new();
     let batch = std::mem::take(proposals);
+    shard.batch_commands.observe(batch.len() as f64);
+    let mut logged = 0u64;
     let mut queue = batch.into_iter();
     let r = shard.store.borrow_mut().batch(|st, txn| {
         for p in queue.by_ref() {
@@ -797,6 +804,7 @@ fn execute(
                         push_index(&mut data, i);
                     }
                     node.propose(Vec::new(), data).map_err(raft_fatal)?;
+                    logged += 1;
                 }
                 Some(Err(e)) if e.code == ESCALATE => {
                     escalated.push((data, p.target));
@@ -853,6 +861,10 @@ fn execute(
         );
         return Err(e.into());
     }
+    // One voter: executed (applied) first, committed by the batch's sync.
+    let m = &shard.shared.metrics;
+    m.proposals_committed.inc_by(logged);
+    m.proposals_applied.inc_by(logged);
     for (data, target) in escalated {
         global::submit(shard, Job::Write(data), target);
     }
@@ -916,7 +928,7 @@ async fn process_ready(
         let t = Instant::now();
         let synced = wal.sync().await;
         g.persist.put_wal(wal);
-        shard.metrics.record_sync(t.elapsed(), entries, synced?);
+        shard.record_sync(t.elapsed(), entries, synced?);
     } else {
         g.persist.put_wal(wal);
     }
@@ -1055,7 +1067,14 @@ fn after_apply(shard: &Shard, g: &mut Group, answers: &mut Vec<(Target, Answer)>
 /// A change of role or leader.
 fn note_role(shard: &Shard, ss: &raft::SoftState) {
     shard.is_leader.set(ss.raft_state == StateRole::Leader);
-    shard.leader_id.set(ss.leader_id);
+    let before = shard.leader_id.replace(ss.leader_id);
+    if shard.id == 0 {
+        let m = &shard.shared.metrics;
+        m.has_leader.set((ss.leader_id != 0) as i64);
+        if ss.leader_id != 0 && ss.leader_id != before {
+            m.leader_changes.inc();
+        }
+    }
     tracing::info!(shard = shard.id, leader = %format!("{:x}", ss.leader_id), role = ?ss.raft_state, "raft state");
 }
 

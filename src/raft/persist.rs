@@ -121,7 +121,7 @@ pub async fn run(p: Rc<Persister>, shard: Rc<Shard>) {
         if wal.has_pending() {
             let t = Instant::now();
             match wal.sync().await {
-                Ok(bytes) => shard.metrics.record_sync(t.elapsed(), entries, bytes),
+                Ok(bytes) => shard.record_sync(t.elapsed(), entries, bytes),
                 Err(e) => {
                     *p.failed.borrow_mut() = Some(e.to_string());
                     p.put_wal(wal);

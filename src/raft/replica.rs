@@ -312,6 +312,7 @@ pub(super) fn apply_entries(
     let mut removed = false;
     let mut told = Vec::new();
     let mut attrs_done = false;
+    let mut commands = 0u64;
     shard.store.borrow_mut().batch(|st, txn| {
         for e in entries.iter().filter(|e| e.index > applied) {
             let seq = own_request(me, &e.context);
@@ -335,6 +336,7 @@ pub(super) fn apply_entries(
                     }
                 }
                 EntryType::EntryNormal => {
+                    commands += 1;
                     if let Some(outcome) = st.execute(txn, &e.data)? {
                         let reply = Reply {
                             outcome,
@@ -399,5 +401,8 @@ pub(super) fn apply_entries(
         }
     }
     g.attrs_done |= attrs_done;
+    let m = &shard.shared.metrics;
+    m.proposals_committed.inc_by(commands);
+    m.proposals_applied.inc_by(commands);
     Ok(())
 }

@@ -687,6 +687,10 @@ fn finish_apply(
         removed,
     });
     events.push(e.clone());
+    // One raft entry on every shard, one proposal for the member.
+    let m = &shard.shared.metrics;
+    m.proposals_committed.inc();
+    m.proposals_applied.inc();
     reply(Ok(e))
 }
 

@@ -87,6 +87,8 @@ pub struct Shared {
     /// they carried.
     pub sessions: AtomicU64,
     pub session_jobs: AtomicU64,
+    /// The member's Prometheus series (`GET /metrics`).
+    pub metrics: crate::metrics::Metrics,
     /// The member-wide etcd index counter.
     pub counter: Arc<AtomicU64>,
     /// The node-wide closed index (see [`Orderer`]).
@@ -115,6 +117,8 @@ pub struct Figures {
     /// The live log: sealed segments kept, and bytes in the open one.
     pub wal_segments: AtomicU64,
     pub wal_offset: AtomicU64,
+    /// Write requests waiting for the shard's next batch.
+    pub queued: AtomicU64,
     /// `/v2/stats/store` counters, in [`crate::store::Stats`] field order.
     pub stats: [AtomicU64; 15],
 }
@@ -126,6 +130,7 @@ impl Shared {
             unit_depth,
             sessions: AtomicU64::new(0),
             session_jobs: AtomicU64::new(0),
+            metrics: crate::metrics::Metrics::new(),
             counter: Arc::new(AtomicU64::new(0)),
             closed: Arc::new(AtomicU64::new(0)),
             figures: (0..shards).map(|_| Figures::default()).collect(),
@@ -168,6 +173,8 @@ pub struct Shard {
     /// Set when the shard hit an I/O or corruption error and stopped.
     pub failed: RefCell<Option<String>>,
     pub metrics: Metrics,
+    /// This shard's series of `kardia_shard_batch_commands`.
+    pub batch_commands: prometheus::Histogram,
 }
 
 /// Counters of the write path, for diagnostics and benchmarks.
@@ -229,7 +236,12 @@ impl Shard {
     ) -> Shard {
         let placement = store.placement;
         let executed = store.index();
+        let batch_commands = shared
+            .metrics
+            .batch_size
+            .with_label_values(&[&placement.shard.to_string()]);
         Shard {
+            batch_commands,
             id: placement.shard,
             placement,
             store: RefCell::new(store),
@@ -252,6 +264,12 @@ impl Shard {
             failed: RefCell::new(None),
             metrics: Metrics::default(),
         }
+    }
+
+    /// One WAL write + fdatasync of `entries` entries and `bytes` bytes.
+    pub fn record_sync(&self, took: std::time::Duration, entries: u64, bytes: u64) {
+        self.metrics.record_sync(took, entries, bytes);
+        self.shared.metrics.wal_fsync.observe(took.as_secs_f64());
     }
 
     /// The membership.
@@ -417,6 +435,14 @@ impl Shard {
     /// Deliver an answer to whoever waits for it.
     pub fn answer(&self, target: Target, a: impl Into<Answer>) {
         let a = a.into();
+        if let Answer::Write(Reply {
+            outcome: Err(e), ..
+        }) = &a
+        {
+            if e.code == RAFT_INTERNAL {
+                self.shared.metrics.proposals_failed.inc();
+            }
+        }
         match target {
             Target::Local(slot) => self.complete(slot, a),
             Target::Remote { from, slot } if from == self.id => self.complete(slot, a),
@@ -483,6 +509,8 @@ impl Shard {
             .store(self.metrics.wal_bytes.get(), Ordering::Relaxed);
         f.writes
             .store(self.metrics.proposals.get(), Ordering::Relaxed);
+        f.queued
+            .store(self.inbox.borrow().queue.len() as u64, Ordering::Relaxed);
         f.watchers
             .store(self.orderer.borrow().hub.count() as u64, Ordering::Relaxed);
         let s = st.stats;

@@ -319,6 +319,8 @@ pub struct Store {
     /// shard is parked (a cut of the whole member), read after they resume
     /// ([`Store::take_cut`]).
     cut: Option<RoTxn<'static, WithoutTls>>,
+    /// Where the duration of each commit goes (`/metrics`).
+    commit_time: Option<prometheus::Histogram>,
     /// The shard stopped: no view is added any more ([`Store::freeze_views`]).
     frozen: bool,
 }
@@ -434,6 +436,7 @@ impl Store {
             prev: Vec::new(),
             views: VecDeque::new(),
             cut: None,
+            commit_time: None,
             frozen: false,
         })
     }
@@ -468,6 +471,11 @@ impl Store {
         self.cut = None;
         self.cut = Some(self.env.clone().static_read_txn()?);
         Ok(())
+    }
+
+    /// Observe the duration of every later commit in `h`.
+    pub fn observe_commits(&mut self, h: prometheus::Histogram) {
+        self.commit_time = Some(h);
     }
 
     /// Release the snapshot of [`Store::take_cut`] (it pins pages).
@@ -789,7 +797,11 @@ impl Store {
                 put_sealed(&self.meta, &mut wtxn, META_GSEQ, &self.gseq.to_le_bytes())?;
             }
             self.keep_history(&mut wtxn, pending_before)?;
+            let t = std::time::Instant::now();
             wtxn.commit()?;
+            if let Some(h) = &self.commit_time {
+                h.observe(t.elapsed().as_secs_f64());
+            }
             Ok((r, last))
         })();
         match r {

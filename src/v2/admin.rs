@@ -526,6 +526,20 @@ pub fn stats_leader(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     send(req, 200, JSON, &[], body.as_bytes(), out);
 }
 
+/// Prometheus metrics in the text format (etcd serves them on the client
+/// port too).
+pub fn metrics(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
+    if !only_get(req, out) {
+        return;
+    }
+    let sh = &api.shard;
+    sh.publish_figures();
+    let delivered = sh.orderer.borrow().delivered();
+    let mut body = Vec::with_capacity(16 << 10);
+    sh.shared.metrics.render(&sh.shared, delivered, &mut body);
+    send(req, 200, crate::metrics::CONTENT_TYPE, &[], &body, out);
+}
+
 /// kardia's diagnostics: per-shard keys, applied index, write-path counters.
 pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     if !only_get(req, out) {
