@@ -47,6 +47,8 @@ pub enum Job {
     Write(Vec<u8>),
     /// A recursive GET.
     Read(ReadReq),
+    /// An online backup of every shard at one cut into a new data dir.
+    Backup(std::path::PathBuf),
 }
 
 /// One step a parked shard performs for the coordinator.
@@ -77,6 +79,8 @@ pub enum SubResult {
     Outcome(Option<Outcome>),
     Batch(Vec<SubResult>),
     Collected(RemoteFiles),
+    /// A shard's backup copy is written: its size in bytes.
+    Copied(u64),
     Failed(String),
 }
 
@@ -103,6 +107,11 @@ pub enum Msg {
     },
     /// The session's reads are done: release the cut.
     DropCut,
+    /// Copy the store as of the cut into `dir` (the shard's folder of a
+    /// backup), off the executor; report [`SubResult::Copied`].
+    Backup {
+        dir: std::path::PathBuf,
+    },
     Result {
         shard: usize,
         result: SubResult,
@@ -206,6 +215,7 @@ pub fn on_message(shard: &Rc<Shard>, m: Msg) {
             report(shard, result);
         }
         Msg::DropCut => shard.store.borrow_mut().drop_cut(),
+        Msg::Backup { dir } => start_backup(shard, dir),
         Msg::Result {
             shard: from,
             result,
@@ -360,15 +370,24 @@ pub async fn coordinate(shard: Rc<Shard>) {
             .fetch_add(jobs.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let mut reads = Vec::new();
         let mut writes = Vec::with_capacity(jobs.len());
+        let mut backup = None;
         for (job, target) in jobs {
             match job {
                 Job::Read(req) => reads.push((req, target)),
                 Job::Write(data) => writes.push((data, target)),
+                Job::Backup(dir) if backup.is_none() => backup = Some((dir, target)),
+                Job::Backup(_) => {
+                    if let Some(t) = target {
+                        let e = V2Error::new(RAFT_INTERNAL, "another backup is running", 0);
+                        shard.answer(t, Answer::Read(Err(e)));
+                    }
+                }
             }
         }
-        // 1. Park everyone; with reads, each shard holds a snapshot where
-        // it parked: together a cut of the member at the counter's value.
-        let cut = !reads.is_empty();
+        // 1. Park everyone; with reads or a backup, each shard holds a
+        // snapshot where it parked: together a cut of the member at the
+        // counter's value.
+        let cut = !reads.is_empty() || backup.is_some();
         shard.global.parked.set(0);
         for peer in 1..n {
             shard.send(peer, MeshMsg::Global(Msg::Park { cut }));
@@ -439,13 +458,113 @@ pub async fn coordinate(shard: Rc<Shard>) {
                 shard.answer(t, a);
             }
         }
-        if cut {
+        // 6. A backup takes the cuts; else they are released.
+        if let Some((dir, target)) = backup {
+            let a = Answer::Read(run_backup(&shard, dir, cut_index).await);
+            if let Some(t) = target {
+                shard.answer(t, a);
+            }
+        } else if cut {
             for peer in 1..n {
                 shard.send(peer, MeshMsg::Global(Msg::DropCut));
             }
             shard.store.borrow_mut().drop_cut();
         }
     }
+}
+
+/// A shard's part of a backup: its store as of the cut, copied off the
+/// executor into `dir`.
+fn start_backup(shard: &Rc<Shard>, dir: std::path::PathBuf) {
+    let job = shard.store.borrow_mut().backup_job(dir.join("lmdb"));
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let result = match job {
+            None => SubResult::Failed(format!("shard {}: no snapshot to back up", shard.id)),
+            Some(job) => match glommio::executor().spawn_blocking(job).await {
+                Ok(bytes) => SubResult::Copied(bytes),
+                Err(e) => SubResult::Failed(format!("shard {}: {e}", shard.id)),
+            },
+        };
+        report(&shard, result);
+    })
+    .detach();
+}
+
+/// A backup at the session's cut (`index`): a new data dir in `dir` with
+/// this member's identity, every shard's store as of the cut and empty
+/// logs. Answers `{"dir":..,"index":..,"shards":..,"bytes":..}`.
+async fn run_backup(shard: &Rc<Shard>, dir: std::path::PathBuf, index: u64) -> ReadResult {
+    let n = shard.shared.shards;
+    let fail = |m: String| {
+        tracing::warn!(error = %m, "backup failed");
+        V2Error::new(RAFT_INTERNAL, format!("backup: {m}"), index)
+    };
+    let id = {
+        let view = shard.view().read().expect("membership");
+        crate::storage::identity::Identity {
+            name: view.local().name.clone(),
+            member_id: view.local().id,
+            cluster_id: view.id,
+            shards: n,
+            unit_depth: Some(shard.shared.unit_depth),
+        }
+    };
+    let prepare = {
+        let dir = dir.clone();
+        move || -> Result<(), String> {
+            std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            for i in 0..n {
+                let wal = dir.join(format!("shard-{i}")).join("wal");
+                std::fs::create_dir_all(&wal).map_err(|e| format!("{}: {e}", wal.display()))?;
+            }
+            Ok(())
+        }
+    };
+    let prepared = glommio::executor().spawn_blocking(prepare).await;
+    if let Err(m) = prepared {
+        for peer in 1..n {
+            shard.send(peer, MeshMsg::Global(Msg::DropCut));
+        }
+        shard.store.borrow_mut().drop_cut();
+        return Err(fail(m));
+    }
+    let all: Vec<usize> = (0..n).collect();
+    let send = |p: usize| {
+        let m = Msg::Backup {
+            dir: dir.join(format!("shard-{p}")),
+        };
+        if p == shard.id {
+            on_message(shard, m);
+        } else {
+            shard.send(p, MeshMsg::Global(m));
+        }
+    };
+    let copied = exchange(shard, &all, send).await;
+    let mut bytes = 0;
+    for (i, r) in copied.into_iter().enumerate() {
+        match r {
+            Some(SubResult::Copied(b)) => bytes += b,
+            Some(SubResult::Failed(m)) => return Err(fail(m)),
+            _ => return Err(fail(format!("shard {i} did not copy its store"))),
+        }
+    }
+    // The identity last: a backup without it is not a data dir.
+    let finish = {
+        let dir = dir.clone();
+        move || crate::storage::identity::write(&dir, &id)
+    };
+    glommio::executor()
+        .spawn_blocking(finish)
+        .await
+        .map_err(fail)?;
+    let mut body = b"{\"dir\":".to_vec();
+    crate::v2::json::write_str(&mut body, dir.display().to_string().as_bytes());
+    body.extend_from_slice(
+        format!(",\"index\":{index},\"shards\":{n},\"bytes\":{bytes}}}\n").as_bytes(),
+    );
+    tracing::info!(dir = %dir.display(), index, bytes, "backup written");
+    Ok((body, index))
 }
 
 fn send_sub(shard: &Rc<Shard>, to: usize, op: SubOp) {

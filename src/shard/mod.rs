@@ -396,6 +396,20 @@ impl Shard {
     }
 
     /// Read `key` on the shard that owns it (or member-wide).
+    /// An online backup of the member into `dir` (see `global::Job::Backup`).
+    pub async fn backup(self: &Rc<Self>, dir: std::path::PathBuf) -> ReadResult {
+        let slot = self.new_slot();
+        global::submit(self, global::Job::Backup(dir), Target::Local(slot));
+        let fut = AnswerFuture {
+            shard: self.clone(),
+            slot: Some(slot),
+        };
+        match fut.await {
+            Answer::Read(r) => r,
+            Answer::Write(_) => Err(V2Error::new(RAFT_INTERNAL, "etcdserver: internal error", 0)),
+        }
+    }
+
     pub async fn read(self: &Rc<Self>, owner: usize, req: mesh::ReadReq) -> ReadResult {
         let slot = self.new_slot();
         if owner == self.id {

@@ -23,7 +23,7 @@ pub mod space;
 pub mod watch;
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -670,6 +670,48 @@ impl Store {
         })();
         copy.prepare_for_closing().wait();
         info
+    }
+
+    /// Hand over the cut ([`Store::take_cut`]) as a backup job: a closure,
+    /// to run off the executor, that copies the store as of the cut into a
+    /// new LMDB environment in `dir` (record by record, in key order, so the
+    /// copy is compact), syncs it and returns its size in bytes. `None`
+    /// without a cut.
+    pub fn backup_job(&mut self, dir: PathBuf) -> Option<impl FnOnce() -> Result<u64> + Send> {
+        let txn = self.cut.take()?;
+        let dbs = [
+            ("nodes", self.nodes),
+            ("expiry", self.expiry),
+            ("meta", self.meta),
+            ("history", self.history),
+        ];
+        let map_size = self.env.info().map_size;
+        Some(move || -> Result<u64> {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::Corrupt(format!("{}: {e}", dir.display())))?;
+            let copy = open_env(&dir, map_size)?;
+            let r = (|| -> Result<()> {
+                let mut wtxn = copy.write_txn()?;
+                for (name, src) in dbs {
+                    let dst: Database<Bytes, Bytes> =
+                        copy.create_database(&mut wtxn, Some(name))?;
+                    for item in src.iter(&txn)? {
+                        let (k, v) = item?;
+                        dst.put_with_flags(&mut wtxn, heed::PutFlags::APPEND, k, v)?;
+                    }
+                }
+                wtxn.commit()?;
+                drop(txn);
+                copy.force_sync()?;
+                Ok(())
+            })();
+            copy.prepare_for_closing().wait();
+            r?;
+            let size = std::fs::metadata(dir.join("data.mdb"))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            Ok(size)
+        })
     }
 
     /// Replace this store's contents with the copy in `dir` (a snapshot

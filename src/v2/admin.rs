@@ -540,6 +540,62 @@ pub fn metrics(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     send(req, 200, crate::metrics::CONTENT_TYPE, &[], &body, out);
 }
 
+/// `POST /kardia/backup?dir=/absolute/path`: an online, consistent backup
+/// of the member into a new directory on its machine (see
+/// `shard::global::Job::Backup`), answered when it is complete and synced.
+pub struct PendingBackup {
+    dir: std::path::PathBuf,
+    http11: bool,
+}
+
+pub fn backup(
+    _api: &Api,
+    req: &Request<'_>,
+    out: &mut Vec<u8>,
+) -> Handled<super::keys::Pending, super::keys::Watch> {
+    if req.head.method != Method::Post {
+        let mut r = Response::start(out, req.head.http11, 405);
+        r.header("Allow", b"POST");
+        r.body(b"Method Not Allowed\n", req.head.method == Method::Head);
+        return Handled::Done;
+    }
+    let mut dir = Vec::new();
+    for pair in req.head.query.split(|&b| b == b'&') {
+        if let Some(v) = pair.strip_prefix(b"dir=") {
+            if super::form::unescape(v, &mut dir).is_err() {
+                dir.clear();
+            }
+        }
+    }
+    let dir = std::path::PathBuf::from(String::from_utf8_lossy(&dir).into_owned());
+    if !dir.is_absolute() {
+        let body = b"{\"message\":\"backup: give the new backup directory as ?dir=/absolute/path (it must not exist yet)\"}\n";
+        send(req, 400, JSON, &[], body, out);
+        return Handled::Done;
+    }
+    Handled::Pending(super::keys::Pending::Backup(PendingBackup {
+        dir,
+        http11: req.head.http11,
+    }))
+}
+
+pub async fn backup_done(api: &Api, p: PendingBackup, out: &mut Vec<u8>) {
+    let (status, body) = match api.shard.backup(p.dir).await {
+        Ok((body, _)) => (201, body),
+        Err(e) => {
+            let m = String::from_utf8_lossy(&e.cause).into_owned();
+            let mut b = Vec::new();
+            b.extend_from_slice(b"{\"message\":");
+            super::json::write_str(&mut b, m.as_bytes());
+            b.extend_from_slice(b"}\n");
+            (500, b)
+        }
+    };
+    let mut r = Response::start(out, p.http11, status);
+    r.header("Content-Type", JSON);
+    r.body(&body, false);
+}
+
 /// kardia's diagnostics: per-shard keys, applied index, write-path counters.
 pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     if !only_get(req, out) {

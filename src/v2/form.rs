@@ -185,7 +185,8 @@ pub fn parse_u64(v: &[u8]) -> Result<u64, Invalid> {
     Ok(n)
 }
 
-fn unescape(s: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+/// Go's `url.QueryUnescape` of `s` into `out` (cleared first).
+pub fn unescape(s: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
     out.clear();
     unescape_into(s, out)
 }

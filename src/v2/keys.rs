@@ -28,6 +28,8 @@ pub enum Pending {
     Read(PendingRead),
     /// A membership change (`/v2/members`).
     Members(super::admin::PendingMembers),
+    /// An online backup (`/kardia/backup`).
+    Backup(super::admin::PendingBackup),
 }
 
 /// A write on its way through its shard's raft group.
@@ -558,6 +560,7 @@ pub async fn complete(api: &Api, p: Pending, out: &mut Vec<u8>) {
         Pending::Write(w) => write(api, w, out).await,
         Pending::Read(r) => read(api, r, out).await,
         Pending::Members(m) => super::admin::change_members(api, m, out).await,
+        Pending::Backup(b) => super::admin::backup_done(api, b, out).await,
     }
 }
 

@@ -128,6 +128,7 @@ impl Service for Api {
             b"/v2/stats/leader" => admin::stats_leader(self, req, out),
             b"/debug/kardia/shards" => admin::shards(self, req, out),
             b"/metrics" => admin::metrics(self, req, out),
+            b"/kardia/backup" => return admin::backup(self, req, out),
             _ if p.starts_with(b"/v2/auth/") => admin::auth(self, req, &p[9..], out),
             _ if p == b"/v2/members" || p.starts_with(b"/v2/members/") => {
                 return admin::members(self, req, &p[11..], out);

@@ -60,6 +60,23 @@ impl Server {
         Server::launch(args, true)
     }
 
+    /// Like [`Server::start_with`], on a copy of the data dir `from` (a
+    /// backup, say).
+    pub fn start_from(from: &Path, args: &[&str]) -> io::Result<Server> {
+        let root = tempfile::Builder::new().prefix("kardia-test-").tempdir()?;
+        copy_dir(from, &root.path().join("data"))?;
+        let mut server = Server {
+            child: None,
+            root,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            power_cut: false,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
     fn launch(args: &[&str], power_cut: bool) -> io::Result<Server> {
         let root = tempfile::Builder::new().prefix("kardia-test-").tempdir()?;
         let mut server = Server {
