@@ -286,6 +286,21 @@ pub fn run(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Tell systemd (`Type=notify`) the member can serve, once `/health` would
+/// say so; nothing when not started by systemd.
+async fn notify_ready(shard: Rc<Shard>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    while !shard.healthy() {
+        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    match sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        Ok(()) => tracing::info!("told systemd the member is ready"),
+        Err(e) => tracing::warn!(error = %e, "could not notify systemd"),
+    }
+}
+
 /// Start-up facts shared by the executors.
 struct Boot {
     initial_voters: Vec<u64>,
@@ -434,9 +449,11 @@ async fn shard_main(
     shard.publish_figures();
     if shards > 1 {
         crate::shard::mesh::join(&shard, mesh).await?;
-        if i == 0 {
-            glommio::spawn_local(crate::shard::global::coordinate(shard.clone())).detach();
-        }
+    }
+    if i == 0 {
+        // Member-wide sessions: shards' operations, and backups (any count).
+        glommio::spawn_local(crate::shard::global::coordinate(shard.clone())).detach();
+        glommio::spawn_local(notify_ready(shard.clone())).detach();
     }
     if i == 0 {
         let cid = view.read().expect("membership").id;

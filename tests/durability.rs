@@ -281,14 +281,19 @@ fn unknown_flags_and_bad_values_exit_2_naming_the_flag() {
 }
 
 /// Online backup and restore (issue #15, point 5): `POST
-/// /kardia/backup?dir=...` under write load on two shards writes a data dir
+/// /kardia/backup?dir=...` under write load (one shard, then two) writes a data dir
 /// at one cut; `kardia check` passes on it; a member started on it (with
 /// `--force-new-cluster`, as after `etcdctl backup`) holds exactly the
 /// acknowledged writes up to the backup's index — with their values and
 /// indexes, none after it — and takes new writes above it.
 #[test]
 fn an_online_backup_restores_every_write_up_to_its_index() {
-    let server = Server::start_with(&["--shards", "2"]).expect("start kardia");
+    backup_and_restore("1");
+    backup_and_restore("2");
+}
+
+fn backup_and_restore(shards: &str) {
+    let server = Server::start_with(&["--shards", shards]).expect("start kardia");
     let port = server.client_port;
     let acked: Acked = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));

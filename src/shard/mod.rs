@@ -272,6 +272,21 @@ impl Shard {
         self.shared.metrics.wal_fsync.observe(took.as_secs_f64());
     }
 
+    /// Ready to serve (`/health`, and systemd's readiness): this shard
+    /// knows a leader, this member's attributes are applied (etcd's
+    /// ReadyNotify: clients that sync their endpoints from the member list
+    /// see its URLs) and no shard of the member has stopped.
+    pub fn healthy(&self) -> bool {
+        self.failed.borrow().is_none()
+            && self.leader_id.get() != 0
+            && self.attrs_applied.get()
+            && self
+                .shared
+                .figures
+                .iter()
+                .all(|f| f.failed.load(Ordering::Relaxed) == 0)
+    }
+
     /// The membership.
     pub fn view(&self) -> &crate::cluster::View {
         &self.view

@@ -59,19 +59,7 @@ pub fn health(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     if !only_get(req, out) {
         return;
     }
-    // Healthy when this shard knows a leader, this member's attributes are
-    // applied (etcd's ReadyNotify: clients that sync their endpoints from
-    // the member list see its URLs) and no shard of the member has stopped.
-    let healthy = api.shard.failed.borrow().is_none()
-        && api.shard.leader_id.get() != 0
-        && api.shard.attrs_applied.get()
-        && api
-            .shard
-            .shared
-            .figures
-            .iter()
-            .all(|f| f.failed.load(Ordering::Relaxed) == 0);
-    if healthy {
+    if api.shard.healthy() {
         send(req, 200, TEXT, &[], b"{\"health\":\"true\"}", out);
     } else {
         send(req, 503, TEXT, &[], b"{\"health\":\"false\"}\n", out);
