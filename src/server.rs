@@ -240,10 +240,22 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let barrier = Arc::new(Barrier::new(shards));
     let view: crate::cluster::View = Arc::new(std::sync::RwLock::new(cluster));
     let mut handles = Vec::new();
+    let client_tls = match &cfg.client_tls {
+        Some(t)
+            if cfg
+                .listen_client_urls
+                .iter()
+                .any(|u| u.starts_with("https://")) =>
+        {
+            Some(crate::http::tls::server_config(t)?)
+        }
+        _ => None,
+    };
     let boot = Arc::new(Boot {
         initial_voters,
         peer_fds: std::sync::Mutex::new(peer_fds),
         history: std::sync::Mutex::new((Vec::new(), 0)),
+        client_tls,
     });
     for i in 0..shards {
         let cfg = cfg.clone();
@@ -309,6 +321,8 @@ struct Boot {
     /// Every shard's stored events and the index from which all of them
     /// are known (the largest of the shards'): the member's event history.
     history: std::sync::Mutex<(Vec<Arc<crate::store::Event>>, u64)>,
+    /// TLS for the https:// client listeners.
+    client_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// One executor: recover its shard, wait for the others, then serve.
@@ -484,14 +498,19 @@ async fn shard_main(
         cfg.initial_cluster_token.clone(),
     ));
     let limits = Rc::new(cfg.limits.clone());
-    for fd in fds {
+    for (fd, url) in fds.into_iter().zip(&cfg.listen_client_urls) {
         // SAFETY: `fd` is a duplicate of a bound, listening socket we own.
         let l = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+        let tls = url
+            .starts_with("https://")
+            .then(|| boot.client_tls.clone())
+            .flatten();
         glommio::spawn_local(crate::http::serve(
             l,
             api.clone(),
             limits.clone(),
             shared.open.clone(),
+            tls,
         ))
         .detach();
     }

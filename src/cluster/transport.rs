@@ -235,7 +235,10 @@ impl Transport {
 
 /// `http://host:port/...` → `host:port`.
 pub fn host_port(url: &str) -> &str {
-    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
     rest.split('/').next().unwrap_or(rest)
 }
 

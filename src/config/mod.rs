@@ -29,6 +29,8 @@ pub struct Config {
     pub shards: usize,
     /// `--unit-depth` (None: the data dir's, or the default for a new one).
     pub unit_depth: Option<usize>,
+    /// TLS for https:// client URLs (`--cert-file`, `--key-file`, ...).
+    pub client_tls: Option<crate::http::tls::ClientTls>,
     pub history: usize,
     pub map_size: usize,
     /// How often the store is synced to disk (and the WAL it covers freed).
@@ -155,6 +157,18 @@ const FLAGS: &[(&str, Kind)] = &[
     ("checkpoint-interval", Kind::Str),
     ("wal-segment-bytes", Kind::Str),
     ("log-level", Kind::Str),
+    // Client TLS (3.x names; 0.4's -cert-file/-key-file/-ca-file).
+    ("cert-file", Kind::Str),
+    ("key-file", Kind::Str),
+    ("trusted-ca-file", Kind::Str),
+    ("client-cert-auth", Kind::Bool),
+    ("ca-file", Kind::Str),
+    // Peer TLS: refused with a message (not built yet).
+    ("peer-cert-file", Kind::Str),
+    ("peer-key-file", Kind::Str),
+    ("peer-trusted-ca-file", Kind::Str),
+    ("peer-client-cert-auth", Kind::Bool),
+    ("peer-ca-file", Kind::Str),
     // etcd flags kardia accepts and ignores.
     ("snapshot-count", Kind::Str),
     ("cors", Kind::IgnoredStr),
@@ -278,9 +292,24 @@ fn url_list(name: &str, v: &str) -> Result<Vec<String>, String> {
 }
 
 fn check_url(name: &str, u: &str) -> Result<(), String> {
-    let rest = u.strip_prefix("http://").ok_or_else(|| {
-        format!("invalid URL {u:?} for flag -{name}: kardia serves plain http:// URLs")
-    })?;
+    let client = matches!(
+        name,
+        "listen-client-urls" | "advertise-client-urls" | "addr" | "bind-addr"
+    );
+    let rest = match (u.strip_prefix("http://"), u.strip_prefix("https://")) {
+        (Some(r), _) => r,
+        (None, Some(r)) if client => r,
+        (None, Some(_)) => {
+            return Err(format!(
+                "invalid URL {u:?} for flag -{name}: the peer transport is plain TCP in this version (peer TLS is not supported yet)"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "invalid URL {u:?} for flag -{name}: expected http://host:port or https://host:port"
+            ))
+        }
+    };
     let hostport = rest.split('/').next().unwrap_or("");
     match hostport.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(()),
@@ -290,10 +319,13 @@ fn check_url(name: &str, u: &str) -> Result<(), String> {
     }
 }
 
-/// `host:port` (0.4 style) → `http://host:port`.
-fn addr_url(name: &str, v: &str) -> Result<String, String> {
-    let u = if v.starts_with("http://") {
+/// `host:port` (0.4 style) → `http://host:port` (`https://` when
+/// `tls`: a 0.4 member with `-cert-file` served TLS on `-addr`).
+fn addr_url(name: &str, v: &str, tls: bool) -> Result<String, String> {
+    let u = if v.starts_with("http://") || v.starts_with("https://") {
         v.to_string()
+    } else if tls {
+        format!("https://{v}")
     } else {
         format!("http://{v}")
     };
@@ -315,16 +347,29 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
 
     // 0.4 flags map onto the 2.x ones (spec 10.2). kardia listens where it
     // advertises unless a bind address is given (never silently on 0.0.0.0).
-    let addr = get("addr").map(|v| addr_url("addr", v)).transpose()?;
+    let tls0 = get("cert-file").is_some();
+    let addr = get("addr").map(|v| addr_url("addr", v, tls0)).transpose()?;
     let bind = get("bind-addr")
-        .map(|v| addr_url("bind-addr", v))
+        .map(|v| addr_url("bind-addr", v, tls0))
         .transpose()?;
     let peer_addr = get("peer-addr")
-        .map(|v| addr_url("peer-addr", v))
+        .map(|v| addr_url("peer-addr", v, false))
         .transpose()?;
     let peer_bind = get("peer-bind-addr")
-        .map(|v| addr_url("peer-bind-addr", v))
+        .map(|v| addr_url("peer-bind-addr", v, false))
         .transpose()?;
+    for f in [
+        "peer-cert-file",
+        "peer-key-file",
+        "peer-trusted-ca-file",
+        "peer-ca-file",
+    ] {
+        if get(f).is_some() {
+            return Err(format!(
+                "flag -{f}: peer TLS is not supported in this version (the peer transport is plain TCP; run members on a private network)"
+            ));
+        }
+    }
 
     let listen_client_urls = match (get("listen-client-urls"), &bind, &addr) {
         (Some(v), _, _) => url_list("listen-client-urls", v)?,
@@ -383,7 +428,7 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         .map(str::trim)
         .filter(|s| !s.is_empty())
     {
-        let u = addr_url("peers", p)?;
+        let u = addr_url("peers", p, false)?;
         peers.push(crate::cluster::transport::host_port(&u).to_string());
     }
     let state = get("initial-cluster-state").unwrap_or("new").to_string();
@@ -422,6 +467,27 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         }
         shards = 1;
     }
+    // Client TLS: used on https:// listeners (etcd 3.4's rule); 0.4's
+    // -ca-file also asks for client certificates.
+    let https = listen_client_urls.iter().any(|u| u.starts_with("https://"));
+    let client_cert_auth = get("client-cert-auth")
+        .map(|v| parse_bool("client-cert-auth", v))
+        .transpose()?
+        .unwrap_or(false)
+        || get("ca-file").is_some();
+    let client_tls = match (get("cert-file"), get("key-file")) {
+        (Some(c), Some(k)) => Some(crate::http::tls::ClientTls {
+            cert_file: PathBuf::from(c),
+            key_file: PathBuf::from(k),
+            trusted_ca_file: get("trusted-ca-file").or(get("ca-file")).map(PathBuf::from),
+            client_cert_auth,
+        }),
+        (None, None) if https => {
+            return Err("an https:// client URL needs --cert-file and --key-file".into())
+        }
+        (None, None) => None,
+        _ => return Err("give both --cert-file and --key-file".into()),
+    };
     let mut limits = Limits::default();
     limits.max_head = num(vals, "max-header-bytes", limits.max_head)?;
     limits.max_body = num(vals, "max-body-bytes", limits.max_body + (64 << 10))?;
@@ -447,6 +513,7 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         heartbeat: Duration::from_millis(heartbeat_ms),
         election: Duration::from_millis(election_ms),
         shards,
+        client_tls,
         unit_depth: match get("unit-depth") {
             None => None,
             Some(_) => Some(num::<usize>(vals, "unit-depth", 0)?.min(64)),
@@ -506,6 +573,12 @@ usage: kardia [flags]      (flags take one or two dashes; each is also ETCD_<NAM
                                     also whenever a WAL segment fills)
   --wal-segment-bytes N             WAL segment size (default 67108864)
   --log-level LEVEL                 error|warn|info|debug (default info)
+  --cert-file FILE, --key-file FILE TLS certificate chain and key (PEM) for the
+                                    https:// client URLs
+  --trusted-ca-file FILE            CA bundle (PEM) client certificates must chain to
+  --client-cert-auth                refuse clients without such a certificate
+                                    (0.4: -cert-file, -key-file, -ca-file; -ca-file
+                                    also turns on client-cert-auth)
 
 0.4-era flags: -name -data-dir -addr -bind-addr -peer-addr -peer-bind-addr -f/-force
   -peers HOST:PORT,...              join a running cluster through any of these peer addresses

@@ -1,6 +1,7 @@
 //! The HTTP/1.1 front end: accepting connections and running each one.
 //!
-//! Bytes arrive from a glommio `TcpStream` into one buffer per connection;
+//! Bytes arrive from a glommio `TcpStream`, or TLS over it on an https://
+//! listener ([`tls`]), into one buffer per connection;
 //! heads are parsed in place ([`request`]), bodies are taken by
 //! Content-Length or chunked framing, and each request is handed to a
 //! [`Service`] as a borrowed [`Request`]. Responses are appended to one
@@ -22,6 +23,7 @@
 
 pub mod request;
 pub mod response;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -31,7 +33,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
+use tls::Stream;
 
 use request::{decode_chunked, parse_head, HeadError};
 pub use request::{Framing, Head, Method};
@@ -107,13 +110,16 @@ pub trait Service: 'static {
     fn cancel(&self, w: Self::Watch);
 }
 
-/// Accept connections on `listener` forever, one task each.
+/// Accept connections on `listener` forever, one task each; with `tls`,
+/// each connection is a TLS handshake first (within the head timeout).
 pub async fn serve<S: Service>(
     listener: TcpListener,
     svc: Rc<S>,
     limits: Rc<Limits>,
     open: Arc<AtomicUsize>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
+    let acceptor = tls.map(futures_rustls::TlsAcceptor::from);
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
@@ -126,11 +132,13 @@ pub async fn serve<S: Service>(
         // The cap is member-wide: every executor counts in `open`.
         if open.fetch_add(1, Ordering::Relaxed) >= limits.max_connections {
             open.fetch_sub(1, Ordering::Relaxed);
-            // Over the cap: refuse politely and close.
-            let mut out = Vec::new();
-            let mut s = stream;
-            plain_close(&mut out, 503, "too many connections");
-            let _ = s.write_all(&out).await;
+            // Over the cap: refuse politely (in plain HTTP) and close.
+            if acceptor.is_none() {
+                let mut out = Vec::new();
+                let mut s = stream;
+                plain_close(&mut out, 503, "too many connections");
+                let _ = s.write_all(&out).await;
+            }
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -138,8 +146,24 @@ pub async fn serve<S: Service>(
         // connection) forever.
         let _ = stream.set_write_timeout(Some(limits.idle_timeout));
         let (svc, limits, open) = (svc.clone(), limits.clone(), open.clone());
+        let acceptor = acceptor.clone();
         glommio::spawn_local(async move {
-            Conn::new(stream).run(&*svc, &limits).await;
+            let stream = match acceptor {
+                None => Some(Stream::Plain(stream)),
+                Some(a) => {
+                    let _ = stream.set_read_timeout(Some(limits.head_timeout));
+                    match a.accept(stream).await {
+                        Ok(s) => Some(Stream::Tls(Box::new(s))),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(stream) = stream {
+                Conn::new(stream).run(&*svc, &limits).await;
+            }
             open.fetch_sub(1, Ordering::Relaxed);
         })
         .detach();
@@ -147,7 +171,7 @@ pub async fn serve<S: Service>(
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -162,7 +186,7 @@ enum Step {
 }
 
 impl Conn {
-    fn new(stream: TcpStream) -> Conn {
+    fn new(stream: Stream) -> Conn {
         Conn {
             stream,
             buf: vec![0; 16 << 10],
@@ -257,7 +281,7 @@ impl Conn {
                 },
                 None => limits.idle_timeout,
             };
-            let _ = self.stream.set_read_timeout(Some(timeout));
+            let _ = self.stream.tcp().set_read_timeout(Some(timeout));
             match self.stream.read(&mut self.buf[self.end..]).await {
                 Ok(0) => return,
                 Ok(n) => self.end += n,
@@ -285,7 +309,11 @@ impl Conn {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            let r = self.stream.write_all(&self.out).await;
+            let mut r = self.stream.write_all(&self.out).await;
+            if r.is_ok() && matches!(self.stream, Stream::Tls(_)) {
+                // TLS records may wait in the session until flushed.
+                r = self.stream.flush().await;
+            }
             self.out.clear();
             r?;
         }
@@ -501,7 +529,7 @@ impl Conn {
             return false;
         }
         let stream = svc.is_stream(&w);
-        let _ = self.stream.set_read_timeout(None);
+        let _ = self.stream.tcp().set_read_timeout(None);
         loop {
             // Watch the socket too, so a client that leaves frees its watcher.
             if self.end == self.buf.len() {
