@@ -17,4 +17,5 @@ pub mod server;
 pub mod shard;
 pub mod storage;
 pub mod store;
+pub mod tls;
 pub mod v2;

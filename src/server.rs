@@ -58,7 +58,7 @@ pub fn cluster_of(cfg: &Config) -> Cluster {
 /// 0.x `-peers`: ask the listed members, in turn, to add this one; retry
 /// for a while (the cluster may be electing). Returns the cluster, with
 /// this member in it.
-fn join(cfg: &Config) -> Result<Cluster, String> {
+fn join(cfg: &Config, tls: Option<&crate::tls::PeerConfigs>) -> Result<Cluster, String> {
     let me = Member {
         id: 0,
         name: cfg.name.clone(),
@@ -67,7 +67,7 @@ fn join(cfg: &Config) -> Result<Cluster, String> {
     };
     let addrs: Vec<&str> = cfg.peers.iter().map(String::as_str).collect();
     let c = ask_peers(&addrs, Duration::from_secs(60), |addr| {
-        match crate::cluster::transport::request_join(addr, &me) {
+        match crate::cluster::transport::request_join(addr, &me, tls) {
             Ok(bytes) => Ok(Cluster::decode_named(&bytes, &me.name)
                 .ok_or_else(|| format!("{addr}: the join reply does not list this member"))),
             Err(e) if e.contains("already in the cluster") || e.contains("runs one") => {
@@ -112,7 +112,11 @@ fn ask_peers<T>(
 /// `--initial-cluster-state existing`: this member was added through the
 /// members API; learn the cluster (its id and members) from another member
 /// listed in `--initial-cluster`.
-fn existing_membership(cfg: &Config, flags: Cluster) -> Result<Cluster, String> {
+fn existing_membership(
+    cfg: &Config,
+    flags: Cluster,
+    tls: Option<&crate::tls::PeerConfigs>,
+) -> Result<Cluster, String> {
     let me = flags.local().clone();
     let addrs: Vec<&str> = flags
         .members
@@ -122,7 +126,7 @@ fn existing_membership(cfg: &Config, flags: Cluster) -> Result<Cluster, String> 
         .map(|u| crate::cluster::transport::host_port(u))
         .collect();
     let bytes = ask_peers(&addrs, Duration::from_secs(30), |addr| {
-        crate::cluster::transport::request_membership(addr)
+        crate::cluster::transport::request_membership(addr, tls)
     })
     .map_err(|last| format!("cannot reach the cluster to join it: {last}"))?;
     let Some(mut c) = Cluster::decode(&bytes, me.id) else {
@@ -178,16 +182,20 @@ pub fn run(cfg: Config) -> Result<(), String> {
     give_back_large_buffers();
     crate::storage::powercut::init(&cfg.data_dir)?;
     let mut cluster = cluster_of(&cfg);
+    let peer_tls = match &cfg.peer_tls {
+        Some(t) => Some(Arc::new(crate::tls::peer_configs(t)?)),
+        None => None,
+    };
     let existing = cfg.data_dir.join(identity::FILE).exists();
     // Voters of a new raft group: this member alone, the static cluster,
     // or none (joining: the leader brings this member up to date).
     let mut initial_voters = vec![cluster.local().id];
     if !existing {
         if !cfg.peers.is_empty() {
-            cluster = join(&cfg)?;
+            cluster = join(&cfg, peer_tls.as_deref())?;
             initial_voters.clear();
         } else if cfg.initial_cluster_state == "existing" {
-            cluster = existing_membership(&cfg, cluster)?;
+            cluster = existing_membership(&cfg, cluster, peer_tls.as_deref())?;
             initial_voters.clear();
         } else {
             initial_voters = cluster.members.iter().map(|m| m.id).collect();
@@ -247,7 +255,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
                 .iter()
                 .any(|u| u.starts_with("https://")) =>
         {
-            Some(crate::http::tls::server_config(t)?)
+            Some(crate::tls::server_config(t)?)
         }
         _ => None,
     };
@@ -256,6 +264,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         peer_fds: std::sync::Mutex::new(peer_fds),
         history: std::sync::Mutex::new((Vec::new(), 0)),
         client_tls,
+        peer_tls,
     });
     for i in 0..shards {
         let cfg = cfg.clone();
@@ -323,6 +332,8 @@ struct Boot {
     history: std::sync::Mutex<(Vec<Arc<crate::store::Event>>, u64)>,
     /// TLS for the https:// client listeners.
     client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS for the peer transport.
+    peer_tls: Option<Arc<crate::tls::PeerConfigs>>,
 }
 
 /// One executor: recover its shard, wait for the others, then serve.
@@ -477,6 +488,7 @@ async fn shard_main(
             view.clone(),
             shard_dir.join("snap"),
             &shard.shared.metrics,
+            boot.peer_tls.as_deref(),
         );
         *shard.transport.borrow_mut() = Some(t.clone());
         let peer_fds = std::mem::take(&mut *boot.peer_fds.lock().expect("peer fds"));

@@ -5,7 +5,9 @@
 //! `--client-cert-auth` any client that trusts the CA is served; with it, a
 //! client without a certificate, or with one from another CA, is refused in
 //! the handshake. 0.4's `-cert-file/-key-file/-ca-file` do the same on
-//! `-addr`. Peer TLS is refused with a message (not built yet).
+//! `-addr`. Members of a cluster talk over TLS with `--peer-*` flags and
+//! https:// peer URLs; a member whose certificate comes from another CA is
+//! refused by the others and never gets their data.
 
 mod common;
 
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cluster::{put, Cluster};
 use common::{etcdctl, free_port, have, missing};
 
 struct Certs {
@@ -65,10 +68,17 @@ fn make_certs() -> Certs {
     )
     .unwrap();
     std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    std::fs::write(
+        d.join("member.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
     for (name, ca, ext) in [
         ("server", "ca", "server.ext"),
         ("client", "ca", "client.ext"),
         ("stranger", "other-ca", "client.ext"),
+        ("member", "ca", "member.ext"),
+        ("rogue", "other-ca", "member.ext"),
     ] {
         openssl(
             d,
@@ -286,20 +296,113 @@ fn client_cert_auth_refuses_clients_without_a_trusted_certificate() {
     }
 }
 
+/// A static cluster of three whose peer URLs are https://, each member
+/// with the certificate files of `certs(i)`.
+fn tls_cluster(c: &Certs, certs: impl Fn(usize) -> (&'static str, &'static str)) -> Cluster {
+    let mut cl = Cluster::unstarted(3);
+    let spec = cl.initial_cluster().replace("http://", "https://");
+    let token = cl.token.clone();
+    for (i, m) in cl.members.iter_mut().enumerate() {
+        let (cert, ca) = certs(i);
+        let extra = [
+            "--peer-cert-file".to_string(),
+            c.s(&format!("{cert}.crt")),
+            "--peer-key-file".into(),
+            c.s(&format!("{cert}.key")),
+            "--peer-trusted-ca-file".into(),
+            c.s(&format!("{ca}.crt")),
+            "--peer-client-cert-auth".into(),
+        ];
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let peer = m.peer_url();
+        m.args = m
+            .static_args(&spec, &token, &extra)
+            .into_iter()
+            .map(|a| {
+                if a == peer {
+                    a.replace("http://", "https://")
+                } else {
+                    a
+                }
+            })
+            .collect();
+    }
+    cl
+}
+
 #[test]
-fn peer_tls_is_refused_with_a_message() {
-    let out = Command::new(env!("CARGO_BIN_EXE_kardia"))
-        .args(["--peer-cert-file", "/nonexistent.crt"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("peer TLS is not supported"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_kardia"))
-        .args(["--listen-client-urls", "https://127.0.0.1:1"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+fn members_replicate_over_peer_tls_and_refuse_another_ca() {
+    if !tools() {
+        return;
+    }
+    let c = make_certs();
+    let mut cl = tls_cluster(&c, |_| ("member", "ca"));
+    for m in &mut cl.members {
+        m.spawn().unwrap();
+    }
+    for m in &mut cl.members {
+        m.wait_healthy(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let r = put(cl.port(0), "/tls/k", "over-peer-tls").unwrap();
+    assert!(r.code() < 300, "{}", r.body_str());
+    for i in 1..3 {
+        cl.wait_value(i, "/tls/k", Some("over-peer-tls"), Duration::from_secs(10));
+    }
+    drop(cl);
+
+    // n3's certificate (and trust) come from another CA: n1 and n2 form the
+    // quorum and refuse it; it never learns their data.
+    let mut cl = tls_cluster(&c, |i| {
+        if i == 2 {
+            ("rogue", "other-ca")
+        } else {
+            ("member", "ca")
+        }
+    });
+    for m in &mut cl.members {
+        m.spawn().unwrap();
+    }
+    for i in 0..2 {
+        cl.members[i]
+            .wait_healthy(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}\n{}", cl.logs()));
+    }
+    let r = put(cl.port(0), "/tls/k", "members-only").unwrap();
+    assert!(r.code() < 300, "{}", r.body_str());
+    cl.wait_value(1, "/tls/k", Some("members-only"), Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_ne!(
+        cl.get_value(2, "/tls/k").ok().flatten().as_deref(),
+        Some("members-only"),
+        "a member with another CA's certificate got the data"
+    );
+    assert!(
+        cl.members[0].log_tail(400).contains("peer TLS handshake"),
+        "no refused handshake in n1's log:\n{}",
+        cl.members[0].log_tail(40)
+    );
+}
+
+#[test]
+fn tls_flags_are_checked_at_start() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kardia"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--listen-client-urls", "https://127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--cert-file"), "{err}");
+    let (code, err) = run(&["--listen-peer-urls", "https://127.0.0.1:1"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--peer-cert-file"), "{err}");
+    let (code, err) = run(&["--peer-cert-file", "a.crt", "--peer-key-file", "a.key"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--peer-trusted-ca-file"), "{err}");
 }

@@ -29,6 +29,7 @@ use raft::eraftpb::Message;
 use super::snapfile::{self, Descriptor, Incoming, KIND_SNAP_CHUNK};
 use super::{Member, View};
 use crate::shard::{Answer, Shard};
+use crate::tls::Stream;
 
 const MAGIC: &[u8; 4] = b"KRFT";
 /// A raft message: `u16 shard`, then the protobuf message.
@@ -131,6 +132,9 @@ pub struct Transport {
     /// The member's byte counters by peer (`/metrics`).
     bytes_sent: prometheus::IntCounterVec,
     bytes_received: prometheus::IntCounterVec,
+    /// Peer TLS (`--peer-cert-file`): dial and accept through these.
+    connector: Option<futures_rustls::TlsConnector>,
+    acceptor: Option<futures_rustls::TlsAcceptor>,
 }
 
 impl Transport {
@@ -162,6 +166,7 @@ impl Transport {
         view: View,
         snap_dir: std::path::PathBuf,
         metrics: &crate::metrics::Metrics,
+        tls: Option<&crate::tls::PeerConfigs>,
     ) -> Rc<Transport> {
         // Files a crash left half received.
         let _ = std::fs::remove_dir_all(snap_dir.join("incoming"));
@@ -176,6 +181,8 @@ impl Transport {
             appends_sent: Cell::new(0),
             bytes_sent: metrics.peer_sent.clone(),
             bytes_received: metrics.peer_received.clone(),
+            connector: tls.map(|c| futures_rustls::TlsConnector::from(c.client.clone())),
+            acceptor: tls.map(|c| futures_rustls::TlsAcceptor::from(c.server.clone())),
         })
     }
 
@@ -225,11 +232,14 @@ impl Transport {
         p
     }
 
-    fn peer_addr(&self, id: u64) -> Option<std::net::SocketAddr> {
+    /// Where peer `id` listens, and the host name its certificate carries.
+    fn peer_addr(&self, id: u64) -> Option<(std::net::SocketAddr, String)> {
         let view = self.view.read().ok()?;
         let m = view.get(id)?;
         let url = m.peer_urls.first()?;
-        host_port(url).to_socket_addrs().ok()?.next()
+        let hp = host_port(url);
+        let host = hp.rsplit_once(':').map_or(hp, |(h, _)| h).to_string();
+        Some((hp.to_socket_addrs().ok()?.next()?, host))
     }
 }
 
@@ -257,12 +267,12 @@ async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
         if removed && p.queue.borrow().is_empty() {
             return;
         }
-        let Some(addr) = t.peer_addr(id) else {
+        let Some((addr, host)) = t.peer_addr(id) else {
             glommio::timer::sleep(Duration::from_millis(200)).await;
             continue;
         };
         let conn = glommio::net::TcpStream::connect_timeout(addr, Duration::from_millis(500)).await;
-        let mut s = match conn {
+        let s = match conn {
             Ok(s) => s,
             Err(_) => {
                 // While the peer is unreachable, keep only the newest messages.
@@ -274,9 +284,23 @@ async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
         };
         let _ = s.set_nodelay(true);
         user_timeout(&s);
+        let mut s = match &t.connector {
+            None => Stream::Plain(s),
+            Some(c) => match dial_tls(c, &host, s).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(peer = %format!("{id:x}"), error = %e, "peer TLS handshake failed");
+                    drop_old(&p, 64);
+                    glommio::timer::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
         if s.write_all(&encode_hello(t.me, t.cluster_id))
             .await
             .is_err()
+            || s.flush().await.is_err()
         {
             glommio::timer::sleep(backoff).await;
             continue;
@@ -369,7 +393,27 @@ pub async fn serve(l: glommio::net::TcpListener, t: Rc<Transport>, shard: Rc<Sha
 }
 
 /// A peer connection read through a buffer: one receive brings many frames.
-type PeerReader = futures_lite::io::BufReader<glommio::net::TcpStream>;
+type PeerReader = futures_lite::io::BufReader<Stream>;
+
+/// How long a peer TLS handshake may take.
+const HANDSHAKE: Duration = Duration::from_secs(3);
+
+/// A TLS session to a peer at `host` over `s`, within [`HANDSHAKE`].
+async fn dial_tls(
+    c: &futures_rustls::TlsConnector,
+    host: &str,
+    s: glommio::net::TcpStream,
+) -> Result<Stream, String> {
+    let name = crate::tls::server_name(host)?;
+    let connect = async { c.connect(name, s).await.map_err(|e| e.to_string()) };
+    let late = async {
+        glommio::timer::sleep(HANDSHAKE).await;
+        Err("timed out".to_string())
+    };
+    futures_lite::future::or(connect, late)
+        .await
+        .map(|s| Stream::TlsClient(Box::new(s)))
+}
 
 async fn read_frame(s: &mut PeerReader, buf: &mut Vec<u8>) -> Option<u8> {
     let mut len = [0u8; 4];
@@ -383,6 +427,23 @@ async fn read_frame(s: &mut PeerReader, buf: &mut Vec<u8>) -> Option<u8> {
 async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) {
     let _ = s.set_nodelay(true);
     user_timeout(&s);
+    let s = match &t.acceptor {
+        None => Stream::Plain(s),
+        Some(a) => {
+            let accept = async { a.accept(s).await.map_err(|e| e.to_string()) };
+            let late = async {
+                glommio::timer::sleep(HANDSHAKE).await;
+                Err("timed out".to_string())
+            };
+            match futures_lite::future::or(accept, late).await {
+                Ok(s) => Stream::Tls(Box::new(s)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer TLS handshake refused");
+                    return;
+                }
+            }
+        }
+    };
     let mut s = futures_lite::io::BufReader::with_capacity(256 << 10, s);
     let mut hello = [0u8; 20];
     if s.read_exact(&mut hello).await.is_err() {
@@ -528,32 +589,56 @@ async fn join(shard: &Rc<Shard>, line: &[u8]) -> Result<Vec<u8>, String> {
 
 /// Ask the member at peer address `addr` to add `me`; blocking, used once
 /// at start-up before the executors run. Returns the encoded cluster.
-pub fn request_join(addr: &str, me: &Member) -> Result<Vec<u8>, String> {
-    exchange(addr, KIND_JOIN, me.encode().as_bytes())
+pub fn request_join(
+    addr: &str,
+    me: &Member,
+    tls: Option<&crate::tls::PeerConfigs>,
+) -> Result<Vec<u8>, String> {
+    exchange(addr, KIND_JOIN, me.encode().as_bytes(), tls)
 }
 
 /// Ask the member at peer address `addr` for the membership.
-pub fn request_membership(addr: &str) -> Result<Vec<u8>, String> {
-    exchange(addr, KIND_LOOKUP, b"")
+pub fn request_membership(
+    addr: &str,
+    tls: Option<&crate::tls::PeerConfigs>,
+) -> Result<Vec<u8>, String> {
+    exchange(addr, KIND_LOOKUP, b"", tls)
 }
 
-/// One request frame and its reply, blocking (start-up only).
-fn exchange(addr: &str, kind: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
+/// One request frame and its reply, blocking (start-up only); over TLS
+/// when the transport uses it.
+fn exchange(
+    addr: &str,
+    kind: u8,
+    payload: &[u8],
+    tls: Option<&crate::tls::PeerConfigs>,
+) -> Result<Vec<u8>, String> {
     use std::io::{Read, Write};
     let sa = addr
         .to_socket_addrs()
         .map_err(|e| format!("{addr}: {e}"))?
         .next()
         .ok_or_else(|| format!("{addr}: no address"))?;
-    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2))
+    let tcp = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2))
         .map_err(|e| format!("{addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
+    let mut s: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some(c) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            let conn =
+                rustls::ClientConnection::new(c.client.clone(), crate::tls::server_name(host)?)
+                    .map_err(|e| format!("{addr}: {e}"))?;
+            Box::new(rustls::StreamOwned::new(conn, tcp))
+        }
+    };
     let mut out = encode_hello(0, 0).to_vec();
     out.extend_from_slice(&((1 + payload.len()) as u32).to_le_bytes());
     out.push(kind);
     out.extend_from_slice(payload);
     s.write_all(&out).map_err(|e| format!("{addr}: {e}"))?;
+    s.flush().map_err(|e| format!("{addr}: {e}"))?;
     let mut len = [0u8; 4];
     s.read_exact(&mut len)
         .map_err(|e| format!("{addr}: no answer ({e})"))?;
@@ -567,6 +652,10 @@ fn exchange(addr: &str, kind: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
         None => Err(format!("{addr}: bad join reply")),
     }
 }
+
+/// A blocking stream, plain or TLS.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
 // ---- the wire format, as pure functions (the async code above and
 // tests/fuzz.rs use these) ------------------------------------------------

@@ -30,7 +30,9 @@ pub struct Config {
     /// `--unit-depth` (None: the data dir's, or the default for a new one).
     pub unit_depth: Option<usize>,
     /// TLS for https:// client URLs (`--cert-file`, `--key-file`, ...).
-    pub client_tls: Option<crate::http::tls::ClientTls>,
+    pub client_tls: Option<crate::tls::ClientTls>,
+    /// TLS for the peer transport (`--peer-cert-file`, ...).
+    pub peer_tls: Option<crate::tls::PeerTls>,
     pub history: usize,
     pub map_size: usize,
     /// How often the store is synced to disk (and the WAL it covers freed).
@@ -292,18 +294,8 @@ fn url_list(name: &str, v: &str) -> Result<Vec<String>, String> {
 }
 
 fn check_url(name: &str, u: &str) -> Result<(), String> {
-    let client = matches!(
-        name,
-        "listen-client-urls" | "advertise-client-urls" | "addr" | "bind-addr"
-    );
     let rest = match (u.strip_prefix("http://"), u.strip_prefix("https://")) {
-        (Some(r), _) => r,
-        (None, Some(r)) if client => r,
-        (None, Some(_)) => {
-            return Err(format!(
-                "invalid URL {u:?} for flag -{name}: the peer transport is plain TCP in this version (peer TLS is not supported yet)"
-            ))
-        }
+        (Some(r), _) | (None, Some(r)) => r,
         _ => {
             return Err(format!(
                 "invalid URL {u:?} for flag -{name}: expected http://host:port or https://host:port"
@@ -352,24 +344,31 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
     let bind = get("bind-addr")
         .map(|v| addr_url("bind-addr", v, tls0))
         .transpose()?;
+    // Peer TLS (0.4's -peer-ca-file also asks for member certificates).
+    let peer_tls = match (get("peer-cert-file"), get("peer-key-file")) {
+        (Some(c), Some(k)) => Some(crate::tls::PeerTls {
+            cert_file: PathBuf::from(c),
+            key_file: PathBuf::from(k),
+            trusted_ca_file: get("peer-trusted-ca-file")
+                .or(get("peer-ca-file"))
+                .map(PathBuf::from)
+                .ok_or("peer TLS needs --peer-trusted-ca-file (the CA the other members' certificates chain to)")?,
+            client_cert_auth: get("peer-client-cert-auth")
+                .map(|v| parse_bool("peer-client-cert-auth", v))
+                .transpose()?
+                .unwrap_or(false)
+                || get("peer-ca-file").is_some(),
+        }),
+        (None, None) => None,
+        _ => return Err("give both --peer-cert-file and --peer-key-file".into()),
+    };
+    let ptls = peer_tls.is_some();
     let peer_addr = get("peer-addr")
-        .map(|v| addr_url("peer-addr", v, false))
+        .map(|v| addr_url("peer-addr", v, ptls))
         .transpose()?;
     let peer_bind = get("peer-bind-addr")
-        .map(|v| addr_url("peer-bind-addr", v, false))
+        .map(|v| addr_url("peer-bind-addr", v, ptls))
         .transpose()?;
-    for f in [
-        "peer-cert-file",
-        "peer-key-file",
-        "peer-trusted-ca-file",
-        "peer-ca-file",
-    ] {
-        if get(f).is_some() {
-            return Err(format!(
-                "flag -{f}: peer TLS is not supported in this version (the peer transport is plain TCP; run members on a private network)"
-            ));
-        }
-    }
 
     let listen_client_urls = match (get("listen-client-urls"), &bind, &addr) {
         (Some(v), _, _) => url_list("listen-client-urls", v)?,
@@ -421,6 +420,26 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
             .map(|u| (name.clone(), u.clone()))
             .collect(),
     };
+    // Every peer URL speaks the transport's one language.
+    for u in listen_peer_urls
+        .iter()
+        .chain(&initial_advertise_peer_urls)
+        .chain(initial_cluster.iter().map(|(_, u)| u))
+    {
+        match (u.starts_with("https://"), ptls) {
+            (false, true) => {
+                return Err(format!(
+                    "peer URL {u}: with --peer-cert-file every peer URL is https://"
+                ))
+            }
+            (true, false) => {
+                return Err(format!(
+                    "peer URL {u}: https:// peer URLs need --peer-cert-file, --peer-key-file and --peer-trusted-ca-file"
+                ))
+            }
+            _ => {}
+        }
+    }
     let mut peers = Vec::new();
     for p in get("peers")
         .unwrap_or("")
@@ -476,7 +495,7 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         .unwrap_or(false)
         || get("ca-file").is_some();
     let client_tls = match (get("cert-file"), get("key-file")) {
-        (Some(c), Some(k)) => Some(crate::http::tls::ClientTls {
+        (Some(c), Some(k)) => Some(crate::tls::ClientTls {
             cert_file: PathBuf::from(c),
             key_file: PathBuf::from(k),
             trusted_ca_file: get("trusted-ca-file").or(get("ca-file")).map(PathBuf::from),
@@ -514,6 +533,7 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         election: Duration::from_millis(election_ms),
         shards,
         client_tls,
+        peer_tls,
         unit_depth: match get("unit-depth") {
             None => None,
             Some(_) => Some(num::<usize>(vals, "unit-depth", 0)?.min(64)),

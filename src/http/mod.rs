@@ -1,7 +1,7 @@
 //! The HTTP/1.1 front end: accepting connections and running each one.
 //!
 //! Bytes arrive from a glommio `TcpStream`, or TLS over it on an https://
-//! listener ([`tls`]), into one buffer per connection;
+//! listener ([`crate::tls`]), into one buffer per connection;
 //! heads are parsed in place ([`request`]), bodies are taken by
 //! Content-Length or chunked framing, and each request is handed to a
 //! [`Service`] as a borrowed [`Request`]. Responses are appended to one
@@ -23,7 +23,6 @@
 
 pub mod request;
 pub mod response;
-pub mod tls;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -32,9 +31,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::tls::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpListener;
-use tls::Stream;
 
 use request::{decode_chunked, parse_head, HeadError};
 pub use request::{Framing, Head, Method};
@@ -310,7 +309,7 @@ impl Conn {
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
             let mut r = self.stream.write_all(&self.out).await;
-            if r.is_ok() && matches!(self.stream, Stream::Tls(_)) {
+            if r.is_ok() && self.stream.needs_flush() {
                 // TLS records may wait in the session until flushed.
                 r = self.stream.flush().await;
             }
