@@ -1728,15 +1728,14 @@ fn a_stopped_member_reshards_without_losing_a_key() {
     let list = "/v2/keys/?recursive=true&sorted=true";
     let before = ok(port, "GET", list, None);
     let index = index_header(&before).unwrap();
-    let history = ok(
-        port,
-        "GET",
-        &format!(
+    let history_at = |port: u16| {
+        let t = format!(
             "/v2/keys/?wait=true&recursive=true&waitIndex={}",
             index - 20
-        ),
-        None,
-    );
+        );
+        ok(port, "GET", &t, None)
+    };
+    let history = history_at(port);
 
     // While it runs, the data dir is its own.
     let running = kardia_tool(
@@ -1807,15 +1806,7 @@ fn a_stopped_member_reshards_without_losing_a_key() {
         .u64_of("ttl")
         .unwrap();
     assert!((2900..=3000).contains(&ttl), "{lease}");
-    let again = ok(
-        port,
-        "GET",
-        &format!(
-            "/v2/keys/?wait=true&recursive=true&waitIndex={}",
-            index - 20
-        ),
-        None,
-    );
+    let again = history_at(port);
     assert_eq!(again.body, history.body, "the watch history changed");
     // Writes go on above the old index, in units now.
     let r = ok(

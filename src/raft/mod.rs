@@ -269,23 +269,7 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
         space.room(need).await.map_err(Error::Space)?;
         // One voter: everything logged was executed before it was logged;
         // replay it all (each entry with the indexes it recorded).
-        if !entries.is_empty() {
-            let mut out = Vec::new();
-            shard.store.borrow_mut().apply_batch(
-                entries.iter().map(|e| {
-                    let data: &[u8] =
-                        if e.get_entry_type() == EntryType::EntryNormal && !is_internal(&e.data) {
-                            &e.data
-                        } else {
-                            &[]
-                        };
-                    (e.index, e.term, data)
-                }),
-                &mut out,
-            )?;
-            let mut events = Vec::new();
-            shard.store.borrow_mut().take_events(&mut events);
-        }
+        replay(&mut shard.store.borrow_mut(), entries.iter())?;
     }
     let (applied, applied_term) = shard.store.borrow().applied();
     if applied > 0 {
@@ -1173,24 +1157,37 @@ pub fn replay_offline(
             ))));
         }
     }
-    if !entries.is_empty() {
-        let mut out = Vec::new();
-        store.apply_batch(
-            entries.iter().map(|e| {
-                let data: &[u8] =
-                    if e.get_entry_type() == EntryType::EntryNormal && !is_internal(&e.data) {
-                        &e.data
-                    } else {
-                        &[]
-                    };
-                (e.index, e.term, data)
-            }),
-            &mut out,
-        )?;
-        let mut events = Vec::new();
-        store.take_events(&mut events);
-    }
+    replay(store, entries.into_iter())?;
     Ok(global_ops)
+}
+
+/// Replay logged entries of a one-voter group into `store`, each command
+/// with the indexes it recorded (leader no-ops and member attributes only
+/// advance the applied index); their events are dropped (nothing listens
+/// yet).
+fn replay<'e>(
+    store: &mut crate::store::Store,
+    entries: impl ExactSizeIterator<Item = &'e Entry>,
+) -> Result<(), Error> {
+    if entries.len() == 0 {
+        return Ok(());
+    }
+    let mut out = Vec::new();
+    store.apply_batch(
+        entries.map(|e| {
+            let data: &[u8] =
+                if e.get_entry_type() == EntryType::EntryNormal && !is_internal(&e.data) {
+                    &e.data
+                } else {
+                    &[]
+                };
+            (e.index, e.term, data)
+        }),
+        &mut out,
+    )?;
+    let mut events = Vec::new();
+    store.take_events(&mut events);
+    Ok(())
 }
 
 /// Offline roll-forward (see [`roll_forward`]): apply to `store` the

@@ -415,6 +415,11 @@ impl Shard {
     pub async fn backup(self: &Rc<Self>, dir: std::path::PathBuf) -> ReadResult {
         let slot = self.new_slot();
         global::submit(self, global::Job::Backup(dir), Target::Local(slot));
+        self.read_answer(slot).await
+    }
+
+    /// The answer of a read waiting in `slot`.
+    async fn read_answer(self: &Rc<Self>, slot: usize) -> ReadResult {
         let fut = AnswerFuture {
             shard: self.clone(),
             slot: Some(slot),
@@ -441,14 +446,7 @@ impl Shard {
                 },
             );
         }
-        let fut = AnswerFuture {
-            shard: self.clone(),
-            slot: Some(slot),
-        };
-        match fut.await {
-            Answer::Read(r) => r,
-            Answer::Write(_) => Err(V2Error::new(RAFT_INTERNAL, "etcdserver: internal error", 0)),
-        }
+        self.read_answer(slot).await
     }
 
     /// Take everything queued (the raft loop).

@@ -63,22 +63,20 @@ impl Server {
     /// Like [`Server::start_with`], on a copy of the data dir `from` (a
     /// backup, say).
     pub fn start_from(from: &Path, args: &[&str]) -> io::Result<Server> {
-        let root = tempfile::Builder::new().prefix("kardia-test-").tempdir()?;
-        copy_dir(from, &root.path().join("data"))?;
-        let mut server = Server {
-            child: None,
-            root,
-            client_port: free_port()?,
-            peer_port: free_port()?,
-            extra_args: args.iter().map(|s| s.to_string()).collect(),
-            power_cut: false,
-        };
-        server.spawn()?;
-        Ok(server)
+        Server::launch_in(args, false, Some(from))
     }
 
     fn launch(args: &[&str], power_cut: bool) -> io::Result<Server> {
+        Server::launch_in(args, power_cut, None)
+    }
+
+    /// Start on free ports with a new temp dir, its data dir a copy of
+    /// `from` if given.
+    fn launch_in(args: &[&str], power_cut: bool, from: Option<&Path>) -> io::Result<Server> {
         let root = tempfile::Builder::new().prefix("kardia-test-").tempdir()?;
+        if let Some(from) = from {
+            copy_dir(from, &root.path().join("data"))?;
+        }
         let mut server = Server {
             child: None,
             root,
