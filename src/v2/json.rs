@@ -31,6 +31,12 @@ static SPECIAL: [bool; 256] = {
 pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
     out.reserve(s.len() + 2);
     out.push(b'"');
+    if s.is_ascii() {
+        // Most keys and values: no UTF-8 to validate (a vectorised check).
+        write_valid(out, s);
+        out.push(b'"');
+        return;
+    }
     for chunk in s.utf8_chunks() {
         write_valid(out, chunk.valid().as_bytes());
         for _ in chunk.invalid() {
