@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod mirror;
 pub mod raft;
 pub mod reshard;
 pub mod server;

@@ -39,6 +39,15 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Ok(Parsed::Mirror(o)) => {
+            return match kardia::mirror::run(&o) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kardia mirror: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Err(e) => {
             eprintln!("kardia: {e}");
             return ExitCode::from(2);

@@ -75,6 +75,60 @@ pub enum Parsed {
         shards: usize,
         unit_depth: Option<usize>,
     },
+    /// `kardia mirror --from URL --to URL [...]`: copy an etcd v2 keyspace.
+    Mirror(crate::mirror::Options),
+}
+
+const MIRROR_USAGE: &str = "usage: kardia mirror --from http://etcd:2379 --to http://127.0.0.1:2379 [--prefix /hm] [--until-idle SECONDS] [--verify]";
+
+/// `kardia mirror`'s flags.
+fn parse_mirror(args: &[String]) -> Result<Parsed, String> {
+    let mut o = crate::mirror::Options {
+        from: String::new(),
+        to: String::new(),
+        prefix: "/".into(),
+        verify: false,
+        until_idle: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let flag = a.trim_start_matches('-');
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (flag, None),
+        };
+        if name == "verify" {
+            o.verify = true;
+            continue;
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it.next().cloned().ok_or(MIRROR_USAGE)?,
+        };
+        match name {
+            "from" => o.from = value.trim_end_matches('/').to_string(),
+            "to" => o.to = value.trim_end_matches('/').to_string(),
+            "prefix" => {
+                let p = format!("/{}", value.trim_matches('/'));
+                o.prefix = p;
+            }
+            "until-idle" => {
+                let s: u64 = value
+                    .parse()
+                    .map_err(|_| format!("invalid value {value:?} for flag -until-idle"))?;
+                o.until_idle = Some(std::time::Duration::from_secs(s));
+            }
+            _ => {
+                return Err(format!(
+                    "flag provided but not defined: {a}\n{MIRROR_USAGE}"
+                ))
+            }
+        }
+    }
+    if o.from.is_empty() || o.to.is_empty() {
+        return Err(MIRROR_USAGE.into());
+    }
+    Ok(Parsed::Mirror(o))
 }
 
 const RESHARD_USAGE: &str =
@@ -200,6 +254,9 @@ fn env_name(flag: &str) -> String {
 
 /// Parse `args` (without the program name) and the environment.
 pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Parsed, String> {
+    if args.first().map(String::as_str) == Some("mirror") {
+        return parse_mirror(&args[1..]);
+    }
     if args.first().map(String::as_str) == Some("reshard") {
         return parse_reshard(&args[1..]);
     }
