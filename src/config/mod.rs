@@ -92,11 +92,7 @@ fn parse_mirror(args: &[String]) -> Result<Parsed, String> {
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let flag = a.trim_start_matches('-');
-        let (name, inline) = match flag.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (flag, None),
-        };
+        let (name, inline) = split_flag(a);
         if name == "verify" {
             o.verify = true;
             continue;
@@ -131,6 +127,15 @@ fn parse_mirror(args: &[String]) -> Result<Parsed, String> {
     Ok(Parsed::Mirror(o))
 }
 
+/// A tool's flag: `-name`, `--name` or `--name=value` → (name, inline value).
+fn split_flag(a: &str) -> (&str, Option<String>) {
+    let flag = a.trim_start_matches('-');
+    match flag.split_once('=') {
+        Some((n, v)) => (n, Some(v.to_string())),
+        None => (flag, None),
+    }
+}
+
 const RESHARD_USAGE: &str =
     "usage: kardia reshard --data-dir DIR --shards N [--unit-depth K] (the member must be stopped)";
 
@@ -139,11 +144,7 @@ fn parse_reshard(args: &[String]) -> Result<Parsed, String> {
     let (mut dir, mut shards, mut depth) = (None, None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let flag = a.trim_start_matches('-');
-        let (name, inline) = match flag.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (flag, None),
-        };
+        let (name, inline) = split_flag(a);
         let value = match inline {
             Some(v) => v,
             None => it.next().cloned().ok_or(RESHARD_USAGE)?,
