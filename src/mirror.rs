@@ -156,7 +156,7 @@ fn put(a: &ureq::Agent, base: &str, key: &str, n: &Node) -> Result<(), String> {
     match r.status().as_u16() {
         200 | 201 => Ok(()),
         // An existing directory: set its TTL instead (or leave it).
-        403 | 102 if n.dir => {
+        403 if n.dir => {
             let mut pairs = vec![("dir", "true"), ("prevExist", "true")];
             if let Some(t) = &ttl {
                 pairs.push(("ttl", t));

@@ -405,14 +405,20 @@ async fn dial_tls(
     s: glommio::net::TcpStream,
 ) -> Result<Stream, String> {
     let name = crate::tls::server_name(host)?;
-    let connect = async { c.connect(name, s).await.map_err(|e| e.to_string()) };
+    let s = within_handshake(c.connect(name, s)).await?;
+    Ok(Stream::TlsClient(Box::new(s)))
+}
+
+/// `handshake`'s result, or an error once [`HANDSHAKE`] has passed.
+async fn within_handshake<T>(
+    handshake: impl std::future::Future<Output = std::io::Result<T>>,
+) -> Result<T, String> {
+    let done = async { handshake.await.map_err(|e| e.to_string()) };
     let late = async {
         glommio::timer::sleep(HANDSHAKE).await;
         Err("timed out".to_string())
     };
-    futures_lite::future::or(connect, late)
-        .await
-        .map(|s| Stream::TlsClient(Box::new(s)))
+    futures_lite::future::or(done, late).await
 }
 
 async fn read_frame(s: &mut PeerReader, buf: &mut Vec<u8>) -> Option<u8> {
@@ -429,20 +435,13 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) 
     user_timeout(&s);
     let s = match &t.acceptor {
         None => Stream::Plain(s),
-        Some(a) => {
-            let accept = async { a.accept(s).await.map_err(|e| e.to_string()) };
-            let late = async {
-                glommio::timer::sleep(HANDSHAKE).await;
-                Err("timed out".to_string())
-            };
-            match futures_lite::future::or(accept, late).await {
-                Ok(s) => Stream::Tls(Box::new(s)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "peer TLS handshake refused");
-                    return;
-                }
+        Some(a) => match within_handshake(a.accept(s)).await {
+            Ok(s) => Stream::Tls(Box::new(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "peer TLS handshake refused");
+                return;
             }
-        }
+        },
     };
     let mut s = futures_lite::io::BufReader::with_capacity(256 << 10, s);
     let mut hello = [0u8; 20];

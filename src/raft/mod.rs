@@ -313,12 +313,7 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
     if single {
         node.campaign()?;
         shard.is_leader.set(node.raft.state == StateRole::Leader);
-        let leader = node.raft.leader_id;
-        if shard.id == 0 && leader != 0 && shard.leader_id.replace(leader) != leader {
-            shard.shared.metrics.has_leader.set(1);
-            shard.shared.metrics.leader_changes.inc();
-        }
-        shard.leader_id.set(leader);
+        note_leader(shard, node.raft.leader_id);
     }
     let wal = Wal::open(wal_dir, segments, log_end, opts.segment_bytes).await?;
     let now = Instant::now();
@@ -1051,15 +1046,21 @@ fn after_apply(shard: &Shard, g: &mut Group, answers: &mut Vec<(Target, Answer)>
 /// A change of role or leader.
 fn note_role(shard: &Shard, ss: &raft::SoftState) {
     shard.is_leader.set(ss.raft_state == StateRole::Leader);
-    let before = shard.leader_id.replace(ss.leader_id);
+    note_leader(shard, ss.leader_id);
+    tracing::info!(shard = shard.id, leader = %format!("{:x}", ss.leader_id), role = ?ss.raft_state, "raft state");
+}
+
+/// The leader this shard now knows of (0: none); shard 0's view is the
+/// member's in `/metrics`.
+fn note_leader(shard: &Shard, leader: u64) {
+    let before = shard.leader_id.replace(leader);
     if shard.id == 0 {
         let m = &shard.shared.metrics;
-        m.has_leader.set((ss.leader_id != 0) as i64);
-        if ss.leader_id != 0 && ss.leader_id != before {
+        m.has_leader.set((leader != 0) as i64);
+        if leader != 0 && leader != before {
             m.leader_changes.inc();
         }
     }
-    tracing::info!(shard = shard.id, leader = %format!("{:x}", ss.leader_id), role = ?ss.raft_state, "raft state");
 }
 
 /// Hand raft messages to the peer transport.

@@ -465,12 +465,17 @@ pub async fn coordinate(shard: Rc<Shard>) {
                 shard.answer(t, a);
             }
         } else if cut {
-            for peer in 1..n {
-                shard.send(peer, MeshMsg::Global(Msg::DropCut));
-            }
-            shard.store.borrow_mut().drop_cut();
+            release_cuts(&shard);
         }
     }
+}
+
+/// Every shard lets go of the session's cut (it pins LMDB pages).
+fn release_cuts(shard: &Rc<Shard>) {
+    for peer in 1..shard.shared.shards {
+        shard.send(peer, MeshMsg::Global(Msg::DropCut));
+    }
+    shard.store.borrow_mut().drop_cut();
 }
 
 /// A shard's part of a backup: its store as of the cut, copied off the
@@ -523,10 +528,7 @@ async fn run_backup(shard: &Rc<Shard>, dir: std::path::PathBuf, index: u64) -> R
     };
     let prepared = glommio::executor().spawn_blocking(prepare).await;
     if let Err(m) = prepared {
-        for peer in 1..n {
-            shard.send(peer, MeshMsg::Global(Msg::DropCut));
-        }
-        shard.store.borrow_mut().drop_cut();
+        release_cuts(shard);
         return Err(fail(m));
     }
     let all: Vec<usize> = (0..n).collect();

@@ -468,6 +468,7 @@ impl Store {
     /// this cut ([`ReadAt::Cut`], [`Store::collect`]); it replaces any
     /// earlier one.
     pub fn take_cut(&mut self) -> Result<()> {
+        // Give the old one's reader slot back first.
         self.cut = None;
         self.cut = Some(self.env.clone().static_read_txn()?);
         Ok(())
@@ -672,6 +673,16 @@ impl Store {
         info
     }
 
+    /// The store's databases by name, as a copy of it holds them too.
+    fn databases(&self) -> [(&'static str, Database<Bytes, Bytes>); 4] {
+        [
+            ("nodes", self.nodes),
+            ("expiry", self.expiry),
+            ("meta", self.meta),
+            ("history", self.history),
+        ]
+    }
+
     /// Hand over the cut ([`Store::take_cut`]) as a backup job: a closure,
     /// to run off the executor, that copies the store as of the cut into a
     /// new LMDB environment in `dir` (record by record, in key order, so the
@@ -679,12 +690,7 @@ impl Store {
     /// without a cut.
     pub fn backup_job(&mut self, dir: PathBuf) -> Option<impl FnOnce() -> Result<u64> + Send> {
         let txn = self.cut.take()?;
-        let dbs = [
-            ("nodes", self.nodes),
-            ("expiry", self.expiry),
-            ("meta", self.meta),
-            ("history", self.history),
-        ];
+        let dbs = self.databases();
         let map_size = self.env.info().map_size;
         Some(move || -> Result<u64> {
             std::fs::create_dir_all(&dir)
@@ -721,12 +727,7 @@ impl Store {
         let r = (|| -> Result<()> {
             let rtxn = copy.read_txn()?;
             let mut wtxn = self.env.write_txn()?;
-            for (name, db) in [
-                ("nodes", self.nodes),
-                ("expiry", self.expiry),
-                ("meta", self.meta),
-                ("history", self.history),
-            ] {
+            for (name, db) in self.databases() {
                 db.clear(&mut wtxn)?;
                 if let Some(src) = copy.open_database::<Bytes, Bytes>(&rtxn, Some(name))? {
                     for item in src.iter(&rtxn)? {
@@ -1953,10 +1954,10 @@ impl Store {
     }
 
     /// This shard's part of a member-wide listing of the skeleton directory
-    /// `path`, read from the cut ([`Store::take_cut`]): its files there, and its placement units there whole (with
-    /// their subtrees when `recursive`), each rendered as a node and keyed
-    /// by its directory; with `recursive`, the same for every skeleton
-    /// directory below.
+    /// `path`, read from the cut ([`Store::take_cut`]): its files there, and
+    /// its placement units there whole (with their subtrees when
+    /// `recursive`), each rendered as a node and keyed by its directory;
+    /// with `recursive`, the same for every skeleton directory below.
     pub fn collect(
         &self,
         path: &[u8],
