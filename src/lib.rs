@@ -6,6 +6,7 @@
 //! [`server`] wires it all together for the binary; [`check`] verifies a
 //! data dir offline.
 
+pub mod auth;
 pub mod check;
 pub mod cluster;
 pub mod config;

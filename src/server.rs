@@ -435,6 +435,13 @@ async fn shard_main(
             }
         }
     }
+    if i == 0 {
+        // The v2 auth records, before any executor serves a request.
+        let mut st = shard.store.borrow_mut();
+        st.publish_auth_to(shared.auth.clone());
+        st.publish_auth()
+            .map_err(|e| format!("cannot read shard {i}'s auth records: {e}"))?;
+    }
     // Every shard has replayed its log: complete any member-wide operation
     // a crash left on some shards only.
     blocking_wait(&barrier);

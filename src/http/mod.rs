@@ -89,7 +89,14 @@ pub enum Handled<P, W> {
     Pending(P),
     /// Response headers are in the buffer; stream events from `W`.
     Watch(W),
+    /// Nothing is written yet: settle `P` ([`Service::settle`], e.g. check
+    /// a password off the executor), then handle the request again.
+    Again(P),
 }
+
+/// Times one request may be handled [`Handled::Again`] before it is
+/// refused (a service that asks again must be making progress).
+const MAX_AGAIN: usize = 4;
 
 /// An application served over HTTP.
 pub trait Service: 'static {
@@ -101,6 +108,8 @@ pub trait Service: 'static {
     fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) -> Handled<Self::Pending, Self::Watch>;
     /// Write the response of a pending request once it resolves.
     fn complete(&self, p: Self::Pending, out: &mut Vec<u8>) -> impl Future<Output = ()>;
+    /// Do what a [`Handled::Again`] asked for; writes nothing.
+    fn settle(&self, p: Self::Pending) -> impl Future<Output = ()>;
     /// The next event body of a watch; `None` ends the watch.
     fn next_event(&self, w: &mut Self::Watch) -> impl Future<Output = Option<Self::Event>>;
     /// Whether the watch keeps streaming after one event.
@@ -446,7 +455,18 @@ impl Conn {
         };
         // Nothing is pending here (drained above): the answer goes straight
         // into the output, in request order.
-        let handled = svc.handle(&req, &mut self.out);
+        let mut handled = svc.handle(&req, &mut self.out);
+        let mut rounds = 0;
+        while let Handled::Again(p) = handled {
+            rounds += 1;
+            svc.settle(p).await;
+            handled = if rounds < MAX_AGAIN {
+                svc.handle(&req, &mut self.out)
+            } else {
+                plain_close(&mut self.out, 503, "request could not be settled");
+                Handled::Close
+            };
+        }
         self.start += consumed;
         let step = match handled {
             Handled::Pending(p) => {
@@ -454,7 +474,7 @@ impl Conn {
                 Step::Continue
             }
             Handled::Done => Step::Continue,
-            Handled::Close => Step::Close,
+            Handled::Close | Handled::Again(_) => Step::Close,
             Handled::Watch(w) => {
                 if !self.watch(svc, w, http11).await {
                     return Err(());

@@ -47,6 +47,8 @@ pub struct Head<'a> {
     pub raw_path: &'a [u8],
     pub query: &'a [u8],
     pub content_type: Option<&'a [u8]>,
+    /// The first `Authorization` header (Go's `Header.Get`).
+    pub authorization: Option<&'a [u8]>,
     pub framing: Framing,
     pub keep_alive: bool,
     pub http11: bool,
@@ -96,6 +98,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HeadError> {
         None => (target, &b""[..]),
     };
     let mut content_type = None;
+    let mut authorization = None;
     let mut length: Option<usize> = None;
     let mut chunked = false;
     let mut te_seen = false;
@@ -134,6 +137,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HeadError> {
             chunked = true;
         } else if name.eq_ignore_ascii_case("content-type") {
             content_type = Some(h.value);
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = authorization.or(Some(h.value));
         } else if name.eq_ignore_ascii_case("connection") {
             for tok in h.value.split(|&b| b == b',') {
                 let tok = trim(tok);
@@ -165,6 +170,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HeadError> {
         raw_path,
         query,
         content_type,
+        authorization,
         framing,
         keep_alive,
         http11,

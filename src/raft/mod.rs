@@ -535,9 +535,11 @@ async fn run_inner(
             } else {
                 handle_ready(shard, g, answers).await?;
             }
-            // The batch is durable: deliver its events, then answer.
+            // The batch is durable: deliver its events and auth changes,
+            // then answer.
             shard.store.borrow_mut().take_events(&mut events);
             shard.publish(&mut events);
+            shard.store.borrow_mut().publish_auth()?;
             shard.publish_figures();
             let delivered = shard.orderer.borrow().delivered();
             shard.store.borrow_mut().prune_views(delivered);

@@ -97,6 +97,8 @@ pub struct Shared {
     pub figures: Vec<Figures>,
     /// Open client connections, all executors together.
     pub open: Arc<std::sync::atomic::AtomicUsize>,
+    /// The v2 auth records shard 0 last published.
+    pub auth: Arc<crate::auth::Shared>,
     /// Start-up only: member-wide operations found in any shard's log.
     pub recovery: std::sync::Mutex<std::collections::BTreeMap<u64, Vec<u8>>>,
 }
@@ -135,6 +137,7 @@ impl Shared {
             closed: Arc::new(AtomicU64::new(0)),
             figures: (0..shards).map(|_| Figures::default()).collect(),
             open: Arc::default(),
+            auth: Arc::default(),
             recovery: Default::default(),
         }
     }

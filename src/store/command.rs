@@ -46,9 +46,27 @@ pub enum Op {
     CompareAndDelete = 7,
     /// Expire every node whose time is at or before `now`.
     Sync = 8,
+    /// v2 auth (`store::auth`): create the record `key` (`users/<name>`,
+    /// `roles/<name>`) with the JSON `value`; fails if it exists.
+    AuthCreate = 9,
+    /// Replace the existing record `key`; fails if it is missing.
+    AuthUpdate = 10,
+    /// Delete the existing record `key`; fails if it is missing.
+    AuthDelete = 11,
+    /// Turn auth on (`value` 1) or off (0); turning it on creates the
+    /// guest role when there is none.
+    AuthEnable = 12,
 }
 
 impl Op {
+    /// A change of the v2 auth records, not of the keyspace.
+    pub fn is_auth(self) -> bool {
+        matches!(
+            self,
+            Op::AuthCreate | Op::AuthUpdate | Op::AuthDelete | Op::AuthEnable
+        )
+    }
+
     fn from_u8(b: u8) -> Option<Op> {
         Some(match b {
             1 => Op::Set,
@@ -59,6 +77,10 @@ impl Op {
             6 => Op::Delete,
             7 => Op::CompareAndDelete,
             8 => Op::Sync,
+            9 => Op::AuthCreate,
+            10 => Op::AuthUpdate,
+            11 => Op::AuthDelete,
+            12 => Op::AuthEnable,
             _ => return None,
         })
     }

@@ -13,6 +13,7 @@
 //! owning executor against a read transaction. LMDB failures are [`Error`]s:
 //! they stop the shard rather than diverge it.
 
+pub mod auth;
 pub mod check;
 pub mod command;
 pub mod event;
@@ -323,6 +324,10 @@ pub struct Store {
     commit_time: Option<prometheus::Histogram>,
     /// The shard stopped: no view is added any more ([`Store::freeze_views`]).
     frozen: bool,
+    /// A batch changed the auth records since they were last published.
+    auth_changed: bool,
+    /// Where the auth records are published (shard 0 only).
+    auth_sink: Option<Arc<crate::auth::Shared>>,
 }
 
 /// A checkpoint of `env`, to run on a blocking thread: `force_sync`. The
@@ -438,6 +443,8 @@ impl Store {
             cut: None,
             commit_time: None,
             frozen: false,
+            auth_changed: false,
+            auth_sink: None,
         })
     }
 
@@ -750,6 +757,7 @@ impl Store {
         self.counter.fetch_max(self.index, Ordering::SeqCst);
         self.pending.clear();
         self.fresh = false;
+        self.auth_changed = true;
         self.views.clear();
         self.push_view();
         Ok(())
@@ -958,7 +966,10 @@ impl Store {
             self.gseq = cmd.gseq;
             put_sealed(&self.meta, txn, META_LAST_GLOBAL, data)?;
         }
-        if replaying && (matches!(r, Some(Err(_))) || !self.replay.is_empty()) {
+        // A failed auth change may have taken indexes (etcd's first one
+        // creates the auth directories even when the change itself fails).
+        let failed = matches!(r, Some(Err(_))) && !cmd.op.is_auth();
+        if replaying && (failed || !self.replay.is_empty()) {
             return Err(Error::Corrupt(format!(
                 "replayed command on {} did not repeat its outcome",
                 String::from_utf8_lossy(cmd.key)
@@ -1015,6 +1026,9 @@ impl Store {
             self.expire_until(txn, c.now)?;
             return Ok(None);
         }
+        if c.op.is_auth() {
+            return Ok(Some(self.apply_auth(txn, c)?));
+        }
         let i = self.reserve();
         let r = match c.op {
             Op::Set => self.set(txn, c),
@@ -1023,6 +1037,9 @@ impl Store {
             Op::CompareAndSwap => self.cas(txn, c),
             Op::Delete => self.delete(txn, c),
             Op::CompareAndDelete | Op::Sync => self.cad(txn, c),
+            Op::AuthCreate | Op::AuthUpdate | Op::AuthDelete | Op::AuthEnable => {
+                Err(Error::Corrupt("an auth command on the keys path".into()))
+            }
         }?;
         let r = match r {
             Ok(e) => Ok(e),
@@ -1052,6 +1069,9 @@ impl Store {
             Op::CompareAndSwap => (&mut s.cas_success, &mut s.cas_fail),
             Op::Delete => (&mut s.delete_success, &mut s.delete_fail),
             Op::CompareAndDelete | Op::Sync => (&mut s.cad_success, &mut s.cad_fail),
+            Op::AuthCreate | Op::AuthUpdate | Op::AuthDelete | Op::AuthEnable => {
+                return Ok(Some(r))
+            }
         };
         *(if r.is_ok() { ok } else { fail }) += 1;
         Ok(Some(r))

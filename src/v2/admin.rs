@@ -173,6 +173,12 @@ pub fn members(
 ) -> Handled<Pending, super::keys::Watch> {
     let cid = format!("{:x}", api.cluster.read().expect("membership").id);
     let hdr: &[(&str, &[u8])] = &[("X-Etcd-Cluster-Id", cid.as_bytes())];
+    // v2 auth: changes need root (etcd's hasWriteRootAccess).
+    if matches!(req.head.method, Method::Post | Method::Put | Method::Delete) {
+        if let Some(h) = super::auth::check_root(api, req, true, out) {
+            return h;
+        }
+    }
     let id_of = |rest: &[u8]| {
         std::str::from_utf8(rest.strip_prefix(b"/").unwrap_or(rest))
             .ok()
@@ -339,41 +345,6 @@ pub async fn change_members(api: &Api, p: PendingMembers, out: &mut Vec<u8>) {
             r.body(b"{\"message\":\"Internal Server Error\"}", false);
         }
     }
-}
-
-/// `/v2/auth/*` reads: auth is disabled (kardia has no v2 auth), there are
-/// no users, and the built-in `root` role exists — etcd's answers when auth
-/// was never enabled. Changes are refused (405): there is no auth to change.
-pub fn auth(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) {
-    if !only_get(req, out) {
-        return;
-    }
-    let cid = format!("{:x}", api.cluster.read().expect("membership").id);
-    let hdr: &[(&str, &[u8])] = &[("X-Etcd-Cluster-Id", cid.as_bytes())];
-    const ROOT: &str = r#"{"role":"root","permissions":{"kv":{"read":["/*"],"write":["/*"]}}}"#;
-    let body = match rest {
-        b"enable" => "{\"enabled\":false}\n".to_string(),
-        b"users" => "{\"users\":null}\n".to_string(),
-        b"roles" => format!("{{\"roles\":[{ROOT}]}}\n"),
-        b"roles/root" => format!("{ROOT}\n"),
-        _ => {
-            let (kind, name) = match rest.strip_prefix(b"users/") {
-                Some(n) => ("User", n),
-                None => match rest.strip_prefix(b"roles/") {
-                    Some(n) => ("Role", n),
-                    None => return super::not_found(req, out),
-                },
-            };
-            let mut msg = format!("auth: {kind} ").into_bytes();
-            msg.extend_from_slice(name);
-            msg.extend_from_slice(b" does not exist.");
-            let mut body = b"{\"message\":".to_vec();
-            write_str(&mut body, &msg);
-            body.push(b'}');
-            return send(req, 404, JSON, hdr, &body, out);
-        }
-    };
-    send(req, 200, JSON, hdr, body.as_bytes(), out);
 }
 
 pub fn stats_store(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {

@@ -20,6 +20,7 @@ pub const TEST_FAILED: u16 = 101;
 pub const NOT_FILE: u16 = 102;
 pub const NOT_DIR: u16 = 104;
 pub const NODE_EXIST: u16 = 105;
+pub const UNAUTHORIZED: u16 = 110;
 pub const ROOT_RONLY: u16 = 107;
 pub const DIR_NOT_EMPTY: u16 = 108;
 pub const PREV_VALUE_REQUIRED: u16 = 201;

@@ -30,6 +30,10 @@ pub enum Pending {
     Members(super::admin::PendingMembers),
     /// An online backup (`/kardia/backup`).
     Backup(super::admin::PendingBackup),
+    /// A change of v2 auth users, roles or the auth switch.
+    Auth(super::auth::PendingAuth),
+    /// A password to check before the request is handled again.
+    Verify(crate::auth::Verification),
 }
 
 /// A write on its way through its shard's raft group.
@@ -208,6 +212,10 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
         }
     }
 
+    // v2 auth, once the request is known to be valid (etcd's order).
+    if let Some(h) = super::auth::check_key(api, req, rest, recursive, out) {
+        return h;
+    }
     let now = wall_nanos();
     match m {
         Method::Get | Method::Head => {
@@ -525,7 +533,7 @@ const ORDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Wait until this executor has delivered `index`; false on timeout. The
 /// common case (already delivered) arms no timer.
-async fn delivered(api: &Api, index: u64) -> bool {
+pub(super) async fn delivered(api: &Api, index: u64) -> bool {
     if api.shard.orderer.borrow().delivered() >= index {
         return true;
     }
@@ -546,7 +554,7 @@ async fn delivered(api: &Api, index: u64) -> bool {
     .await
 }
 
-fn timed_out(api: &Api) -> V2Error {
+pub(super) fn timed_out(api: &Api) -> V2Error {
     V2Error::new(
         RAFT_INTERNAL,
         "etcdserver: request timed out",
@@ -561,6 +569,9 @@ pub async fn complete(api: &Api, p: Pending, out: &mut Vec<u8>) {
         Pending::Read(r) => read(api, r, out).await,
         Pending::Members(m) => super::admin::change_members(api, m, out).await,
         Pending::Backup(b) => super::admin::backup_done(api, b, out).await,
+        Pending::Auth(a) => super::auth::complete(api, a, out).await,
+        // Settled before the request is handled again (never queued).
+        Pending::Verify(v) => super::auth::verify(api, v).await,
     }
 }
 

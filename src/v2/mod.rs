@@ -8,6 +8,7 @@
 //! proposed to the owning shard and are answered when applied.
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 pub mod form;
 pub mod json;
@@ -33,6 +34,8 @@ pub struct Api {
     pub start: SystemTime,
     form: RefCell<form::Form>,
     scratch: RefCell<Vec<u8>>,
+    /// Passwords this executor has checked (v2 auth).
+    verifier: RefCell<crate::auth::Verifier>,
 }
 
 impl Api {
@@ -46,6 +49,7 @@ impl Api {
             start: SystemTime::now(),
             form: RefCell::new(form::Form::default()),
             scratch: RefCell::new(Vec::new()),
+            verifier: RefCell::default(),
         }
     }
 }
@@ -129,7 +133,7 @@ impl Service for Api {
             b"/debug/kardia/shards" => admin::shards(self, req, out),
             b"/metrics" => admin::metrics(self, req, out),
             b"/kardia/backup" => return admin::backup(self, req, out),
-            _ if p.starts_with(b"/v2/auth/") => admin::auth(self, req, &p[9..], out),
+            _ if p.starts_with(b"/v2/auth/") => return auth::handle(self, req, &p[9..], out),
             _ if p == b"/v2/members" || p.starts_with(b"/v2/members/") => {
                 return admin::members(self, req, &p[11..], out);
             }
@@ -140,6 +144,12 @@ impl Service for Api {
 
     async fn complete(&self, p: Self::Pending, out: &mut Vec<u8>) {
         keys::complete(self, p, out).await
+    }
+
+    async fn settle(&self, p: Self::Pending) {
+        if let keys::Pending::Verify(v) = p {
+            auth::verify(self, v).await;
+        }
     }
 
     async fn next_event(&self, w: &mut Self::Watch) -> Option<Self::Event> {
