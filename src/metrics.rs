@@ -49,6 +49,8 @@ pub struct Metrics {
     pub peer_received: IntCounterVec,
     /// Commands per executed batch, by shard.
     pub batch_size: HistogramVec,
+    /// bcrypt comparisons of v2 auth passwords (cache misses), by result.
+    pub password_checks: IntCounterVec,
     // Mirrored at scrape time.
     proposals_pending: IntGauge,
     store_reads: IntCounterVec,
@@ -157,6 +159,12 @@ impl Metrics {
                 &r,
                 "etcd_disk_backend_commit_duration_seconds",
                 "The latency distributions of commit called by backend.",
+            ),
+            password_checks: counter_vec(
+                &r,
+                "kardia_auth_password_checks_total",
+                "bcrypt comparisons of v2 auth credentials (each header is checked once per executor, then cached), by result.",
+                "result",
             ),
             peer_sent: counter_vec(
                 &r,

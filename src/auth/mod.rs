@@ -200,6 +200,13 @@ pub struct Checked {
     verdict: Verdict,
 }
 
+impl Checked {
+    /// Whether the password matched.
+    pub fn ok(&self) -> bool {
+        self.verdict.ok
+    }
+}
+
 impl Verification {
     /// Run the bcrypt comparison on a blocking thread.
     pub async fn run(self) -> Checked {

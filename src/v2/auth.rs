@@ -372,6 +372,9 @@ fn enable(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) -> Out {
 /// Check a password off the executor (a [`Handled::Again`]).
 pub async fn verify(api: &Api, v: crate::auth::Verification) {
     let checked = v.run().await;
+    let result = if checked.ok() { "ok" } else { "refused" };
+    let m = &api.shard.shared.metrics.password_checks;
+    m.with_label_values(&[result]).inc();
     api.verifier.borrow_mut().remember(checked);
 }
 
