@@ -172,6 +172,26 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// The common names of the certificates a client presented (its own
+    /// first), which `--client-cert-auth` verified: v2 auth takes the first
+    /// that names a user when a request has no `Authorization` header, as
+    /// etcd does. Empty without TLS or client certificates.
+    pub fn client_names(&self) -> Vec<String> {
+        let Stream::Tls(s) = self else {
+            return Vec::new();
+        };
+        let certs = s.get_ref().1.peer_certificates().unwrap_or_default();
+        certs
+            .iter()
+            .filter_map(|der| {
+                let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+                // Go keeps the last CN of the subject.
+                let cn = cert.subject().iter_common_name().last()?;
+                cn.as_str().ok().map(str::to_string)
+            })
+            .collect()
+    }
+
     /// The TCP connection underneath (timeouts, options).
     pub fn tcp(&self) -> &TcpStream {
         match self {

@@ -76,6 +76,7 @@ fn make_certs() -> Certs {
     for (name, ca, ext) in [
         ("server", "ca", "server.ext"),
         ("client", "ca", "client.ext"),
+        ("hm", "ca", "client.ext"),
         ("stranger", "other-ca", "client.ext"),
         ("member", "ca", "member.ext"),
         ("rogue", "other-ca", "member.ext"),
@@ -294,6 +295,97 @@ fn client_cert_auth_refuses_clients_without_a_trusted_certificate() {
         let (code, _, _) = etcdctl(&url, &["--ca-file", &ca, "get", "/k"]);
         assert_ne!(code, 0);
     }
+}
+
+/// Under `--client-cert-auth` with v2 auth on, a request without an
+/// `Authorization` header is the user its certificate's common name names
+/// (etcd's `userFromClientCertificate`), else a guest; basic auth wins.
+#[test]
+fn a_client_certificate_names_its_v2_auth_user() {
+    if !tools() {
+        return;
+    }
+    let c = make_certs();
+    let port = free_port().unwrap();
+    let url = format!("https://127.0.0.1:{port}");
+    let _m = start(&[
+        "--listen-client-urls".into(),
+        url.clone(),
+        "--advertise-client-urls".into(),
+        url.clone(),
+        "--cert-file".into(),
+        c.s("server.crt"),
+        "--key-file".into(),
+        c.s("server.key"),
+        "--trusted-ca-file".into(),
+        c.s("ca.crt"),
+        "--client-cert-auth".into(),
+    ]);
+    let (cc, ck) = (c.s("client.crt"), c.s("client.key"));
+    let (hc, hk) = (c.s("hm.crt"), c.s("hm.key"));
+    let as_client = ["--cert", cc.as_str(), "--key", ck.as_str()];
+    let as_hm = ["--cert", hc.as_str(), "--key", hk.as_str()];
+    wait_ready(&c, &url, &as_client);
+    // (status, body) of one request with the given certificate and flags.
+    let call = |cert: &[&str], extra: &[&str], path: &str| -> (String, String) {
+        let mut args: Vec<&str> = cert.to_vec();
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-w", "\n%{http_code}"]);
+        let (code, out) = curl(&c, &format!("{url}{path}"), &args);
+        assert_eq!(code, 0, "curl {path}: {out}");
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        (status.to_string(), body.to_string())
+    };
+    let json = ["-XPUT", "-H", "Content-Type: application/json", "-d"];
+    let setup: [(&str, &str, &[&str]); 5] = [
+        (
+            "/v2/auth/users/root",
+            r#"{"user":"root","password":"rootpw"}"#,
+            &[],
+        ),
+        (
+            "/v2/auth/roles/apps",
+            r#"{"role":"apps","permissions":{"kv":{"read":["/apps/*"],"write":["/apps/*"]}}}"#,
+            &[],
+        ),
+        (
+            "/v2/auth/users/hm",
+            r#"{"user":"hm","password":"hmpw","roles":["apps"]}"#,
+            &[],
+        ),
+        ("/v2/auth/enable", "", &["-u", "root:rootpw"]),
+        (
+            "/v2/auth/roles/guest",
+            r#"{"role":"guest","revoke":{"kv":{"read":["/*"],"write":["/*"]}}}"#,
+            &["-u", "root:rootpw"],
+        ),
+    ];
+    for (path, body, extra) in setup {
+        let mut args: Vec<&str> = json.to_vec();
+        args.push(body);
+        args.extend_from_slice(extra);
+        let (status, out) = call(&as_client, &args, path);
+        assert!(status.starts_with('2'), "{path}: {status} {out}");
+    }
+    let put = ["-XPUT", "-d", "value=1"];
+    let (status, body) = call(&as_hm, &put, "/v2/keys/apps/a");
+    assert_eq!(status, "201", "the certificate named hm: {body}");
+    let (status, body) = call(&as_client, &put, "/v2/keys/apps/a");
+    assert_eq!(
+        status, "401",
+        "a certificate naming no user is a guest: {body}"
+    );
+    assert!(body.contains("\"errorCode\":110"), "{body}");
+    let (status, body) = call(
+        &as_client,
+        &["-XPUT", "-d", "value=2", "-u", "hm:hmpw"],
+        "/v2/keys/apps/a",
+    );
+    assert_eq!(status, "200", "basic auth: {body}");
+    let (status, body) = call(&as_hm, &[], "/v2/keys/other");
+    assert_eq!(status, "401", "hm may not read /other: {body}");
+    let (status, _) = call(&as_hm, &[], "/v2/auth/users");
+    assert_eq!(status, "401", "hm is not root");
 }
 
 /// A static cluster of three whose peer URLs are https://, each member

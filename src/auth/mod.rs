@@ -157,10 +157,23 @@ pub fn parse_basic(header: &[u8]) -> Option<(String, String)> {
 }
 
 impl Verifier {
-    /// Who the request with this `Authorization` header (if any) is.
-    pub fn identify<'s>(&self, state: &'s State, header: Option<&[u8]>) -> Who<'s> {
+    /// Who the request with this `Authorization` header (if any) is; with
+    /// no header, the first of `cert_names` (common names of its verified
+    /// client certificates) that names a user, as etcd does under
+    /// `--client-cert-auth`.
+    pub fn identify<'s>(
+        &self,
+        state: &'s State,
+        header: Option<&[u8]>,
+        cert_names: &[String],
+    ) -> Who<'s> {
         let header = match header {
-            None | Some(b"") => return Who::Guest,
+            None | Some(b"") => {
+                return cert_names
+                    .iter()
+                    .find_map(|n| state.users.get(n))
+                    .map_or(Who::Guest, Who::User)
+            }
             Some(h) => h,
         };
         let key = sha256(header);

@@ -77,6 +77,9 @@ pub struct Request<'a> {
     /// Percent-decoded path.
     pub path: &'a [u8],
     pub body: &'a [u8],
+    /// Common names of the client's verified TLS certificates
+    /// ([`Stream::client_names`]).
+    pub client_names: &'a [String],
 }
 
 /// What a service did with a request.
@@ -186,6 +189,7 @@ struct Conn {
     out: Vec<u8>,
     path: Vec<u8>,
     body: Vec<u8>,
+    client_names: Vec<String>,
 }
 
 enum Step {
@@ -196,6 +200,7 @@ enum Step {
 impl Conn {
     fn new(stream: Stream) -> Conn {
         Conn {
+            client_names: stream.client_names(),
             stream,
             buf: vec![0; 16 << 10],
             start: 0,
@@ -452,6 +457,7 @@ impl Conn {
             head,
             path: &self.path,
             body,
+            client_names: &self.client_names,
         };
         // Nothing is pending here (drained above): the answer goes straight
         // into the output, in request order.

@@ -61,7 +61,11 @@ fn enabled_state(api: &Api) -> Option<Arc<State>> {
 }
 
 fn identify<'s>(api: &Api, st: &'s State, req: &Request<'_>) -> Access<'s> {
-    match api.verifier.borrow().identify(st, req.head.authorization) {
+    match api
+        .verifier
+        .borrow()
+        .identify(st, req.head.authorization, req.client_names)
+    {
         Who::Guest => Access::Allowed,
         Who::User(u) => Access::As(u),
         Who::Refused => Access::Denied,
