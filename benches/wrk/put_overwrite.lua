@@ -13,6 +13,9 @@ function init(args)
 end
 local body = "value=" .. string.rep("a", 64) .. "&ttl=30"
 local hdrs = { ["Content-Type"] = "application/x-www-form-urlencoded" }
+-- WRK_AUTH: an Authorization header for every request (v2 auth benches).
+local auth = os.getenv("WRK_AUTH")
+if auth and auth ~= "" then hdrs["Authorization"] = auth end
 function request()
   counter = counter + 1
   return wrk.format("PUT", "/v2/keys/hbo/" .. tostring(counter % 10000), hdrs, body)

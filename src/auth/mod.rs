@@ -11,9 +11,12 @@
 
 pub mod model;
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use arc_swap::ArcSwap;
 use base64::Engine as _;
@@ -25,6 +28,10 @@ pub const BCRYPT_COST: u32 = 10;
 
 /// Verified credentials an executor remembers at most.
 const CACHE_MAX: usize = 4096;
+
+/// bcrypt comparisons one executor runs at once; more wait their turn (a
+/// flood of distinct wrong passwords cannot take every core).
+pub const CHECKS_AT_ONCE: u64 = 2;
 
 /// The auth records as of one durable batch.
 #[derive(Debug, Default, Clone)]
@@ -137,9 +144,52 @@ struct Verdict {
 /// the user's stored hash is the one it was checked against, so a changed
 /// password or a deleted user takes effect at once. Wrong passwords are
 /// remembered too: repeating one costs no bcrypt.
-#[derive(Default)]
 pub struct Verifier {
     cache: HashMap<[u8; 32], Verdict>,
+    /// Comparisons under way, by header: requests with the same header
+    /// wait for that one instead of starting their own (64 connections
+    /// opening with one password cost one bcrypt, not 64).
+    inflight: HashMap<[u8; 32], Rc<Flight>>,
+    /// Bounds the comparisons under way ([`CHECKS_AT_ONCE`]).
+    pub slots: Rc<glommio::sync::Semaphore>,
+}
+
+impl Default for Verifier {
+    fn default() -> Verifier {
+        Verifier {
+            cache: HashMap::new(),
+            inflight: HashMap::new(),
+            slots: Rc::new(glommio::sync::Semaphore::new(CHECKS_AT_ONCE)),
+        }
+    }
+}
+
+/// One comparison under way, which other requests can wait for.
+#[derive(Default)]
+pub struct Flight {
+    done: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Flight {
+    /// Resolves once the comparison's verdict is remembered.
+    pub async fn wait(&self) {
+        futures_lite::future::poll_fn(|cx| {
+            if self.done.get() {
+                return Poll::Ready(());
+            }
+            self.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn finish(&self) {
+        self.done.set(true);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
 }
 
 /// Go's `Request.BasicAuth`: `Basic <base64(user:password)>`.
@@ -198,10 +248,34 @@ impl Verifier {
         })
     }
 
-    /// Remember the verdict of a comparison.
+    /// The comparison under way for `v`'s header, if any; otherwise `v`'s
+    /// own, registered so later requests wait for it.
+    pub fn join(&mut self, v: &Verification) -> (Rc<Flight>, bool) {
+        match self.inflight.get(&v.key) {
+            Some(f) => (f.clone(), false),
+            None => {
+                let f = Rc::new(Flight::default());
+                self.inflight.insert(v.key, f.clone());
+                (f, true)
+            }
+        }
+    }
+
+    /// A comparison that will not finish (its task went away): release its
+    /// waiters, which then ask again.
+    pub fn abandon(&mut self, key: &[u8; 32]) {
+        if let Some(f) = self.inflight.remove(key) {
+            f.finish();
+        }
+    }
+
+    /// Remember the verdict of a comparison and release its waiters.
     pub fn remember(&mut self, c: Checked) {
         if self.cache.len() >= CACHE_MAX {
             self.cache.clear();
+        }
+        if let Some(f) = self.inflight.remove(&c.key) {
+            f.finish();
         }
         self.cache.insert(c.key, c.verdict);
     }
@@ -221,6 +295,11 @@ impl Checked {
 }
 
 impl Verification {
+    /// The cache key: the SHA-256 of the `Authorization` header.
+    pub fn key(&self) -> [u8; 32] {
+        self.key
+    }
+
     /// Run the bcrypt comparison on a blocking thread.
     pub async fn run(self) -> Checked {
         let Verification {

@@ -375,7 +375,24 @@ fn enable(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) -> Out {
 
 /// Check a password off the executor (a [`Handled::Again`]).
 pub async fn verify(api: &Api, v: crate::auth::Verification) {
+    let (flight, mine) = api.verifier.borrow_mut().join(&v);
+    if !mine {
+        // The same header is being checked for another request.
+        flight.wait().await;
+        return;
+    }
+    // Should this task go away mid-check, the waiters are released.
+    struct Leave<'a>(&'a Api, [u8; 32]);
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            self.0.verifier.borrow_mut().abandon(&self.1);
+        }
+    }
+    let _leave = Leave(api, v.key());
+    let slots = api.verifier.borrow().slots.clone();
+    let permit = slots.acquire_permit(1).await;
     let checked = v.run().await;
+    drop(permit);
     let result = if checked.ok() { "ok" } else { "refused" };
     let m = &api.shard.shared.metrics.password_checks;
     m.with_label_values(&[result]).inc();
