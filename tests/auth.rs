@@ -384,3 +384,41 @@ fn a_cluster_enforces_auth_on_every_member() {
     );
     expect(&r, 401, "add a member without credentials");
 }
+
+/// `kardia reshard` carries the auth records to the new shard 0, and
+/// `kardia check` passes on a data dir that holds them.
+#[test]
+fn auth_records_move_with_a_reshard() {
+    let mut s = Server::start().expect("start kardia");
+    set_up_auth(s.client_port);
+    expect(
+        &call(
+            s.client_port,
+            "PUT",
+            "/v2/keys/apps/a",
+            Some("value=1"),
+            Some(HM),
+        ),
+        201,
+        "hm write",
+    );
+    s.kill();
+    let tool = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kardia"))
+            .args(args)
+            .arg(s.data_dir())
+            .output()
+            .expect("run kardia");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "kardia {args:?}: {text}");
+    };
+    tool(&["reshard", "--shards", "2", "--data-dir"]);
+    tool(&["check"]);
+    s.set_args(&["--shards", "2"]);
+    s.restart().expect("start the resharded member");
+    check_enforced(s.client_port, "after the reshard to 2 shards");
+}
