@@ -11,6 +11,7 @@ pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod import;
 pub mod metrics;
 pub mod mirror;
 pub mod raft;

@@ -167,3 +167,201 @@ fn a_live_etcd_keyspace_is_mirrored_through_cut_over() {
         200
     );
 }
+
+/// A recursive listing as key → (dir, value, ttl).
+fn flatten(body: &str) -> std::collections::BTreeMap<String, (bool, String, u64)> {
+    let j = common::json::Json::parse(body).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![j.get("node").unwrap()];
+    while let Some(n) = todo.pop() {
+        if let Some(k) = n.get("key").and_then(|k| k.as_str()) {
+            out.insert(
+                k.to_string(),
+                (
+                    n.get("dir").and_then(|d| d.as_bool()).unwrap_or(false),
+                    n.get("value")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("")
+                        .to_string(),
+                    n.get("ttl").and_then(|t| t.as_u64()).unwrap_or(0),
+                ),
+            );
+        }
+        if let Some(c) = n.get("nodes") {
+            todo.extend(c.items());
+        }
+    }
+    out
+}
+
+/// A stopped etcd 3.4.23 member's data dir — with a v2 snapshot and log
+/// entries after it, and with a log only — is imported into a running
+/// kardia: the same keys, values, directories, hidden keys, in-order keys
+/// and TTLs (within 2 s); conditional writes, deletes and expiries that
+/// happened in etcd count. A dir that is not etcd's is refused with a
+/// message pointing at the live path.
+#[test]
+fn a_stopped_etcd_data_dir_is_imported() {
+    if !common::have("etcd", &["--version"]) && common::missing("etcd") {
+        return;
+    }
+    for snapshot_count in ["25", "100000"] {
+        let home = tempfile::tempdir().unwrap();
+        let data = home.path().join("etcd");
+        let (cp, pp) = (common::free_port().unwrap(), common::free_port().unwrap());
+        let (c, p) = (
+            format!("http://127.0.0.1:{cp}"),
+            format!("http://127.0.0.1:{pp}"),
+        );
+        let mut etcd = Command::new("etcd")
+            .args(["--enable-v2", "--snapshot-count", snapshot_count])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &format!("default={p}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(request(cp, "GET", "/v2/keys/", None, &[]), Ok(r) if r.code() == 200) {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let e = cp;
+        for i in 0..60 {
+            ok(
+                e,
+                "PUT",
+                &format!("/v2/keys/hm/apps/a{}", i % 7),
+                Some(&format!("value=v{i}")),
+            );
+        }
+        ok(e, "PUT", "/v2/keys/hm/ttl/x", Some("value=t&ttl=300"));
+        ok(e, "PUT", "/v2/keys/hm/lease?dir=true&ttl=400", None);
+        ok(
+            e,
+            "PUT",
+            "/v2/keys/hm/lease?dir=true&ttl=500&prevExist=true",
+            None,
+        );
+        for q in ["q1", "q2", "q3"] {
+            ok(e, "POST", "/v2/keys/queue", Some(&format!("value={q}")));
+        }
+        ok(e, "PUT", "/v2/keys/_hidden", Some("value=h"));
+        ok(e, "PUT", "/v2/keys/hm/apps/_h", Some("value=hh"));
+        ok(
+            e,
+            "PUT",
+            "/v2/keys/hm/apps/a1?prevValue=v57",
+            Some("value=cas"),
+        );
+        let failed = request(
+            e,
+            "PUT",
+            "/v2/keys/hm/apps/a3?prevValue=nope",
+            Some("value=x"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(failed.code(), 412);
+        ok(e, "DELETE", "/v2/keys/hm/apps/a2?prevValue=v58", None);
+        ok(e, "PUT", "/v2/keys/gone/deep/k", Some("value=1"));
+        ok(e, "DELETE", "/v2/keys/gone?recursive=true", None);
+        ok(
+            e,
+            "PUT",
+            "/v2/keys/sp%20ace/%C3%A9",
+            Some("value=%C3%BC%26"),
+        );
+        ok(e, "PUT", "/v2/keys/hm/short", Some("value=s&ttl=1"));
+        ok(
+            e,
+            "PUT",
+            "/v2/keys/hm/ttl/x?refresh=true&prevExist=true&ttl=600",
+            None,
+        );
+        std::thread::sleep(Duration::from_millis(2500));
+        let want = flatten(
+            &request(e, "GET", "/v2/keys/?recursive=true&sorted=true", None, &[])
+                .unwrap()
+                .body_str(),
+        );
+        assert!(!want.contains_key("/hm/short"), "etcd expired it");
+        assert!(want.contains_key("/queue"), "{want:?}");
+        unsafe { libc::kill(etcd.id() as i32, libc::SIGTERM) };
+        etcd.wait().unwrap();
+        if snapshot_count == "25" {
+            let snaps = std::fs::read_dir(data.join("member/snap"))
+                .unwrap()
+                .filter(|f| {
+                    f.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "snap")
+                })
+                .count();
+            assert!(snaps > 0, "etcd wrote no snapshot");
+        }
+
+        let kardia = Server::start().expect("start kardia");
+        let k = kardia.client_port;
+        let out = Command::new(env!("CARGO_BIN_EXE_kardia"))
+            .args(["import", "--etcd-data-dir"])
+            .arg(&data)
+            .args(["--to", &format!("http://127.0.0.1:{k}")])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "snapshot-count {snapshot_count}: {log}"
+        );
+        assert!(log.contains("each read back and equal"), "{log}");
+        let got = flatten(
+            &request(k, "GET", "/v2/keys/?recursive=true&sorted=true", None, &[])
+                .unwrap()
+                .body_str(),
+        );
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "snapshot-count {snapshot_count}: keys\n{log}"
+        );
+        for (key, (dir, value, ttl)) in &want {
+            let (gdir, gvalue, gttl) = &got[key];
+            assert_eq!((gdir, gvalue), (dir, value), "{key}");
+            assert!(
+                gttl.abs_diff(*ttl) <= 2,
+                "{key}: ttl {gttl} vs etcd's {ttl}"
+            );
+        }
+        assert!(want["/hm/ttl/x"].2 > 500, "the refresh counted");
+        for hidden in ["/v2/keys/_hidden", "/v2/keys/hm/apps/_h"] {
+            let r = request(k, "GET", hidden, None, &[]).unwrap();
+            assert_eq!(r.code(), 200, "{hidden} imported");
+        }
+        // The etcd data dir was only read: etcd starts on it again.
+        assert!(data.join("member/wal").is_dir());
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kardia"))
+        .args([
+            "import",
+            "--etcd-data-dir",
+            "/nonexistent",
+            "--to",
+            "http://127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("kardia mirror"), "{err}");
+}

@@ -39,6 +39,15 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Ok(Parsed::Import(o)) => {
+            return match kardia::import::run(&o) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kardia import: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Ok(Parsed::Mirror(o)) => {
             return match kardia::mirror::run(&o) {
                 Ok(()) => ExitCode::SUCCESS,

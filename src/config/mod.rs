@@ -77,6 +77,43 @@ pub enum Parsed {
     },
     /// `kardia mirror --from URL --to URL [...]`: copy an etcd v2 keyspace.
     Mirror(crate::mirror::Options),
+    /// `kardia import --etcd-data-dir DIR --to URL [--prefix P]`: copy a
+    /// stopped etcd member's v2 keyspace.
+    Import(crate::import::Options),
+}
+
+const IMPORT_USAGE: &str =
+    "usage: kardia import --etcd-data-dir /var/lib/etcd --to http://127.0.0.1:2379 [--prefix /hm]";
+
+/// `kardia import`'s flags.
+fn parse_import(args: &[String]) -> Result<Parsed, String> {
+    let mut o = crate::import::Options {
+        etcd_dir: PathBuf::new(),
+        to: String::new(),
+        prefix: "/".into(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (name, inline) = split_flag(a);
+        let value = match inline {
+            Some(v) => v,
+            None => it.next().cloned().ok_or(IMPORT_USAGE)?,
+        };
+        match name {
+            "etcd-data-dir" => o.etcd_dir = PathBuf::from(value),
+            "to" => o.to = value.trim_end_matches('/').to_string(),
+            "prefix" => o.prefix = format!("/{}", value.trim_matches('/')),
+            _ => {
+                return Err(format!(
+                    "flag provided but not defined: {a}\n{IMPORT_USAGE}"
+                ))
+            }
+        }
+    }
+    if o.etcd_dir.as_os_str().is_empty() || o.to.is_empty() {
+        return Err(IMPORT_USAGE.into());
+    }
+    Ok(Parsed::Import(o))
 }
 
 const MIRROR_USAGE: &str = "usage: kardia mirror --from http://etcd:2379 --to http://127.0.0.1:2379 [--prefix /hm] [--until-idle SECONDS] [--verify]";
@@ -257,6 +294,9 @@ fn env_name(flag: &str) -> String {
 pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Parsed, String> {
     if args.first().map(String::as_str) == Some("mirror") {
         return parse_mirror(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("import") {
+        return parse_import(&args[1..]);
     }
     if args.first().map(String::as_str) == Some("reshard") {
         return parse_reshard(&args[1..]);
@@ -617,6 +657,12 @@ kardia: a replicated key-value server speaking the etcd v2 HTTP API
 usage: kardia [flags]      (flags take one or two dashes; each is also ETCD_<NAME>)
        kardia check [DATA_DIR]   verify a (stopped) member's data dir: every
                                  record's checksum, the tree, the WAL; exit 1 if damaged
+       kardia reshard --data-dir DIR --shards N [--unit-depth K]
+                                 change a stopped member's shard count
+       kardia mirror --from URL --to URL [--prefix P] [--until-idle S] [--verify]
+                                 copy a live etcd v2 keyspace and follow it
+       kardia import --etcd-data-dir DIR --to URL [--prefix P]
+                                 copy a stopped etcd 3.4/3.5 member's v2 keyspace
 
   --name NAME                       member name (default \"default\")
   --data-dir DIR                    data directory (default \"<name>.etcd\")

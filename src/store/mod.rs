@@ -17,6 +17,7 @@ pub mod auth;
 pub mod check;
 pub mod command;
 pub mod event;
+pub mod import;
 pub mod node;
 pub mod placement;
 pub mod reshard;
