@@ -215,9 +215,13 @@ pub fn run(o: &Options) -> Result<(), String> {
     let mut applied = 0u64;
     let mut last_event = Instant::now();
     let mut last_report = Instant::now();
+    let mut source_at = index;
     loop {
         if o.until_idle.is_some_and(|d| last_event.elapsed() >= d) {
-            eprintln!("mirror: idle; {applied} events applied, source index {index}");
+            eprintln!(
+                "mirror: idle; {applied} events applied, source index {index}, lag {} index(es)",
+                source_at.saturating_sub(index)
+            );
             return Ok(());
         }
         let url = format!(
@@ -238,6 +242,15 @@ pub fn run(o: &Options) -> Result<(), String> {
             Err(e) => return Err(format!("GET {url}: {e}")),
         };
         let status = r.status().as_u16();
+        // The source's index when the watch was answered: how far behind.
+        if let Some(i) = r
+            .headers()
+            .get("X-Etcd-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            source_at = source_at.max(i);
+        }
         // etcd answers a wait with its headers at once and the body when
         // the event comes: the bound may run out in either.
         let mut body = match r.body_mut().with_config().limit(u64::MAX).read_to_vec() {
@@ -276,7 +289,10 @@ pub fn run(o: &Options) -> Result<(), String> {
         applied += 1;
         last_event = Instant::now();
         if last_report.elapsed() >= Duration::from_secs(2) {
-            eprintln!("mirror: {applied} events applied, at source index {index}");
+            eprintln!(
+                "mirror: {applied} events applied, at source index {index}, lag {} index(es)",
+                source_at.saturating_sub(index)
+            );
             last_report = Instant::now();
         }
     }

@@ -172,10 +172,12 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// The common names of the certificates a client presented (its own
-    /// first), which `--client-cert-auth` verified: v2 auth takes the first
-    /// that names a user when a request has no `Authorization` header, as
-    /// etcd does. Empty without TLS or client certificates.
+    /// The common name of the certificate a client presented, which
+    /// `--client-cert-auth` verified: v2 auth takes it as the user when a
+    /// request has no `Authorization` header, as etcd does. Only the leaf:
+    /// other certificates a client sends need not be part of the chain the
+    /// verifier built (etcd reads only verified chains). Empty without TLS
+    /// or client certificates.
     pub fn client_names(&self) -> Vec<String> {
         let Stream::Tls(s) = self else {
             return Vec::new();
@@ -183,6 +185,7 @@ impl Stream {
         let certs = s.get_ref().1.peer_certificates().unwrap_or_default();
         certs
             .iter()
+            .take(1)
             .filter_map(|der| {
                 let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
                 // Go keeps the last CN of the subject.

@@ -385,8 +385,9 @@ fn a_cluster_enforces_auth_on_every_member() {
     expect(&r, 401, "add a member without credentials");
 }
 
-/// `kardia reshard` carries the auth records to the new shard 0, and
-/// `kardia check` passes on a data dir that holds them.
+/// Only root may take a backup (it holds the auth records); `kardia
+/// reshard` carries the records to the new shard 0, and `kardia check`
+/// passes on a data dir that holds them.
 #[test]
 fn auth_records_move_with_a_reshard() {
     let mut s = Server::start().expect("start kardia");
@@ -401,6 +402,24 @@ fn auth_records_move_with_a_reshard() {
         ),
         201,
         "hm write",
+    );
+    // A backup copies the auth records too: root only.
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("/kardia/backup?dir={}", dir.path().join("b").display());
+    expect(
+        &call(s.client_port, "POST", &target, None, None),
+        401,
+        "backup as a guest",
+    );
+    expect(
+        &call(s.client_port, "POST", &target, None, Some(HM)),
+        401,
+        "backup as hm",
+    );
+    expect(
+        &call(s.client_port, "POST", &target, None, Some(ROOT)),
+        201,
+        "backup as root",
     );
     s.kill();
     let tool = |args: &[&str]| {

@@ -17,7 +17,7 @@ use protobuf::{CodedInputStream, Message};
 use raft::eraftpb::{Entry, EntryType, HardState, Snapshot};
 
 /// WAL record types (etcd's `wal/wal.go`).
-const METADATA: i64 = 1;
+// 1 is metadata (the member and cluster ids): not needed here.
 const ENTRY: i64 = 2;
 const STATE: i64 = 3;
 const CRC: i64 = 4;
@@ -126,7 +126,10 @@ fn read_wal_snapshot(b: &[u8]) -> Option<u64> {
     Some(index)
 }
 
-/// Every intact record of the log files, in order: (type, data).
+/// Every intact record of the log files, in order: (type, data). Only
+/// the last file may end in a torn or damaged record (a write a crash cut
+/// short: the bytes after it are zeros); damage anywhere else is an error,
+/// as etcd refuses to start on it.
 fn read_wal(dir: &Path, notes: &mut Vec<String>) -> Result<Vec<(i64, Vec<u8>)>, String> {
     let files = sorted_files(dir, "wal")?;
     if files.is_empty() {
@@ -134,11 +137,13 @@ fn read_wal(dir: &Path, notes: &mut Vec<String>) -> Result<Vec<(i64, Vec<u8>)>, 
     }
     let mut out = Vec::new();
     let mut running: u32 = 0;
-    for file in &files {
+    for (n, file) in files.iter().enumerate() {
+        let last = n + 1 == files.len();
         let b = std::fs::read(file).map_err(|e| bad(file, e))?;
         let mut at = 0usize;
         let mut records = 0;
-        let stop = loop {
+        // (why, where the damaged record ends if known)
+        let stop: Option<(&str, usize)> = loop {
             if at + 8 > b.len() {
                 break None;
             }
@@ -154,36 +159,47 @@ fn read_wal(dir: &Path, notes: &mut Vec<String>) -> Result<Vec<(i64, Vec<u8>)>, 
                 0
             };
             // The length excludes the padding that follows the record.
-            let Some(end) = (at + 8).checked_add(len).and_then(|e| e.checked_add(pad)) else {
-                break Some("a record length past the file");
+            let end = match (at + 8).checked_add(len).and_then(|e| e.checked_add(pad)) {
+                Some(e) if e <= b.len() => e,
+                _ => break Some(("a torn record", b.len())),
             };
-            if end > b.len() {
-                break Some("a torn record at the tail");
-            }
             let Some((ty, crc, data)) = read_record(&b[at + 8..at + 8 + len]) else {
-                break Some("an undecodable record");
+                break Some(("an undecodable record", end));
             };
-            at = end;
             if ty == CRC {
+                // Each file starts with the checksum the previous one ended on.
+                if running != 0 && crc != running {
+                    break Some(("a checksum record that does not chain", end));
+                }
                 running = crc;
+                at = end;
                 continue;
             }
             let next = crc32c::crc32c_append(running, &data);
             if next != crc {
-                break Some("a record failing its checksum");
+                break Some(("a record failing its checksum", end));
             }
+            at = end;
             running = next;
             records += 1;
             out.push((ty, data));
         };
         match stop {
             None => notes.push(format!("{}: {records} record(s)", file.display())),
-            Some(why) => {
+            Some((why, end)) => {
+                let rest_zero = b[end.min(b.len())..].iter().all(|&x| x == 0);
+                if !last || !rest_zero {
+                    return Err(bad(
+                        file,
+                        format!(
+                            "{why} at byte {at} with records after it: the log is damaged (etcd would not start on it either); import from a member whose log is intact, or through a live etcd with `kardia mirror`"
+                        ),
+                    ));
+                }
                 notes.push(format!(
-                    "{}: {records} record(s), then {why} at byte {at}: reading stops there",
+                    "{}: {records} record(s), then {why} at byte {at} at the tail (a write cut short): reading stops there",
                     file.display()
                 ));
-                break;
             }
         }
     }
@@ -245,8 +261,10 @@ fn read_conf_change(b: &[u8]) -> Option<(u64, u64)> {
     Some((ty, id))
 }
 
-/// The v2 request an entry carries: a bare `Request` (etcd 3.4's v2 API),
-/// or the `v2` field (2) of an `InternalRaftRequest`; `None` for v3.
+/// The v2 store write an entry carries: a bare `Request` (etcd 3.4's v2
+/// API), or inside an `InternalRaftRequest` its `v2` field (2) or — etcd
+/// 3.5 — a cluster version (1300) or member attributes (1301) set, which
+/// etcd also writes to its v2 store; `None` for the rest of v3.
 fn v2_request(data: &[u8]) -> Option<V2Request> {
     if let Some(r) = read_request(data) {
         return Some(r);
@@ -254,8 +272,56 @@ fn v2_request(data: &[u8]) -> Option<V2Request> {
     let mut s = CodedInputStream::from_bytes(data);
     while !s.eof().ok()? {
         let (f, wt) = s.read_tag_unpack().ok()?;
-        if f == 2 && wt == WireType::WireTypeLengthDelimited {
-            return read_request(&s.read_bytes().ok()?);
+        if wt != WireType::WireTypeLengthDelimited {
+            s.skip_field(wt).ok()?;
+            continue;
+        }
+        let inner = s.read_bytes().ok()?;
+        match f {
+            2 => return read_request(&inner),
+            1300 => {
+                return Some(V2Request {
+                    method: "PUT".into(),
+                    path: b"/0/version".to_vec(),
+                    val: first_string(&inner, 1)?,
+                    ..V2Request::default()
+                })
+            }
+            1301 => {
+                let id = first_varint(&inner, 1)?;
+                return Some(V2Request {
+                    method: "PUT".into(),
+                    path: format!("/0/members/{id:x}/attributes").into_bytes(),
+                    val: b"{}".to_vec(),
+                    ..V2Request::default()
+                });
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Field `n` of message `b`, a length-delimited one.
+fn first_string(b: &[u8], n: u32) -> Option<Vec<u8>> {
+    let mut s = CodedInputStream::from_bytes(b);
+    while !s.eof().ok()? {
+        let (f, wt) = s.read_tag_unpack().ok()?;
+        if f == n && wt == WireType::WireTypeLengthDelimited {
+            return s.read_bytes().ok();
+        }
+        s.skip_field(wt).ok()?;
+    }
+    Some(Vec::new())
+}
+
+/// Field `n` of message `b`, a varint.
+fn first_varint(b: &[u8], n: u32) -> Option<u64> {
+    let mut s = CodedInputStream::from_bytes(b);
+    while !s.eof().ok()? {
+        let (f, wt) = s.read_tag_unpack().ok()?;
+        if f == n && wt == WireType::WireTypeVarint {
+            return s.read_uint64().ok();
         }
         s.skip_field(wt).ok()?;
     }
@@ -293,21 +359,28 @@ pub fn read(etcd_dir: &Path) -> Result<Member, String> {
     }
     let start = snapshot.as_ref().map_or(0, |s| s.0);
     let records = read_wal(&member.join("wal"), &mut notes)?;
+    // etcd's `wal.ReadAll` from the snapshot: entry i goes to position
+    // i - start - 1, replacing what a new leader overwrote; a gap is an
+    // error; the log must hold the snapshot's own record.
     let mut entries: Vec<Entry> = Vec::new();
     let mut commit = 0;
-    let mut first = None;
+    let mut matched = start == 0;
     for (ty, data) in records {
         match ty {
             ENTRY => {
                 let e = Entry::parse_from_bytes(&data).map_err(|e| format!("log entry: {e}"))?;
-                // A later entry at an index replaces it and everything after
-                // (a new leader's log), as etcd's reader does.
                 let i = e.get_index();
-                let f = *first.get_or_insert(i);
-                if i < f {
+                if i <= start {
                     continue;
                 }
-                entries.truncate((i - f) as usize);
+                let up = (i - start - 1) as usize;
+                if up > entries.len() {
+                    return Err(format!(
+                        "the log skips from raft index {} to {i}: entries are missing after the snapshot at {start}",
+                        start + entries.len() as u64
+                    ));
+                }
+                entries.truncate(up);
                 entries.push(e);
             }
             STATE => {
@@ -315,15 +388,14 @@ pub fn read(etcd_dir: &Path) -> Result<Member, String> {
                     HardState::parse_from_bytes(&data).map_err(|e| format!("hard state: {e}"))?;
                 commit = commit.max(h.get_commit());
             }
-            SNAPSHOT => {
-                let i = read_wal_snapshot(&data).unwrap_or(0);
-                if i >= start && first.is_none() {
-                    first = Some(i + 1);
-                }
-            }
-            METADATA => {}
+            SNAPSHOT if read_wal_snapshot(&data) == Some(start) => matched = true,
             _ => {}
         }
+    }
+    if !matched {
+        return Err(format!(
+            "the log does not hold the record of the snapshot at raft index {start} (an older snapshot than the log's, or a purged log): import from an intact member, or through a live etcd with `kardia mirror`"
+        ));
     }
     let mut changes = Vec::new();
     for e in entries {

@@ -167,41 +167,15 @@ fn command(r: &V2Request) -> Option<Vec<u8>> {
     Some(data)
 }
 
-/// The commands of a membership change (etcd's `membership` package writes
-/// these to its v2 store, taking indexes): `(primary, if it fails)`.
-fn member_commands(ch: &Change) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-    let enc = |op: Op, key: &[u8], recursive: bool| {
-        let mut c = Command::new(op, key, 0);
-        c.recursive = recursive;
-        c.dir = recursive;
-        let mut d = Vec::new();
-        c.encode(&mut d);
-        d
-    };
-    let attrs = |id: u64| format!("/0/members/{id:x}/raftAttributes").into_bytes();
-    match *ch {
-        // A promotion (an added member that exists) is an update.
-        Change::AddMember(id) => vec![(
-            enc(Op::Create, &attrs(id), false),
-            Some(enc(Op::Update, &attrs(id), false)),
-        )],
-        Change::UpdateMember(id) => vec![(enc(Op::Update, &attrs(id), false), None)],
-        Change::RemoveMember(id) => vec![
-            (
-                enc(Op::Delete, format!("/0/members/{id:x}").as_bytes(), true),
-                None,
-            ),
-            (
-                enc(
-                    Op::Create,
-                    format!("/0/removed_members/{id:x}").as_bytes(),
-                    false,
-                ),
-                None,
-            ),
-        ],
-        Change::Request(_) => Vec::new(),
-    }
+/// A membership command on etcd's `/0` tree (its `membership` package
+/// writes these to the v2 store, taking indexes).
+fn member_command(op: Op, key: &[u8], recursive: bool) -> Vec<u8> {
+    let mut c = Command::new(op, key, 0);
+    c.recursive = recursive;
+    c.dir = recursive;
+    let mut d = Vec::new();
+    c.encode(&mut d);
+    d
 }
 
 /// Replay the member's changes into `st`, one batch each. A SYNC runs
@@ -232,13 +206,23 @@ fn replay(st: &mut Store, changes: &[Change]) -> Result<(), String> {
                     }
                 }
             }
-            _ => {
-                for (data, fallback) in member_commands(ch) {
-                    if !one(st, &data)? {
-                        if let Some(f) = fallback {
-                            one(st, &f)?;
-                        }
-                    }
+            // A promotion (an added member that exists) is an update.
+            Change::AddMember(id) => {
+                let key = format!("/0/members/{id:x}/raftAttributes");
+                if !one(st, &member_command(Op::Create, key.as_bytes(), false))? {
+                    one(st, &member_command(Op::Update, key.as_bytes(), false))?;
+                }
+            }
+            Change::UpdateMember(id) => {
+                let key = format!("/0/members/{id:x}/raftAttributes");
+                one(st, &member_command(Op::Update, key.as_bytes(), false))?;
+            }
+            // etcd records a removal only for a member it had.
+            Change::RemoveMember(id) => {
+                let dir = format!("/0/members/{id:x}");
+                if one(st, &member_command(Op::Delete, dir.as_bytes(), true))? {
+                    let gone = format!("/0/removed_members/{id:x}");
+                    one(st, &member_command(Op::Create, gone.as_bytes(), false))?;
                 }
             }
         }

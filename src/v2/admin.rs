@@ -508,7 +508,7 @@ pub struct PendingBackup {
 }
 
 pub fn backup(
-    _api: &Api,
+    api: &Api,
     req: &Request<'_>,
     out: &mut Vec<u8>,
 ) -> Handled<super::keys::Pending, super::keys::Watch> {
@@ -517,6 +517,10 @@ pub fn backup(
         r.header("Allow", b"POST");
         r.body(b"Method Not Allowed\n", req.head.method == Method::Head);
         return Handled::Done;
+    }
+    // A backup copies everything, auth records included: root only.
+    if let Some(h) = super::auth::check_root(api, req, false, out) {
+        return h;
     }
     let mut dir = Vec::new();
     for pair in req.head.query.split(|&b| b == b'&') {

@@ -460,6 +460,14 @@ fn role_key(name: &str) -> Vec<u8> {
 
 /// etcd's `store` methods behind each change: `(status, body)`.
 async fn change(api: &Api, c: Change) -> Result<(u16, Vec<u8>), Failure> {
+    // etcd reads the records a change depends on with a quorum read: on a
+    // replicated member, pass a read barrier first (every change committed
+    // before it is then applied, and published, here).
+    if api.cluster.read().expect("membership").members.len() > 1 {
+        crate::raft::read_barrier(&api.shard)
+            .await
+            .map_err(Failure::Store)?;
+    }
     let auth = api.shard.shared.auth.clone();
     let st = auth.state();
     match c {
