@@ -133,7 +133,17 @@ impl<'a> Command<'a> {
         if self.expire.is_some() {
             flags |= F_EXPIRE;
         }
-        out.reserve(40 + self.key.len() + self.value.len() + self.prev_value.len());
+        // The header, three lengths, the fields, and room for the indexes
+        // the executing shard appends (`push_index`): one allocation.
+        out.reserve(
+            HEADER
+                + 12
+                + self.key.len()
+                + self.value.len()
+                + self.prev_value.len()
+                + self.indexes.len()
+                + 16,
+        );
         out.push(VERSION);
         out.push(self.op as u8);
         out.push(flags);
