@@ -162,6 +162,23 @@ fn wait_ready(c: &Certs, url: &str, client: &[&str]) {
     }
 }
 
+/// Flags of a member serving `url` (https) under `--client-cert-auth`.
+fn client_cert_auth_args(c: &Certs, url: &str) -> Vec<String> {
+    vec![
+        "--listen-client-urls".into(),
+        url.into(),
+        "--advertise-client-urls".into(),
+        url.into(),
+        "--cert-file".into(),
+        c.s("server.crt"),
+        "--key-file".into(),
+        c.s("server.key"),
+        "--trusted-ca-file".into(),
+        c.s("ca.crt"),
+        "--client-cert-auth".into(),
+    ]
+}
+
 fn tools() -> bool {
     for t in ["openssl", "curl", "etcdctl"] {
         if !have(t, &["--version"]) && !have(t, &["version"]) && missing(t) {
@@ -243,19 +260,7 @@ fn client_cert_auth_refuses_clients_without_a_trusted_certificate() {
                 c.s("ca.crt"),
             ]
         } else {
-            vec![
-                "--listen-client-urls".into(),
-                url.clone(),
-                "--advertise-client-urls".into(),
-                url.clone(),
-                "--cert-file".into(),
-                c.s("server.crt"),
-                "--key-file".into(),
-                c.s("server.key"),
-                "--trusted-ca-file".into(),
-                c.s("ca.crt"),
-                "--client-cert-auth".into(),
-            ]
+            client_cert_auth_args(&c, &url)
         };
         let _m = start(&args);
         let (cert, key) = (c.s("client.crt"), c.s("client.key"));
@@ -308,19 +313,7 @@ fn a_client_certificate_names_its_v2_auth_user() {
     let c = make_certs();
     let port = free_port().unwrap();
     let url = format!("https://127.0.0.1:{port}");
-    let _m = start(&[
-        "--listen-client-urls".into(),
-        url.clone(),
-        "--advertise-client-urls".into(),
-        url.clone(),
-        "--cert-file".into(),
-        c.s("server.crt"),
-        "--key-file".into(),
-        c.s("server.key"),
-        "--trusted-ca-file".into(),
-        c.s("ca.crt"),
-        "--client-cert-auth".into(),
-    ]);
+    let _m = start(&client_cert_auth_args(&c, &url));
     let (cc, ck) = (c.s("client.crt"), c.s("client.key"));
     let (hc, hk) = (c.s("hm.crt"), c.s("hm.key"));
     let as_client = ["--cert", cc.as_str(), "--key", ck.as_str()];
