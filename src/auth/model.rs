@@ -183,27 +183,9 @@ impl Perms {
         let Some(n) = n else {
             return Ok(self.clone());
         };
-        let mut read = set(&self.read);
-        for r in n.read.iter().flatten() {
-            if !add(&mut read, r) {
-                return Err(auth_err(
-                    409,
-                    format_args!("Granting duplicate read permission {r}"),
-                ));
-            }
-        }
-        let mut write = set(&self.write);
-        for w in n.write.iter().flatten() {
-            if !add(&mut write, w) {
-                return Err(auth_err(
-                    409,
-                    format_args!("Granting duplicate write permission {w}"),
-                ));
-            }
-        }
         Ok(Perms {
-            read: Some(read),
-            write: Some(write),
+            read: Some(granted(&self.read, &n.read, "read")?),
+            write: Some(granted(&self.write, &n.write, "write")?),
         })
     }
 
@@ -239,6 +221,21 @@ impl Perms {
                 .is_some_and(|pre| key.starts_with(pre.as_bytes()))
         })
     }
+}
+
+/// `old` with `new` added (etcd's `RWPermission.Grant` for one list); a
+/// pattern granted twice is a 409.
+fn granted(old: &List, new: &List, kind: &str) -> Result<Vec<String>, AuthError> {
+    let mut out = set(old);
+    for p in new.iter().flatten() {
+        if !add(&mut out, p) {
+            return Err(auth_err(
+                409,
+                format_args!("Granting duplicate {kind} permission {p}"),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// A Go string set's values, sorted (what etcd's merges produce: never nil).
