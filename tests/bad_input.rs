@@ -252,7 +252,8 @@ fn silent_connections_are_closed_at_the_head_deadline() {
 /// 50 clients pipeline 1000 recursive GETs of a 10 MB directory each and
 /// never read: the member stops handling a connection's next requests while
 /// its unsent output is over the bound, so it stays under 1 GiB (instead of
-/// growing by GBs), notices the clients leave, and keeps serving others.
+/// growing by GBs), notices the clients leave, and keeps serving others
+/// throughout (large listings render one at a time, behind small requests).
 #[test]
 fn clients_that_never_read_stay_within_the_memory_budget() {
     const BUDGET: u64 = 1 << 30;
@@ -311,14 +312,30 @@ fn clients_that_never_read_stay_within_the_memory_budget() {
             std::thread::sleep(Duration::from_millis(50));
         }
     };
+    // Others are served meanwhile, from the start of the burst on: a
+    // small request waits for at most a couple of the large renders, not
+    // for every one queued before it.
+    let probing = Instant::now() + Duration::from_secs(6);
+    let probe = std::thread::spawn(move || {
+        let mut waits = Vec::new();
+        while Instant::now() < probing {
+            let t = Instant::now();
+            assert_alive_and_intact(port);
+            waits.push(t.elapsed());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        waits
+    });
     watch_for(&mut peak, Duration::from_secs(6));
-    // Others are still served meanwhile.
-    let t = Instant::now();
-    assert_alive_and_intact(port);
+    let waits = probe.join().unwrap();
+    let worst = waits.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "{} small requests during the burst, the slowest waited {worst:?}",
+        waits.len()
+    );
     assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "a good client waited {:?}",
-        t.elapsed()
+        worst < Duration::from_secs(2),
+        "a good client waited {worst:?} behind the large reads"
     );
     drop(hogs);
     watch_for(&mut peak, Duration::from_secs(3));

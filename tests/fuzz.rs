@@ -1417,6 +1417,7 @@ fn json_store_events() {
                     now,
                     None,
                     kardia::store::ReadAt::Now,
+                    usize::MAX,
                     &mut got,
                 )
                 .map_err(|e| TestCaseError::fail(format!("get: {e}")))?;
@@ -2206,6 +2207,7 @@ fn list_root(
         1,
         None,
         kardia::store::ReadAt::Now,
+        usize::MAX,
         out,
     )
 }

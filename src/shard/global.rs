@@ -848,7 +848,11 @@ async fn read(shard: &Rc<Shard>, req: ReadReq, index: u64) -> ReadResult {
         shard,
         index,
         &req.key,
-        req.opts,
+        // A member-wide listing is read whole (other shards are parked).
+        ReadOpts {
+            bulk: true,
+            ..req.opts
+        },
         Some(&remote),
         crate::store::ReadAt::Cut,
         &mut body,

@@ -29,6 +29,9 @@ pub struct ReadOpts {
     pub recursive: bool,
     pub sorted: bool,
     pub now: i64,
+    /// Known to be a large listing: read under the executor's bulk gate
+    /// ([`super::BULK_BYTES`]), with no limit.
+    pub bulk: bool,
 }
 
 /// A read of one key.

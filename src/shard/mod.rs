@@ -9,6 +9,8 @@
 //! way. Either way the caller awaits an [`Answer`] in a slab slot, so a
 //! request allocates no channel. The raft loop ([`crate::raft::run`])
 //! drains the queue, executes, logs, and answers once the batch is durable.
+//! A read whose listing passes [`BULK_BYTES`] is a bulk read: rendered one
+//! at a time per executor, after the small requests already waiting.
 
 pub mod global;
 pub mod mesh;
@@ -25,7 +27,9 @@ use std::task::{Context, Poll, Waker};
 use hdrhistogram::Histogram;
 use slab::Slab;
 
-use crate::store::{escalated_to, Event, Outcome, Placement, ReadAt, Store, MEMBER_WIDE};
+use crate::store::{
+    escalated_to, Event, Outcome, Placement, ReadAt, Store, MEMBER_WIDE, OVER_LIMIT,
+};
 use crate::v2::error::{V2Error, RAFT_INTERNAL};
 pub use mesh::Msg;
 pub use orderer::Orderer;
@@ -178,7 +182,18 @@ pub struct Shard {
     pub metrics: Metrics,
     /// This shard's series of `kardia_shard_batch_commands`.
     pub batch_commands: prometheus::Histogram,
+    /// Held while a large listing renders ([`BULK_BYTES`]): one at a time
+    /// per executor, so the tasks of small requests are never queued
+    /// behind more than one of them.
+    bulk: glommio::sync::Semaphore,
 }
+
+/// A read whose response passes this many bytes is a bulk read: it is
+/// abandoned and done again under [`Shard`]'s bulk gate. An executor runs
+/// one task at a time, and a listing renders without a suspension point;
+/// without the gate, 50 clients asking for a 10 MB listing at once would
+/// queue 50 renders ahead of every small request that arrives after them.
+pub const BULK_BYTES: usize = 256 << 10;
 
 /// Counters of the write path, for diagnostics and benchmarks.
 #[derive(Debug)]
@@ -266,6 +281,7 @@ impl Shard {
             transport: RefCell::new(None),
             failed: RefCell::new(None),
             metrics: Metrics::default(),
+            bulk: glommio::sync::Semaphore::new(1),
         }
     }
 
@@ -592,37 +608,52 @@ impl From<Reply> for Answer {
 /// is durable and delivered, read at the node-wide closed index (so the
 /// reported index never goes backwards and never runs ahead of the data).
 /// A read this shard cannot answer goes on to the shard that can.
-pub async fn serve_read(shard: Rc<Shard>, req: mesh::ReadReq, target: Target) {
-    global::read_gate(&shard).await;
-    // The newest read view whose writes are all delivered: never a batch
-    // still in its fsync (which the raft loop may execute while this task
-    // waits to run), and no wait for it either. The choice and the read
-    // run without a suspension point between them.
-    loop {
-        let delivered = shard.orderer.borrow().delivered();
-        let chosen = shard.store.borrow_mut().select_view(delivered);
-        match chosen {
-            Ok(()) => break,
-            Err(index) => {
-                orderer::Delivered {
-                    orderer: &shard.orderer,
-                    index,
+pub async fn serve_read(shard: Rc<Shard>, mut req: mesh::ReadReq, target: Target) {
+    let mut body = Vec::new();
+    let r = loop {
+        // A bulk read takes the gate (held to the end), then lets the
+        // executor poll for I/O once more and run what that woke first.
+        let _gate = match req.opts.bulk {
+            true => {
+                let permit = shard.bulk.acquire_permit(1).await.ok();
+                after_next_poll().await;
+                permit
+            }
+            false => None,
+        };
+        global::read_gate(&shard).await;
+        // The newest read view whose writes are all delivered: never a batch
+        // still in its fsync (which the raft loop may execute while this
+        // task waits to run), and no wait for it either. The choice and the
+        // read run without a suspension point between them.
+        loop {
+            let delivered = shard.orderer.borrow().delivered();
+            let chosen = shard.store.borrow_mut().select_view(delivered);
+            match chosen {
+                Ok(()) => break,
+                Err(index) => {
+                    orderer::Delivered {
+                        orderer: &shard.orderer,
+                        index,
+                    }
+                    .await
                 }
-                .await
             }
         }
-    }
-    let index = shard.orderer.borrow().closed();
-    let mut body = Vec::new();
-    let r = read_at(
-        &shard,
-        index,
-        &req.key,
-        req.opts,
-        None,
-        ReadAt::View,
-        &mut body,
-    );
+        let index = shard.orderer.borrow().closed();
+        match read_at(
+            &shard,
+            index,
+            &req.key,
+            req.opts,
+            None,
+            ReadAt::View,
+            &mut body,
+        ) {
+            Err(e) if e.code == OVER_LIMIT => req.opts.bulk = true,
+            r => break r,
+        }
+    };
     let next = match r {
         Ok(i) => return shard.answer(target, Answer::Read(Ok((body, i)))),
         Err(e) => match escalated_to(&e) {
@@ -644,9 +675,21 @@ pub async fn serve_read(shard: Rc<Shard>, req: mesh::ReadReq, target: Target) {
     }
 }
 
+/// Resume once the executor has polled for I/O again, behind the tasks
+/// that poll woke. A task queue runs its ready tasks until it is empty or
+/// the preempt timer (100 ms) fires, and only then reaps completions: a
+/// bulk read that merely yielded could run before the small requests whose
+/// bytes have arrived but are not yet reaped. A timer is fired by that poll.
+async fn after_next_poll() {
+    glommio::timer::sleep(std::time::Duration::from_micros(100)).await;
+    glommio::executor().yield_now().await;
+}
+
 /// Run a read against this shard's store now, reporting `index`, with the
 /// body in `body`; `remote` holds other shards' files (a member-wide GET).
-/// A store failure stops the shard.
+/// Unless `opts.bulk`, a listing past [`BULK_BYTES`] answers
+/// [`OVER_LIMIT`] (read it again as a bulk read). A store failure stops
+/// the shard.
 pub fn read_at(
     shard: &Shard,
     index: u64,
@@ -664,6 +707,7 @@ pub fn read_at(
         opts.now,
         remote,
         at,
+        if opts.bulk { usize::MAX } else { BULK_BYTES },
         body,
     );
     if shard.shared.shards > 1 {

@@ -143,6 +143,11 @@ fn escalate(shard: usize) -> V2Error {
 pub fn escalated_to(e: &V2Error) -> Option<usize> {
     (e.code == ESCALATE).then(|| usize::try_from(e.index).unwrap_or(MEMBER_WIDE))
 }
+
+/// The error code of "this listing passed the read's byte limit" (never
+/// sent to a client): the caller reads it again as a bulk read
+/// ([`Store::get`]'s `limit`).
+pub const OVER_LIMIT: u16 = 1;
 /// What a store copy ([`Store::copy_to`]) holds.
 #[derive(Debug)]
 pub struct SnapshotInfo {
@@ -1735,6 +1740,11 @@ impl Store {
     /// On a sharded member a directory's files live in one shard: a listing
     /// elsewhere answers [`ESCALATE`] naming that shard, unless `remote`
     /// holds the other shards' files (a member-wide recursive GET).
+    ///
+    /// A listing that passes `limit` bytes is abandoned and answers
+    /// [`OVER_LIMIT`] with `out` as it was (at most `limit` plus one node's
+    /// worth of work wasted), so a caller can tell a large read from a
+    /// small one before it commits to it.
     #[allow(clippy::too_many_arguments)]
     pub fn get(
         &mut self,
@@ -1745,6 +1755,7 @@ impl Store {
         now: i64,
         remote: Option<&RemoteFiles>,
         at: ReadAt,
+        limit: usize,
         out: &mut Vec<u8>,
     ) -> Result<std::result::Result<u64, V2Error>> {
         // The view leaves the queue while it is read (nothing else runs).
@@ -1765,6 +1776,7 @@ impl Store {
             sorted,
             now,
             remote,
+            limit: out.len().saturating_add(limit),
         };
         let r = match &view {
             Some((_, txn)) => self.get_in(txn, index, path, &w, out),
@@ -1818,7 +1830,7 @@ impl Store {
                 _ => return Ok(Err(escalate(MEMBER_WIDE))),
             }
         }
-        self.stats.gets_success += 1;
+        let start = out.len();
         out.extend_from_slice(b"{\"action\":\"get\",\"node\":");
         let value = if f.meta.dir {
             None
@@ -1842,17 +1854,22 @@ impl Store {
             } else {
                 path.to_vec()
             };
-            self.write_children(rtxn, f.meta.dir_id, &mut p, w, out)?;
+            if !self.write_children(rtxn, f.meta.dir_id, &mut p, w, out)? {
+                out.truncate(start);
+                return Ok(Err(V2Error::new(OVER_LIMIT, "", index)));
+            }
         }
         event::write_tail(out, f.meta.modified, f.meta.created);
         out.extend_from_slice(b"}\n");
+        self.stats.gets_success += 1;
         Ok(Ok(index))
     }
 
     /// Append `,"nodes":[..]` for the visible children of `dir_id`, if any,
     /// merging in another shard's files of that directory from `w.remote`;
     /// with `w.recursive`, their children too. Iterative: a frame per open
-    /// directory on the heap, so nesting depth costs no stack.
+    /// directory on the heap, so nesting depth costs no stack. False: `out`
+    /// passed `w.limit` and the listing was left unfinished.
     fn write_children(
         &self,
         txn: &RoTxn,
@@ -1860,7 +1877,7 @@ impl Store {
         path: &mut Vec<u8>,
         w: &Walk,
         out: &mut Vec<u8>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         /// One directory being listed: its children, the next to write,
         /// whether `"nodes":[` is open, and the directory's own tail
         /// (indexes, and the path length before its name) to close it with.
@@ -1870,8 +1887,11 @@ impl Store {
             any: bool,
             close: Option<(u64, u64, usize)>,
         }
+        let Some(items) = self.children(txn, dir_id, w, out.len())? else {
+            return Ok(false);
+        };
         let mut stack = vec![Frame {
-            items: self.children(txn, dir_id, w)?,
+            items,
             next: 0,
             any: false,
             close: None,
@@ -1889,6 +1909,9 @@ impl Store {
                 continue;
             };
             top.next += 1;
+            if out.len() > w.limit {
+                return Ok(false);
+            }
             let rec = match c {
                 Child::Remote(name, json) => {
                     if name.first() == Some(&b'_') {
@@ -1921,8 +1944,11 @@ impl Store {
             }
             .write_head(out);
             if rec.dir && w.recursive {
+                let Some(items) = self.children(txn, rec.dir_id, w, out.len())? else {
+                    return Ok(false);
+                };
                 stack.push(Frame {
-                    items: self.children(txn, rec.dir_id, w)?,
+                    items,
                     next: 0,
                     any: false,
                     close: Some((rec.modified, rec.created, len)),
@@ -1932,22 +1958,31 @@ impl Store {
                 path.truncate(len);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The children of `dir_id` in listing order: this shard's, merged with
-    /// another shard's files of that directory from `w.remote`.
+    /// another shard's files of that directory from `w.remote`. `None`:
+    /// their names and values alone would take the output (now `written`
+    /// bytes long) past `w.limit`.
     fn children<'t>(
         &self,
         txn: &'t RoTxn,
         dir_id: u64,
         w: &Walk<'t>,
-    ) -> Result<Vec<(&'t [u8], Child<'t>)>> {
+        written: usize,
+    ) -> Result<Option<Children<'t>>> {
         let remote = w.remote.and_then(|r| r.get(&dir_id));
         let mut items: Vec<(&[u8], Child)> = Vec::new();
+        let mut budget = w.limit.saturating_sub(written);
         for item in self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())? {
             let (k, v) = item?;
-            items.push((k, Child::Local(rec(k, v)?)));
+            let r = rec(k, v)?;
+            match budget.checked_sub(k.len() + r.value.len()) {
+                Some(left) => budget = left,
+                None => return Ok(None),
+            }
+            items.push((k, Child::Local(r)));
         }
         if let Some(r) = remote {
             // Each shard's part is in LMDB key order: a merge of sorted runs.
@@ -1971,7 +2006,7 @@ impl Store {
         if w.sorted && long {
             items.sort_by_key(|it| name_of(it));
         }
-        Ok(items)
+        Ok(Some(items))
     }
 
     /// This shard's part of a member-wide listing of the skeleton directory
@@ -2007,6 +2042,7 @@ impl Store {
             sorted,
             now,
             remote: None,
+            limit: usize::MAX,
         };
         self.collect_dir(rtxn, f.meta.dir_id, p, &w, &mut out)?;
         Ok(out)
@@ -2057,7 +2093,7 @@ impl Store {
                     }
                     .write_head(&mut d.buf);
                     if rec.dir && w.recursive {
-                        // A unit lives whole on this shard.
+                        // A unit lives whole on this shard (no limit: whole).
                         self.write_children(txn, rec.dir_id, &mut path, w, &mut d.buf)?;
                     }
                     event::write_tail(&mut d.buf, rec.modified, rec.created);
@@ -2102,7 +2138,12 @@ struct Walk<'a> {
     sorted: bool,
     now: i64,
     remote: Option<&'a RemoteFiles>,
+    /// `out`'s length past which a listing stops ([`OVER_LIMIT`]).
+    limit: usize,
 }
+
+/// A directory's children while listing: LMDB key and child, in order.
+type Children<'t> = Vec<(&'t [u8], Child<'t>)>;
 
 /// One child while listing: from this shard's LMDB, or another shard's file
 /// (its name and rendered JSON).
@@ -2193,7 +2234,11 @@ mod tests {
     use super::*;
 
     fn set(store: &mut Store, raft_index: u64, value: &str) {
-        let mut c = Command::new(Op::Set, b"/a", 1);
+        set_key(store, raft_index, b"/a", value);
+    }
+
+    fn set_key(store: &mut Store, raft_index: u64, key: &[u8], value: &str) {
+        let mut c = Command::new(Op::Set, key, 1);
         c.value = value.as_bytes();
         let mut data = Vec::new();
         c.encode(&mut data);
@@ -2206,7 +2251,7 @@ mod tests {
     fn read(store: &mut Store, at: ReadAt) -> Result<String> {
         let mut out = Vec::new();
         store
-            .get(0, b"/a", false, false, 1, None, at, &mut out)?
+            .get(0, b"/a", false, false, 1, None, at, usize::MAX, &mut out)?
             .unwrap();
         let text = String::from_utf8(out).unwrap();
         let v = text.split("\"value\":\"").nth(1).unwrap();
@@ -2245,5 +2290,53 @@ mod tests {
             read(&mut s, ReadAt::Now).is_err(),
             "a stopped shard reads views only"
         );
+    }
+
+    /// A listing past the read's limit answers OVER_LIMIT, leaves the
+    /// output as it was and counts nothing; without a limit it is whole.
+    #[test]
+    fn a_listing_past_the_limit_is_abandoned() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        let opts = Options {
+            map_size: 1 << 26,
+            history: 10,
+        };
+        let mut s = Store::open(dir.path(), &opts, Placement::single(), counter).unwrap();
+        let value = "v".repeat(100);
+        for i in 0..20u64 {
+            set_key(&mut s, i + 1, format!("/d/e/k{i:02}").as_bytes(), &value);
+        }
+        let mut get = |limit: usize, recursive: bool| {
+            let mut out = b"kept".to_vec();
+            let r = s
+                .get(
+                    0,
+                    b"/d",
+                    recursive,
+                    false,
+                    1,
+                    None,
+                    ReadAt::Now,
+                    limit,
+                    &mut out,
+                )
+                .unwrap();
+            (r.map_err(|e| e.code), out, s.stats.gets_success)
+        };
+        // 20 values of 100 bytes do not fit in 1000 bytes.
+        let (r, out, gets) = get(1000, true);
+        assert_eq!(r, Err(OVER_LIMIT));
+        assert_eq!(out, b"kept", "a partial listing was left in the output");
+        assert_eq!(gets, 0);
+        // Non-recursive, the listing is one small directory node.
+        let (r, out, gets) = get(1000, false);
+        assert!(r.is_ok(), "{r:?}");
+        assert!(out.len() < 1000 && gets == 1);
+        let (r, out, gets) = get(usize::MAX, true);
+        assert!(r.is_ok(), "{r:?}");
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches(&value).count(), 20, "{text}");
+        assert_eq!(gets, 2);
     }
 }

@@ -19,7 +19,7 @@ use crate::shard::mesh::{ReadOpts, ReadReq};
 use crate::shard::orderer::{Delivered, WatchStart};
 use crate::shard::{read_at, Answer, AnswerFuture};
 use crate::store::watch::WatchHandle;
-use crate::store::{escalated_to, ReadAt};
+use crate::store::{escalated_to, ReadAt, OVER_LIMIT};
 use crate::store::{Action, Command, Event, Op};
 
 /// A request answered later, in request order.
@@ -224,10 +224,11 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
                 return start_watch(api, req, key, recursive, stream, wait_index, out);
             }
             let owner = api.shard.placement.of_key(key);
-            let opts = ReadOpts {
+            let mut opts = ReadOpts {
                 recursive,
                 sorted,
                 now,
+                bulk: false,
             };
             let head_only = m == Method::Head;
             drop(form);
@@ -236,7 +237,7 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
             let barrier = quorum && api.cluster.read().expect("membership").members.len() > 1;
             if !barrier
                 && owner == api.shard.id
-                && read_now(api, key, opts, head_only, req.head.http11, out)
+                && read_now(api, key, &mut opts, head_only, req.head.http11, out)
             {
                 return Handled::Done;
             }
@@ -348,11 +349,12 @@ fn read_headers<'o>(
 
 /// Answer a read of this executor's own shard at once, when nothing it
 /// would have to wait for is in flight (always so on a quiet member). False:
-/// the read takes the asynchronous path ([`read`]) instead.
+/// the read takes the asynchronous path ([`read`]) instead, as a bulk read
+/// (`opts.bulk`) when it turned out to be a large listing.
 fn read_now(
     api: &Api,
     key: &[u8],
-    opts: ReadOpts,
+    opts: &mut ReadOpts,
     head_only: bool,
     http11: bool,
     out: &mut Vec<u8>,
@@ -369,9 +371,14 @@ fn read_now(
     };
     let mut body = api.scratch.borrow_mut();
     body.clear();
-    match read_at(sh, index, key, opts, None, ReadAt::Now, &mut body) {
+    match read_at(sh, index, key, *opts, None, ReadAt::Now, &mut body) {
         Ok(i) => read_headers(api, out, http11, i).body(&body, head_only),
         Err(e) if escalated_to(&e).is_some() => return false,
+        // A large listing waits for the executor's bulk gate.
+        Err(e) if e.code == OVER_LIMIT => {
+            opts.bulk = true;
+            return false;
+        }
         Err(e) => {
             drop(body);
             read_error(api, key, opts.recursive, e, head_only, http11, out);
