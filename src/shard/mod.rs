@@ -193,7 +193,7 @@ pub struct Shard {
 /// one task at a time, and a listing renders without a suspension point;
 /// without the gate, 50 clients asking for a 10 MB listing at once would
 /// queue 50 renders ahead of every small request that arrives after them.
-pub const BULK_BYTES: usize = 256 << 10;
+pub const BULK_BYTES: usize = 64 << 10;
 
 /// Counters of the write path, for diagnostics and benchmarks.
 #[derive(Debug)]
@@ -437,6 +437,16 @@ impl Shard {
         self.read_answer(slot).await
     }
 
+    /// This executor's turn for a bulk read ([`BULK_BYTES`]): wait for the
+    /// gate, then for the next I/O poll, so the small requests that arrived
+    /// meanwhile go first. The turn lasts while the permit is held; at most
+    /// one bulk read renders at a time per executor.
+    pub async fn bulk_turn(&self) -> Option<glommio::sync::Permit<'_>> {
+        let permit = self.bulk.acquire_permit(1).await.ok();
+        after_next_poll().await;
+        permit
+    }
+
     /// The answer of a read waiting in `slot`.
     async fn read_answer(self: &Rc<Self>, slot: usize) -> ReadResult {
         let fut = AnswerFuture {
@@ -611,14 +621,8 @@ impl From<Reply> for Answer {
 pub async fn serve_read(shard: Rc<Shard>, mut req: mesh::ReadReq, target: Target) {
     let mut body = Vec::new();
     let r = loop {
-        // A bulk read takes the gate (held to the end), then lets the
-        // executor poll for I/O once more and run what that woke first.
-        let _gate = match req.opts.bulk {
-            true => {
-                let permit = shard.bulk.acquire_permit(1).await.ok();
-                after_next_poll().await;
-                permit
-            }
+        let _turn = match req.opts.bulk {
+            true => Some(shard.bulk_turn().await),
             false => None,
         };
         global::read_gate(&shard).await;
@@ -679,9 +683,10 @@ pub async fn serve_read(shard: Rc<Shard>, mut req: mesh::ReadReq, target: Target
 /// that poll woke. A task queue runs its ready tasks until it is empty or
 /// the preempt timer (100 ms) fires, and only then reaps completions: a
 /// bulk read that merely yielded could run before the small requests whose
-/// bytes have arrived but are not yet reaped. A timer is fired by that poll.
+/// bytes have arrived but are not yet reaped. A timer is fired by that poll
+/// (short enough not to idle an executor that has nothing else to do).
 async fn after_next_poll() {
-    glommio::timer::sleep(std::time::Duration::from_micros(100)).await;
+    glommio::timer::sleep(std::time::Duration::from_micros(20)).await;
     glommio::executor().yield_now().await;
 }
 

@@ -400,6 +400,15 @@ async fn read(api: &Api, p: PendingRead, out: &mut Vec<u8>) {
             return write_error(api, http11, &e, head_only, out);
         }
     }
+    if p.req.opts.bulk && !p.barrier && p.owner == api.shard.id {
+        // A large listing of this executor's own shard: in its turn,
+        // rendered as a small read is (into the executor's scratch buffer).
+        let _turn = api.shard.bulk_turn().await;
+        let mut opts = p.req.opts;
+        if read_now(api, &p.req.key, &mut opts, head_only, http11, out) {
+            return;
+        }
+    }
     match api.shard.read(p.owner, p.req).await {
         Ok((body, index)) => {
             if !delivered(api, index).await {
