@@ -311,12 +311,14 @@ impl Conn {
         }
     }
 
-    /// Give back the memory a large response or chunked body needed.
+    /// Give back the memory a large response or chunked body needed (a
+    /// large output buffer becomes the executor's spare).
     fn shrink(&mut self) {
-        for b in [&mut self.out, &mut self.body] {
-            if b.capacity() > KEEP_CAPACITY && b.is_empty() {
-                *b = Vec::new();
-            }
+        if self.out.capacity() > KEEP_CAPACITY && self.out.is_empty() {
+            response::give_back(std::mem::take(&mut self.out));
+        }
+        if self.body.capacity() > KEEP_CAPACITY && self.body.is_empty() {
+            self.body = Vec::new();
         }
     }
 

@@ -382,7 +382,11 @@ fn read_now(
         Err(e) => {
             drop(body);
             read_error(api, key, opts.recursive, e, head_only, http11, out);
+            return true;
         }
+    }
+    if body.capacity() > super::SCRATCH_KEEP {
+        *body = Vec::new();
     }
     true
 }

@@ -24,6 +24,9 @@ use crate::http::response::{Response, TEXT};
 use crate::http::{Handled, Method, Request, Service};
 use crate::shard::Shard;
 
+/// The largest scratch buffer an executor keeps between requests.
+const SCRATCH_KEEP: usize = 64 << 20;
+
 /// The v2 API of one member, on one executor.
 pub struct Api {
     pub shard: Rc<Shard>,
@@ -33,6 +36,8 @@ pub struct Api {
     pub token: String,
     pub start: SystemTime,
     form: RefCell<form::Form>,
+    /// Response bodies are rendered here before their headers are written
+    /// (kept between requests, up to [`SCRATCH_KEEP`]).
     scratch: RefCell<Vec<u8>>,
     /// Passwords this executor has checked (v2 auth).
     verifier: RefCell<crate::auth::Verifier>,
