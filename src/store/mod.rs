@@ -1849,12 +1849,23 @@ impl Store {
         };
         node.write_head(out);
         if f.meta.dir {
-            let mut p = if path == b"/" {
-                Vec::new()
-            } else {
-                path.to_vec()
+            let dir_path = if path == b"/" { &b""[..] } else { path };
+            let mut p = dir_path.to_vec();
+            let children_at = out.len();
+            // Straight from LMDB when its order is the listing's, else
+            // collected per directory (merged with other shards' files,
+            // or sorted by full name when a name is over-long).
+            let mut r = match w.remote {
+                None => self.write_children(rtxn, f.meta.dir_id, &mut p, w, true, out)?,
+                Some(_) => Listing::Unordered,
             };
-            if !self.write_children(rtxn, f.meta.dir_id, &mut p, w, out)? {
+            if r == Listing::Unordered {
+                out.truncate(children_at);
+                p.clear();
+                p.extend_from_slice(dir_path);
+                r = self.write_children(rtxn, f.meta.dir_id, &mut p, w, false, out)?;
+            }
+            if r == Listing::OverLimit {
                 out.truncate(start);
                 return Ok(Err(V2Error::new(OVER_LIMIT, "", index)));
             }
@@ -1868,36 +1879,63 @@ impl Store {
     /// Append `,"nodes":[..]` for the visible children of `dir_id`, if any,
     /// merging in another shard's files of that directory from `w.remote`;
     /// with `w.recursive`, their children too. Iterative: a frame per open
-    /// directory on the heap, so nesting depth costs no stack. False: `out`
-    /// passed `w.limit` and the listing was left unfinished.
+    /// directory on the heap, so nesting depth costs no stack.
+    ///
+    /// With `scan`, each directory's children are read straight from an
+    /// LMDB cursor as they are written (no list per directory); that is
+    /// LMDB's key order, the listing's own unless `w.remote` is merged in
+    /// or `w.sorted` meets an over-long name: then [`Listing::Unordered`],
+    /// and the caller lists again without `scan`.
     fn write_children(
         &self,
         txn: &RoTxn,
         dir_id: u64,
         path: &mut Vec<u8>,
         w: &Walk,
+        scan: bool,
         out: &mut Vec<u8>,
-    ) -> Result<bool> {
-        /// One directory being listed: its children, the next to write,
-        /// whether `"nodes":[` is open, and the directory's own tail
-        /// (indexes, and the path length before its name) to close it with.
+    ) -> Result<Listing> {
+        /// One directory being listed: its remaining children, whether
+        /// `"nodes":[` is open, and the directory's own tail (indexes, and
+        /// the path length before its name) to close it with.
         struct Frame<'t> {
-            items: Vec<(&'t [u8], Child<'t>)>,
-            next: usize,
+            items: Items<'t>,
             any: bool,
             close: Option<(u64, u64, usize)>,
         }
-        let Some(items) = self.children(txn, dir_id, w, out.len())? else {
-            return Ok(false);
+        let items = |dir_id: u64, written: usize| -> Result<Option<Items>> {
+            Ok(if scan {
+                Some(Items::Scan(
+                    self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())?,
+                ))
+            } else {
+                self.children(txn, dir_id, w, written)?
+                    .map(|v| Items::Listed(v.into_iter()))
+            })
+        };
+        let Some(first) = items(dir_id, out.len())? else {
+            return Ok(Listing::OverLimit);
         };
         let mut stack = vec![Frame {
-            items,
-            next: 0,
+            items: first,
             any: false,
             close: None,
         }];
         while let Some(top) = stack.last_mut() {
-            let Some((k, c)) = top.items.get(top.next) else {
+            let next = match &mut top.items {
+                Items::Listed(it) => it.next(),
+                Items::Scan(it) => match it.next().transpose()? {
+                    None => None,
+                    Some((k, v)) => {
+                        let r = rec(k, v)?;
+                        if w.sorted && r.long_name.is_some() {
+                            return Ok(Listing::Unordered);
+                        }
+                        Some((k, Child::Local(r)))
+                    }
+                },
+            };
+            let Some((k, c)) = next else {
                 let done = stack.pop().expect("a frame");
                 if done.any {
                     out.push(b']');
@@ -1908,9 +1946,8 @@ impl Store {
                 }
                 continue;
             };
-            top.next += 1;
             if out.len() > w.limit {
-                return Ok(false);
+                return Ok(Listing::OverLimit);
             }
             let rec = match c {
                 Child::Remote(name, json) => {
@@ -1922,7 +1959,7 @@ impl Store {
                     out.extend_from_slice(json);
                     continue;
                 }
-                Child::Local(rec) => *rec,
+                Child::Local(rec) => rec,
             };
             let name = rec.name(k);
             if name.first() == Some(&b'_') {
@@ -1944,12 +1981,11 @@ impl Store {
             }
             .write_head(out);
             if rec.dir && w.recursive {
-                let Some(items) = self.children(txn, rec.dir_id, w, out.len())? else {
-                    return Ok(false);
+                let Some(items) = items(rec.dir_id, out.len())? else {
+                    return Ok(Listing::OverLimit);
                 };
                 stack.push(Frame {
                     items,
-                    next: 0,
                     any: false,
                     close: Some((rec.modified, rec.created, len)),
                 });
@@ -1958,7 +1994,7 @@ impl Store {
                 path.truncate(len);
             }
         }
-        Ok(true)
+        Ok(Listing::Done)
     }
 
     /// The children of `dir_id` in listing order: this shard's, merged with
@@ -2093,8 +2129,9 @@ impl Store {
                     }
                     .write_head(&mut d.buf);
                     if rec.dir && w.recursive {
-                        // A unit lives whole on this shard (no limit: whole).
-                        self.write_children(txn, rec.dir_id, &mut path, w, &mut d.buf)?;
+                        // A unit lives whole on this shard (no limit: whole;
+                        // its names are ordered as the shard's own listing).
+                        self.write_children(txn, rec.dir_id, &mut path, w, false, &mut d.buf)?;
                     }
                     event::write_tail(&mut d.buf, rec.modified, rec.created);
                     d.spans.push([k0, n0, j0, d.buf.len() as u32]);
@@ -2144,6 +2181,23 @@ struct Walk<'a> {
 
 /// A directory's children while listing: LMDB key and child, in order.
 type Children<'t> = Vec<(&'t [u8], Child<'t>)>;
+
+/// A directory's children still to be written: listed ahead, or read from
+/// an LMDB cursor as they are written.
+enum Items<'t> {
+    Listed(std::vec::IntoIter<(&'t [u8], Child<'t>)>),
+    Scan(heed::RoPrefix<'t, Bytes, Bytes>),
+}
+
+/// How a listing ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    Done,
+    /// The output passed the walk's limit.
+    OverLimit,
+    /// LMDB's order is not the listing's: list again without a scan.
+    Unordered,
+}
 
 /// One child while listing: from this shard's LMDB, or another shard's file
 /// (its name and rendered JSON).
@@ -2338,5 +2392,56 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches(&value).count(), 20, "{text}");
         assert_eq!(gets, 2);
+    }
+
+    /// A sorted recursive listing is in name order when over-long names
+    /// (kept under a hashed LMDB key) sit deep inside it, and an unsorted
+    /// one holds the same nodes.
+    #[test]
+    fn sorted_listings_order_over_long_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        let opts = Options {
+            map_size: 1 << 26,
+            history: 10,
+        };
+        let mut s = Store::open(dir.path(), &opts, Placement::single(), counter).unwrap();
+        let long = "n".repeat(700);
+        let mut keys = vec!["/d/a".to_string(), "/d/z".to_string()];
+        for tail in ["e", "b", "d", "a", "c"] {
+            keys.push(format!("/d/s/{long}{tail}"));
+        }
+        for (i, k) in keys.iter().enumerate() {
+            set_key(&mut s, i as u64 + 1, k.as_bytes(), "v");
+        }
+        let mut get = |sorted: bool| {
+            let mut out = Vec::new();
+            s.get(
+                0,
+                b"/d",
+                true,
+                sorted,
+                1,
+                None,
+                ReadAt::Now,
+                usize::MAX,
+                &mut out,
+            )
+            .unwrap()
+            .unwrap();
+            let text = String::from_utf8(out).unwrap();
+            let mut at: Vec<(usize, &String)> = keys
+                .iter()
+                .map(|k| (text.find(&format!("\"{k}\"")).unwrap(), k))
+                .collect();
+            at.sort();
+            at.into_iter().map(|(_, k)| k.clone()).collect::<Vec<_>>()
+        };
+        let mut want = keys.clone();
+        want.sort();
+        assert_eq!(get(true), want);
+        let mut unsorted = get(false);
+        unsorted.sort();
+        assert_eq!(unsorted, want);
     }
 }
