@@ -31,14 +31,15 @@ static SPECIAL: [bool; 256] = {
 pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
     out.reserve(s.len() + 2);
     out.push(b'"');
-    if s.is_ascii() {
-        // Most keys and values: no UTF-8 to validate (a vectorised check).
-        write_valid(out, s);
+    let body = out.len();
+    // Most keys and values are ASCII: one scan, no UTF-8 to validate.
+    if write_valid::<true>(out, s) {
         out.push(b'"');
         return;
     }
+    out.truncate(body);
     for chunk in s.utf8_chunks() {
-        write_valid(out, chunk.valid().as_bytes());
+        write_valid::<false>(out, chunk.valid().as_bytes());
         for _ in chunk.invalid() {
             out.extend_from_slice(b"\\ufffd");
         }
@@ -66,8 +67,10 @@ fn may_need_escape(v: u64) -> bool {
 }
 
 /// Escape valid UTF-8: a scan that skips 8 plain bytes at a time, then a
-/// table-driven one, copying runs of plain bytes at once.
-fn write_valid(out: &mut Vec<u8>, s: &[u8]) {
+/// table-driven one, copying runs of plain bytes at once. With `ASCII`, it
+/// stops at the first byte of 0x80 or above and answers false (`out` then
+/// holds a partial copy).
+fn write_valid<const ASCII: bool>(out: &mut Vec<u8>, s: &[u8]) -> bool {
     let mut start = 0;
     let mut i = 0;
     while i < s.len() {
@@ -79,6 +82,9 @@ fn write_valid(out: &mut Vec<u8>, s: &[u8]) {
             }
         }
         let b = s[i];
+        if ASCII && b >= 0x80 {
+            return false;
+        }
         if !SPECIAL[b as usize] {
             i += 1;
             continue;
@@ -116,6 +122,7 @@ fn write_valid(out: &mut Vec<u8>, s: &[u8]) {
         start = i;
     }
     out.extend_from_slice(&s[start..]);
+    true
 }
 
 /// Append an unsigned integer.
