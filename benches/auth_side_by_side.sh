@@ -20,20 +20,7 @@ port=23990
 c="http://127.0.0.1:$port"
 user="Basic aGI6aGJwdw=="  # hb:hbpw
 
-start() {  # start SYSTEM -> pid
-  local d="$work/$1-$RANDOM" p="http://127.0.0.1:$((port+1))"
-  if [ "$1" = kardia ]; then
-    taskset -c 1 target/release/kardia --shards 1 --data-dir "$d" --listen-client-urls "$c" \
-      --advertise-client-urls "$c" >"$work/log" 2>&1 &
-  else
-    taskset -c 1 etcd --enable-v2 --data-dir "$d" --listen-client-urls "$c" --advertise-client-urls "$c" \
-      --listen-peer-urls "$p" --initial-advertise-peer-urls "$p" --initial-cluster "default=$p" \
-      >"$work/log" 2>&1 &
-  fi
-  local pid=$!
-  for _ in $(seq 100); do curl -sf "$c/v2/keys/" >/dev/null 2>&1 && break; sleep 0.1; done
-  echo "$pid"
-}
+. benches/lib.sh
 
 enable_auth() {
   local j=(-sf -o /dev/null -XPUT -H "Content-Type: application/json")
@@ -47,18 +34,17 @@ enable_auth() {
   [ "$(curl -s -o /dev/null -w '%{http_code}' -XPUT "$c/v2/keys/hbo/x" -d value=1)" = 401 ]
 }
 
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
 for r in $(seq "$runs"); do
   for sys in kardia etcd; do
     for mode in off on; do
-      pid=$(start "$sys")
+      pid=$(bench_start "$sys" "$c")
       auth=""
       if [ "$mode" = on ]; then enable_auth; auth="$user"; fi
       a=$(cpu "$pid")
       out=$(WRK_AUTH="$auth" taskset -c 0 wrk -t1 -c64 -d${secs}s --latency -s benches/wrk/put_overwrite.lua "$c")
       b=$(cpu "$pid")
-      kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+      bench_stop "$pid"
       rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
       tot=$(echo "$out" | sed -n 's/^total=\([0-9]*\).*/\1/p')
       errs=$(echo "$out" | sed -n 's/.*status=\([0-9]*\).*/\1/p')

@@ -19,22 +19,7 @@ for t in etcd curl python3; do command -v $t >/dev/null || { echo "install $t"; 
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 port=23990
 kardia=${KARDIA:-target/release/kardia}
-c="http://127.0.0.1:$port"
-
-start() {  # start SYSTEM -> pid
-  local d="$work/$1-$RANDOM" p="http://127.0.0.1:$((port+1))"
-  if [ "$1" = kardia ]; then
-    taskset -c 1 "$kardia" --shards 1 --data-dir "$d" --listen-client-urls "$c" \
-      --advertise-client-urls "$c" >"$work/log" 2>&1 &
-  else
-    taskset -c 1 etcd --enable-v2 --data-dir "$d" --listen-client-urls "$c" --advertise-client-urls "$c" \
-      --listen-peer-urls "$p" --initial-advertise-peer-urls "$p" --initial-cluster "default=$p" \
-      >"$work/log" 2>&1 &
-  fi
-  local pid=$!
-  for _ in $(seq 100); do curl -sf "$c/v2/keys/" >/dev/null 2>&1 && break; sleep 0.1; done
-  echo "$pid"
-}
+. benches/lib.sh
 
 cat >"$work/burst.py" <<'EOF'
 import http.client, socket, statistics, sys, threading, time
@@ -74,10 +59,9 @@ EOF
 
 for r in $(seq "$runs"); do
   for sys in kardia etcd; do
-    pid=$(start $sys)
+    pid=$(bench_start $sys "http://127.0.0.1:$port")
     printf 'run %d %-7s ' "$r" "$sys"
     taskset -c 0 python3 "$work/burst.py" "$port" "$pid"
-    kill "$pid"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    bench_stop "$pid"
   done
 done

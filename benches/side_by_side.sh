@@ -16,33 +16,19 @@ command -v wrk >/dev/null || { echo "install wrk (apt-get install wrk)"; exit 1;
 command -v etcd >/dev/null || { echo "install etcd-server (../shared/tools/ref-etcd installs it)"; exit 1; }
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 port=23990
+. benches/lib.sh
 
-start() {  # start SYSTEM -> pid
-  local d="$work/$1-$RANDOM"; local c="http://127.0.0.1:$port" p="http://127.0.0.1:$((port+1))"
-  if [ "$1" = kardia ]; then
-    taskset -c 1 target/release/kardia --shards 1 --data-dir "$d" --listen-client-urls "$c" \
-      --advertise-client-urls "$c" >"$work/log" 2>&1 &
-  else
-    taskset -c 1 etcd --enable-v2 --data-dir "$d" --listen-client-urls "$c" --advertise-client-urls "$c" \
-      --listen-peer-urls "$p" --initial-advertise-peer-urls "$p" --initial-cluster "default=$p" >"$work/log" 2>&1 &
-  fi
-  local pid=$!
-  for _ in $(seq 100); do curl -sf "$c/v2/keys/" >/dev/null 2>&1 && break; sleep 0.1; done
-  echo "$pid"
-}
-
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
 for script in put put_overwrite; do
   for c in 64 1; do
     for r in $(seq "$runs"); do
       for sys in kardia etcd; do
-        pid=$(start "$sys")
+        pid=$(bench_start "$sys" "http://127.0.0.1:$port")
         a=$(cpu "$pid")
         out=$(taskset -c 0 wrk -t1 -c$c -d${secs}s --latency -s "benches/wrk/$script.lua" "http://127.0.0.1:$port")
         b=$(cpu "$pid")
         rss=$(awk '/VmRSS/{print $2}' "/proc/$pid/status")
-        kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+        bench_stop "$pid"
         rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
         tot=$(echo "$out" | sed -n 's/^total=\([0-9]*\).*/\1/p')
         errs=$(echo "$out" | sed -n 's/.*status=\([0-9]*\).*/\1/p')

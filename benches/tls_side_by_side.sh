@@ -26,24 +26,14 @@ port=23990
     -days 2 -extfile ext 2>/dev/null
 )
 tls="--cert-file $work/server.crt --key-file $work/server.key"
+curl_opts="--cacert $work/ca.crt"
+. benches/lib.sh
 
 start() {  # start SYSTEM SCHEME -> pid
-  local d="$work/$1-$RANDOM"; local c="$2://127.0.0.1:$port" p="http://127.0.0.1:$((port+1))"
   local extra=""; [ "$2" = https ] && extra="$tls"
-  if [ "$1" = kardia ]; then
-    taskset -c 1 target/release/kardia --shards 1 --data-dir "$d" --listen-client-urls "$c" \
-      --advertise-client-urls "$c" $extra >"$work/log" 2>&1 &
-  else
-    taskset -c 1 etcd --enable-v2 --data-dir "$d" --listen-client-urls "$c" --advertise-client-urls "$c" \
-      --listen-peer-urls "$p" --initial-advertise-peer-urls "$p" --initial-cluster "default=$p" \
-      $extra >"$work/log" 2>&1 &
-  fi
-  local pid=$!
-  for _ in $(seq 100); do curl -sf --cacert "$work/ca.crt" "$c/v2/keys/" >/dev/null 2>&1 && break; sleep 0.1; done
-  echo "$pid"
+  # shellcheck disable=SC2086
+  bench_start "$1" "$2://127.0.0.1:$port" $extra
 }
-
-cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 
 for r in $(seq "$runs"); do
   for sys in kardia etcd; do
@@ -52,7 +42,7 @@ for r in $(seq "$runs"); do
       a=$(cpu "$pid")
       out=$(taskset -c 0 wrk -t1 -c64 -d${secs}s --latency -s benches/wrk/put_overwrite.lua "$scheme://127.0.0.1:$port")
       b=$(cpu "$pid")
-      kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+      bench_stop "$pid"
       rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
       tot=$(echo "$out" | sed -n 's/^total=\([0-9]*\).*/\1/p')
       errs=$(echo "$out" | sed -n 's/.*status=\([0-9]*\).*/\1/p')

@@ -2287,6 +2287,16 @@ fn key_field(path: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
+    /// A one-shard store in `dir` with a small map and history.
+    fn open_store(dir: &Path) -> Store {
+        let counter = Arc::new(AtomicU64::new(0));
+        let opts = Options {
+            map_size: 1 << 26,
+            history: 10,
+        };
+        Store::open(dir, &opts, Placement::single(), counter).unwrap()
+    }
+
     fn set(store: &mut Store, raft_index: u64, value: &str) {
         set_key(store, raft_index, b"/a", value);
     }
@@ -2317,12 +2327,7 @@ mod tests {
     #[test]
     fn reads_see_delivered_views_only() {
         let dir = tempfile::tempdir().unwrap();
-        let counter = Arc::new(AtomicU64::new(0));
-        let opts = Options {
-            map_size: 1 << 26,
-            history: 10,
-        };
-        let mut s = Store::open(dir.path(), &opts, Placement::single(), counter).unwrap();
+        let mut s = open_store(dir.path());
         set(&mut s, 1, "one"); // index 4
         set(&mut s, 2, "two"); // index 5
         assert_eq!(
@@ -2351,12 +2356,7 @@ mod tests {
     #[test]
     fn a_listing_past_the_limit_is_abandoned() {
         let dir = tempfile::tempdir().unwrap();
-        let counter = Arc::new(AtomicU64::new(0));
-        let opts = Options {
-            map_size: 1 << 26,
-            history: 10,
-        };
-        let mut s = Store::open(dir.path(), &opts, Placement::single(), counter).unwrap();
+        let mut s = open_store(dir.path());
         let value = "v".repeat(100);
         for i in 0..20u64 {
             set_key(&mut s, i + 1, format!("/d/e/k{i:02}").as_bytes(), &value);
@@ -2400,12 +2400,7 @@ mod tests {
     #[test]
     fn sorted_listings_order_over_long_names() {
         let dir = tempfile::tempdir().unwrap();
-        let counter = Arc::new(AtomicU64::new(0));
-        let opts = Options {
-            map_size: 1 << 26,
-            history: 10,
-        };
-        let mut s = Store::open(dir.path(), &opts, Placement::single(), counter).unwrap();
+        let mut s = open_store(dir.path());
         let long = "n".repeat(700);
         let mut keys = vec!["/d/a".to_string(), "/d/z".to_string()];
         for tail in ["e", "b", "d", "a", "c"] {
