@@ -168,6 +168,16 @@ fn a_live_etcd_keyspace_is_mirrored_through_cut_over() {
     );
 }
 
+/// `kardia import` of the etcd data dir `data` into the kardia at `port`.
+fn import(data: &std::path::Path, port: u16) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kardia"))
+        .args(["import", "--etcd-data-dir"])
+        .arg(data)
+        .args(["--to", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .unwrap()
+}
+
 /// A recursive listing as key → (dir, value, ttl).
 fn flatten(body: &str) -> std::collections::BTreeMap<String, (bool, String, u64)> {
     let j = common::json::Json::parse(body).unwrap();
@@ -313,12 +323,7 @@ fn a_stopped_etcd_data_dir_is_imported() {
 
         let kardia = Server::start().expect("start kardia");
         let k = kardia.client_port;
-        let out = Command::new(env!("CARGO_BIN_EXE_kardia"))
-            .args(["import", "--etcd-data-dir"])
-            .arg(&data)
-            .args(["--to", &format!("http://127.0.0.1:{k}")])
-            .output()
-            .unwrap();
+        let out = import(&data, k);
         let log = String::from_utf8_lossy(&out.stderr);
         assert!(
             out.status.success(),
@@ -365,12 +370,7 @@ fn a_stopped_etcd_data_dir_is_imported() {
                 .expect("a logged value");
             b[at] = b'w';
             std::fs::write(&wal, &b).unwrap();
-            let out = Command::new(env!("CARGO_BIN_EXE_kardia"))
-                .args(["import", "--etcd-data-dir"])
-                .arg(&data)
-                .args(["--to", &format!("http://127.0.0.1:{k}")])
-                .output()
-                .unwrap();
+            let out = import(&data, k);
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(1), "{err}");
             assert!(

@@ -1903,21 +1903,15 @@ impl Store {
             any: bool,
             close: Option<(u64, u64, usize)>,
         }
-        let items = |dir_id: u64, written: usize| -> Result<Option<Items>> {
+        let items = |dir_id: u64| -> Result<Items> {
             Ok(if scan {
-                Some(Items::Scan(
-                    self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())?,
-                ))
+                Items::Scan(self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())?)
             } else {
-                self.children(txn, dir_id, w, written)?
-                    .map(|v| Items::Listed(v.into_iter()))
+                Items::Listed(self.children(txn, dir_id, w)?.into_iter())
             })
         };
-        let Some(first) = items(dir_id, out.len())? else {
-            return Ok(Listing::OverLimit);
-        };
         let mut stack = vec![Frame {
-            items: first,
+            items: items(dir_id)?,
             any: false,
             close: None,
         }];
@@ -1981,11 +1975,8 @@ impl Store {
             }
             .write_head(out);
             if rec.dir && w.recursive {
-                let Some(items) = items(rec.dir_id, out.len())? else {
-                    return Ok(Listing::OverLimit);
-                };
                 stack.push(Frame {
-                    items,
+                    items: items(rec.dir_id)?,
                     any: false,
                     close: Some((rec.modified, rec.created, len)),
                 });
@@ -1998,27 +1989,13 @@ impl Store {
     }
 
     /// The children of `dir_id` in listing order: this shard's, merged with
-    /// another shard's files of that directory from `w.remote`. `None`:
-    /// their names and values alone would take the output (now `written`
-    /// bytes long) past `w.limit`.
-    fn children<'t>(
-        &self,
-        txn: &'t RoTxn,
-        dir_id: u64,
-        w: &Walk<'t>,
-        written: usize,
-    ) -> Result<Option<Children<'t>>> {
+    /// another shard's files of that directory from `w.remote`.
+    fn children<'t>(&self, txn: &'t RoTxn, dir_id: u64, w: &Walk<'t>) -> Result<Children<'t>> {
         let remote = w.remote.and_then(|r| r.get(&dir_id));
-        let mut items: Vec<(&[u8], Child)> = Vec::new();
-        let mut budget = w.limit.saturating_sub(written);
+        let mut items: Children = Vec::new();
         for item in self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())? {
             let (k, v) = item?;
-            let r = rec(k, v)?;
-            match budget.checked_sub(k.len() + r.value.len()) {
-                Some(left) => budget = left,
-                None => return Ok(None),
-            }
-            items.push((k, Child::Local(r)));
+            items.push((k, Child::Local(rec(k, v)?)));
         }
         if let Some(r) = remote {
             // Each shard's part is in LMDB key order: a merge of sorted runs.
@@ -2042,7 +2019,7 @@ impl Store {
         if w.sorted && long {
             items.sort_by_key(|it| name_of(it));
         }
-        Ok(Some(items))
+        Ok(items)
     }
 
     /// This shard's part of a member-wide listing of the skeleton directory
