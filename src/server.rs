@@ -15,133 +15,13 @@ use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::cluster::{cluster_id, member_id, Cluster, Member};
+use crate::cluster::{bootstrap, Cluster};
 use crate::config::Config;
 use crate::raft::RaftOptions;
 use crate::shard::{Orderer, Shard, Shared};
 use crate::storage::identity::{self, Identity};
 use crate::store::{Options, Store};
 use crate::v2::Api;
-
-/// Build the cluster description from the bootstrap flags.
-pub fn cluster_of(cfg: &Config) -> Cluster {
-    let mut by_name: Vec<(String, Vec<String>)> = Vec::new();
-    for (n, u) in &cfg.initial_cluster {
-        match by_name.iter_mut().find(|(m, _)| m == n) {
-            Some((_, urls)) => urls.push(u.clone()),
-            None => by_name.push((n.clone(), vec![u.clone()])),
-        }
-    }
-    let members: Vec<Member> = by_name
-        .into_iter()
-        .map(|(name, peer_urls)| Member {
-            id: member_id(&peer_urls, &cfg.initial_cluster_token),
-            client_urls: if name == cfg.name {
-                cfg.advertise_client_urls.clone()
-            } else {
-                Vec::new()
-            },
-            name,
-            peer_urls,
-        })
-        .collect();
-    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
-    let local = members.iter().position(|m| m.name == cfg.name).unwrap_or(0);
-    Cluster {
-        id: cluster_id(&ids),
-        members,
-        local,
-        removed: Vec::new(),
-    }
-}
-
-/// 0.x `-peers`: ask the listed members, in turn, to add this one; retry
-/// for a while (the cluster may be electing). Returns the cluster, with
-/// this member in it.
-fn join(cfg: &Config, tls: Option<&crate::tls::PeerConfigs>) -> Result<Cluster, String> {
-    let me = Member {
-        id: 0,
-        name: cfg.name.clone(),
-        peer_urls: cfg.initial_advertise_peer_urls.clone(),
-        client_urls: cfg.advertise_client_urls.clone(),
-    };
-    let addrs: Vec<&str> = cfg.peers.iter().map(String::as_str).collect();
-    let c = ask_peers(&addrs, Duration::from_secs(60), |addr| {
-        match crate::cluster::transport::request_join(addr, &me, tls) {
-            Ok(bytes) => Ok(Cluster::decode_named(&bytes, &me.name)
-                .ok_or_else(|| format!("{addr}: the join reply does not list this member"))),
-            Err(e) if e.contains("already in the cluster") || e.contains("runs one") => {
-                Ok(Err(format!("cannot join through {addr}: {e}")))
-            }
-            Err(e) => Err(e),
-        }
-    })
-    .map_err(|last| {
-        format!(
-            "cannot join the cluster through -peers {}: {last}",
-            cfg.peers.join(",")
-        )
-    })??;
-    tracing::info!(member_id = %format!("{:x}", c.local().id), cluster_id = %format!("{:x}", c.id), "joined the cluster");
-    Ok(c)
-}
-
-/// Ask the peer addresses in turn, every 500 ms, until one answers (`ask`
-/// gives `Ok`) or `patience` runs out (the last error).
-fn ask_peers<T>(
-    addrs: &[&str],
-    patience: Duration,
-    mut ask: impl FnMut(&str) -> Result<T, String>,
-) -> Result<T, String> {
-    let deadline = std::time::Instant::now() + patience;
-    let mut last = String::from("no peer address to ask");
-    loop {
-        for addr in addrs {
-            match ask(addr) {
-                Ok(t) => return Ok(t),
-                Err(e) => last = e,
-            }
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(last);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
-/// `--initial-cluster-state existing`: this member was added through the
-/// members API; learn the cluster (its id and members) from another member
-/// listed in `--initial-cluster`.
-fn existing_membership(
-    cfg: &Config,
-    flags: Cluster,
-    tls: Option<&crate::tls::PeerConfigs>,
-) -> Result<Cluster, String> {
-    let me = flags.local().clone();
-    let addrs: Vec<&str> = flags
-        .members
-        .iter()
-        .filter(|m| m.id != me.id)
-        .filter_map(|m| m.peer_urls.first())
-        .map(|u| crate::cluster::transport::host_port(u))
-        .collect();
-    let bytes = ask_peers(&addrs, Duration::from_secs(30), |addr| {
-        crate::cluster::transport::request_membership(addr, tls)
-    })
-    .map_err(|last| format!("cannot reach the cluster to join it: {last}"))?;
-    let Some(mut c) = Cluster::decode(&bytes, me.id) else {
-        return Err(format!(
-            "member {:?} ({:x}, peer URLs {}) is not in the cluster: add it first with POST /v2/members",
-            cfg.name,
-            me.id,
-            me.peer_urls.join(",")
-        ));
-    };
-    let i = c.local;
-    c.members[i].name = me.name.clone();
-    c.members[i].client_urls = me.client_urls.clone();
-    Ok(c)
-}
 
 /// Bind a client port. A port held by our own previous incarnation is
 /// released by the kernel shortly after it dies (its io_uring is torn down
@@ -181,28 +61,12 @@ fn bind_all(urls: &[String], what: &str) -> Result<Vec<i32>, String> {
 pub fn run(cfg: Config) -> Result<(), String> {
     give_back_large_buffers();
     crate::storage::powercut::init(&cfg.data_dir)?;
-    let mut cluster = cluster_of(&cfg);
     let peer_tls = match &cfg.peer_tls {
         Some(t) => Some(Arc::new(crate::tls::peer_configs(t)?)),
         None => None,
     };
     let existing = cfg.data_dir.join(identity::FILE).exists();
-    // Voters of a new raft group: this member alone, the static cluster,
-    // or none (joining: the leader brings this member up to date).
-    let mut initial_voters = vec![cluster.local().id];
-    if !existing {
-        if !cfg.peers.is_empty() {
-            cluster = join(&cfg, peer_tls.as_deref())?;
-            initial_voters.clear();
-        } else if cfg.initial_cluster_state == "existing" {
-            cluster = existing_membership(&cfg, cluster, peer_tls.as_deref())?;
-            initial_voters.clear();
-        } else {
-            initial_voters = cluster.members.iter().map(|m| m.id).collect();
-        }
-    } else if !cfg.peers.is_empty() {
-        tracing::info!("the data dir records this member's cluster; -peers is only used to join the first time");
-    }
+    let (mut cluster, initial_voters) = bootstrap::membership(&cfg, existing, peer_tls.as_deref())?;
     // Flags that name a new cluster must agree with the data dir's record.
     let explicit_cluster =
         cfg.clustered() && cfg.peers.is_empty() && cfg.initial_cluster_state == "new";
@@ -497,7 +361,7 @@ async fn shard_main(
             &shard.shared.metrics,
             boot.peer_tls.as_deref(),
         );
-        *shard.transport.borrow_mut() = Some(t.clone());
+        let inbound = crate::raft::connect(&shard, t.clone());
         let peer_fds = std::mem::take(&mut *boot.peer_fds.lock().expect("peer fds"));
         for fd in peer_fds {
             // SAFETY: `fd` is a bound, listening socket we own.
@@ -505,7 +369,7 @@ async fn shard_main(
             glommio::spawn_local(crate::cluster::transport::serve(
                 l,
                 t.clone(),
-                shard.clone(),
+                inbound.clone(),
             ))
             .detach();
         }

@@ -7,8 +7,10 @@
 //! would. The membership is built from the flags (or a join reply) at the
 //! first start, then changed only by applied raft configuration changes; it
 //! is kept in the store (so it travels in snapshots) and published to the
-//! v2 handlers through a [`View`].
+//! v2 handlers through a [`View`]. [`bootstrap`] finds the membership a
+//! member starts with; [`transport`] moves frames between members.
 
+pub mod bootstrap;
 pub mod snapfile;
 pub mod transport;
 

@@ -4,11 +4,12 @@
 //! shards; each peer has a bounded queue that drops messages when full
 //! (raft retransmits), and a writer task that (re)connects with backoff.
 //! Incoming connections are accepted on the peer listener; each opens with
-//! a handshake naming the sender, then carries frames that are handed to
-//! the shard's raft loop ([`Shard::deliver`]). A connection whose first
-//! frame is a join request (the 0.x `-peers` way) is answered on the same
-//! connection once the configuration change that adds the newcomer is
-//! applied.
+//! a handshake naming the sender, then carries frames that are handed to a
+//! [`Receiver`] (the raft side: `raft::join::Inbound`). The transport only
+//! moves frames: it decides nothing about raft or membership. A connection
+//! whose first frame is a join or lookup request (the 0.x `-peers` way) is
+//! answered on the same connection with whatever the receiver replies; the
+//! blocking client side of that exchange is [`super::bootstrap`].
 //!
 //! Frame: `u32 length` (of what follows), `u8 kind`, payload. Handshake:
 //! `KRFT`, `u64 sender id`, `u64 cluster id`. The wire format is encoded and
@@ -17,7 +18,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::ToSocketAddrs;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Waker;
 use std::time::Duration;
@@ -27,9 +30,25 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 
 use super::snapfile::{self, Descriptor, Incoming, KIND_SNAP_CHUNK};
-use super::{Member, View};
-use crate::shard::{Answer, Shard};
+use super::View;
 use crate::tls::Stream;
+
+/// Where the transport hands what it receives from peers.
+pub trait Receiver {
+    /// A raft message for the group of shard `shard`.
+    fn raft(&self, shard: u16, m: Message);
+    /// A member said this one was removed from the cluster.
+    fn removed(&self);
+    /// The stream from peer `id` ended (its process most likely died).
+    fn lost(&self, id: u64);
+    /// A join ([`KIND_JOIN`], a member line) or lookup ([`KIND_LOOKUP`])
+    /// request: the encoded cluster, or why not.
+    fn request(
+        &self,
+        kind: u8,
+        payload: Vec<u8>,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, String>>>>;
+}
 
 const MAGIC: &[u8; 4] = b"KRFT";
 /// A raft message: `u16 shard`, then the protobuf message.
@@ -377,12 +396,12 @@ fn drop_old(p: &Peer, keep: usize) {
     }
 }
 
-/// Accept peer connections on `l` and feed their frames to `shard`.
-pub async fn serve(l: glommio::net::TcpListener, t: Rc<Transport>, shard: Rc<Shard>) {
+/// Accept peer connections on `l` and hand their frames to `rx`.
+pub async fn serve(l: glommio::net::TcpListener, t: Rc<Transport>, rx: Rc<dyn Receiver>) {
     loop {
         match l.accept().await {
             Ok(s) => {
-                glommio::spawn_local(reader(s, t.clone(), shard.clone())).detach();
+                glommio::spawn_local(reader(s, t.clone(), rx.clone())).detach();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "peer accept failed");
@@ -430,7 +449,7 @@ async fn read_frame(s: &mut PeerReader, buf: &mut Vec<u8>) -> Option<u8> {
     Some(buf[0])
 }
 
-async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) {
+async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, rx: Rc<dyn Receiver>) {
     let _ = s.set_nodelay(true);
     user_timeout(&s);
     let s = match &t.acceptor {
@@ -473,8 +492,8 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) 
                 }
             }
             KIND_RAFT if buf.len() >= 3 => {
-                let removed = shard
-                    .view()
+                let removed = t
+                    .view
                     .read()
                     .map(|v| v.removed.contains(&from))
                     .unwrap_or(false);
@@ -488,7 +507,7 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) 
                     continue;
                 }
                 match decode_raft(&buf) {
-                    Some((_, mut m)) => {
+                    Some((shard, mut m)) => {
                         if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
                             // Its file arrived ahead of it: check it, and
                             // hand raft the file's place here.
@@ -504,7 +523,7 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) 
                                 }
                             }
                         }
-                        shard.deliver(m)
+                        rx.raft(shard, m)
                     }
                     None => {
                         incoming.discard().await;
@@ -513,22 +532,17 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) 
                 }
             }
             KIND_REMOVED => {
-                let member = shard
-                    .view()
+                let member = t
+                    .view
                     .read()
                     .map(|v| v.get(from).is_some())
                     .unwrap_or(false);
                 if member {
-                    shard.removed_notice.set(true);
-                    shard.kick_loop();
+                    rx.removed();
                 }
             }
             KIND_JOIN | KIND_LOOKUP => {
-                let reply = if kind == KIND_JOIN {
-                    join(&shard, &buf[1..]).await
-                } else {
-                    Ok(shard.view().read().expect("membership").encode())
-                };
+                let reply = rx.request(kind, buf[1..].to_vec()).await;
                 let out = encode_join_reply(reply.map_err(String::into_bytes));
                 let _ = s.get_mut().write_all(&out).await;
                 let _ = s.get_mut().flush().await;
@@ -541,120 +555,9 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, shard: Rc<Shard>) 
     // The stream from `from` ended: if it was the leader's, it has most
     // likely died (a killed process's sockets are closed by the kernel).
     if from != 0 {
-        shard.peer_lost(from);
+        rx.lost(from);
     }
 }
-
-/// A newcomer asks to join: add it through raft, answer with the cluster.
-async fn join(shard: &Rc<Shard>, line: &[u8]) -> Result<Vec<u8>, String> {
-    if shard.shared.shards > 1 {
-        return Err(format!(
-            "this member runs {} shards; a replicated member runs one (start it with --shards 1 on a new data dir)",
-            shard.shared.shards
-        ));
-    }
-    let line = std::str::from_utf8(line).map_err(|_| "bad join request".to_string())?;
-    let mut m = Member::decode(line).ok_or("bad join request")?;
-    let (cid, existing) = {
-        let v = shard.view().read().map_err(|_| "membership unavailable")?;
-        let existing = v
-            .members
-            .iter()
-            .find(|x| x.name == m.name)
-            .or_else(|| v.sharing_peer_url(&m.peer_urls).next())
-            .cloned();
-        (v.id, existing)
-    };
-    if let Some(x) = existing {
-        return Err(format!(
-            "member {:?} ({:x}, peer URLs {}) is already in the cluster; a member that lost its data dir must be removed first (DELETE /v2/members/{:x})",
-            x.name,
-            x.id,
-            x.peer_urls.join(","),
-            x.id
-        ));
-    }
-    m.id = super::member_id(
-        &m.peer_urls,
-        &format!("{cid:x}-{}", crate::raft::wall_nanos()),
-    );
-    tracing::info!(name = %m.name, id = %format!("{:x}", m.id), "adding member (join request)");
-    match crate::raft::add_member(shard, m).await {
-        Answer::Read(Ok((body, _))) => Ok(body),
-        Answer::Read(Err(e)) => Err(String::from_utf8_lossy(&e.cause).into_owned()),
-        Answer::Write(_) => Err("unexpected answer".into()),
-    }
-}
-
-/// Ask the member at peer address `addr` to add `me`; blocking, used once
-/// at start-up before the executors run. Returns the encoded cluster.
-pub fn request_join(
-    addr: &str,
-    me: &Member,
-    tls: Option<&crate::tls::PeerConfigs>,
-) -> Result<Vec<u8>, String> {
-    exchange(addr, KIND_JOIN, me.encode().as_bytes(), tls)
-}
-
-/// Ask the member at peer address `addr` for the membership.
-pub fn request_membership(
-    addr: &str,
-    tls: Option<&crate::tls::PeerConfigs>,
-) -> Result<Vec<u8>, String> {
-    exchange(addr, KIND_LOOKUP, b"", tls)
-}
-
-/// One request frame and its reply, blocking (start-up only); over TLS
-/// when the transport uses it.
-fn exchange(
-    addr: &str,
-    kind: u8,
-    payload: &[u8],
-    tls: Option<&crate::tls::PeerConfigs>,
-) -> Result<Vec<u8>, String> {
-    use std::io::{Read, Write};
-    let sa = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr}: no address"))?;
-    let tcp = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2))
-        .map_err(|e| format!("{addr}: {e}"))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    let mut s: Box<dyn ReadWrite> = match tls {
-        None => Box::new(tcp),
-        Some(c) => {
-            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-            let conn =
-                rustls::ClientConnection::new(c.client.clone(), crate::tls::server_name(host)?)
-                    .map_err(|e| format!("{addr}: {e}"))?;
-            Box::new(rustls::StreamOwned::new(conn, tcp))
-        }
-    };
-    let mut out = encode_hello(0, 0).to_vec();
-    out.extend_from_slice(&((1 + payload.len()) as u32).to_le_bytes());
-    out.push(kind);
-    out.extend_from_slice(payload);
-    s.write_all(&out).map_err(|e| format!("{addr}: {e}"))?;
-    s.flush().map_err(|e| format!("{addr}: {e}"))?;
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)
-        .map_err(|e| format!("{addr}: no answer ({e})"))?;
-    let len = frame_len(len).ok_or_else(|| format!("{addr}: bad join reply"))?;
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body)
-        .map_err(|e| format!("{addr}: {e}"))?;
-    match decode_join_reply(&body) {
-        Some(Ok(b)) => Ok(b.to_vec()),
-        Some(Err(e)) => Err(e),
-        None => Err(format!("{addr}: bad join reply")),
-    }
-}
-
-/// A blocking stream, plain or TLS.
-trait ReadWrite: std::io::Read + std::io::Write {}
-impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
 // ---- the wire format, as pure functions (the async code above and
 // tests/fuzz.rs use these) ------------------------------------------------

@@ -20,23 +20,30 @@
 //! when they are **committed**, in log order, so every member takes the
 //! same indexes (`replica`); the member that proposed a command answers
 //! from its own apply, as etcd does. Its `Ready`s are persisted off the loop
-//! by the WAL writer (`persist`). Membership changes and quorum read
-//! barriers live in `replica`, snapshots for lagging followers in
-//! `snapshot` and `log`.
+//! by the WAL writer (`persist`). Quorum read barriers and the apply of
+//! committed entries live in `replica`, membership changes and what the
+//! peer port hands in (`join::Inbound`) in `join`, snapshots for lagging
+//! followers in `snapshot` and `log`, LMDB syncs and WAL release in
+//! `checkpoint`. The group's published state (leader, role, commit index)
+//! is its [`Status`], written only here.
 
+mod checkpoint;
+pub mod join;
 pub mod log;
 pub mod persist;
 mod replica;
 mod session;
 mod snapshot;
+mod status;
 
+pub use join::{add_member, remove_member};
+pub use replica::read_barrier;
 use replica::*;
-pub use replica::{add_member, read_barrier, remove_member};
 pub use session::roll_forward;
 use session::*;
 use snapshot::*;
+pub use status::Status;
 
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -164,6 +171,16 @@ pub struct Group {
     reserved: Vec<u64>,
     /// The store's map, allocated ahead of LMDB's writes.
     space: Space,
+}
+
+/// Give `shard`'s group the peer transport `t`; returns what the transport
+/// hands received frames to.
+pub fn connect(
+    shard: &Rc<Shard>,
+    t: Rc<crate::cluster::transport::Transport>,
+) -> Rc<dyn crate::cluster::transport::Receiver> {
+    shard.raft.set_transport(t);
+    Rc::new(join::Inbound(shard.clone()))
 }
 
 /// Rebuild the raft group of `shard` from its store and the WAL in `wal_dir`.
@@ -312,7 +329,7 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
     // A group whose only voter is this member elects itself at once.
     if single {
         node.campaign()?;
-        shard.is_leader.set(node.raft.state == StateRole::Leader);
+        shard.raft.set_role(node.raft.state == StateRole::Leader);
         note_leader(shard, node.raft.leader_id);
     }
     let wal = Wal::open(wal_dir, segments, log_end, opts.segment_bytes).await?;
@@ -409,38 +426,19 @@ async fn run_inner(
     let mut messages = Vec::new();
     let mut events = Vec::new();
     let mut next_tick = Instant::now() + g.opts.heartbeat;
-    let mut last_checkpoint = Instant::now();
-    // Filled by the checkpoint task with the applied index it made durable.
-    let checkpoint_done: Rc<RefCell<Option<Result<u64, String>>>> = Rc::default();
-    let mut checkpointing = false;
-    let mut release_at: Option<u64> = None;
-    let mut checkpointed = shard.store.borrow().applied().0;
+    let applied = shard.store.borrow().applied().0;
+    let mut checkpoints = checkpoint::Checkpointer::new(g.opts.checkpoint_interval, applied);
     glommio::spawn_local(persist::run(g.persist.clone(), shard.clone())).detach();
     let mut next_expiry: Option<i64> = shard.store.borrow().next_expiry()?;
-    let (mut rate_since, mut rate_count) = (Instant::now(), 0u64);
+    let mut rates = Rates::default();
     loop {
-        // Wait for proposals, peer messages, the next tick or the next expiry.
-        let now = Instant::now();
-        let mut wake = next_tick;
-        // Only the leader expires keys (the others apply its SYNC entries).
+        // 1. Wait for proposals, peer messages, the next tick or the next
+        // expiry (only the leader expires keys; the others apply its SYNC
+        // entries).
         let expiry = next_expiry
-            .filter(|_| shard.is_leader.get())
+            .filter(|_| shard.raft.is_leader())
             .map(|t| t.max(g.next_sync));
-        if let Some(t) = expiry {
-            let d = Duration::from_nanos((t - wall_nanos()).max(0) as u64);
-            wake = wake.min(now + d);
-        }
-        if let Some(t) = g.campaign_at {
-            wake = wake.min(t);
-        }
-        if wake > now && !g.node.has_ready() {
-            let sleep = glommio::timer::sleep(wake - now);
-            futures_lite::future::or(shard.proposals_ready(), sleep).await;
-        } else {
-            // Due work: still let the executor's other tasks (the
-            // coordinator, connections) run between batches.
-            futures_lite::future::yield_now().await;
-        }
+        wait(shard, g, next_tick, expiry).await;
         // Member-wide operations run while every shard is parked here, at
         // a batch boundary.
         if shard.global.park_requested() {
@@ -449,73 +447,36 @@ async fn run_inner(
             next_expiry = shard.store.borrow().next_expiry()?;
         }
 
-        shard.take_messages(&mut messages);
-        if !messages.is_empty() {
-            let transport = shard.transport.borrow().clone();
-            for m in messages.drain(..) {
-                if let Some(t) = &transport {
-                    t.observe(m.from, false, &m);
-                }
-                // Messages from unknown or removed peers are refused by raft.
-                let _ = g.node.step(m);
-            }
-        }
-        if shard.removed_notice.get() {
+        // 2. Step the peers' messages.
+        step(shard, g, &mut messages);
+        if shard.raft.removed_noticed() {
             stop_removed(shard, g).await?;
         }
         leader_lost(shard, g);
         retry_unsent(g);
         shard.take_proposals(proposals);
+
+        // 3. Tick: raft's clock, request deadlines, this member's attributes.
         let now = Instant::now();
         if now >= next_tick {
             g.node.tick();
             next_tick = now + g.opts.heartbeat;
             expire_requests(g, now, answers);
             publish_attributes(shard, g, now);
-            // Diagnostics: the write rate and the live log, about once a second.
-            let elapsed = now.duration_since(rate_since);
-            if elapsed >= Duration::from_secs(1) {
-                let done = shard.metrics.proposals.get();
-                let f = &shard.shared.figures[shard.id];
-                let per_sec = (done - rate_count) as f64 / elapsed.as_secs_f64();
-                f.rate.store(per_sec.round() as u64, Ordering::Relaxed);
-                g.persist.with_wal(|w| {
-                    f.wal_segments
-                        .store(w.sealed_segments() as u64, Ordering::Relaxed);
-                    f.wal_offset.store(w.offset(), Ordering::Relaxed);
-                });
-                (rate_since, rate_count) = (now, done);
-            }
+            rates.publish(shard, &g.persist, now);
         }
-        // Expiry: the leader executes one SYNC per batch, stamped with its clock.
+
+        // 4. Execute (one voter) or propose (several) the queued commands,
+        // with one SYNC stamped with the leader's clock when keys are due.
         let expire_now = match expiry {
             Some(t) if t <= wall_nanos() => Some(wall_nanos()),
             _ => None,
         };
         if !proposals.is_empty() || expire_now.is_some() {
-            // What the batch can write must be allocated before LMDB
-            // touches it (two loads and a compare when it is).
-            let need = proposals
-                .iter()
-                .map(|p| write_need(p.data.len()))
-                .sum::<u64>()
-                + expire_now.map_or(0, |_| SYNC_NEED);
-            g.space.room(need).await.map_err(Error::Space)?;
-            Metrics::add(&shard.metrics.proposals, proposals.len() as u64);
-            execute(shard, g, proposals, expire_now, answers)?;
-            shard.executed.set(shard.store.borrow().index());
-            next_expiry = shard.store.borrow().next_expiry()?;
-            if expire_now.is_some() && shard.id == 0 && shard.shared.shards > 1 {
-                expire_dirs(shard)?;
-                // A directory expiry in progress is the coordinator's now:
-                // look again shortly rather than spin on it.
-                if !shard.global.expiring.borrow().is_empty() {
-                    let soon = wall_nanos() + 2_000_000;
-                    next_expiry = next_expiry.map(|t| t.max(soon));
-                }
-            }
+            next_expiry = execute_batch(shard, g, proposals, expire_now, answers).await?;
         }
 
+        // 5. The `Ready`: send, apply, persist, advance (raft-rs's order).
         if let Some(e) = g.persist.failed.borrow().clone() {
             return Err(Error::Store(crate::store::Error::Corrupt(format!(
                 "wal: {e}"
@@ -535,94 +496,178 @@ async fn run_inner(
             } else {
                 handle_ready(shard, g, answers).await?;
             }
-            // The batch is durable: deliver its events and auth changes,
-            // then answer.
-            shard.store.borrow_mut().take_events(&mut events);
-            shard.publish(&mut events);
-            shard.store.borrow_mut().publish_auth()?;
-            shard.publish_figures();
-            let delivered = shard.orderer.borrow().delivered();
-            shard.store.borrow_mut().prune_views(delivered);
-            shard.executed.set(shard.store.borrow().index());
-            if replicated(shard, g) {
-                // Applied entries may have expired or set TTLs.
-                next_expiry = shard.store.borrow().next_expiry()?;
-            }
-            let (ri, rt) = (g.node.raft.raft_log.committed, g.node.raft.term);
-            for (target, mut a) in answers.drain(..) {
-                if let Answer::Write(reply) = &mut a {
-                    reply.raft_index = ri;
-                    reply.raft_term = rt;
-                }
-                shard.answer(target, a);
+            // 6. Publish and answer: the batch is durable.
+            if let Some(t) = publish_and_answer(shard, g, &mut events, answers)? {
+                next_expiry = t;
             }
             if g.removed {
                 stop_removed(shard, g).await?;
             }
         }
+
+        // 7. Housekeeping: a snapshot for a lagging follower, checkpoints,
+        // the in-memory log.
         if g.node.store().take_wanted() {
             prepare_snapshot(shard, g);
         }
+        checkpoints.poll(shard, &g.persist).await?;
+        compact_log(shard, g)?;
+    }
+}
 
-        // Checkpoint: sync LMDB off the executor, then drop covered log.
-        let finished = checkpoint_done.borrow_mut().take();
-        if let Some(done) = finished {
-            checkpointing = false;
-            match done {
-                Ok(durable) => release_at = Some(durable),
-                Err(e) => {
-                    return Err(Error::Store(crate::store::Error::Corrupt(format!(
-                        "checkpoint: {e}"
-                    ))))
-                }
-            }
+/// Sleep until there is work: proposals or peer messages queued, a park
+/// requested, the next tick, the next expiry (`expiry`, wall-clock
+/// nanoseconds) or an early campaign. With work already due, only yield,
+/// so the executor's other tasks (the coordinator, connections) still run
+/// between batches.
+async fn wait(shard: &Shard, g: &Group, next_tick: Instant, expiry: Option<i64>) {
+    let now = Instant::now();
+    let mut wake = next_tick;
+    if let Some(t) = expiry {
+        let d = Duration::from_nanos((t - wall_nanos()).max(0) as u64);
+        wake = wake.min(now + d);
+    }
+    if let Some(t) = g.campaign_at {
+        wake = wake.min(t);
+    }
+    if wake > now && !g.node.has_ready() {
+        let sleep = glommio::timer::sleep(wake - now);
+        futures_lite::future::or(shard.proposals_ready(), sleep).await;
+    } else {
+        futures_lite::future::yield_now().await;
+    }
+}
+
+/// Hand the peers' messages to raft (messages from unknown or removed
+/// peers are refused by raft).
+fn step(shard: &Shard, g: &mut Group, messages: &mut Vec<Message>) {
+    shard.take_messages(messages);
+    if messages.is_empty() {
+        return;
+    }
+    let transport = shard.raft.transport();
+    for m in messages.drain(..) {
+        if let Some(t) = &transport {
+            t.observe(m.from, false, &m);
         }
-        // Drop log segments the checkpoint covers (while the writer is idle).
-        if let Some(durable) = release_at {
-            if g.persist.idle() {
-                release_at = None;
-                let mut wal = g.persist.take_wal();
-                let r = wal.release(durable).await;
-                g.persist.put_wal(wal);
-                r?;
-            }
-        }
-        // Checkpoint when a WAL segment has filled (to free it) or, with
-        // progress, after the interval. Each checkpoint's writeback delays
-        // the WAL syncs around it, so they are kept rare: about once per
-        // 64 MiB of log. Segments roll only when full.
-        let applied = shard.store.borrow().applied().0;
-        let sealed = g.persist.with_wal(|w| w.sealed_segments()).unwrap_or(0);
-        let due = applied > checkpointed
-            && (sealed > 0 || last_checkpoint.elapsed() >= g.opts.checkpoint_interval);
-        if !checkpointing && due {
-            last_checkpoint = Instant::now();
-            checkpointed = applied;
-            let done = checkpoint_done.clone();
-            checkpointing = true;
-            let sync = crate::store::checkpoint(shard.store.borrow().env());
-            glommio::spawn_local(async move {
-                let r = glommio::executor()
-                    .spawn_blocking(move || sync().map(|_| applied).map_err(|e| e.to_string()))
-                    .await;
-                *done.borrow_mut() = Some(r);
-            })
-            .detach();
-        }
-        // Applied entries need not stay in memory beyond what followers may
-        // still ask for (none for a single voter): drop them in small
-        // steps, so memory stays flat and no compaction frees a huge log.
-        let keep = if replicated(shard, g) {
-            g.opts.retain_entries
-        } else {
-            0
-        };
-        let upto = applied.saturating_sub(keep);
-        let store = &mut g.node.mut_store().mem;
-        if upto >= store.first_index()? + COMPACT_EVERY.min(keep.max(1)) {
-            store.wl().compact(upto)?;
+        let _ = g.node.step(m);
+    }
+}
+
+/// Execute or propose one batch; returns the store's next expiry.
+async fn execute_batch(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    proposals: &mut Vec<Proposal>,
+    expire_now: Option<i64>,
+    answers: &mut Vec<(Target, Answer)>,
+) -> Result<Option<i64>, Error> {
+    // What the batch can write must be allocated before LMDB touches it
+    // (two loads and a compare when it is).
+    let need = proposals
+        .iter()
+        .map(|p| write_need(p.data.len()))
+        .sum::<u64>()
+        + expire_now.map_or(0, |_| SYNC_NEED);
+    g.space.room(need).await.map_err(Error::Space)?;
+    Metrics::add(&shard.metrics.proposals, proposals.len() as u64);
+    execute(shard, g, proposals, expire_now, answers)?;
+    shard.executed.set(shard.store.borrow().index());
+    let mut next_expiry = shard.store.borrow().next_expiry()?;
+    if expire_now.is_some() && shard.id == 0 && shard.shared.shards > 1 {
+        expire_dirs(shard)?;
+        // A directory expiry in progress is the coordinator's now: look
+        // again shortly rather than spin on it.
+        if !shard.global.expiring.borrow().is_empty() {
+            let soon = wall_nanos() + 2_000_000;
+            next_expiry = next_expiry.map(|t| t.max(soon));
         }
     }
+    Ok(next_expiry)
+}
+
+/// The batch is durable: deliver its events and auth changes to every
+/// executor, then answer its requests. Returns the store's next expiry
+/// when applied entries may have changed it (several voters).
+fn publish_and_answer(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    events: &mut Vec<std::sync::Arc<crate::store::Event>>,
+    answers: &mut Vec<(Target, Answer)>,
+) -> Result<Option<Option<i64>>, Error> {
+    shard.store.borrow_mut().take_events(events);
+    shard.publish(events);
+    shard.store.borrow_mut().publish_auth()?;
+    shard.publish_figures();
+    let delivered = shard.orderer.borrow().delivered();
+    shard.store.borrow_mut().prune_views(delivered);
+    shard.executed.set(shard.store.borrow().index());
+    let next_expiry = match replicated(shard, g) {
+        true => Some(shard.store.borrow().next_expiry()?),
+        false => None,
+    };
+    let (ri, rt) = (g.node.raft.raft_log.committed, g.node.raft.term);
+    for (target, mut a) in answers.drain(..) {
+        if let Answer::Write(reply) = &mut a {
+            reply.raft_index = ri;
+            reply.raft_term = rt;
+        }
+        shard.answer(target, a);
+    }
+    Ok(next_expiry)
+}
+
+/// Diagnostics: the write rate and the live log, published about once a
+/// second (`/debug/kardia/shards`).
+struct Rates {
+    since: Instant,
+    count: u64,
+}
+
+impl Default for Rates {
+    fn default() -> Rates {
+        Rates {
+            since: Instant::now(),
+            count: 0,
+        }
+    }
+}
+
+impl Rates {
+    fn publish(&mut self, shard: &Shard, persist: &persist::Persister, now: Instant) {
+        let elapsed = now.duration_since(self.since);
+        if elapsed < Duration::from_secs(1) {
+            return;
+        }
+        let done = shard.metrics.proposals.get();
+        let f = &shard.shared.figures[shard.id];
+        let per_sec = (done - self.count) as f64 / elapsed.as_secs_f64();
+        f.rate.store(per_sec.round() as u64, Ordering::Relaxed);
+        persist.with_wal(|w| {
+            f.wal_segments
+                .store(w.sealed_segments() as u64, Ordering::Relaxed);
+            f.wal_offset.store(w.offset(), Ordering::Relaxed);
+        });
+        (self.since, self.count) = (now, done);
+    }
+}
+
+/// Applied entries need not stay in raft's in-memory log beyond what
+/// followers may still ask for (none for a single voter): drop them in
+/// small steps, so memory stays flat and no compaction frees a huge log.
+fn compact_log(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
+    let applied = shard.store.borrow().applied().0;
+    let keep = if replicated(shard, g) {
+        g.opts.retain_entries
+    } else {
+        0
+    };
+    let upto = applied.saturating_sub(keep);
+    let store = &mut g.node.mut_store().mem;
+    if upto >= store.first_index()? + COMPACT_EVERY.min(keep.max(1)) {
+        store.wl().compact(upto)?;
+    }
+    Ok(())
 }
 
 /// The leader's connection to this member ended — its process most likely
@@ -633,7 +678,7 @@ async fn run_inner(
 /// when the leader is in fact alive: members that still hear from it
 /// refuse, and its next heartbeat makes this member a follower again.
 fn leader_lost(shard: &Shard, g: &mut Group) {
-    let lost = shard.lost_peer.replace(0);
+    let lost = shard.raft.take_lost_peer();
     let raft = &mut g.node.raft;
     if lost != 0 && lost == raft.leader_id && raft.state == StateRole::Follower {
         raft.leader_id = 0;
@@ -734,7 +779,7 @@ fn execute(
     if proposals.iter().any(|p| p.data.first() == Some(&REQ_CONF)) || replicated(shard, g) {
         return propose_replicated(shard, g, proposals, expire_now);
     }
-    if !shard.is_leader.get() {
+    if !shard.raft.is_leader() {
         for p in proposals.drain(..) {
             if let Some(t) = p.target {
                 shard.answer(t, error_reply("etcdserver: no leader"));
@@ -1041,13 +1086,14 @@ fn after_apply(shard: &Shard, g: &mut Group, answers: &mut Vec<(Target, Answer)>
             true
         }
     });
-    shard.raft_index.set(g.node.raft.raft_log.committed);
-    shard.raft_term.set(g.node.raft.term);
+    shard
+        .raft
+        .set_position(g.node.raft.raft_log.committed, g.node.raft.term);
 }
 
 /// A change of role or leader.
 fn note_role(shard: &Shard, ss: &raft::SoftState) {
-    shard.is_leader.set(ss.raft_state == StateRole::Leader);
+    shard.raft.set_role(ss.raft_state == StateRole::Leader);
     note_leader(shard, ss.leader_id);
     tracing::info!(shard = shard.id, leader = %format!("{:x}", ss.leader_id), role = ?ss.raft_state, "raft state");
 }
@@ -1055,7 +1101,7 @@ fn note_role(shard: &Shard, ss: &raft::SoftState) {
 /// The leader this shard now knows of (0: none); shard 0's view is the
 /// member's in `/metrics`.
 fn note_leader(shard: &Shard, leader: u64) {
-    let before = shard.leader_id.replace(leader);
+    let before = shard.raft.set_leader(leader);
     if shard.id == 0 {
         let m = &shard.shared.metrics;
         m.has_leader.set((leader != 0) as i64);
@@ -1070,7 +1116,7 @@ fn send_messages(shard: &Shard, g: &mut Group, msgs: Vec<Message>) {
     if msgs.is_empty() {
         return;
     }
-    let Some(t) = shard.transport.borrow().clone() else {
+    let Some(t) = shard.raft.transport() else {
         return;
     };
     for m in msgs {

@@ -83,7 +83,7 @@ pub(super) fn propose_replicated(
         // whole).
         propose_batch(g, batch);
     }
-    if expire_now.is_some() && shard.is_leader.get() {
+    if expire_now.is_some() && shard.raft.is_leader() {
         // One SYNC per 500 ms at most: it must commit before the keys go.
         g.next_sync = wall_nanos() + 500_000_000;
         let mut data = Vec::with_capacity(48);
@@ -196,15 +196,15 @@ pub(super) fn expire_requests(g: &mut Group, now: Instant, answers: &mut Vec<(Ta
 /// The member reports ready (`/health`) once they are applied.
 pub(super) fn publish_attributes(shard: &Shard, g: &mut Group, now: Instant) {
     if g.attrs_done {
-        shard.attrs_applied.set(true);
+        shard.raft.set_attrs_applied();
         return;
     }
-    if shard.leader_id.get() == 0 {
+    if shard.raft.leader() == 0 {
         return;
     }
     if !replicated(shard, g) {
         g.attrs_done = true;
-        shard.attrs_applied.set(true);
+        shard.raft.set_attrs_applied();
         return;
     }
     let me = {
@@ -228,36 +228,6 @@ pub(super) fn publish_attributes(shard: &Shard, g: &mut Group, now: Instant) {
     let mut data = vec![ENTRY_ATTRS];
     data.extend_from_slice(m.encode().as_bytes());
     let _ = g.node.propose(Vec::new(), data);
-}
-
-/// Add member `m`, or replace the record of a member already in the
-/// cluster (new peer URLs), through a raft configuration change; the
-/// answer carries the encoded membership once the change is applied here.
-pub async fn add_member(shard: &Rc<Shard>, m: Member) -> Answer {
-    let mut cc = ConfChange::default();
-    cc.set_change_type(ConfChangeType::AddNode);
-    cc.node_id = m.id;
-    cc.context = m.encode().into_bytes().into();
-    conf_change(shard, cc).await
-}
-
-/// Remove member `id` through a raft configuration change.
-pub async fn remove_member(shard: &Rc<Shard>, id: u64) -> Answer {
-    let mut cc = ConfChange::default();
-    cc.set_change_type(ConfChangeType::RemoveNode);
-    cc.node_id = id;
-    conf_change(shard, cc).await
-}
-
-pub(super) async fn conf_change(shard: &Rc<Shard>, cc: ConfChange) -> Answer {
-    let mut data = vec![REQ_CONF];
-    data.extend_from_slice(&cc.write_to_bytes().unwrap_or_default());
-    match shard.request(data).await {
-        Answer::Write(Reply {
-            outcome: Err(e), ..
-        }) => Answer::Read(Err(e)),
-        a => a,
-    }
 }
 
 /// Wait until this member has applied everything the leader had committed
@@ -395,7 +365,7 @@ pub(super) fn apply_entries(
     g.removed |= removed;
     // A removed member may never apply its own removal (the leader stops
     // replicating to it): tell it.
-    if let Some(t) = shard.transport.borrow().as_ref() {
+    if let Some(t) = shard.raft.transport() {
         for id in told {
             t.send_removed(id);
         }

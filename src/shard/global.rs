@@ -430,7 +430,7 @@ pub async fn coordinate(shard: Rc<Shard>) {
             }
         }
         shard.publish(&mut events);
-        let (ri, rt) = (shard.raft_index.get(), shard.raft_term.get());
+        let (ri, rt) = (shard.raft.raft_index(), shard.raft.raft_term());
         for (target, mut a) in answers {
             if let Answer::Write(r) = &mut a {
                 r.raft_index = ri;

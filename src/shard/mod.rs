@@ -159,24 +159,13 @@ pub struct Shard {
     pub global: global::State,
     /// Highest etcd index this shard has executed (durable or not).
     pub executed: Cell<u64>,
-    pub raft_index: Cell<u64>,
-    pub raft_term: Cell<u64>,
-    pub is_leader: Cell<bool>,
+    /// What the shard's raft group says about itself (written by its loop
+    /// only), and its link to the peers.
+    pub raft: crate::raft::Status,
     /// Set to wake the raft loop for its own work (a persisted `Ready`).
     kick: Cell<bool>,
-    /// Another member said this one was removed from the cluster.
-    pub removed_notice: Cell<bool>,
-    /// A peer whose connection to this member just ended (0: none).
-    pub lost_peer: Cell<u64>,
-    /// The raft leader this shard knows of (0: none).
-    pub leader_id: Cell<u64>,
-    /// This member's attributes (name, client URLs) are applied since it
-    /// started, so every member lists them: until then `/health` is 503.
-    pub attrs_applied: Cell<bool>,
     /// The membership (shared with the v2 handlers).
     view: crate::cluster::View,
-    /// The peer transport (replicated members).
-    pub transport: RefCell<Option<Rc<crate::cluster::transport::Transport>>>,
     /// Set when the shard hit an I/O or corruption error and stopped.
     pub failed: RefCell<Option<String>>,
     pub metrics: Metrics,
@@ -269,16 +258,9 @@ impl Shard {
             mesh: RefCell::new(None),
             global: global::State::default(),
             executed: Cell::new(executed),
-            raft_index: Cell::new(0),
-            raft_term: Cell::new(0),
-            is_leader: Cell::new(false),
-            leader_id: Cell::new(0),
-            attrs_applied: Cell::new(false),
+            raft: crate::raft::Status::default(),
             kick: Cell::new(false),
-            removed_notice: Cell::new(false),
-            lost_peer: Cell::new(0),
             view,
-            transport: RefCell::new(None),
             failed: RefCell::new(None),
             metrics: Metrics::default(),
             bulk: glommio::sync::Semaphore::new(1),
@@ -297,8 +279,8 @@ impl Shard {
     /// see its URLs) and no shard of the member has stopped.
     pub fn healthy(&self) -> bool {
         self.failed.borrow().is_none()
-            && self.leader_id.get() != 0
-            && self.attrs_applied.get()
+            && self.raft.leader() != 0
+            && self.raft.attrs_applied()
             && self
                 .shared
                 .figures
@@ -407,13 +389,6 @@ impl Shard {
         if let Some(w) = inbox.waker.take() {
             w.wake();
         }
-    }
-
-    /// The connection from peer `id` ended (the raft loop decides what it
-    /// means).
-    pub fn peer_lost(&self, id: u64) {
-        self.lost_peer.set(id);
-        self.kick_loop();
     }
 
     /// Wake the raft loop for work of its own (its WAL writer finished).

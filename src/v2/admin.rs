@@ -287,7 +287,7 @@ pub fn members(
             body.extend_from_slice(b"]}\n");
             send(req, 200, JSON, hdr, &body, out);
         }
-        b"/leader" => match view.get(api.shard.leader_id.get()) {
+        b"/leader" => match view.get(api.shard.raft.leader()) {
             Some(m) => {
                 member_json(m, &mut body);
                 body.push(b'\n');
@@ -394,7 +394,7 @@ pub fn stats_self(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     }
     let view = api.cluster.read().expect("membership");
     let me = view.local();
-    let leader = api.shard.is_leader.get();
+    let leader = api.shard.raft.is_leader();
     let start = nanos(api.start);
     let mut body = Vec::new();
     let _ = write!(Str(&mut body), "{{\"name\":");
@@ -413,7 +413,7 @@ pub fn stats_self(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     let _ = write!(
         Str(&mut body),
         ",\"leaderInfo\":{{\"leader\":\"{}\",\"uptime\":\"",
-        match api.shard.leader_id.get() {
+        match api.shard.raft.leader() {
             0 => String::new(),
             id => format!("{id:x}"),
         }
@@ -426,9 +426,8 @@ pub fn stats_self(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     write_time(&mut body, start);
     let (recv, sent) = api
         .shard
-        .transport
-        .borrow()
-        .as_ref()
+        .raft
+        .transport()
         .map_or((0, 0), |t| (t.appends_received.get(), t.appends_sent.get()));
     let _ = write!(
         Str(&mut body),
@@ -441,7 +440,7 @@ pub fn stats_leader(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     if !only_get(req, out) {
         return;
     }
-    if !api.shard.is_leader.get() {
+    if !api.shard.raft.is_leader() {
         send(
             req,
             403,
@@ -457,9 +456,10 @@ pub fn stats_leader(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     // messages the transport dropped (fail).
     let view = api.cluster.read().expect("membership");
     let me = view.local().id;
-    let t = api.shard.transport.borrow();
-    let stats = t
-        .as_ref()
+    let stats = api
+        .shard
+        .raft
+        .transport()
         .map(|t| t.stats.borrow().clone())
         .unwrap_or_default();
     let mut body = format!("{{\"leader\":\"{me:x}\",\"followers\":{{");
@@ -581,9 +581,9 @@ pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
         sh.shared.session_jobs.load(Ordering::Relaxed),
         o.closed(),
         sh.id,
-        sh.is_leader.get(),
-        sh.raft_index.get(),
-        sh.raft_term.get(),
+        sh.raft.is_leader(),
+        sh.raft.raft_index(),
+        sh.raft.raft_term(),
         m.synced_entries.get(),
         m.sync_nanos.get() as f64 / 1e9,
         p50,

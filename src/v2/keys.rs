@@ -343,7 +343,7 @@ fn read_headers<'o>(
     http11: bool,
     etcd_index: u64,
 ) -> Response<'o> {
-    let (ri, rt) = (api.shard.raft_index.get(), api.shard.raft_term.get());
+    let (ri, rt) = (api.shard.raft.raft_index(), api.shard.raft.raft_term());
     success_headers(api, out, http11, 200, etcd_index, ri, rt)
 }
 
