@@ -274,18 +274,31 @@ impl NodeJson<'_> {
     /// Everything up to where `nodes` would go: `{"key":..,..,"ttl":..`
     pub fn write_head(&self, out: &mut Vec<u8>) {
         out.push(b'{');
-        let mut first = true;
+        let first = self.key.is_empty();
+        if !first {
+            out.extend_from_slice(b"\"key\":");
+            write_str(out, self.key);
+        }
+        self.write_fields(out, first);
+    }
+
+    /// [`Self::write_head`] with the key given already escaped
+    /// ([`crate::v2::json::write_escaped`]; listings keep their path so).
+    pub fn write_head_escaped(&self, escaped_key: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"key\":\"");
+        out.extend_from_slice(escaped_key);
+        out.push(b'"');
+        self.write_fields(out, false);
+    }
+
+    /// The fields after the key; `first`: nothing written yet.
+    fn write_fields(&self, out: &mut Vec<u8>, mut first: bool) {
         let mut sep = |out: &mut Vec<u8>| {
             if !first {
                 out.push(b',');
             }
             first = false;
         };
-        if !self.key.is_empty() {
-            sep(out);
-            out.extend_from_slice(b"\"key\":");
-            write_str(out, self.key);
-        }
         if let Some(v) = self.value {
             sep(out);
             out.extend_from_slice(b"\"value\":");

@@ -1901,8 +1901,12 @@ impl Store {
         struct Frame<'t> {
             items: Items<'t>,
             any: bool,
-            close: Option<(u64, u64, usize)>,
+            close: Option<(u64, u64, usize, usize)>,
         }
+        // The path escaped as JSON, kept beside it: each child's key is
+        // its directory's (escaped once) and its own name.
+        let mut epath = Vec::with_capacity(path.len() + 64);
+        crate::v2::json::write_escaped(&mut epath, path);
         let items = |dir_id: u64| -> Result<Items> {
             Ok(if scan {
                 Items::Scan(self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())?)
@@ -1934,9 +1938,10 @@ impl Store {
                 if done.any {
                     out.push(b']');
                 }
-                if let Some((modified, created, len)) = done.close {
+                if let Some((modified, created, len, elen)) = done.close {
                     event::write_tail(out, modified, created);
                     path.truncate(len);
+                    epath.truncate(elen);
                 }
                 continue;
             };
@@ -1961,9 +1966,11 @@ impl Store {
             }
             out.extend_from_slice(if top.any { b"," } else { b",\"nodes\":[" });
             top.any = true;
-            let len = path.len();
+            let (len, elen) = (path.len(), epath.len());
             path.push(b'/');
             path.extend_from_slice(name);
+            epath.push(b'/');
+            crate::v2::json::write_escaped(&mut epath, name);
             NodeJson {
                 key: path,
                 value: (!rec.dir).then_some(rec.value),
@@ -1973,16 +1980,17 @@ impl Store {
                 modified: rec.modified,
                 created: rec.created,
             }
-            .write_head(out);
+            .write_head_escaped(&epath, out);
             if rec.dir && w.recursive {
                 stack.push(Frame {
                     items: items(rec.dir_id)?,
                     any: false,
-                    close: Some((rec.modified, rec.created, len)),
+                    close: Some((rec.modified, rec.created, len, elen)),
                 });
             } else {
                 event::write_tail(out, rec.modified, rec.created);
                 path.truncate(len);
+                epath.truncate(elen);
             }
         }
         Ok(Listing::Done)

@@ -31,10 +31,15 @@ static SPECIAL: [bool; 256] = {
 pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
     out.reserve(s.len() + 2);
     out.push(b'"');
+    write_escaped(out, s);
+    out.push(b'"');
+}
+
+/// Append what [`write_str`] puts between the quotes.
+pub fn write_escaped(out: &mut Vec<u8>, s: &[u8]) {
     let body = out.len();
     // Most keys and values are ASCII: one scan, no UTF-8 to validate.
     if write_valid::<true>(out, s) {
-        out.push(b'"');
         return;
     }
     out.truncate(body);
@@ -44,7 +49,6 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
             out.extend_from_slice(b"\\ufffd");
         }
     }
-    out.push(b'"');
 }
 
 /// Whether any of the 8 bytes in `v` may need [`write_valid`]'s attention:
@@ -66,7 +70,42 @@ fn may_need_escape(v: u64) -> bool {
     any != 0
 }
 
-/// Escape valid UTF-8: a scan that skips 8 plain bytes at a time, then a
+/// A bit per byte of `b` (16 bytes) that may need [`write_valid`]'s
+/// attention (the bytes of [`may_need_escape`]); 0 when none does.
+#[inline]
+fn attention16(b: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        assert!(b.len() >= 16);
+        // SAFETY: SSE2 is part of the x86_64 baseline, and the unaligned
+        // load reads the 16 bytes of `b` checked above.
+        unsafe {
+            let v = _mm_loadu_si128(b.as_ptr() as *const __m128i);
+            let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+            // A signed compare: controls, and bytes of 0x80 and above
+            // (negative as i8), are below 0x20.
+            let low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
+            let any = _mm_or_si128(
+                _mm_or_si128(low, _mm_or_si128(eq(b'"'), eq(b'\\'))),
+                _mm_or_si128(eq(b'<'), _mm_or_si128(eq(b'>'), eq(b'&'))),
+            );
+            _mm_movemask_epi8(any) as u32
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut m = 0u32;
+        for (i, &c) in b[..16].iter().enumerate() {
+            if c < 0x20 || c >= 0x80 || matches!(c, b'"' | b'\\' | b'<' | b'>' | b'&') {
+                m |= 1 << i;
+            }
+        }
+        m
+    }
+}
+
+/// Escape valid UTF-8: a scan that skips 16 (then 8) plain bytes at a time, then a
 /// table-driven one, copying runs of plain bytes at once. With `ASCII`, it
 /// stops at the first byte of 0x80 or above and answers false (`out` then
 /// holds a partial copy).
@@ -74,7 +113,15 @@ fn write_valid<const ASCII: bool>(out: &mut Vec<u8>, s: &[u8]) -> bool {
     let mut start = 0;
     let mut i = 0;
     while i < s.len() {
-        if let Some(word) = s.get(i..i + 8) {
+        if i + 16 <= s.len() {
+            // 16 bytes at a time; on a hit, go straight to its first byte.
+            let m = attention16(&s[i..i + 16]);
+            if m == 0 {
+                i += 16;
+                continue;
+            }
+            i += m.trailing_zeros() as usize;
+        } else if let Some(word) = s.get(i..i + 8) {
             let v = u64::from_le_bytes(word.try_into().expect("8 bytes"));
             if !may_need_escape(v) {
                 i += 8;
@@ -142,35 +189,55 @@ pub fn write_time(out: &mut Vec<u8>, unix_nanos: i64) {
     let secs = unix_nanos.div_euclid(1_000_000_000);
     let nanos = unix_nanos.rem_euclid(1_000_000_000) as u32;
     let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as u32;
     let (y, m, d) = civil_from_days(days);
-    let mut buf = [0u8; 40];
-    let mut w = std::io::Cursor::new(&mut buf[..]);
-    use std::io::Write;
-    let _ = write!(
-        w,
-        "\"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-        y,
-        m,
-        d,
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    );
-    let n = w.position() as usize;
-    out.extend_from_slice(&buf[..n]);
+    if !(0..=9999).contains(&y) {
+        // Outside Go's four-digit years: rare enough for the formatter.
+        use std::io::Write;
+        let mut w = std::io::Cursor::new([0u8; 48]);
+        let _ = write!(w, "\"{:04}-{:02}-{:02}T", y, m, d);
+        let n = w.position() as usize;
+        out.extend_from_slice(&w.get_ref()[..n]);
+    } else {
+        let y = y as u32;
+        out.extend_from_slice(&[
+            b'"',
+            b'0' + (y / 1000) as u8,
+            b'0' + (y / 100 % 10) as u8,
+            b'0' + (y / 10 % 10) as u8,
+            b'0' + (y % 10) as u8,
+            b'-',
+            b'0' + (m / 10) as u8,
+            b'0' + (m % 10) as u8,
+            b'-',
+            b'0' + (d / 10) as u8,
+            b'0' + (d % 10) as u8,
+            b'T',
+        ]);
+    }
+    let (h, mi, se) = (sod / 3600, sod / 60 % 60, sod % 60);
+    out.extend_from_slice(&[
+        b'0' + (h / 10) as u8,
+        b'0' + (h % 10) as u8,
+        b':',
+        b'0' + (mi / 10) as u8,
+        b'0' + (mi % 10) as u8,
+        b':',
+        b'0' + (se / 10) as u8,
+        b'0' + (se % 10) as u8,
+    ]);
     if nanos != 0 {
-        let mut frac = [0u8; 9];
+        let mut frac = [0u8; 10];
+        frac[0] = b'.';
         let mut v = nanos;
-        for i in (0..9).rev() {
+        for i in (1..10).rev() {
             frac[i] = b'0' + (v % 10) as u8;
             v /= 10;
         }
-        let mut end = 9;
+        let mut end = 10;
         while frac[end - 1] == b'0' {
             end -= 1;
         }
-        out.push(b'.');
         out.extend_from_slice(&frac[..end]);
     }
     out.extend_from_slice(b"Z\"");
@@ -215,6 +282,41 @@ mod tests {
         }
     }
 
+    /// The 16-byte test flags exactly the bytes the word test would, in
+    /// every position.
+    #[test]
+    fn the_16_byte_test_matches_the_byte_table() {
+        for b in 0..=255u8 {
+            for at in 0..16 {
+                let mut w = *b"plain-ok/plain-k";
+                w[at] = b;
+                let want = (SPECIAL[b as usize] || b >= 0x80) as u32;
+                assert_eq!(attention16(&w), want << at, "{w:?}");
+            }
+        }
+    }
+
+    /// Escaping with special bytes at every offset of a long string (the
+    /// 16-byte scan, the word scan and the byte scan all take part).
+    #[test]
+    fn escapes_at_every_offset() {
+        for len in 0..40 {
+            for at in 0..len {
+                for (c, esc) in [
+                    (b'"', "\\\""),
+                    (b'<', "\\u003c"),
+                    (b'\n', "\\n"),
+                    (0x01, "\\u0001"),
+                ] {
+                    let mut v = vec![b'x'; len];
+                    v[at] = c;
+                    let want = format!("\"{}{esc}{}\"", "x".repeat(at), "x".repeat(len - at - 1));
+                    assert_eq!(s(&v), want);
+                }
+            }
+        }
+    }
+
     #[test]
     fn escapes_like_go() {
         assert_eq!(s(b"a<b>&c"), r#""a\u003cb\u003e\u0026c""#);
@@ -245,5 +347,11 @@ mod tests {
         out.clear();
         write_time(&mut out, 1_795_756_065_000_000_000);
         assert_eq!(out, b"\"2026-11-27T05:07:45Z\"");
+        out.clear();
+        write_time(&mut out, 7_000_001);
+        assert_eq!(out, b"\"1970-01-01T00:00:00.007000001Z\"");
+        out.clear();
+        write_time(&mut out, -1);
+        assert_eq!(out, b"\"1969-12-31T23:59:59.999999999Z\"");
     }
 }
