@@ -359,6 +359,96 @@ fn clients_that_never_read_stay_within_the_memory_budget() {
     );
 }
 
+/// A listing of many megabytes renders in slices, with the executor's
+/// other requests served between them: a small GET that arrives while one
+/// renders waits for a slice, not for the whole listing (it used to wait
+/// for all of it: HM9000's 200,000-instance `apps/actual` held every other
+/// request for 250 ms).
+#[test]
+fn a_small_request_waits_for_a_slice_of_a_large_listing_not_all_of_it() {
+    use std::io::{Read, Write};
+    let s = Server::start().unwrap();
+    let port = s.client_port;
+    put_keep(port);
+    let value = format!("value={}", "v".repeat(1024));
+    let loaders: Vec<_> = (0..8)
+        .map(|t| {
+            let value = value.clone();
+            std::thread::spawn(move || {
+                let mut c = Conn::connect(port, Duration::from_secs(5)).unwrap();
+                for i in (t..36_000).step_by(8) {
+                    let target = format!("/v2/keys/big/k{i:05}");
+                    let req = build_request(
+                        port,
+                        "PUT",
+                        target.as_bytes(),
+                        Some(value.as_bytes()),
+                        &[],
+                        true,
+                    );
+                    c.send(&req).unwrap();
+                    let r = read_response(&mut c, "PUT", Instant::now() + Duration::from_secs(15))
+                        .unwrap();
+                    assert_eq!(r.code(), 201, "{}", r.body_str());
+                }
+            })
+        })
+        .collect();
+    for l in loaders {
+        l.join().unwrap();
+    }
+    // A listing (36 MB): the time to its first byte is the server's render.
+    let list = move || -> Duration {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"GET /v2/keys/big?recursive=true HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let t = Instant::now();
+        let mut buf = vec![0u8; 1 << 20];
+        let n = c.read(&mut buf).unwrap();
+        let first = t.elapsed();
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a Content-Length");
+        assert!(len > 30 << 20, "a {len}-byte listing");
+        let mut got = n - (head.find("\r\n\r\n").unwrap() + 4);
+        while got < len {
+            got += c.read(&mut buf).unwrap();
+        }
+        first
+    };
+    let render = list();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let lister = std::thread::spawn(move || {
+        for _ in 0..4 {
+            list();
+        }
+        done_tx.send(()).unwrap();
+    });
+    let mut waits = Vec::new();
+    while done_rx.try_recv().is_err() {
+        let t = Instant::now();
+        assert_alive_and_intact(port);
+        waits.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    lister.join().unwrap();
+    waits.sort();
+    let (p90, worst) = (waits[waits.len() * 9 / 10], waits[waits.len() - 1]);
+    eprintln!(
+        "a listing renders in {render:?}; of {} small GETs meanwhile, p90 {p90:?}, the slowest {worst:?}",
+        waits.len()
+    );
+    // Rendered whole, most small GETs would wait for a render under way
+    // (half of one on average, all of one at worst).
+    assert!(
+        p90 < render / 4 && worst < render / 2,
+        "small GETs waited up to {worst:?} (p90 {p90:?}) while listings that render in {render:?} were rendering"
+    );
+}
+
 #[test]
 fn awkward_keys_work_as_in_etcd() {
     let s = Server::start().unwrap();

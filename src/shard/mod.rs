@@ -620,6 +620,10 @@ pub async fn serve_read(shard: Rc<Shard>, mut req: mesh::ReadReq, target: Target
             }
         }
         let index = shard.orderer.borrow().closed();
+        if req.opts.bulk {
+            body.clear();
+            break read_bulk(&shard, index, &req.key, req.opts, ReadAt::View, &mut body).await;
+        }
         match read_at(
             &shard,
             index,
@@ -654,14 +658,75 @@ pub async fn serve_read(shard: Rc<Shard>, mut req: mesh::ReadReq, target: Target
     }
 }
 
+/// How much output a bulk read renders between two turns of the executor
+/// (about a millisecond of work; smaller slices measured no better).
+pub const SLICE_BYTES: usize = 1 << 20;
+
+/// A bulk read ([`BULK_BYTES`]) of this shard at `index`, rendered in
+/// slices of [`SLICE_BYTES`] into `body`: between slices the executor polls
+/// for I/O and runs the requests that arrived, so a listing of hundreds of
+/// thousands of nodes holds up a small request for one slice, not for the
+/// whole listing. Every slice reads the same transaction (the one `at`
+/// selects when the read starts), so the result is one consistent read.
+/// The caller holds the executor's bulk turn. A store failure stops the
+/// shard.
+pub async fn read_bulk(
+    shard: &Shard,
+    index: u64,
+    key: &[u8],
+    opts: mesh::ReadOpts,
+    at: ReadAt,
+    body: &mut Vec<u8>,
+) -> Result<u64, V2Error> {
+    let fail = |e: crate::store::Error| {
+        shard.fail(e.to_string());
+        V2Error::new(RAFT_INTERNAL, "etcdserver: server stopped", 0)
+    };
+    let begun = shard.store.borrow_mut().begin_slices(
+        index,
+        key,
+        opts.recursive,
+        opts.sorted,
+        opts.now,
+        at,
+    );
+    let mut sl = begun.map_err(fail)?;
+    loop {
+        let r = shard
+            .store
+            .borrow_mut()
+            .get_slice(&mut sl, SLICE_BYTES, body);
+        match r.map_err(fail)? {
+            Some(r) => {
+                publish_get_stats(shard);
+                return r;
+            }
+            None => after_next_poll().await,
+        }
+    }
+}
+
+/// Publish this shard's GET counters (several shards: `/v2/stats/store`
+/// sums every shard's figures).
+fn publish_get_stats(shard: &Shard) {
+    if shard.shared.shards > 1 {
+        let st = shard.store.borrow().stats;
+        let f = &shard.shared.figures[shard.id];
+        f.stats[0].store(st.gets_success, Ordering::Relaxed);
+        f.stats[1].store(st.gets_fail, Ordering::Relaxed);
+    }
+}
+
 /// Resume once the executor has polled for I/O again, behind the tasks
 /// that poll woke. A task queue runs its ready tasks until it is empty or
 /// the preempt timer (100 ms) fires, and only then reaps completions: a
 /// bulk read that merely yielded could run before the small requests whose
-/// bytes have arrived but are not yet reaped. A timer is fired by that poll
-/// (short enough not to idle an executor that has nothing else to do).
+/// bytes have arrived but are not yet reaped. A timer is fired by that poll;
+/// a 1 µs one makes the poll not wait at all when nothing else is ready
+/// (with 20 µs, listings in slices lost 14 % of their throughput to idle
+/// waits).
 async fn after_next_poll() {
-    glommio::timer::sleep(std::time::Duration::from_micros(20)).await;
+    glommio::timer::sleep(std::time::Duration::from_micros(1)).await;
     glommio::executor().yield_now().await;
 }
 
@@ -690,13 +755,8 @@ pub fn read_at(
         if opts.bulk { usize::MAX } else { BULK_BYTES },
         body,
     );
-    if shard.shared.shards > 1 {
-        // Only the GET counters change on a read.
-        let st = shard.store.borrow().stats;
-        let f = &shard.shared.figures[shard.id];
-        f.stats[0].store(st.gets_success, Ordering::Relaxed);
-        f.stats[1].store(st.gets_fail, Ordering::Relaxed);
-    }
+    // Only the GET counters change on a read.
+    publish_get_stats(shard);
     match r {
         Ok(r) => r,
         Err(e) => {

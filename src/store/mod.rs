@@ -25,7 +25,9 @@ pub mod space;
 pub mod watch;
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -321,7 +323,7 @@ pub struct Store {
     /// the index the store had reached then, oldest first (at most
     /// [`MAX_VIEWS`]). A read that must not see writes still in their fsync
     /// uses the newest view whose index is delivered ([`Store::select_view`]).
-    views: VecDeque<(u64, RoTxn<'static, WithoutTls>)>,
+    views: VecDeque<(u64, Rc<RoTxn<'static, WithoutTls>>)>,
     /// The snapshot a member-wide read renders from: taken while every
     /// shard is parked (a cut of the whole member), read after they resume
     /// ([`Store::take_cut`]).
@@ -467,7 +469,7 @@ impl Store {
             self.views.pop_front();
         }
         match self.env.clone().static_read_txn() {
-            Ok(txn) => self.views.push_back((self.index, txn)),
+            Ok(txn) => self.views.push_back((self.index, Rc::new(txn))),
             // No reader slot: no view may stand for the present any more
             // (reads open their own transaction, or wait for delivery).
             Err(e) => {
@@ -1767,7 +1769,7 @@ impl Store {
             ReadAt::Now if !self.frozen => self.views.pop_back(),
             ReadAt::Now => None,
             ReadAt::Cut => match self.cut.take() {
-                Some(txn) => Some((0, txn)),
+                Some(txn) => Some((0, Rc::new(txn))),
                 None => return Err(Error::Corrupt("no cut to read".into())),
             },
         };
@@ -1777,6 +1779,7 @@ impl Store {
             now,
             remote,
             limit: out.len().saturating_add(limit),
+            pause_at: usize::MAX,
         };
         let r = match &view {
             Some((_, txn)) => self.get_in(txn, index, path, &w, out),
@@ -1793,10 +1796,79 @@ impl Store {
             match at {
                 ReadAt::View => self.views.push_front(v),
                 ReadAt::Now => self.views.push_back(v),
-                ReadAt::Cut => self.cut = Some(v.1),
+                ReadAt::Cut => {
+                    self.cut =
+                        Some(Rc::try_unwrap(v.1).map_err(|_| Error::Corrupt("cut shared".into()))?)
+                }
             }
         }
         r
+    }
+
+    /// Start a large read to be rendered in slices ([`Store::get_slice`]):
+    /// it keeps the read transaction a [`Store::get`] at `at` would use (a
+    /// view, shared), so its slices make one consistent read however the
+    /// store moves on between them. Not for member-wide cuts.
+    pub fn begin_slices(
+        &mut self,
+        index: u64,
+        path: &[u8],
+        recursive: bool,
+        sorted: bool,
+        now: i64,
+        at: ReadAt,
+    ) -> Result<Slices> {
+        let view = match at {
+            ReadAt::View => self.views.front(),
+            ReadAt::Now if !self.frozen => self.views.back(),
+            _ => None,
+        };
+        let txn = match view {
+            Some((_, txn)) => txn.clone(),
+            None if self.frozen || at == ReadAt::Cut => {
+                return Err(Error::Corrupt(
+                    "stopped: no durable state left to read".into(),
+                ))
+            }
+            None => Rc::new(self.env.clone().static_read_txn()?),
+        };
+        Ok(Slices {
+            txn,
+            index,
+            path: path.to_vec(),
+            recursive,
+            sorted,
+            now,
+            open: None,
+        })
+    }
+
+    /// Render the next slice of `sl` into `out`: until the read is done
+    /// (`Some`, as [`Store::get`] answers), or `out` has grown by about
+    /// `slice` bytes (`None`: call again; the slices accumulate in `out`).
+    pub fn get_slice(
+        &mut self,
+        sl: &mut Slices,
+        slice: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<std::result::Result<u64, V2Error>>> {
+        let w = Walk {
+            recursive: sl.recursive,
+            sorted: sl.sorted,
+            now: sl.now,
+            remote: None,
+            limit: usize::MAX,
+            pause_at: out.len().saturating_add(slice),
+        };
+        let txn = sl.txn.clone();
+        if sl.open.is_none() {
+            match self.get_head(&txn, sl.index, &sl.path, &w, out)? {
+                Ok(o) => sl.open = Some(o),
+                Err(e) => return Ok(Some(Err(e))),
+            }
+        }
+        let open = sl.open.as_mut().expect("opened");
+        self.get_rest(&txn, sl.index, open, &w, out)
     }
 
     fn get_in(
@@ -1807,6 +1879,25 @@ impl Store {
         w: &Walk,
         out: &mut Vec<u8>,
     ) -> Result<std::result::Result<u64, V2Error>> {
+        let mut open = match self.get_head(rtxn, index, path, w, out)? {
+            Ok(o) => o,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self
+            .get_rest(rtxn, index, &mut open, w, out)?
+            .unwrap_or_else(|| Err(V2Error::new(OVER_LIMIT, "", index))))
+    }
+
+    /// A read's node up to its children: looked up, checked (an escalated
+    /// read answers here), and its head written.
+    fn get_head(
+        &mut self,
+        rtxn: &RoTxn,
+        index: u64,
+        path: &[u8],
+        w: &Walk,
+        out: &mut Vec<u8>,
+    ) -> Result<std::result::Result<Open, V2Error>> {
         let mut kbuf = std::mem::take(&mut self.kbuf);
         let found = self.find(rtxn, path, &mut kbuf)?;
         self.kbuf = kbuf;
@@ -1848,32 +1939,59 @@ impl Store {
             created: f.meta.created,
         };
         node.write_head(out);
-        if f.meta.dir {
+        let dir = f.meta.dir.then(|| {
             let dir_path = if path == b"/" { &b""[..] } else { path };
-            let mut p = dir_path.to_vec();
-            let children_at = out.len();
+            (f.meta.dir_id, dir_path.to_vec())
+        });
+        Ok(Ok(Open {
+            start,
+            children_at: out.len(),
+            dir,
+            resume: None,
+            tail: (f.meta.modified, f.meta.created),
+        }))
+    }
+
+    /// The rest of a read [`Store::get_head`] opened: its children (from
+    /// where they paused), then its tail. `None`: paused at `w.pause_at`.
+    fn get_rest(
+        &mut self,
+        rtxn: &RoTxn,
+        index: u64,
+        open: &mut Open,
+        w: &Walk,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<std::result::Result<u64, V2Error>>> {
+        if let Some((dir_id, dir_path)) = &open.dir {
             // Straight from LMDB when its order is the listing's, else
             // collected per directory (merged with other shards' files,
             // or sorted by full name when a name is over-long).
             let mut r = match w.remote {
-                None => self.write_children(rtxn, f.meta.dir_id, &mut p, w, true, out)?,
+                None => {
+                    let at = open
+                        .resume
+                        .get_or_insert_with(|| Resume::new(*dir_id, &mut dir_path.clone()));
+                    self.walk_children(rtxn, at, w, true, out)?
+                }
                 Some(_) => Listing::Unordered,
             };
+            if r == Listing::Paused {
+                return Ok(None);
+            }
             if r == Listing::Unordered {
-                out.truncate(children_at);
-                p.clear();
-                p.extend_from_slice(dir_path);
-                r = self.write_children(rtxn, f.meta.dir_id, &mut p, w, false, out)?;
+                out.truncate(open.children_at);
+                let mut p = dir_path.clone();
+                r = self.write_children(rtxn, *dir_id, &mut p, w, false, out)?;
             }
             if r == Listing::OverLimit {
-                out.truncate(start);
-                return Ok(Err(V2Error::new(OVER_LIMIT, "", index)));
+                out.truncate(open.start);
+                return Ok(Some(Err(V2Error::new(OVER_LIMIT, "", index))));
             }
         }
-        event::write_tail(out, f.meta.modified, f.meta.created);
+        event::write_tail(out, open.tail.0, open.tail.1);
         out.extend_from_slice(b"}\n");
         self.stats.gets_success += 1;
-        Ok(Ok(index))
+        Ok(Some(Ok(index)))
     }
 
     /// Append `,"nodes":[..]` for the visible children of `dir_id`, if any,
@@ -1895,42 +2013,74 @@ impl Store {
         scan: bool,
         out: &mut Vec<u8>,
     ) -> Result<Listing> {
-        /// One directory being listed: its remaining children, whether
-        /// `"nodes":[` is open, and the directory's own tail (indexes, and
-        /// the path length before its name) to close it with.
+        let mut at = Resume::new(dir_id, path);
+        let r = self.walk_children(txn, &mut at, w, scan, out);
+        std::mem::swap(path, &mut at.path);
+        r
+    }
+
+    /// [`Self::write_children`] from where `at` says, until the listing is
+    /// done or (scanning) `out` passes `w.pause_at` at a child boundary:
+    /// then [`Listing::Paused`], with `at` saying where to go on from in the
+    /// same read transaction.
+    fn walk_children(
+        &self,
+        txn: &RoTxn,
+        at: &mut Resume,
+        w: &Walk,
+        scan: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<Listing> {
+        /// One directory being listed: its remaining children, the LMDB key
+        /// of the last one taken, whether `"nodes":[` is open, and the
+        /// directory's own tail (indexes, and the path lengths before its
+        /// name) to close it with.
         struct Frame<'t> {
+            dir_id: u64,
             items: Items<'t>,
+            last: Option<&'t [u8]>,
+            /// Where a resumed directory went on from, until it takes a
+            /// child of its own (`last`).
+            resumed_after: Option<Vec<u8>>,
             any: bool,
             close: Option<(u64, u64, usize, usize)>,
         }
-        // The path escaped as JSON, kept beside it: each child's key is
-        // its directory's (escaped once) and its own name.
-        let mut epath = Vec::with_capacity(path.len() + 64);
-        crate::v2::json::write_escaped(&mut epath, path);
-        let items = |dir_id: u64| -> Result<Items> {
+        let items = |dir_id: u64, after: Option<&[u8]>| -> Result<Items> {
             Ok(if scan {
-                Items::Scan(self.nodes.prefix_iter(txn, &dir_id.to_be_bytes())?)
+                let first = dir_id.to_be_bytes();
+                let from = match after {
+                    Some(k) => Bound::Excluded(k),
+                    None => Bound::Included(&first[..]),
+                };
+                Items::Scan(self.nodes.range(txn, &(from, Bound::Unbounded))?, first)
             } else {
                 Items::Listed(self.children(txn, dir_id, w)?.into_iter())
             })
         };
-        let mut stack = vec![Frame {
-            items: items(dir_id)?,
-            any: false,
-            close: None,
-        }];
+        let mut stack = Vec::with_capacity(at.frames.len());
+        for f in at.frames.drain(..) {
+            stack.push(Frame {
+                dir_id: f.dir_id,
+                items: items(f.dir_id, f.after.as_deref())?,
+                last: None,
+                resumed_after: f.after,
+                any: f.any,
+                close: f.close,
+            });
+        }
+        let (path, epath) = (&mut at.path, &mut at.epath);
         while let Some(top) = stack.last_mut() {
             let next = match &mut top.items {
                 Items::Listed(it) => it.next(),
-                Items::Scan(it) => match it.next().transpose()? {
-                    None => None,
-                    Some((k, v)) => {
+                Items::Scan(it, dir) => match it.next().transpose()? {
+                    Some((k, v)) if k.starts_with(dir) => {
                         let r = rec(k, v)?;
                         if w.sorted && r.long_name.is_some() {
                             return Ok(Listing::Unordered);
                         }
                         Some((k, Child::Local(r)))
                     }
+                    _ => None,
                 },
             };
             let Some((k, c)) = next else {
@@ -1948,6 +2098,20 @@ impl Store {
             if out.len() > w.limit {
                 return Ok(Listing::OverLimit);
             }
+            if scan && out.len() > w.pause_at {
+                // Go on from here next time: each open directory after the
+                // child last taken from it (this one is not written yet).
+                for f in stack.drain(..) {
+                    at.frames.push(Resumed {
+                        dir_id: f.dir_id,
+                        after: f.last.map(<[u8]>::to_vec).or(f.resumed_after),
+                        any: f.any,
+                        close: f.close,
+                    });
+                }
+                return Ok(Listing::Paused);
+            }
+            top.last = Some(k);
             let rec = match c {
                 Child::Remote(name, json) => {
                     if name.first() == Some(&b'_') {
@@ -1970,7 +2134,7 @@ impl Store {
             path.push(b'/');
             path.extend_from_slice(name);
             epath.push(b'/');
-            crate::v2::json::write_escaped(&mut epath, name);
+            crate::v2::json::write_escaped(epath, name);
             NodeJson {
                 key: path,
                 value: (!rec.dir).then_some(rec.value),
@@ -1980,10 +2144,13 @@ impl Store {
                 modified: rec.modified,
                 created: rec.created,
             }
-            .write_head_escaped(&epath, out);
+            .write_head_escaped(epath, out);
             if rec.dir && w.recursive {
                 stack.push(Frame {
-                    items: items(rec.dir_id)?,
+                    dir_id: rec.dir_id,
+                    items: items(rec.dir_id, None)?,
+                    last: None,
+                    resumed_after: None,
                     any: false,
                     close: Some((rec.modified, rec.created, len, elen)),
                 });
@@ -1993,6 +2160,7 @@ impl Store {
                 epath.truncate(elen);
             }
         }
+        at.frames.clear();
         Ok(Listing::Done)
     }
 
@@ -2064,6 +2232,7 @@ impl Store {
             now,
             remote: None,
             limit: usize::MAX,
+            pause_at: usize::MAX,
         };
         self.collect_dir(rtxn, f.meta.dir_id, p, &w, &mut out)?;
         Ok(out)
@@ -2162,16 +2331,20 @@ struct Walk<'a> {
     remote: Option<&'a RemoteFiles>,
     /// `out`'s length past which a listing stops ([`OVER_LIMIT`]).
     limit: usize,
+    /// `out`'s length past which a scanning listing pauses
+    /// ([`Listing::Paused`]).
+    pause_at: usize,
 }
 
 /// A directory's children while listing: LMDB key and child, in order.
 type Children<'t> = Vec<(&'t [u8], Child<'t>)>;
 
 /// A directory's children still to be written: listed ahead, or read from
-/// an LMDB cursor as they are written.
+/// an LMDB cursor as they are written (until the key leaves the
+/// directory's 8-byte prefix).
 enum Items<'t> {
     Listed(std::vec::IntoIter<(&'t [u8], Child<'t>)>),
-    Scan(heed::RoPrefix<'t, Bytes, Bytes>),
+    Scan(heed::RoRange<'t, Bytes, Bytes>, [u8; 8]),
 }
 
 /// How a listing ended.
@@ -2182,6 +2355,71 @@ enum Listing {
     OverLimit,
     /// LMDB's order is not the listing's: list again without a scan.
     Unordered,
+    /// The output passed the walk's pause mark: go on in the next slice.
+    Paused,
+}
+
+/// A large read rendered in slices ([`Store::begin_slices`],
+/// [`Store::get_slice`]): the read transaction it keeps, what it reads, and
+/// where it stands.
+pub struct Slices {
+    txn: Rc<RoTxn<'static, WithoutTls>>,
+    index: u64,
+    path: Vec<u8>,
+    recursive: bool,
+    sorted: bool,
+    now: i64,
+    open: Option<Open>,
+}
+
+/// A read whose node is written up to its children: where its output
+/// started, where the children start, the directory listed (id and path),
+/// where its listing paused, and its tail (modified and created index).
+struct Open {
+    start: usize,
+    children_at: usize,
+    dir: Option<(u64, Vec<u8>)>,
+    resume: Option<Resume>,
+    tail: (u64, u64),
+}
+
+/// Where a listing stands between two slices (see [`Store::get_slice`]):
+/// its open directories, outermost first, and the key path it is at (raw,
+/// and escaped as JSON).
+#[derive(Debug, Default)]
+struct Resume {
+    frames: Vec<Resumed>,
+    path: Vec<u8>,
+    epath: Vec<u8>,
+}
+
+/// One open directory of a paused listing: the LMDB key of the last child
+/// taken from it, whether `"nodes":[` is open, and its tail (see
+/// `walk_children`).
+#[derive(Debug)]
+struct Resumed {
+    dir_id: u64,
+    after: Option<Vec<u8>>,
+    any: bool,
+    close: Option<(u64, u64, usize, usize)>,
+}
+
+impl Resume {
+    /// A listing of directory `dir_id` at `path` (taken).
+    fn new(dir_id: u64, path: &mut Vec<u8>) -> Resume {
+        let mut epath = Vec::with_capacity(path.len() + 64);
+        crate::v2::json::write_escaped(&mut epath, path);
+        Resume {
+            frames: vec![Resumed {
+                dir_id,
+                after: None,
+                any: false,
+                close: None,
+            }],
+            path: std::mem::take(path),
+            epath,
+        }
+    }
 }
 
 /// One child while listing: from this shard's LMDB, or another shard's file
@@ -2377,6 +2615,77 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches(&value).count(), 20, "{text}");
         assert_eq!(gets, 2);
+    }
+
+    /// A listing rendered in slices, of any size, is byte for byte the
+    /// listing rendered at once — nested directories, hidden keys and
+    /// over-long names in sorted listings included — and writes committed
+    /// between its slices do not show in it.
+    #[test]
+    fn a_listing_in_slices_is_the_listing_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open_store(dir.path());
+        let long = "n".repeat(700);
+        let mut n = 0;
+        let mut put = |s: &mut Store, key: String| {
+            n += 1;
+            set_key(s, n, key.as_bytes(), &format!("v<{n}>\"\u{e9}"));
+        };
+        for a in 0..6 {
+            for b in 0..4 {
+                put(&mut s, format!("/d/a{a}/b{b}/leaf"));
+                put(&mut s, format!("/d/a{a}/f{b}"));
+            }
+            put(&mut s, format!("/d/a{a}/_hidden"));
+        }
+        put(&mut s, format!("/d/a3/{long}"));
+        put(&mut s, "/d/z".to_string());
+        for (recursive, sorted) in [(true, false), (true, true), (false, false), (false, true)] {
+            for slice in [1, 10, 100, 333, 4096, usize::MAX] {
+                let mut whole = Vec::new();
+                let r = s.get(
+                    9,
+                    b"/d",
+                    recursive,
+                    sorted,
+                    1,
+                    None,
+                    ReadAt::Now,
+                    usize::MAX,
+                    &mut whole,
+                );
+                assert_eq!(r.unwrap().unwrap(), 9);
+                let mut sl = s
+                    .begin_slices(9, b"/d", recursive, sorted, 1, ReadAt::Now)
+                    .unwrap();
+                let mut out = Vec::new();
+                let mut slices = 0;
+                let r = loop {
+                    slices += 1;
+                    assert!(
+                        slices < 100_000,
+                        "no progress: {}",
+                        String::from_utf8_lossy(&out[out.len().saturating_sub(300)..])
+                    );
+                    if let Some(r) = s.get_slice(&mut sl, slice, &mut out).unwrap() {
+                        break r;
+                    }
+                    // The store moves on between slices.
+                    if slices <= 3 {
+                        put(&mut s, format!("/d/a{}/new{slice}-{slices}", slices % 6));
+                    }
+                };
+                assert_eq!(r.unwrap(), 9);
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    String::from_utf8_lossy(&whole),
+                    "recursive={recursive} sorted={sorted} slice={slice} ({slices} slices)"
+                );
+                if slice == 1 && recursive {
+                    assert!(slices > 40, "only {slices} slices");
+                }
+            }
+        }
     }
 
     /// A sorted recursive listing is in name order when over-long names

@@ -391,6 +391,47 @@ fn read_now(
     true
 }
 
+/// [`read_now`] for a bulk read, under the executor's bulk turn: rendered
+/// in slices ([`crate::shard::read_bulk`]) into the executor's bulk
+/// buffer. False: the read takes the asynchronous path.
+async fn read_bulk_now(
+    api: &Api,
+    key: &[u8],
+    opts: ReadOpts,
+    head_only: bool,
+    http11: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    let sh = &api.shard;
+    let index = {
+        let o = sh.orderer.borrow();
+        let closed = o.closed();
+        let stopped = sh.failed.borrow().is_some();
+        if stopped || sh.global.applying() || o.delivered() < closed.max(sh.executed.get()) {
+            return false;
+        }
+        closed
+    };
+    let mut body = std::mem::take(&mut *api.bulk.borrow_mut());
+    body.clear();
+    let r = crate::shard::read_bulk(sh, index, key, opts, ReadAt::Now, &mut body).await;
+    let answered = match r {
+        Ok(i) => {
+            read_headers(api, out, http11, i).body(&body, head_only);
+            true
+        }
+        Err(e) if escalated_to(&e).is_some() => false,
+        Err(e) => {
+            read_error(api, key, opts.recursive, e, head_only, http11, out);
+            true
+        }
+    };
+    if body.capacity() <= super::SCRATCH_KEEP {
+        *api.bulk.borrow_mut() = body;
+    }
+    answered
+}
+
 /// Answer a read once its shard has: etcd's headers with the index it
 /// was read at, once this executor has delivered that index (so a watch
 /// from the next index on this connection misses nothing).
@@ -405,11 +446,10 @@ async fn read(api: &Api, p: PendingRead, out: &mut Vec<u8>) {
         }
     }
     if p.req.opts.bulk && !p.barrier && p.owner == api.shard.id {
-        // A large listing of this executor's own shard: in its turn,
-        // rendered as a small read is (into the executor's scratch buffer).
+        // A large listing of this executor's own shard: in its turn, in
+        // slices, from the store as last committed.
         let _turn = api.shard.bulk_turn().await;
-        let mut opts = p.req.opts;
-        if read_now(api, &p.req.key, &mut opts, head_only, http11, out) {
+        if read_bulk_now(api, &p.req.key, p.req.opts, head_only, http11, out).await {
             return;
         }
     }
