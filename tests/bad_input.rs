@@ -37,6 +37,37 @@ fn raw(port: u16, bytes: &[u8]) -> (u16, bool) {
 }
 
 /// Store the key `assert_alive_and_intact` checks at the end.
+/// `/big/k00000`.. : `keys` keys of 1 KiB, written by 8 connections.
+fn fill_big(port: u16, keys: usize) {
+    let value = format!("value={}", "v".repeat(1024));
+    let loaders: Vec<_> = (0..8)
+        .map(|t| {
+            let value = value.clone();
+            std::thread::spawn(move || {
+                let mut c = Conn::connect(port, Duration::from_secs(5)).unwrap();
+                for i in (t..keys).step_by(8) {
+                    let target = format!("/v2/keys/big/k{i:05}");
+                    let req = build_request(
+                        port,
+                        "PUT",
+                        target.as_bytes(),
+                        Some(value.as_bytes()),
+                        &[],
+                        true,
+                    );
+                    c.send(&req).unwrap();
+                    let deadline = Instant::now() + Duration::from_secs(15);
+                    let r = read_response(&mut c, "PUT", deadline).unwrap();
+                    assert_eq!(r.code(), 201, "{}", r.body_str());
+                }
+            })
+        })
+        .collect();
+    for l in loaders {
+        l.join().unwrap();
+    }
+}
+
 fn put_keep(port: u16) {
     let r = request(port, "PUT", "/v2/keys/keep", Some("value=safe"), &[]).unwrap();
     assert_eq!(r.code(), 201, "{}", r.body_str());
@@ -261,33 +292,7 @@ fn clients_that_never_read_stay_within_the_memory_budget() {
     let port = s.client_port;
     let pid = s.pid().unwrap();
     put_keep(port);
-    let value = format!("value={}", "v".repeat(1024));
-    let loaders: Vec<_> = (0..8)
-        .map(|t| {
-            let value = value.clone();
-            std::thread::spawn(move || {
-                let mut c = Conn::connect(port, Duration::from_secs(5)).unwrap();
-                for i in (t..10_000).step_by(8) {
-                    let target = format!("/v2/keys/big/k{i:05}");
-                    let req = build_request(
-                        port,
-                        "PUT",
-                        target.as_bytes(),
-                        Some(value.as_bytes()),
-                        &[],
-                        true,
-                    );
-                    c.send(&req).unwrap();
-                    let deadline = Instant::now() + Duration::from_secs(15);
-                    let r = read_response(&mut c, "PUT", deadline).unwrap();
-                    assert_eq!(r.code(), 201, "{}", r.body_str());
-                }
-            })
-        })
-        .collect();
-    for l in loaders {
-        l.join().unwrap();
-    }
+    fill_big(port, 10_000);
     let before = rss_bytes(pid);
     let one = b"GET /v2/keys/big?recursive=true HTTP/1.1\r\nHost: x\r\n\r\n";
     let pipeline: Vec<u8> = one.repeat(1000);
@@ -370,33 +375,7 @@ fn a_small_request_waits_for_a_slice_of_a_large_listing_not_all_of_it() {
     let s = Server::start().unwrap();
     let port = s.client_port;
     put_keep(port);
-    let value = format!("value={}", "v".repeat(1024));
-    let loaders: Vec<_> = (0..8)
-        .map(|t| {
-            let value = value.clone();
-            std::thread::spawn(move || {
-                let mut c = Conn::connect(port, Duration::from_secs(5)).unwrap();
-                for i in (t..36_000).step_by(8) {
-                    let target = format!("/v2/keys/big/k{i:05}");
-                    let req = build_request(
-                        port,
-                        "PUT",
-                        target.as_bytes(),
-                        Some(value.as_bytes()),
-                        &[],
-                        true,
-                    );
-                    c.send(&req).unwrap();
-                    let r = read_response(&mut c, "PUT", Instant::now() + Duration::from_secs(15))
-                        .unwrap();
-                    assert_eq!(r.code(), 201, "{}", r.body_str());
-                }
-            })
-        })
-        .collect();
-    for l in loaders {
-        l.join().unwrap();
-    }
+    fill_big(port, 36_000);
     // A listing (36 MB): the time to its first byte is the server's render.
     let list = move || -> Duration {
         let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

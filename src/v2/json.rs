@@ -200,32 +200,14 @@ pub fn write_time(out: &mut Vec<u8>, unix_nanos: i64) {
         out.extend_from_slice(&w.get_ref()[..n]);
     } else {
         let y = y as u32;
-        out.extend_from_slice(&[
-            b'"',
-            b'0' + (y / 1000) as u8,
-            b'0' + (y / 100 % 10) as u8,
-            b'0' + (y / 10 % 10) as u8,
-            b'0' + (y % 10) as u8,
-            b'-',
-            b'0' + (m / 10) as u8,
-            b'0' + (m % 10) as u8,
-            b'-',
-            b'0' + (d / 10) as u8,
-            b'0' + (d % 10) as u8,
-            b'T',
-        ]);
+        let ([y1, y2], [y3, y4]) = (two_digits(y / 100), two_digits(y % 100));
+        let ([m1, m2], [d1, d2]) = (two_digits(m), two_digits(d));
+        out.extend_from_slice(&[b'"', y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2, b'T']);
     }
-    let (h, mi, se) = (sod / 3600, sod / 60 % 60, sod % 60);
-    out.extend_from_slice(&[
-        b'0' + (h / 10) as u8,
-        b'0' + (h % 10) as u8,
-        b':',
-        b'0' + (mi / 10) as u8,
-        b'0' + (mi % 10) as u8,
-        b':',
-        b'0' + (se / 10) as u8,
-        b'0' + (se % 10) as u8,
-    ]);
+    let [h1, h2] = two_digits(sod / 3600);
+    let [i1, i2] = two_digits(sod / 60 % 60);
+    let [s1, s2] = two_digits(sod % 60);
+    out.extend_from_slice(&[h1, h2, b':', i1, i2, b':', s1, s2]);
     if nanos != 0 {
         let mut frac = [0u8; 10];
         frac[0] = b'.';
@@ -241,6 +223,11 @@ pub fn write_time(out: &mut Vec<u8>, unix_nanos: i64) {
         out.extend_from_slice(&frac[..end]);
     }
     out.extend_from_slice(b"Z\"");
+}
+
+/// The two decimal digits of `v` (below 100).
+fn two_digits(v: u32) -> [u8; 2] {
+    [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]
 }
 
 /// Howard Hinnant's days-to-civil conversion (proleptic Gregorian).

@@ -347,6 +347,18 @@ fn read_headers<'o>(
     success_headers(api, out, http11, 200, etcd_index, ri, rt)
 }
 
+/// The index a read of this executor's own shard can answer at now, from
+/// the store as last committed: when the shard runs, no member-wide
+/// operation is applying, and everything it executed is delivered.
+fn quiet_index(api: &Api) -> Option<u64> {
+    let sh = &api.shard;
+    let o = sh.orderer.borrow();
+    let closed = o.closed();
+    let stopped = sh.failed.borrow().is_some();
+    let quiet = !stopped && !sh.global.applying() && o.delivered() >= closed.max(sh.executed.get());
+    quiet.then_some(closed)
+}
+
 /// Answer a read of this executor's own shard at once, when nothing it
 /// would have to wait for is in flight (always so on a quiet member). False:
 /// the read takes the asynchronous path ([`read`]) instead, as a bulk read
@@ -360,14 +372,8 @@ fn read_now(
     out: &mut Vec<u8>,
 ) -> bool {
     let sh = &api.shard;
-    let index = {
-        let o = sh.orderer.borrow();
-        let closed = o.closed();
-        let stopped = sh.failed.borrow().is_some();
-        if stopped || sh.global.applying() || o.delivered() < closed.max(sh.executed.get()) {
-            return false;
-        }
-        closed
+    let Some(index) = quiet_index(api) else {
+        return false;
     };
     let mut body = api.scratch.borrow_mut();
     body.clear();
@@ -403,14 +409,8 @@ async fn read_bulk_now(
     out: &mut Vec<u8>,
 ) -> bool {
     let sh = &api.shard;
-    let index = {
-        let o = sh.orderer.borrow();
-        let closed = o.closed();
-        let stopped = sh.failed.borrow().is_some();
-        if stopped || sh.global.applying() || o.delivered() < closed.max(sh.executed.get()) {
-            return false;
-        }
-        closed
+    let Some(index) = quiet_index(api) else {
+        return false;
     };
     let mut body = std::mem::take(&mut *api.bulk.borrow_mut());
     body.clear();
