@@ -24,6 +24,8 @@
 pub mod request;
 pub mod response;
 
+pub use response::Output;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::rc::Rc;
@@ -108,9 +110,9 @@ pub trait Service: 'static {
     /// One watch event's body bytes.
     type Event: AsRef<[u8]>;
     /// Handle a request: write the response, or return what to wait for.
-    fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) -> Handled<Self::Pending, Self::Watch>;
+    fn handle(&self, req: &Request<'_>, out: &mut Output) -> Handled<Self::Pending, Self::Watch>;
     /// Write the response of a pending request once it resolves.
-    fn complete(&self, p: Self::Pending, out: &mut Vec<u8>) -> impl Future<Output = ()>;
+    fn complete(&self, p: Self::Pending, out: &mut Output) -> impl Future<Output = ()>;
     /// Do what a [`Handled::Again`] asked for; writes nothing.
     fn settle(&self, p: Self::Pending) -> impl Future<Output = ()>;
     /// The next event body of a watch; `None` ends the watch.
@@ -186,7 +188,7 @@ struct Conn {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    out: Vec<u8>,
+    out: Output,
     path: Vec<u8>,
     body: Vec<u8>,
     client_names: Vec<String>,
@@ -205,7 +207,7 @@ impl Conn {
             buf: vec![0; 16 << 10],
             start: 0,
             end: 0,
-            out: Vec::with_capacity(16 << 10),
+            out: Output::with_capacity(16 << 10),
             path: Vec::new(),
             body: Vec::new(),
         }
@@ -315,7 +317,7 @@ impl Conn {
     /// large output buffer becomes the executor's spare).
     fn shrink(&mut self) {
         if self.out.capacity() > KEEP_CAPACITY && self.out.is_empty() {
-            response::give_back(std::mem::take(&mut self.out));
+            response::give_back(self.out.take());
         }
         if self.body.capacity() > KEEP_CAPACITY && self.body.is_empty() {
             self.body = Vec::new();
@@ -324,7 +326,7 @@ impl Conn {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            let mut r = self.stream.write_all(&self.out).await;
+            let mut r = self.stream.write_all(self.out.pending()).await;
             if r.is_ok() && self.stream.needs_flush() {
                 // TLS records may wait in the session until flushed.
                 r = self.stream.flush().await;

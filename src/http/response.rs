@@ -37,7 +37,7 @@ pub fn give_back(mut buf: Vec<u8>) {
 
 /// Make room for `additional` more bytes in `out`, taking the executor's
 /// spare buffer when it is large enough and `out` is not.
-fn reserve(out: &mut Vec<u8>, additional: usize) {
+pub fn reserve(out: &mut Vec<u8>, additional: usize) {
     if out.capacity() - out.len() >= additional {
         return;
     }
@@ -52,6 +52,67 @@ fn reserve(out: &mut Vec<u8>, additional: usize) {
     });
     out.reserve(additional);
 }
+
+/// A connection's output: response bytes waiting to be sent. It derefs to
+/// the byte buffer responses are appended to; a response rendered in place
+/// may leave unused room at the front ([`Output::skip_front`]), which is
+/// never sent.
+#[derive(Debug, Default)]
+pub struct Output {
+    buf: Vec<u8>,
+    skip: usize,
+}
+
+impl Output {
+    pub fn with_capacity(n: usize) -> Output {
+        Output {
+            buf: Vec::with_capacity(n),
+            skip: 0,
+        }
+    }
+
+    /// The bytes to send.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.skip..]
+    }
+
+    /// Everything was sent.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.skip = 0;
+    }
+
+    /// The first `n` bytes are not part of the output (the room left in
+    /// front of a response rendered in place). Only while they are all
+    /// there is: a response in place starts an empty output.
+    pub fn skip_front(&mut self, n: usize) {
+        debug_assert!(self.skip == 0 && n <= self.buf.len());
+        self.skip = n;
+    }
+
+    /// Take the buffer (to give it back), leaving an empty output.
+    pub fn take(&mut self) -> Vec<u8> {
+        self.skip = 0;
+        std::mem::take(&mut self.buf)
+    }
+}
+
+impl std::ops::Deref for Output {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for Output {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+}
+
+/// Room left in front of a body rendered in place for its status line and
+/// headers ([`Response::length_only`]).
+pub const HEAD_ROOM: usize = 1024;
 
 /// The reason phrase Go's net/http uses for each status.
 pub fn reason(status: u16) -> &'static str {
@@ -134,6 +195,15 @@ impl<'o> Response<'o> {
         if !head_only {
             self.out.extend_from_slice(body);
         }
+    }
+
+    /// Close the head with `Content-Length: len`, for a body that is
+    /// already in place after it.
+    pub fn length_only(self, len: usize) {
+        self.out.extend_from_slice(b"Content-Length: ");
+        self.out
+            .extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+        self.out.extend_from_slice(b"\r\n\r\n");
     }
 
     /// Close the head for a chunked body (watches).

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::error::*;
 use super::form::{is_form, Field};
 use super::Api;
-use crate::http::response::{Response, JSON};
+use crate::http::response::{Output, Response, HEAD_ROOM, JSON};
 use crate::http::{Handled, Method, Request};
 use crate::raft::wall_nanos;
 use crate::shard::mesh::{ReadOpts, ReadReq};
@@ -398,35 +398,74 @@ fn read_now(
 }
 
 /// [`read_now`] for a bulk read, under the executor's bulk turn: rendered
-/// in slices ([`crate::shard::read_bulk`]) into the executor's bulk
-/// buffer. False: the read takes the asynchronous path.
+/// in slices ([`crate::shard::read_bulk`]). With nothing else waiting to be
+/// sent on the connection, straight into its output behind room for the
+/// head (no copy of a body of many megabytes); otherwise into the
+/// executor's bulk buffer. False: the read takes the asynchronous path.
 async fn read_bulk_now(
     api: &Api,
     key: &[u8],
     opts: ReadOpts,
     head_only: bool,
     http11: bool,
-    out: &mut Vec<u8>,
+    out: &mut Output,
 ) -> bool {
     let sh = &api.shard;
     let Some(index) = quiet_index(api) else {
         return false;
     };
-    let mut body = std::mem::take(&mut *api.bulk.borrow_mut());
-    body.clear();
+    let in_place = out.is_empty();
+    let mut body = match in_place {
+        true => {
+            // The previous bulk read's size: take the executor's spare
+            // buffer if it is that large, rather than grow into it.
+            let hint = api.bulk_size.get();
+            crate::http::response::reserve(out, HEAD_ROOM + hint + hint / 8);
+            out.resize(HEAD_ROOM, 0);
+            std::mem::take(&mut **out)
+        }
+        false => std::mem::take(&mut *api.bulk.borrow_mut()),
+    };
+    let start = body.len();
     let r = crate::shard::read_bulk(sh, index, key, opts, ReadAt::Now, &mut body).await;
+    let len = body.len() - start;
+    api.bulk_size.set(len);
     let answered = match r {
+        Ok(i) if in_place => {
+            let mut head = Vec::with_capacity(512);
+            read_headers(api, &mut head, http11, i).length_only(len);
+            if head_only {
+                body.truncate(start);
+            }
+            if head.len() <= HEAD_ROOM {
+                body[HEAD_ROOM - head.len()..HEAD_ROOM].copy_from_slice(&head);
+                **out = std::mem::take(&mut body);
+                out.skip_front(HEAD_ROOM - head.len());
+            } else {
+                body.splice(..HEAD_ROOM, head);
+                **out = std::mem::take(&mut body);
+            }
+            true
+        }
         Ok(i) => {
-            read_headers(api, out, http11, i).body(&body, head_only);
+            read_headers(api, out, http11, i).body(&body[start..], head_only);
             true
         }
         Err(e) if escalated_to(&e).is_some() => false,
         Err(e) => {
+            if in_place {
+                body.clear();
+                **out = std::mem::take(&mut body);
+            }
             read_error(api, key, opts.recursive, e, head_only, http11, out);
             true
         }
     };
-    if body.capacity() <= super::SCRATCH_KEEP {
+    if in_place && !answered {
+        body.clear();
+        **out = body;
+    } else if !in_place && body.capacity() <= super::SCRATCH_KEEP {
+        body.clear();
         *api.bulk.borrow_mut() = body;
     }
     answered
@@ -435,7 +474,7 @@ async fn read_bulk_now(
 /// Answer a read once its shard has: etcd's headers with the index it
 /// was read at, once this executor has delivered that index (so a watch
 /// from the next index on this connection misses nothing).
-async fn read(api: &Api, p: PendingRead, out: &mut Vec<u8>) {
+async fn read(api: &Api, p: PendingRead, out: &mut Output) {
     let (http11, head_only, recursive) = (p.http11, p.head_only, p.req.opts.recursive);
     // Kept only for the `/_etcd/machines` fallback.
     let machines = is_machines_path(&p.req.key).then(|| p.req.key.clone());
@@ -623,7 +662,7 @@ pub(super) fn timed_out(api: &Api) -> V2Error {
 }
 
 /// Answer a request once its shard has.
-pub async fn complete(api: &Api, p: Pending, out: &mut Vec<u8>) {
+pub async fn complete(api: &Api, p: Pending, out: &mut Output) {
     match p {
         Pending::Write(w) => write(api, w, out).await,
         Pending::Read(r) => read(api, r, out).await,

@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use crate::cluster::View;
 use crate::http::request::{escape_path, mux_clean};
 use crate::http::response::{Response, TEXT};
-use crate::http::{Handled, Method, Request, Service};
+use crate::http::{Handled, Method, Output, Request, Service};
 use crate::shard::Shard;
 
 /// The largest scratch buffer an executor keeps between requests.
@@ -43,6 +43,9 @@ pub struct Api {
     /// between (one at a time per executor: the bulk gate), so it is taken
     /// out while one renders rather than borrowed across the turns.
     bulk: RefCell<Vec<u8>>,
+    /// The size of the last bulk read's body (the room the next one
+    /// reserves).
+    bulk_size: std::cell::Cell<usize>,
     /// Passwords this executor has checked (v2 auth).
     verifier: RefCell<crate::auth::Verifier>,
 }
@@ -59,6 +62,7 @@ impl Api {
             form: RefCell::new(form::Form::default()),
             scratch: RefCell::new(Vec::new()),
             bulk: RefCell::new(Vec::new()),
+            bulk_size: std::cell::Cell::new(0),
             verifier: RefCell::default(),
         }
     }
@@ -119,7 +123,7 @@ impl Service for Api {
     type Watch = keys::Watch;
     type Event = keys::EventBody;
 
-    fn handle(&self, req: &Request<'_>, out: &mut Vec<u8>) -> Handled<Self::Pending, Self::Watch> {
+    fn handle(&self, req: &Request<'_>, out: &mut Output) -> Handled<Self::Pending, Self::Watch> {
         // etcd's CORS wrapper answers every OPTIONS before routing.
         if req.head.method == Method::Options {
             Response::start(out, req.head.http11, 200).body(b"", false);
@@ -152,7 +156,7 @@ impl Service for Api {
         Handled::Done
     }
 
-    async fn complete(&self, p: Self::Pending, out: &mut Vec<u8>) {
+    async fn complete(&self, p: Self::Pending, out: &mut Output) {
         keys::complete(self, p, out).await
     }
 
