@@ -2,9 +2,12 @@
 //!
 //! Handlers append a status line and headers with [`Response`], then finish
 //! with a body (sized with `Content-Length`) or switch to chunked framing for
-//! watches. Everything is appended to one buffer so a batch of pipelined
-//! responses leaves in one write. A large body goes into the executor's
-//! spare output buffer ([`give_back`]) rather than fresh memory.
+//! watches. Everything is appended to one buffer, the connection's
+//! [`Output`], so a batch of pipelined responses leaves in one write. A
+//! large body goes into the executor's spare output buffer ([`give_back`])
+//! rather than fresh memory; a body rendered in place leaves room in front
+//! of it for its head ([`HEAD_ROOM`], [`Response::length_only`]), and the
+//! unused part of that room is never sent.
 
 use std::cell::RefCell;
 
