@@ -76,7 +76,7 @@ impl Output {
 
     /// The bytes to send.
     pub fn pending(&self) -> &[u8] {
-        &self.buf[self.skip..]
+        &self.buf[self.skip.min(self.buf.len())..]
     }
 
     /// Everything was sent.
@@ -244,4 +244,39 @@ pub fn plain_close(out: &mut Vec<u8>, status: u16, msg: &str) {
     r.header("Content-Type", TEXT)
         .header("Connection", b"close");
     r.body(body.as_bytes(), false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body rendered in place behind room for its head is sent as the
+    /// same bytes as one written after its head; the room in front never
+    /// leaves, and an emptied output starts from nothing again.
+    #[test]
+    fn a_body_in_place_is_sent_as_if_written_after_its_head() {
+        let body = b"{\"action\":\"get\"}\n";
+        let mut usual = Vec::new();
+        let mut r = Response::start(&mut usual, true, 200);
+        r.header("Content-Type", JSON);
+        r.body(body, false);
+
+        let mut out = Output::with_capacity(16);
+        out.resize(HEAD_ROOM, 0);
+        out.extend_from_slice(body);
+        let mut head = Vec::new();
+        let mut r = Response::start(&mut head, true, 200);
+        r.header("Content-Type", JSON);
+        r.length_only(body.len());
+        out[HEAD_ROOM - head.len()..HEAD_ROOM].copy_from_slice(&head);
+        out.skip_front(HEAD_ROOM - head.len());
+        assert_eq!(out.pending(), &usual[..]);
+        // Pipelined responses after it follow it.
+        out.extend_from_slice(b"next");
+        assert!(out.pending().ends_with(b"next") && out.pending().starts_with(b"HTTP/1.1 200"));
+        out.clear();
+        assert!(out.pending().is_empty());
+        out.extend_from_slice(b"HTTP");
+        assert_eq!(out.pending(), b"HTTP");
+    }
 }
