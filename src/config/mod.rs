@@ -647,7 +647,7 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         log_level: get("log-level").unwrap_or("info").to_string(),
         force_new_cluster: force,
         peers,
-        snapshot_count: num::<u64>(vals, "snapshot-count", 10_000)?.max(10),
+        snapshot_count: num::<u64>(vals, "snapshot-count", 100_000)?.max(10),
     })
 }
 
@@ -675,7 +675,7 @@ usage: kardia [flags]      (flags take one or two dashes; each is also ETCD_<NAM
   --initial-cluster-token TOKEN     (default etcd-cluster)
   --heartbeat-interval MS           (default 100)
   --election-timeout MS             (default 1000)
-  --snapshot-count N                applied entries kept for lagging members (default 10000)
+  --snapshot-count N                applied entries kept for lagging members (default 100000, at most 64 MiB)
   --force-new-cluster               keep the data, forget the other members, serve alone
   --enable-v2                       accepted (the v2 API is always on)
   --shards N                        shards (executors) per member (default: the data

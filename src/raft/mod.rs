@@ -274,7 +274,7 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
             ))));
         }
     }
-    let storage = log::LogStore::new();
+    let mut storage = log::LogStore::new();
     let mut hs = recovered.hard_state.unwrap_or_default();
     let env = shard.store.borrow().env().clone();
     let space = Space::open(&env, opts.segment_bytes)
@@ -303,9 +303,7 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
     } else {
         // Several voters: the log beyond the applied index stays in raft's
         // hands; committed entries come back in the first `Ready`.
-        if !entries.is_empty() {
-            storage.mem.wl().append(&entries)?;
-        }
+        storage.append(&entries)?;
         let last = storage.mem.last_index()?;
         hs.commit = hs.commit.clamp(applied, last.max(applied));
     }
@@ -662,11 +660,10 @@ fn compact_log(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     } else {
         0
     };
-    let upto = applied.saturating_sub(keep);
-    let store = &mut g.node.mut_store().mem;
-    if upto >= store.first_index()? + COMPACT_EVERY.min(keep.max(1)) {
-        store.wl().compact(upto)?;
-    }
+    let step = COMPACT_EVERY.min(keep.max(1));
+    g.node
+        .mut_store()
+        .compact(applied, keep, RETAIN_BYTES, step)?;
     Ok(())
 }
 
@@ -737,6 +734,10 @@ const SESSION_NEED: u64 = 4 << 20;
 /// A `Ready`'s committed entries (raft hands out at most 16 MiB at once;
 /// each is stored about twice: node and event).
 const READY_NEED: u64 = 2 * (16 << 20);
+
+/// Applied entries kept for lagging followers take at most this much
+/// memory, whatever `--snapshot-count` allows.
+const RETAIN_BYTES: u64 = 64 << 20;
 
 /// Compact the in-memory raft log once this many applied entries pile up.
 const COMPACT_EVERY: u64 = 1024;
@@ -943,7 +944,7 @@ async fn process_ready(
     let mut wal = g.persist.take_wal();
     if !rd.entries().is_empty() {
         wal.append_entries(rd.entries());
-        g.node.mut_store().mem.wl().append(rd.entries())?;
+        g.node.mut_store().append(rd.entries())?;
     }
     if let Some(hs) = rd.hs() {
         wal.append_hard_state(hs);
@@ -1032,9 +1033,7 @@ async fn handle_ready_async(
     //    A hard state whose only change is the commit index need not be
     //    written (raft-rs's `must_sync`; the commit index is learnt again
     //    from the leader, and the store records what was applied).
-    if !rd.entries().is_empty() {
-        g.node.mut_store().mem.wl().append(rd.entries())?;
-    }
+    g.node.mut_store().append(rd.entries())?;
     if let Some(hs) = rd.hs() {
         g.node.mut_store().mem.wl().set_hardstate(hs.clone());
     }

@@ -105,7 +105,7 @@ pub(super) async fn apply_snapshot(
         .spawn_blocking(sync)
         .await
         .map_err(|e| corrupt(format!("sync after snapshot: {e}")))?;
-    g.node.mut_store().mem.wl().apply_snapshot(snap)?;
+    g.node.mut_store().restart_at_snapshot(snap)?;
     if let Some(b) = shard.store.borrow().meta_get(META_MEMBERS)? {
         if let Some(c) = Cluster::decode(&b, g.opts.member_id) {
             *shard.view().write().expect("membership") = c;
