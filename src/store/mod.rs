@@ -1760,19 +1760,6 @@ impl Store {
         limit: usize,
         out: &mut Vec<u8>,
     ) -> Result<std::result::Result<u64, V2Error>> {
-        // The view leaves the queue while it is read (nothing else runs).
-        // The newest view is the store as it is now (one is opened after
-        // every commit): a read of the present needs no transaction of its
-        // own either.
-        let view = match at {
-            ReadAt::View => self.views.pop_front(),
-            ReadAt::Now if !self.frozen => self.views.pop_back(),
-            ReadAt::Now => None,
-            ReadAt::Cut => match self.cut.take() {
-                Some(txn) => Some((0, Rc::new(txn))),
-                None => return Err(Error::Corrupt("no cut to read".into())),
-            },
-        };
         let w = Walk {
             recursive,
             sorted,
@@ -1781,28 +1768,37 @@ impl Store {
             limit: out.len().saturating_add(limit),
             pause_at: usize::MAX,
         };
-        let r = match &view {
-            Some((_, txn)) => self.get_in(txn, index, path, &w, out),
-            None if self.frozen => Err(Error::Corrupt(
+        if at == ReadAt::Cut {
+            let txn = self
+                .cut
+                .take()
+                .ok_or_else(|| Error::Corrupt("no cut to read".into()))?;
+            let r = self.get_in(&txn, index, path, &w, out);
+            self.cut = Some(txn);
+            return r;
+        }
+        let txn = self.read_txn_at(at)?;
+        self.get_in(&txn, index, path, &w, out)
+    }
+
+    /// The read transaction a read at `at` (not the cut) sees: a view,
+    /// shared — the newest one is the store as it is now (one is opened
+    /// after every commit), so a read of the present needs no transaction
+    /// of its own either — or, with no view, a fresh one. A stopped shard
+    /// reads its views only.
+    fn read_txn_at(&self, at: ReadAt) -> Result<Rc<RoTxn<'static, WithoutTls>>> {
+        let view = match at {
+            ReadAt::View => self.views.front(),
+            ReadAt::Now if !self.frozen => self.views.back(),
+            _ => None,
+        };
+        match view {
+            Some((_, txn)) => Ok(txn.clone()),
+            None if self.frozen || at == ReadAt::Cut => Err(Error::Corrupt(
                 "stopped: no durable state left to read".into(),
             )),
-            None => {
-                let env = self.env.clone();
-                let txn = env.read_txn()?;
-                self.get_in(&txn, index, path, &w, out)
-            }
-        };
-        if let Some(v) = view {
-            match at {
-                ReadAt::View => self.views.push_front(v),
-                ReadAt::Now => self.views.push_back(v),
-                ReadAt::Cut => {
-                    self.cut =
-                        Some(Rc::try_unwrap(v.1).map_err(|_| Error::Corrupt("cut shared".into()))?)
-                }
-            }
+            None => Ok(Rc::new(self.env.clone().static_read_txn()?)),
         }
-        r
     }
 
     /// Start a large read to be rendered in slices ([`Store::get_slice`]):
@@ -1818,22 +1814,8 @@ impl Store {
         now: i64,
         at: ReadAt,
     ) -> Result<Slices> {
-        let view = match at {
-            ReadAt::View => self.views.front(),
-            ReadAt::Now if !self.frozen => self.views.back(),
-            _ => None,
-        };
-        let txn = match view {
-            Some((_, txn)) => txn.clone(),
-            None if self.frozen || at == ReadAt::Cut => {
-                return Err(Error::Corrupt(
-                    "stopped: no durable state left to read".into(),
-                ))
-            }
-            None => Rc::new(self.env.clone().static_read_txn()?),
-        };
         Ok(Slices {
-            txn,
+            txn: self.read_txn_at(at)?,
             index,
             path: path.to_vec(),
             recursive,
@@ -1941,13 +1923,12 @@ impl Store {
         node.write_head(out);
         let dir = f.meta.dir.then(|| {
             let dir_path = if path == b"/" { &b""[..] } else { path };
-            (f.meta.dir_id, dir_path.to_vec())
+            Resume::new(f.meta.dir_id, dir_path.to_vec())
         });
         Ok(Ok(Open {
             start,
             children_at: out.len(),
             dir,
-            resume: None,
             tail: (f.meta.modified, f.meta.created),
         }))
     }
@@ -1962,17 +1943,12 @@ impl Store {
         w: &Walk,
         out: &mut Vec<u8>,
     ) -> Result<Option<std::result::Result<u64, V2Error>>> {
-        if let Some((dir_id, dir_path)) = &open.dir {
+        if let Some(at) = &mut open.dir {
             // Straight from LMDB when its order is the listing's, else
             // collected per directory (merged with other shards' files,
             // or sorted by full name when a name is over-long).
             let mut r = match w.remote {
-                None => {
-                    let at = open
-                        .resume
-                        .get_or_insert_with(|| Resume::new(*dir_id, &mut dir_path.clone()));
-                    self.walk_children(rtxn, at, w, true, out)?
-                }
+                None => self.walk_children(rtxn, at, w, true, out)?,
                 Some(_) => Listing::Unordered,
             };
             if r == Listing::Paused {
@@ -1980,8 +1956,9 @@ impl Store {
             }
             if r == Listing::Unordered {
                 out.truncate(open.children_at);
-                let mut p = dir_path.clone();
-                r = self.write_children(rtxn, *dir_id, &mut p, w, false, out)?;
+                let mut p = std::mem::take(&mut at.path);
+                p.truncate(at.dir_len);
+                r = self.write_children(rtxn, at.dir_id, &mut p, w, false, out)?;
             }
             if r == Listing::OverLimit {
                 out.truncate(open.start);
@@ -2013,9 +1990,9 @@ impl Store {
         scan: bool,
         out: &mut Vec<u8>,
     ) -> Result<Listing> {
-        let mut at = Resume::new(dir_id, path);
+        let mut at = Resume::new(dir_id, std::mem::take(path));
         let r = self.walk_children(txn, &mut at, w, scan, out);
-        std::mem::swap(path, &mut at.path);
+        *path = at.path;
         r
     }
 
@@ -2373,21 +2350,24 @@ pub struct Slices {
 }
 
 /// A read whose node is written up to its children: where its output
-/// started, where the children start, the directory listed (id and path),
-/// where its listing paused, and its tail (modified and created index).
+/// started, where the children start, the listing of its children when it
+/// is a directory (where it stands), and its tail (modified and created
+/// index).
 struct Open {
     start: usize,
     children_at: usize,
-    dir: Option<(u64, Vec<u8>)>,
-    resume: Option<Resume>,
+    dir: Option<Resume>,
     tail: (u64, u64),
 }
 
-/// Where a listing stands between two slices (see [`Store::get_slice`]):
-/// its open directories, outermost first, and the key path it is at (raw,
-/// and escaped as JSON).
+/// Where the listing of directory `dir_id` stands (see
+/// [`Store::get_slice`]): its open directories, outermost first, and the
+/// key path it is at (raw, and escaped as JSON; the listed directory's own
+/// path is the first `dir_len` bytes).
 #[derive(Debug, Default)]
 struct Resume {
+    dir_id: u64,
+    dir_len: usize,
     frames: Vec<Resumed>,
     path: Vec<u8>,
     epath: Vec<u8>,
@@ -2405,18 +2385,20 @@ struct Resumed {
 }
 
 impl Resume {
-    /// A listing of directory `dir_id` at `path` (taken).
-    fn new(dir_id: u64, path: &mut Vec<u8>) -> Resume {
+    /// A listing of directory `dir_id` at `path`.
+    fn new(dir_id: u64, path: Vec<u8>) -> Resume {
         let mut epath = Vec::with_capacity(path.len() + 64);
-        crate::v2::json::write_escaped(&mut epath, path);
+        crate::v2::json::write_escaped(&mut epath, &path);
         Resume {
+            dir_id,
+            dir_len: path.len(),
             frames: vec![Resumed {
                 dir_id,
                 after: None,
                 any: false,
                 close: None,
             }],
-            path: std::mem::take(path),
+            path,
             epath,
         }
     }
