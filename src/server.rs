@@ -106,7 +106,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
         advertise_client_urls = %cfg.advertise_client_urls.join(","),
         "kardia starting"
     );
-    let shared = Arc::new(Shared::new(shards, unit_depth));
+    // A sharded cluster (issue #14): every shard is a raft group across
+    // the members, one etcd index kept by the sequencer.
+    let sharded_cluster = shards > 1 && cfg.sharded_cluster;
+    let shared = Arc::new(Shared::new(shards, unit_depth, sharded_cluster));
     let cpus = allowed_cpus();
     let mut mesh = crate::shard::mesh::build(shards).into_iter();
     let barrier = Arc::new(Barrier::new(shards));
@@ -127,6 +130,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         initial_voters,
         peer_fds: std::sync::Mutex::new(peer_fds),
         history: std::sync::Mutex::new((Vec::new(), 0)),
+        floor: std::sync::atomic::AtomicU64::new(u64::MAX),
         client_tls,
         peer_tls,
     });
@@ -194,6 +198,10 @@ struct Boot {
     /// Every shard's stored events and the index from which all of them
     /// are known (the largest of the shards'): the member's event history.
     history: std::sync::Mutex<(Vec<Arc<crate::store::Event>>, u64)>,
+    /// The smallest index any shard has applied: where a sharded
+    /// cluster's member may start closing (its shards' groups apply
+    /// independently).
+    floor: std::sync::atomic::AtomicU64,
     /// TLS for the https:// client listeners.
     client_tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS for the peer transport.
@@ -244,6 +252,13 @@ async fn shard_main(
                     cfg.data_dir.display()
                 ));
             }
+            Some(c) if shards > 1 && c.members.len() > 1 && !shared.seq.enabled => {
+                return Err(format!(
+                    "the data dir {} belongs to a member of a sharded cluster ({} shards): start it with --experimental-sharded-cluster and its --initial-cluster",
+                    cfg.data_dir.display(),
+                    shards
+                ));
+            }
             Some(c) => *view.write().expect("membership") = c,
             None => {
                 let bytes = view.read().expect("membership").encode();
@@ -266,7 +281,7 @@ async fn shard_main(
             as usize,
         checkpoint_interval: cfg.checkpoint_interval,
         segment_bytes: cfg.wal_segment_bytes,
-        initial_voters: if shards == 1 {
+        initial_voters: if shards == 1 || shared.seq.enabled {
             boot.initial_voters.clone()
         } else {
             vec![member_id]
@@ -330,15 +345,39 @@ async fn shard_main(
         h.0.extend(events);
         h.1 = h.1.max(complete_from);
     }
+    boot.floor
+        .fetch_min(shard.store.borrow().index(), Ordering::SeqCst);
     // The counter now holds the member's index.
     blocking_wait(&barrier);
-    let index = shared.counter.load(Ordering::SeqCst);
+    let top = shared.counter.load(Ordering::SeqCst);
+    // A sharded cluster's shards may have applied up to different
+    // indexes: every event up to the lowest is known; those above it wait
+    // for an epoch (see `raft::sequencer`).
+    let index = if shared.seq.enabled {
+        boot.floor.load(Ordering::SeqCst).min(top)
+    } else {
+        top
+    };
     let orderer = {
         let mut h = boot.history.lock().expect("history");
         if !h.0.is_sorted_by_key(|e| e.index) {
             h.0.sort_by_key(|e| e.index);
         }
-        Orderer::new(cfg.history, index, &h.0, h.1, shared.closed.clone())
+        let known = h.0.partition_point(|e| e.index <= index);
+        let mut o = Orderer::new(
+            cfg.history,
+            index,
+            &h.0[..known],
+            h.1,
+            shared.closed.clone(),
+        );
+        if shared.seq.enabled {
+            o.close_by_epochs(shards, top > index);
+            for e in &h.0[known..] {
+                o.offer(e.clone());
+            }
+        }
+        o
     };
     *shard.orderer.borrow_mut() = orderer;
     shard.executed.set(shard.store.borrow().index());

@@ -42,6 +42,10 @@ pub struct Config {
     pub limits: Limits,
     pub log_level: String,
     pub force_new_cluster: bool,
+    /// `--experimental-sharded-cluster`: a replicated member may run
+    /// several shards, each its own raft group (issue #14, unfinished:
+    /// see docs/operations.md).
+    pub sharded_cluster: bool,
     /// 0.x `-peers`: peer addresses of a running cluster to join.
     pub peers: Vec<String>,
     /// Applied raft entries kept for lagging followers (`--snapshot-count`).
@@ -239,6 +243,7 @@ const FLAGS: &[(&str, Kind)] = &[
     ("election-timeout", Kind::Str),
     ("enable-v2", Kind::Bool),
     ("force-new-cluster", Kind::Bool),
+    ("experimental-sharded-cluster", Kind::Bool),
     ("shards", Kind::Str),
     ("unit-depth", Kind::Str),
     ("history-size", Kind::Str),
@@ -575,7 +580,19 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
     if shards == 0 && peer_addr.is_some() {
         shards = 1;
     }
-    if names.len() > 1 || !peers.is_empty() || state == "existing" {
+    let sharded_cluster = get("experimental-sharded-cluster")
+        .map(|v| parse_bool("experimental-sharded-cluster", v))
+        .transpose()?
+        .unwrap_or(false);
+    let clustered = names.len() > 1 || !peers.is_empty() || state == "existing";
+    if clustered && sharded_cluster {
+        if !peers.is_empty() || state == "existing" {
+            return Err(
+                "flag -experimental-sharded-cluster: a sharded member starts only in a static bootstrap (--initial-cluster, state new) or from its data dir in this version"
+                    .into(),
+            );
+        }
+    } else if clustered {
         // A replicated member runs one shard (see docs/architecture.md).
         if shards > 1 {
             return Err(format!(
@@ -646,6 +663,7 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         limits,
         log_level: get("log-level").unwrap_or("info").to_string(),
         force_new_cluster: force,
+        sharded_cluster: sharded_cluster && clustered,
         peers,
         snapshot_count: num::<u64>(vals, "snapshot-count", 100_000)?.max(10),
     })
@@ -678,6 +696,9 @@ usage: kardia [flags]      (flags take one or two dashes; each is also ETCD_<NAM
   --snapshot-count N                applied entries kept for lagging members (default 100000, at most 64 MiB)
   --force-new-cluster               keep the data, forget the other members, serve alone
   --enable-v2                       accepted (the v2 API is always on)
+  --experimental-sharded-cluster    let a cluster member run --shards N, each shard its
+                                    own raft group (unfinished: writes inside placement
+                                    units only; see docs/operations.md)
   --shards N                        shards (executors) per member (default: the data
                                     dir's count, or 1 for a new data dir; a cluster
                                     member has 1)

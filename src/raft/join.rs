@@ -20,16 +20,19 @@ pub struct Inbound(pub Rc<Shard>);
 
 impl Receiver for Inbound {
     fn raft(&self, shard: u16, m: Message) {
-        if shard as usize != self.0.id {
-            // One replicated shard per member for now (issue #14 routes
-            // each group's frames to its executor).
+        let to = shard as usize;
+        if to == self.0.id {
+            self.0.deliver(m);
+        } else if to < self.0.shared.shards && self.0.shared.seq.enabled {
+            // Another group of a sharded cluster: to its executor.
+            self.0
+                .send(to, crate::shard::mesh::Msg::Peer(PeerMsg::In(m)));
+        } else {
             tracing::warn!(
                 shard,
-                "raft message for a shard this executor does not run; dropped"
+                "raft message for a shard this member does not replicate; dropped"
             );
-            return;
         }
-        self.0.deliver(m);
     }
 
     fn removed(&self) {
@@ -40,6 +43,12 @@ impl Receiver for Inbound {
     fn lost(&self, id: u64) {
         self.0.raft.note_lost_peer(id);
         self.0.kick_loop();
+        if self.0.shared.seq.enabled {
+            for to in (0..self.0.shared.shards).filter(|&s| s != self.0.id) {
+                self.0
+                    .send(to, crate::shard::mesh::Msg::Peer(PeerMsg::Lost(id)));
+            }
+        }
     }
 
     fn request(
@@ -59,6 +68,34 @@ impl Receiver for Inbound {
                     .map_err(|_| "membership unavailable".to_string())
             }
         })
+    }
+}
+
+/// Peer traffic of a sharded cluster's groups between executors: the
+/// transport lives on executor 0, each group's loop on its own.
+pub enum PeerMsg {
+    /// To executor 0: send this message of group `shard` to its peer.
+    Out { shard: u16, m: Message },
+    /// To a group's executor: a message from a peer.
+    In(Message),
+    /// To every group's executor: peer `id`'s stream ended.
+    Lost(u64),
+}
+
+/// Handle peer traffic another executor passed on.
+pub fn on_mesh(shard: &Rc<Shard>, m: PeerMsg) {
+    match m {
+        PeerMsg::Out { shard: group, m } => {
+            // (The per-peer figures follow group 0's traffic only.)
+            if let Some(t) = shard.raft.transport() {
+                t.send(group, &m);
+            }
+        }
+        PeerMsg::In(m) => shard.deliver(m),
+        PeerMsg::Lost(id) => {
+            shard.raft.note_lost_peer(id);
+            shard.kick_loop();
+        }
     }
 }
 
@@ -120,6 +157,14 @@ pub async fn remove_member(shard: &Rc<Shard>, id: u64) -> Answer {
 }
 
 pub(super) async fn conf_change(shard: &Rc<Shard>, cc: ConfChange) -> Answer {
+    if shard.shared.seq.enabled {
+        // Every group would have to change together (issue #14).
+        return Answer::Read(Err(V2Error::new(
+            RAFT_INTERNAL,
+            "etcdserver: a sharded cluster cannot change its membership yet",
+            0,
+        )));
+    }
     let mut data = vec![REQ_CONF];
     data.extend_from_slice(&cc.write_to_bytes().unwrap_or_default());
     match shard.request(data).await {

@@ -32,6 +32,7 @@ pub mod join;
 pub mod log;
 pub mod persist;
 mod replica;
+mod sequencer;
 mod session;
 mod snapshot;
 mod status;
@@ -39,6 +40,7 @@ mod status;
 pub use join::{add_member, remove_member};
 pub use replica::read_barrier;
 use replica::*;
+pub use sequencer::Sequencer;
 pub use session::roll_forward;
 use session::*;
 use snapshot::*;
@@ -171,6 +173,10 @@ pub struct Group {
     reserved: Vec<u64>,
     /// The store's map, allocated ahead of LMDB's writes.
     space: Space,
+    /// Sequencing in a sharded cluster.
+    seq: sequencer::Local,
+    /// Epochs applied in the current `Ready`, published after its events.
+    epochs: Vec<u64>,
 }
 
 /// Give `shard`'s group the peer transport `t`; returns what the transport
@@ -352,6 +358,8 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
         global_ops,
         reserved: Vec::new(),
         space,
+        seq: sequencer::Local::default(),
+        epochs: Vec::new(),
     })
 }
 
@@ -451,7 +459,10 @@ async fn run_inner(
             stop_removed(shard, g).await?;
         }
         leader_lost(shard, g);
-        retry_unsent(g);
+        retry_unsent(shard, g)?;
+        if shard.shared.seq.enabled {
+            sequencer::retry_held(shard, g)?;
+        }
         shard.take_proposals(proposals);
 
         // 3. Tick: raft's clock, request deadlines, this member's attributes.
@@ -462,6 +473,10 @@ async fn run_inner(
             expire_requests(g, now, answers);
             publish_attributes(shard, g, now);
             rates.publish(shard, &g.persist, now);
+            if shard.shared.seq.enabled {
+                sequencer::colocate(shard, g, now);
+                sequencer::ask_epoch_if_stuck(shard, g, now)?;
+            }
         }
 
         // 4. Execute (one voter) or propose (several) the queued commands,
@@ -501,6 +516,9 @@ async fn run_inner(
             if g.removed {
                 stop_removed(shard, g).await?;
             }
+        }
+        if shard.shared.seq.enabled {
+            sequencer::publish_state(shard, g);
         }
 
         // 7. Housekeeping: a snapshot for a lagging follower, checkpoints,
@@ -544,9 +562,21 @@ fn step(shard: &Shard, g: &mut Group, messages: &mut Vec<Message>) {
         return;
     }
     let transport = shard.raft.transport();
-    for m in messages.drain(..) {
+    for mut m in messages.drain(..) {
         if let Some(t) = &transport {
             t.observe(m.from, false, &m);
+        }
+        if shard.shared.seq.enabled
+            && m.get_msg_type() == MessageType::MsgPropose
+            && g.node.raft.state == StateRole::Leader
+        {
+            // A follower's forwarded commands: stamped before they enter
+            // the log (or held while no generation runs).
+            let entries = m.take_entries().into();
+            if let Err(e) = sequencer::propose(shard, g, entries) {
+                tracing::warn!(group = shard.id, "cannot stamp forwarded proposals: {e}");
+            }
+            continue;
         }
         let _ = g.node.step(m);
     }
@@ -572,7 +602,8 @@ async fn execute_batch(
     execute(shard, g, proposals, expire_now, answers)?;
     shard.executed.set(shard.store.borrow().index());
     let mut next_expiry = shard.store.borrow().next_expiry()?;
-    if expire_now.is_some() && shard.id == 0 && shard.shared.shards > 1 {
+    if expire_now.is_some() && shard.id == 0 && shard.shared.shards > 1 && !shard.shared.seq.enabled
+    {
         expire_dirs(shard)?;
         // A directory expiry in progress is the coordinator's now: look
         // again shortly rather than spin on it.
@@ -595,6 +626,9 @@ fn publish_and_answer(
 ) -> Result<Option<Option<i64>>, Error> {
     shard.store.borrow_mut().take_events(events);
     shard.publish(events);
+    for start in g.epochs.drain(..) {
+        shard.publish_epoch(start);
+    }
     shard.store.borrow_mut().publish_auth()?;
     shard.publish_figures();
     let delivered = shard.orderer.borrow().delivered();
@@ -1113,6 +1147,24 @@ fn note_leader(shard: &Shard, leader: u64) {
 /// Hand raft messages to the peer transport.
 fn send_messages(shard: &Shard, g: &mut Group, msgs: Vec<Message>) {
     if msgs.is_empty() {
+        return;
+    }
+    if shard.id != 0 && shard.shared.seq.enabled {
+        // A sharded cluster's other groups send through executor 0's
+        // transport.
+        for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                tracing::warn!(group = shard.id, to = %format!("{:x}", m.to), "a snapshot of a group other than 0 cannot be sent yet (issue #14)");
+                *g.node.store().snap.borrow_mut() = log::SnapSlot::Empty;
+                g.node.report_snapshot(m.to, SnapshotStatus::Failure);
+                continue;
+            }
+            let m = join::PeerMsg::Out {
+                shard: shard.id as u16,
+                m,
+            };
+            shard.send_peer(0, crate::shard::mesh::Msg::Peer(m));
+        }
         return;
     }
     let Some(t) = shard.raft.transport() else {

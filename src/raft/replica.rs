@@ -21,7 +21,10 @@ pub(super) const ENTRY_ATTRS: u8 = 0xC2;
 
 /// True for an entry that carries no store command.
 pub(super) fn is_internal(data: &[u8]) -> bool {
-    data.first() == Some(&ENTRY_ATTRS)
+    matches!(
+        data.first(),
+        Some(&ENTRY_ATTRS | &sequencer::ENTRY_EPOCH | &sequencer::ENTRY_EPOCH_ASK)
+    )
 }
 
 /// Several voters: hand each request to raft (a follower's raft forwards
@@ -78,16 +81,30 @@ pub(super) fn propose_replicated(
             g.pending.insert(seq, (t, deadline));
         }
     }
+    let sync = (expire_now.is_some() && shard.raft.is_leader()).then(|| {
+        // One SYNC per 500 ms at most: it must commit before the keys go.
+        g.next_sync = wall_nanos() + 500_000_000;
+        let mut data = Vec::with_capacity(48);
+        Command::new(Op::Sync, b"/", wall_nanos()).encode(&mut data);
+        data
+    });
+    if shard.shared.seq.enabled {
+        // A sharded cluster: the leader stamps every command first.
+        batch.extend(sync.map(|data| Entry {
+            data: data.into(),
+            ..Default::default()
+        }));
+        if !batch.is_empty() {
+            sequencer::propose(shard, g, batch)?;
+        }
+        return Ok(());
+    }
     if !batch.is_empty() {
         // One message for the batch (a follower forwards it to the leader
         // whole).
         propose_batch(g, batch);
     }
-    if expire_now.is_some() && shard.raft.is_leader() {
-        // One SYNC per 500 ms at most: it must commit before the keys go.
-        g.next_sync = wall_nanos() + 500_000_000;
-        let mut data = Vec::with_capacity(48);
-        Command::new(Op::Sync, b"/", wall_nanos()).encode(&mut data);
+    if let Some(data) = sync {
         let _ = g.node.propose(Vec::new(), data);
     }
     Ok(())
@@ -112,18 +129,24 @@ pub(super) fn propose_batch(g: &mut Group, batch: Vec<Entry>) {
 
 /// Propose again the entries dropped for want of a leader, once one is
 /// known; those whose requests timed out are forgotten.
-pub(super) fn retry_unsent(g: &mut Group) {
+pub(super) fn retry_unsent(shard: &Shard, g: &mut Group) -> Result<(), Error> {
     if g.unsent.is_empty() || g.node.raft.leader_id == 0 {
-        return;
+        return Ok(());
     }
     let me = g.opts.member_id;
     let batch: Vec<Entry> = std::mem::take(&mut g.unsent)
         .into_iter()
         .filter(|e| own_request(me, &e.context).is_some_and(|s| g.pending.contains_key(&s)))
         .collect();
-    if !batch.is_empty() {
-        propose_batch(g, batch);
+    if batch.is_empty() {
+        return Ok(());
     }
+    if shard.shared.seq.enabled {
+        // This member may lead now: its commands need stamps.
+        return sequencer::propose(shard, g, batch);
+    }
+    propose_batch(g, batch);
+    Ok(())
 }
 
 pub(super) fn request_context(member: u64, seq: u64) -> Vec<u8> {
@@ -283,11 +306,19 @@ pub(super) fn apply_entries(
     let mut told = Vec::new();
     let mut attrs_done = false;
     let mut commands = 0u64;
+    let stamped = shard.shared.seq.enabled;
+    let epochs = &mut g.epochs;
     shard.store.borrow_mut().batch(|st, txn| {
         for e in entries.iter().filter(|e| e.index > applied) {
             let seq = own_request(me, &e.context);
             match e.get_entry_type() {
                 EntryType::EntryNormal if e.data.is_empty() => {}
+                EntryType::EntryNormal if e.data[0] == sequencer::ENTRY_EPOCH => {
+                    if let Some(start) = sequencer::epoch_of(&e.data) {
+                        epochs.push(start);
+                    }
+                }
+                EntryType::EntryNormal if e.data[0] == sequencer::ENTRY_EPOCH_ASK => {}
                 EntryType::EntryNormal if e.data[0] == ENTRY_ATTRS => {
                     let m = std::str::from_utf8(&e.data[1..])
                         .ok()
@@ -303,6 +334,17 @@ pub(super) fn apply_entries(
                             });
                             st.meta_put(txn, META_MEMBERS, &v.encode())?;
                         }
+                    }
+                }
+                EntryType::EntryNormal if stamped => {
+                    commands += 1;
+                    if let Some(outcome) = sequencer::apply(st, txn, &e.data)? {
+                        let reply = Reply {
+                            outcome,
+                            raft_index: 0,
+                            raft_term: 0,
+                        };
+                        answer(seq, Answer::Write(reply));
                     }
                 }
                 EntryType::EntryNormal => {

@@ -164,6 +164,27 @@ fn wake(w: &RefCell<Option<Waker>>) {
 /// Hand a job to the coordinator (shard 0).
 pub fn submit(shard: &Rc<Shard>, job: Job, target: impl Into<Option<Target>>) {
     tracing::debug!(shard = shard.id, "global job submitted");
+    if shard.shared.seq.enabled {
+        // A sharded cluster has no coordinator across members yet (issue
+        // #14): a deterministic refusal, the same on every member.
+        if let Some(t) = target.into() {
+            let e = V2Error::new(
+                RAFT_INTERNAL,
+                "etcdserver: this operation spans shards, which a sharded cluster does not run yet",
+                shard.orderer.borrow().closed(),
+            );
+            let a = match job {
+                Job::Write(_) => Answer::Write(Reply {
+                    outcome: Err(e),
+                    raft_index: 0,
+                    raft_term: 0,
+                }),
+                _ => Answer::Read(Err(e)),
+            };
+            shard.answer(t, a);
+        }
+        return;
+    }
     let target = target.into().map(|t| match t {
         Target::Local(slot) if shard.id != 0 => Target::Remote {
             from: shard.id,

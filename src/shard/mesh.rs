@@ -4,7 +4,9 @@
 //! (a full mesh, built once at start-up). A request for a key another shard
 //! owns crosses as [`Msg::Propose`] or [`Msg::Read`] and comes back as
 //! [`Msg::Answer`]; every durable batch's events go to every executor as
-//! [`Msg::Events`]; member-wide operations use [`Msg::Global`]. Receiving
+//! [`Msg::Events`] (and, in a sharded cluster, the epochs each shard
+//! applies as [`Msg::Epoch`]); member-wide operations use [`Msg::Global`];
+//! peer traffic of a sharded cluster's groups crosses as [`Msg::Peer`]. Receiving
 //! never blocks on sending (a full channel hands the message to a task), so
 //! executors cannot deadlock on each other's queues; messages wait behind
 //! that task in order, so none overtakes an earlier one to the same
@@ -58,7 +60,13 @@ pub enum Msg {
         answer: Answer,
     },
     Events(Vec<Arc<Event>>),
+    /// Shard `shard` applied epoch `start` (after its events below it).
+    Epoch {
+        shard: usize,
+        start: u64,
+    },
     Global(global::Msg),
+    Peer(crate::raft::join::PeerMsg),
 }
 
 /// One executor's ends of the mesh, made before the executors start.
@@ -220,7 +228,12 @@ pub fn dispatch(shard: &Rc<Shard>, msg: Msg) {
             drop(o);
             shard.note_watchers();
         }
+        Msg::Epoch { shard: from, start } => {
+            shard.orderer.borrow_mut().close(from, start);
+            shard.note_watchers();
+        }
         Msg::Global(m) => global::on_message(shard, m),
+        Msg::Peer(m) => crate::raft::join::on_mesh(shard, m),
     }
 }
 

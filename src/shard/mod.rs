@@ -97,6 +97,8 @@ pub struct Shared {
     pub counter: Arc<AtomicU64>,
     /// The node-wide closed index (see [`Orderer`]).
     pub closed: Arc<AtomicU64>,
+    /// One etcd index across the groups of a sharded cluster.
+    pub seq: crate::raft::Sequencer,
     /// Per-shard figures for stats and diagnostics.
     pub figures: Vec<Figures>,
     /// Open client connections, all executors together.
@@ -130,14 +132,18 @@ pub struct Figures {
 }
 
 impl Shared {
-    pub fn new(shards: usize, unit_depth: usize) -> Shared {
+    /// `sharded_cluster`: every shard is a raft group across members
+    /// (issue #14), sequenced by [`crate::raft::Sequencer`].
+    pub fn new(shards: usize, unit_depth: usize, sharded_cluster: bool) -> Shared {
+        let counter = Arc::new(AtomicU64::new(0));
         Shared {
             shards,
             unit_depth,
             sessions: AtomicU64::new(0),
             session_jobs: AtomicU64::new(0),
             metrics: crate::metrics::Metrics::new(),
-            counter: Arc::new(AtomicU64::new(0)),
+            seq: crate::raft::Sequencer::new(shards, sharded_cluster, counter.clone()),
+            counter,
             closed: Arc::new(AtomicU64::new(0)),
             figures: (0..shards).map(|_| Figures::default()).collect(),
             open: Arc::default(),
@@ -341,7 +347,8 @@ impl Shard {
         }
     }
 
-    fn send_peer(&self, to: usize, msg: Msg) {
+    /// Send `msg` to executor `to` over the mesh (not to this one).
+    pub fn send_peer(&self, to: usize, msg: Msg) {
         if let Some(m) = self.mesh.borrow().as_ref() {
             m.send(to, msg);
         }
@@ -498,6 +505,24 @@ impl Shard {
             }
             Slot::Done(_) => {}
         }
+    }
+
+    /// This shard applied epoch `start` (a sharded cluster's), after
+    /// publishing every event below it: tell every executor's orderer.
+    pub fn publish_epoch(&self, start: u64) {
+        for peer in 0..self.shared.shards {
+            if peer != self.id {
+                self.send_peer(
+                    peer,
+                    Msg::Epoch {
+                        shard: self.id,
+                        start,
+                    },
+                );
+            }
+        }
+        self.orderer.borrow_mut().close(self.id, start);
+        self.note_watchers();
     }
 
     /// Hand the events of a durable batch, in index order, to every

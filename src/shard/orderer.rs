@@ -8,6 +8,12 @@
 //! to this executor's event history and watcher hub. An index that no event
 //! kept still arrives, as a placeholder, so delivery never waits on a gap.
 //!
+//! In a sharded cluster (issue #14) an index stamped on an entry that never
+//! committed arrives from nobody; there each shard reports the *epochs* it
+//! applies ([`Orderer::close`]): once every shard has applied epoch S, no
+//! event below S is still to come, and the orderer delivers up to S - 1,
+//! skipping the gaps.
+//!
 //! `delivered` is the closed index: every event at or below it is durable
 //! and delivered here. The node-wide `closed` counter is the largest closed
 //! index of any executor; responses report it as `X-Etcd-Index`.
@@ -30,6 +36,11 @@ pub struct Orderer {
     closed: Arc<AtomicU64>,
     /// Tasks waiting for `delivered` to reach an index.
     waiters: Vec<(u64, Waker)>,
+    /// The newest epoch each shard applied (a sharded cluster's).
+    floors: Vec<u64>,
+    /// Since when an event has waited on a smaller index (or, after a
+    /// start that must close by epoch, since the start).
+    waiting_since: Option<std::time::Instant>,
 }
 
 /// How a watch begins.
@@ -62,6 +73,80 @@ impl Orderer {
             delivered: index,
             closed,
             waiters: Vec::new(),
+            floors: Vec::new(),
+            waiting_since: None,
+        }
+    }
+
+    /// Close by epochs from `shards` shards (a sharded cluster); `stuck`:
+    /// the member started below what its shards applied and waits for an
+    /// epoch before anything above `index` is delivered.
+    pub fn close_by_epochs(&mut self, shards: usize, stuck: bool) {
+        self.floors = vec![0; shards];
+        if stuck {
+            self.waiting_since = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Shard `shard` applied epoch `start`: with every shard past it,
+    /// deliver every held event below the lowest epoch and close up to it.
+    pub fn close(&mut self, shard: usize, start: u64) {
+        let Some(f) = self.floors.get_mut(shard) else {
+            return;
+        };
+        *f = (*f).max(start);
+        let upto = self
+            .floors
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(1);
+        if upto <= self.delivered {
+            return;
+        }
+        while let Some(next) = self.early.first_entry() {
+            if *next.key() > upto {
+                break;
+            }
+            let e = next.remove();
+            self.deliver(e);
+        }
+        self.delivered = upto;
+        self.closed.fetch_max(upto, Ordering::SeqCst);
+        // What follows may now be in order.
+        while let Some(next) = self.early.first_entry() {
+            if *next.key() != self.delivered + 1 {
+                break;
+            }
+            let e = next.remove();
+            self.deliver(e);
+        }
+        self.after_delivery();
+    }
+
+    /// An event has waited on a smaller index for at least `patience`.
+    pub fn stuck_since(&self, now: std::time::Instant, patience: std::time::Duration) -> bool {
+        self.waiting_since
+            .is_some_and(|t| now.duration_since(t) >= patience)
+    }
+
+    fn after_delivery(&mut self) {
+        if self.early.is_empty() {
+            self.waiting_since = None;
+        } else if self.waiting_since.is_none() {
+            self.waiting_since = Some(std::time::Instant::now());
+        }
+        if !self.waiters.is_empty() {
+            let d = self.delivered;
+            self.waiters.retain(|(i, w)| {
+                if *i <= d {
+                    w.wake_by_ref();
+                    false
+                } else {
+                    true
+                }
+            });
         }
     }
 
@@ -98,17 +183,7 @@ impl Orderer {
             tracing::debug!(index = e.index, delivered = self.delivered, "event held");
             self.early.insert(e.index, e);
         }
-        if !self.waiters.is_empty() {
-            let d = self.delivered;
-            self.waiters.retain(|(i, w)| {
-                if *i <= d {
-                    w.wake_by_ref();
-                    false
-                } else {
-                    true
-                }
-            });
-        }
+        self.after_delivery();
     }
 
     fn deliver(&mut self, e: Arc<Event>) {
@@ -222,5 +297,26 @@ mod tests {
         o.offer(Arc::new(Event::placeholder(4)));
         assert_eq!(o.delivered(), 5);
         assert_eq!(o.held(), 0);
+    }
+
+    #[test]
+    fn epochs_from_every_shard_close_over_gaps() {
+        let closed = Arc::new(AtomicU64::new(0));
+        let mut o = Orderer::new(100, 3, &[], 0, closed.clone());
+        o.close_by_epochs(2, false);
+        // 4 was stamped on an entry that never committed.
+        o.offer(Arc::new(Event::placeholder(5)));
+        o.offer(Arc::new(Event::placeholder(7)));
+        assert_eq!((o.delivered(), o.held()), (3, 2));
+        o.close(0, 6);
+        assert_eq!(o.delivered(), 3, "one shard's epoch closes nothing");
+        o.close(1, 6);
+        // Up to 5 by the epoch, skipping 4; 6 is still to come.
+        assert_eq!((o.delivered(), o.held()), (5, 1));
+        o.offer(Arc::new(Event::placeholder(6)));
+        assert_eq!((o.delivered(), o.held()), (7, 0));
+        assert_eq!(closed.load(Ordering::SeqCst), 7);
+        o.close(1, 9);
+        assert_eq!(o.delivered(), 7, "the lowest epoch bounds the close");
     }
 }

@@ -313,6 +313,10 @@ pub struct Store {
     global: bool,
     /// Executing a trial (rolled back; the counter is left alone).
     trial: bool,
+    /// Executing an entry whose indexes a sequencer stamped ([`Store::execute_stamped`]).
+    stamped: bool,
+    /// A stamped entry needed more indexes than it carried.
+    starved: bool,
     pub stats: Stats,
     /// Events of the batch being applied, in index order.
     pending: Vec<Arc<Event>>,
@@ -433,6 +437,8 @@ impl Store {
             index,
             counter,
             replay: Vec::new(),
+            stamped: false,
+            starved: false,
             taken: Vec::new(),
             fresh,
             applied,
@@ -986,6 +992,61 @@ impl Store {
         Ok(r)
     }
 
+    /// Execute one command of a sharded cluster's group (issue #14): its
+    /// entry carries the etcd indexes the sequencer stamped when it was
+    /// proposed, and every member executes it with them. Unlike a replay,
+    /// the command may fail (a lost compare-and-swap) or need fewer
+    /// indexes than stamped (an expiry): every stamped index it leaves
+    /// unused becomes a placeholder event, so each member publishes the
+    /// same sequence.
+    pub fn execute_stamped(&mut self, txn: &mut RwTxn, data: &[u8]) -> Result<Option<Outcome>> {
+        let Some(cmd) = Command::decode(data) else {
+            return Err(Error::Corrupt("undecodable command".into()));
+        };
+        self.taken.clear();
+        self.replay.clear();
+        self.replay.extend(cmd.recorded());
+        self.replay.reverse();
+        self.stamped = true;
+        self.starved = false;
+        let r = self.apply_one(txn, &cmd);
+        self.stamped = false;
+        self.global = false;
+        let r = r?;
+        if self.starved {
+            return Err(Error::Corrupt(format!(
+                "a command on {} needed more etcd indexes than its entry carries",
+                String::from_utf8_lossy(cmd.key)
+            )));
+        }
+        while let Some(i) = self.replay.pop() {
+            self.counter.fetch_max(i, Ordering::SeqCst);
+            self.pending.push(Arc::new(Event::placeholder(i)));
+            self.index = self.index.max(i);
+        }
+        Ok(r)
+    }
+
+    /// How many keys an expiry at `now` would remove (at most `cap`; stale
+    /// index entries count too): the indexes a sequencer stamps on a SYNC.
+    pub fn count_due(&self, now: i64, cap: usize) -> Result<usize> {
+        let rtxn = self.env.read_txn()?;
+        let skip_dirs = self.local_only();
+        let mut n = 0;
+        for item in self.expiry.iter(&rtxn)? {
+            let (k, v) = item?;
+            if expiry_time(k) > now || n >= cap.min(MAX_EXPIRE_PER_SYNC) {
+                break;
+            }
+            let v = unseal(k, v).ok_or_else(|| bad_checksum("expiry", k))?;
+            if skip_dirs && v.first() == Some(&EXP_DIR) && self.skeleton(&v[1..]) {
+                continue;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Take the next etcd index for an event about to happen.
     fn reserve(&mut self) -> u64 {
         let i = match self.replay.pop() {
@@ -994,6 +1055,11 @@ impl Store {
                     self.counter.fetch_max(i, Ordering::SeqCst);
                 }
                 i
+            }
+            None if self.stamped => {
+                // Never take from the counter here: members would differ.
+                self.starved = true;
+                self.index + 1
             }
             None => self.counter.fetch_add(1, Ordering::SeqCst) + 1,
         };
@@ -1007,6 +1073,12 @@ impl Store {
         self.taken.pop();
         if self.trial {
             self.index = i - 1;
+            return;
+        }
+        if self.stamped {
+            // Every member leaves the same gap.
+            self.pending.push(Arc::new(Event::placeholder(i)));
+            self.index = i;
             return;
         }
         if self
@@ -1628,6 +1700,10 @@ impl Store {
             due.push((k.to_vec(), v.get(1..).unwrap_or_default().to_vec()));
         }
         for (ek, path) in due {
+            if self.stamped && self.replay.is_empty() {
+                // The rest waits for the next SYNC's indexes.
+                break;
+            }
             self.expire_one(txn, &ek, &path, now)?;
         }
         Ok(())

@@ -1,0 +1,441 @@
+//! One etcd index across the raft groups of a sharded cluster (issue #14).
+//!
+//! Each shard of a replicated member with several shards is its own raft
+//! group. The *sequencer* is the member that leads every group: only it
+//! stamps commands with etcd indexes, taken from the member-wide counter in
+//! the same step that appends them to the group's log (its own proposals
+//! and those followers forward, intercepted before raft-rs appends them),
+//! so within a group log order is index order. Every member executes each
+//! committed entry with the indexes it carries ([`Store::execute_stamped`]).
+//!
+//! Leadership is co-located: group 0's leader is the candidate, and a
+//! member leading another group transfers it there. A member becomes the
+//! sequencer (a new *generation*) only once it leads every group and has
+//! committed an entry of its own term in each: then every entry that can
+//! still commit is in its logs, and its counter starts above every index
+//! they hold. A group whose leadership or term changes ends the generation
+//! at once; its loop stamps nothing until a new one begins.
+//!
+//! Gaps: an index stamped on an entry that never commits (a deposed
+//! sequencer's) is never published by anyone, so each generation begins by
+//! appending an *epoch* entry with its first index S to every group, before
+//! any stamped entry. A member that has applied epoch S in every group has
+//! applied every entry below S that can ever commit, and its orderer closes
+//! up to S - 1 (`Orderer::close`), skipping the gaps. A member whose orderer
+//! waits on a gap for long (a restart, a dropped proposal) asks for a fresh
+//! epoch through group 0's log; the sequencer intercepts the request.
+//!
+//! Shared state (`Sequencer`, one per member, in `shard::Shared`) is
+//! written by the groups' loops, each on its own executor; a mutex guards
+//! the generation and the counter's stamping, taken once per batch.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::*;
+
+/// An epoch entry: `ENTRY_EPOCH`, then the generation's first index (u64 LE).
+pub(super) const ENTRY_EPOCH: u8 = 0xC3;
+/// A request for a fresh epoch (no payload), proposed in group 0.
+pub(super) const ENTRY_EPOCH_ASK: u8 = 0xC4;
+
+/// Indexes stamped on an auth change (etcd's first one also creates the
+/// auth directories: four more).
+const AUTH_STAMPS: u64 = 8;
+/// Keys one SYNC may expire in a sharded cluster.
+const SYNC_STAMPS: usize = 1024;
+/// Forwarded or local commands held while no generation is running.
+const MAX_HELD: usize = 65_536;
+/// How long an orderer may wait on a gap before asking for an epoch.
+pub(super) const GAP_PATIENCE: Duration = Duration::from_millis(200);
+
+/// What one group publishes for the others.
+#[derive(Default)]
+struct GroupState {
+    leader: AtomicU64,
+    /// The term in which this member leads the group with an entry of that
+    /// term committed; 0 otherwise.
+    ready_term: AtomicU64,
+    /// The largest etcd index (stamp or epoch) in the group's log when it
+    /// became ready.
+    log_max: AtomicU64,
+}
+
+struct Generation {
+    /// 0: none running (nobody stamps).
+    id: u64,
+    next_id: u64,
+    /// The ready term of each group the generation was made with.
+    terms: Vec<u64>,
+    /// The newest epoch start each group must append before stamping.
+    epoch: u64,
+}
+
+/// A member's sequencing state (see the module text).
+pub struct Sequencer {
+    /// This member is in a sharded cluster (stamped indexes).
+    pub enabled: bool,
+    groups: Vec<GroupState>,
+    generation: Mutex<Generation>,
+    counter: Arc<AtomicU64>,
+}
+
+impl Sequencer {
+    pub fn new(shards: usize, enabled: bool, counter: Arc<AtomicU64>) -> Sequencer {
+        Sequencer {
+            enabled,
+            groups: (0..shards).map(|_| GroupState::default()).collect(),
+            generation: Mutex::new(Generation {
+                id: 0,
+                next_id: 1,
+                terms: vec![0; shards],
+                epoch: 0,
+            }),
+            counter,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Generation> {
+        self.generation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The leader of group 0 as its loop last saw it (0: none).
+    pub fn leader0(&self) -> u64 {
+        self.groups[0].leader.load(Ordering::Acquire)
+    }
+
+    /// A generation is running on this member.
+    pub fn running(&self) -> bool {
+        self.lock().id != 0
+    }
+
+    /// Group `g`'s loop reports its leader and readiness; a change of
+    /// either ends the running generation if it counted on this group.
+    fn publish(&self, g: usize, leader: u64, ready_term: u64, log_max: u64) {
+        let s = &self.groups[g];
+        s.leader.store(leader, Ordering::Release);
+        if ready_term != 0 {
+            s.log_max.store(log_max, Ordering::Release);
+        }
+        let before = s.ready_term.swap(ready_term, Ordering::AcqRel);
+        if before != ready_term {
+            let mut gn = self.lock();
+            if gn.id != 0 && gn.terms[g] != ready_term {
+                tracing::info!(group = g, generation = gn.id, "sequencing stops");
+                gn.id = 0;
+            }
+        }
+    }
+
+    /// Group 0's loop, on a member leading every group with its own term
+    /// committed in each: begin a generation. Returns its first index.
+    fn try_begin(&self, me: u64) -> Option<u64> {
+        let mut gn = self.lock();
+        if gn.id != 0 {
+            return None;
+        }
+        let mut terms = Vec::with_capacity(self.groups.len());
+        let mut max = self.counter.load(Ordering::SeqCst);
+        for s in &self.groups {
+            let t = s.ready_term.load(Ordering::Acquire);
+            if t == 0 || s.leader.load(Ordering::Acquire) != me {
+                return None;
+            }
+            terms.push(t);
+            max = max.max(s.log_max.load(Ordering::Acquire));
+        }
+        let start = max + 1;
+        self.counter.fetch_max(max, Ordering::SeqCst);
+        gn.id = gn.next_id;
+        gn.next_id += 1;
+        gn.terms = terms;
+        gn.epoch = start;
+        tracing::info!(
+            generation = gn.id,
+            start,
+            "this member sequences every group"
+        );
+        Some(start)
+    }
+
+    /// A fresh epoch for every group (a gap some member waits on).
+    fn renew_epoch(&self) {
+        let mut gn = self.lock();
+        if gn.id != 0 {
+            gn.epoch = self.counter.load(Ordering::SeqCst) + 1;
+        }
+    }
+}
+
+/// One group loop's sequencing state.
+#[derive(Default)]
+pub(super) struct Local {
+    /// Last published (leader, ready term).
+    published: (u64, u64),
+    /// The last epoch this group appended.
+    epoch_done: u64,
+    /// Commands waiting for a generation, with their deadlines.
+    held: VecDeque<(Entry, Instant)>,
+    /// When this group last tried to move its leadership.
+    last_move: Option<Instant>,
+    /// When this member last asked for an epoch.
+    last_ask: Option<Instant>,
+}
+
+/// After each `Ready`: publish this group's leadership and readiness; on
+/// group 0, begin a generation when this member qualifies.
+pub(super) fn publish_state(shard: &Shard, g: &mut Group) {
+    let seq = &shard.shared.seq;
+    let raft = &g.node.raft;
+    let leader = raft.leader_id;
+    let ready = raft.state == StateRole::Leader && raft.commit_to_current_term();
+    let ready_term = if ready { raft.term } else { 0 };
+    if (leader, ready_term) != g.seq.published {
+        let log_max = if ready { log_max(shard, g) } else { 0 };
+        seq.publish(shard.id, leader, ready_term, log_max);
+        g.seq.published = (leader, ready_term);
+    }
+    if shard.id == 0 && ready {
+        seq.try_begin(g.opts.member_id);
+    }
+}
+
+/// The largest etcd index in this group: applied (the store's) or in the
+/// log beyond it (stamps and epochs of entries not applied yet).
+fn log_max(shard: &Shard, g: &Group) -> u64 {
+    let mut max = shard.store.borrow().index();
+    let log = &g.node.raft.raft_log;
+    let from = log.applied + 1;
+    if from <= log.last_index() {
+        if let Ok(es) = log.entries(from, None, raft::GetEntriesContext::empty(false)) {
+            for e in &es {
+                max = max.max(entry_max(&e.data));
+            }
+        }
+    }
+    max
+}
+
+/// The largest etcd index an entry's data names (0: none).
+fn entry_max(data: &[u8]) -> u64 {
+    if let Some(s) = epoch_of(data) {
+        return s;
+    }
+    Command::decode(data)
+        .and_then(|c| c.recorded().max())
+        .unwrap_or(0)
+}
+
+/// The start of an epoch entry.
+pub(super) fn epoch_of(data: &[u8]) -> Option<u64> {
+    (data.len() == 9 && data[0] == ENTRY_EPOCH)
+        .then(|| u64::from_le_bytes(data[1..].try_into().unwrap()))
+}
+
+/// On a tick: keep leadership with group 0's leader. A member leading
+/// another group hands it over; with no leader in a group, group 0's
+/// leader campaigns for it.
+pub(super) fn colocate(shard: &Shard, g: &mut Group, now: Instant) {
+    if shard.id == 0 {
+        return;
+    }
+    let want = shard.shared.seq.leader0();
+    let me = g.opts.member_id;
+    if want == 0
+        || g.seq
+            .last_move
+            .is_some_and(|t| now.duration_since(t) < g.opts.heartbeat * 5)
+    {
+        return;
+    }
+    let raft = &g.node.raft;
+    if raft.state == StateRole::Leader && want != me {
+        if raft.lead_transferee.is_none() && raft.prs().conf().voters().contains(want) {
+            g.seq.last_move = Some(now);
+            tracing::info!(group = shard.id, to = %format!("{want:x}"), "handing group leadership to group 0's leader");
+            g.node.transfer_leader(want);
+        }
+    } else if raft.leader_id == 0 && want == me && raft.state != StateRole::Leader {
+        g.seq.last_move = Some(now);
+        let _ = g.node.campaign();
+    }
+}
+
+/// How many indexes a command entry needs stamped (`None`: not a
+/// command; 0: a SYNC with nothing due).
+fn stamps_for(shard: &Shard, data: &[u8]) -> Result<Option<u64>, Error> {
+    let Some(c) = Command::decode(data) else {
+        return Ok(None);
+    };
+    Ok(Some(match c.op {
+        Op::Sync => shard.store.borrow().count_due(c.now, SYNC_STAMPS)? as u64,
+        op if op.is_auth() => AUTH_STAMPS,
+        _ => 1,
+    }))
+}
+
+/// Propose `batch` (commands, member attributes) in a sharded cluster: a
+/// follower forwards it as it is; the leader stamps every command while a
+/// generation runs — after appending the generation's epoch if this group
+/// has not yet — and holds the batch otherwise.
+pub(super) fn propose(shard: &Shard, g: &mut Group, batch: Vec<Entry>) -> Result<(), Error> {
+    if g.node.raft.state != StateRole::Leader {
+        propose_batch(g, batch);
+        return Ok(());
+    }
+    let deadline = Instant::now() + g.opts.request_timeout;
+    let seq = &shard.shared.seq;
+    let mut gn = seq.lock();
+    let running = gn.id != 0 && gn.terms[shard.id] == g.node.raft.term;
+    let mut out = Vec::with_capacity(batch.len());
+    for mut e in batch {
+        if e.data.first() == Some(&ENTRY_EPOCH_ASK) {
+            if running {
+                gn.epoch = seq.counter.load(Ordering::SeqCst) + 1;
+            }
+            continue;
+        }
+        if !running || g.node.raft.lead_transferee.is_some() {
+            if Command::decode(&e.data).is_some() {
+                g.seq.held.push_back((e, deadline));
+                continue;
+            }
+            out.push(e);
+            continue;
+        }
+        match stamps_for(shard, &e.data)? {
+            // A SYNC with nothing due: nothing to propose.
+            Some(0) => continue,
+            Some(n) => {
+                let first = seq.counter.fetch_add(n, Ordering::SeqCst) + 1;
+                let mut data = e.data.to_vec();
+                for i in first..first + n {
+                    push_index(&mut data, i);
+                }
+                e.data = data.into();
+            }
+            None => {}
+        }
+        out.push(e);
+    }
+    if running && gn.epoch > g.seq.epoch_done && g.node.raft.lead_transferee.is_none() {
+        let mut data = Vec::with_capacity(9);
+        data.push(ENTRY_EPOCH);
+        data.extend_from_slice(&gn.epoch.to_le_bytes());
+        let mut ep = Entry {
+            data: data.into(),
+            ..Default::default()
+        };
+        ep.set_entry_type(EntryType::EntryNormal);
+        out.insert(0, ep);
+        g.seq.epoch_done = gn.epoch;
+    }
+    while g.seq.held.len() > MAX_HELD {
+        g.seq.held.pop_front();
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgPropose);
+    m.from = g.opts.member_id;
+    m.set_entries(out.into());
+    if g.node.step(m).is_err() {
+        // Dropped: its stamps are gaps nobody will publish; close them.
+        gn.epoch = seq.counter.load(Ordering::SeqCst) + 1;
+        tracing::debug!(
+            group = shard.id,
+            "stamped proposal dropped; a new epoch follows"
+        );
+    }
+    Ok(())
+}
+
+/// Each pass: propose again the commands held for want of a generation
+/// (forgetting those past their deadline), or an epoch a generation still
+/// owes this group.
+pub(super) fn retry_held(shard: &Shard, g: &mut Group) -> Result<(), Error> {
+    if g.node.raft.state != StateRole::Leader {
+        // Deposed: the new leader stamps them (raft forwards).
+        let now = Instant::now();
+        g.seq.held.retain(|(_, d)| *d > now);
+        if !g.seq.held.is_empty() && g.node.raft.leader_id != 0 {
+            let batch: Vec<Entry> = g.seq.held.drain(..).map(|(e, _)| e).collect();
+            propose_batch(g, batch);
+        }
+        return Ok(());
+    }
+    let owed = {
+        let gn = shard.shared.seq.lock();
+        gn.id != 0 && gn.terms[shard.id] == g.node.raft.term && gn.epoch > g.seq.epoch_done
+    };
+    if g.seq.held.is_empty() && !owed {
+        return Ok(());
+    }
+    if !shard.shared.seq.running() {
+        let now = Instant::now();
+        g.seq.held.retain(|(_, d)| *d > now);
+        return Ok(());
+    }
+    let batch: Vec<Entry> = g.seq.held.drain(..).map(|(e, _)| e).collect();
+    propose(shard, g, batch)
+}
+
+/// This member's orderer has waited on a gap for a while: ask the
+/// sequencer (through group 0's log) for a fresh epoch. Group 0's loop.
+pub(super) fn ask_epoch_if_stuck(shard: &Shard, g: &mut Group, now: Instant) -> Result<(), Error> {
+    if shard.id != 0
+        || g.seq
+            .last_ask
+            .is_some_and(|t| now.duration_since(t) < GAP_PATIENCE)
+    {
+        return Ok(());
+    }
+    if !shard.orderer.borrow().stuck_since(now, GAP_PATIENCE) {
+        return Ok(());
+    }
+    g.seq.last_ask = Some(now);
+    if g.node.raft.state == StateRole::Leader {
+        shard.shared.seq.renew_epoch();
+        return Ok(());
+    }
+    if g.node.raft.leader_id != 0 {
+        let e = Entry {
+            data: vec![ENTRY_EPOCH_ASK].into(),
+            ..Default::default()
+        };
+        propose_batch(g, vec![e]);
+    }
+    Ok(())
+}
+
+/// Execute a committed command of a sharded cluster's group with the
+/// indexes its entry carries. A command that would span shards (the
+/// coordinator's, on a single member) and one that no sequencer stamped
+/// fail the same way on every member.
+pub(super) fn apply(
+    st: &mut crate::store::Store,
+    txn: &mut heed::RwTxn,
+    data: &[u8],
+) -> Result<Option<crate::store::Outcome>, crate::store::Error> {
+    match Command::decode(data) {
+        None => return Err(crate::store::Error::Corrupt("undecodable command".into())),
+        Some(c) if c.indexes.is_empty() => {
+            tracing::warn!("a command entry without stamped indexes; not executed");
+            return Ok(Some(Err(V2Error::new(
+                RAFT_INTERNAL,
+                "etcdserver: the command was not sequenced",
+                st.index(),
+            ))));
+        }
+        Some(_) => {}
+    }
+    match st.execute_stamped(txn, data)? {
+        Some(Err(e)) if e.code == ESCALATE => Ok(Some(Err(V2Error::new(
+            RAFT_INTERNAL,
+            "etcdserver: this operation spans shards, which a sharded cluster does not run yet",
+            st.index(),
+        )))),
+        r => Ok(r),
+    }
+}
