@@ -54,6 +54,24 @@ fn get(c: &Cluster, i: usize, target: &str) -> Option<(u16, u64, Json)> {
     Some((r.code(), index, Json::parse(&r.body_str()).ok()?))
 }
 
+/// `text` without terminal colour codes (as the log has them).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
 fn node_index(j: &Json, field: &str) -> u64 {
     j.path(&["node", field]).and_then(Json::as_u64).unwrap_or(0)
 }
@@ -445,6 +463,69 @@ fn keys_expire_once_with_the_same_indexes_everywhere() {
     assert_eq!(expiries, 12, "{h0:#?}");
     assert_eq!(h0, history(1), "members 0 and 1 differ");
     assert_eq!(h0, history(2), "members 0 and 2 differ");
+}
+
+/// A member down while each group moved far past what the others keep of
+/// their logs (`--snapshot-count 50`) catches up by a snapshot of every
+/// group, and then holds what the others hold.
+#[test]
+fn a_member_far_behind_catches_up_by_a_snapshot_of_each_group() {
+    let _serial = serial();
+    let mut extra: Vec<&str> = FAST.to_vec();
+    extra.extend_from_slice(SHARDED);
+    extra.extend_from_slice(&["--snapshot-count", "50"]);
+    let mut c = Cluster::start_static(3, &extra);
+    let seq = sequencer(&mut c);
+    let behind = (seq + 1) % 3;
+    c.kill(behind);
+    let up = (seq + 2) % 3;
+    let mut last = BTreeMap::new();
+    for n in 0..600 {
+        let key = format!("/s{}", n % 150);
+        let r = c.must_put(if n % 2 == 0 { seq } else { up }, &key, &n.to_string());
+        let j = Json::parse(&r.body_str()).expect("answer");
+        last.insert(key, (node_index(&j, "modifiedIndex"), n.to_string()));
+    }
+    c.start(behind);
+    // It answers with everything the others have, once it caught up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let caught_up = last.iter().all(|(key, (index, value))| {
+            get(&c, behind, &format!("/v2/keys{key}")).is_some_and(|(code, header, j)| {
+                code == 200
+                    && node_index(&j, "modifiedIndex") == *index
+                    && j.path(&["node", "value"]).and_then(Json::as_str) == Some(value)
+                    && header >= *index
+            })
+        });
+        if caught_up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the member did not catch up\n{}",
+            c.logs()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let log = plain(&c.members[behind].log());
+    assert!(
+        (0..2).all(|g| log
+            .lines()
+            .any(|l| l.contains("applied snapshot from the leader")
+                && l.contains(&format!("shard={g} ")))),
+        "not every group was caught up by a snapshot\n{}",
+        c.logs()
+    );
+    // And it keeps up with new writes through it.
+    c.must_put(behind, "/s0", "after");
+    for i in 0..3 {
+        let (_, _, j) = get(&c, i, "/v2/keys/s0").expect("read");
+        assert_eq!(
+            j.path(&["node", "value"]).and_then(Json::as_str),
+            Some("after")
+        );
+    }
 }
 
 /// Operations that span shards are not built yet for a sharded cluster:

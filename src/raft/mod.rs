@@ -627,7 +627,7 @@ fn publish_and_answer(
     shard.store.borrow_mut().take_events(events);
     shard.publish(events);
     for start in g.epochs.drain(..) {
-        shard.publish_epoch(start);
+        shard.publish_epoch(start, false);
     }
     shard.store.borrow_mut().publish_auth()?;
     shard.publish_figures();
@@ -1154,10 +1154,12 @@ fn send_messages(shard: &Shard, g: &mut Group, msgs: Vec<Message>) {
         // transport.
         for m in msgs {
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                tracing::warn!(group = shard.id, to = %format!("{:x}", m.to), "a snapshot of a group other than 0 cannot be sent yet (issue #14)");
+                // Executor 0's transport streams the file; whether it gets
+                // there is not reported back: a follower that still lags
+                // asks again.
                 *g.node.store().snap.borrow_mut() = log::SnapSlot::Empty;
-                g.node.report_snapshot(m.to, SnapshotStatus::Failure);
-                continue;
+                g.node.report_snapshot(m.to, SnapshotStatus::Finish);
+                tracing::info!(group = shard.id, to = %format!("{:x}", m.to), index = m.get_snapshot().get_metadata().index, "sending snapshot");
             }
             let m = join::PeerMsg::Out {
                 shard: shard.id as u16,

@@ -98,6 +98,7 @@ pub(super) async fn apply_snapshot(
     // The copy is written into the store's map in one transaction.
     let size = std::fs::metadata(dir.join("data.mdb")).map_or(0, |m| m.len());
     g.space.room(size + size / 4).await.map_err(Error::Space)?;
+    let before = shard.store.borrow().index();
     shard.store.borrow_mut().restore(&dir)?;
     let _ = std::fs::remove_dir_all(&dir);
     let sync = crate::store::checkpoint(shard.store.borrow().env());
@@ -113,12 +114,22 @@ pub(super) async fn apply_snapshot(
     }
     let index = shard.store.borrow().index();
     let (past, complete_from) = shard.store.borrow().recent_events()?;
-    shard
-        .orderer
-        .borrow_mut()
-        .skip_to(index, &past, complete_from);
+    if shard.shared.seq.enabled {
+        // One group of a sharded cluster: its events since this member's
+        // last apply go to every orderer, then an epoch just above the
+        // snapshot (this group's later entries have larger indexes).
+        let mut events: Vec<_> = past.into_iter().filter(|e| e.index > before).collect();
+        shard.publish(&mut events);
+        shard.publish_epoch(index + 1, complete_from > before + 1);
+    } else {
+        shard
+            .orderer
+            .borrow_mut()
+            .skip_to(index, &past, complete_from);
+    }
     shard.executed.set(index);
     tracing::info!(
+        shard = shard.id,
         index = md.index,
         term = md.term,
         etcd_index = index,

@@ -60,10 +60,13 @@ pub enum Msg {
         answer: Answer,
     },
     Events(Vec<Arc<Event>>),
-    /// Shard `shard` applied epoch `start` (after its events below it).
+    /// Shard `shard` applied epoch `start` (after its events below it);
+    /// `lost`: a snapshot skipped events its history no longer holds, so
+    /// watches end (they watch again and see 401, never a silent gap).
     Epoch {
         shard: usize,
         start: u64,
+        lost: bool,
     },
     Global(global::Msg),
     Peer(crate::raft::join::PeerMsg),
@@ -228,8 +231,17 @@ pub fn dispatch(shard: &Rc<Shard>, msg: Msg) {
             drop(o);
             shard.note_watchers();
         }
-        Msg::Epoch { shard: from, start } => {
-            shard.orderer.borrow_mut().close(from, start);
+        Msg::Epoch {
+            shard: from,
+            start,
+            lost,
+        } => {
+            let mut o = shard.orderer.borrow_mut();
+            if lost {
+                o.hub.clear();
+            }
+            o.close(from, start);
+            drop(o);
             shard.note_watchers();
         }
         Msg::Global(m) => global::on_message(shard, m),

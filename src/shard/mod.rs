@@ -509,7 +509,8 @@ impl Shard {
 
     /// This shard applied epoch `start` (a sharded cluster's), after
     /// publishing every event below it: tell every executor's orderer.
-    pub fn publish_epoch(&self, start: u64) {
+    /// `lost`: see [`Msg::Epoch`].
+    pub fn publish_epoch(&self, start: u64, lost: bool) {
         for peer in 0..self.shared.shards {
             if peer != self.id {
                 self.send_peer(
@@ -517,11 +518,17 @@ impl Shard {
                     Msg::Epoch {
                         shard: self.id,
                         start,
+                        lost,
                     },
                 );
             }
         }
-        self.orderer.borrow_mut().close(self.id, start);
+        let mut o = self.orderer.borrow_mut();
+        if lost {
+            o.hub.clear();
+        }
+        o.close(self.id, start);
+        drop(o);
         self.note_watchers();
     }
 
