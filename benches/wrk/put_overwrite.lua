@@ -16,9 +16,13 @@ local hdrs = { ["Content-Type"] = "application/x-www-form-urlencoded" }
 -- WRK_AUTH: an Authorization header for every request (v2 auth benches).
 local auth = os.getenv("WRK_AUTH")
 if auth and auth ~= "" then hdrs["Authorization"] = auth end
+-- WRK_PREFIX: the keys' prefix (default /hbo/; /hbo puts them at the top
+-- level, where --unit-depth 1 spreads them over shards).
+local prefix = os.getenv("WRK_PREFIX")
+if not prefix or prefix == "" then prefix = "/hbo/" end
 function request()
   counter = counter + 1
-  return wrk.format("PUT", "/v2/keys/hbo/" .. tostring(counter % 10000), hdrs, body)
+  return wrk.format("PUT", "/v2/keys" .. prefix .. tostring(counter % 10000), hdrs, body)
 end
 local non2xx = 0
 function response(status, headers, b)
