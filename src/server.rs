@@ -198,9 +198,9 @@ struct Boot {
     /// Every shard's stored events and the index from which all of them
     /// are known (the largest of the shards'): the member's event history.
     history: std::sync::Mutex<(Vec<Arc<crate::store::Event>>, u64)>,
-    /// The smallest index any shard has applied: where a sharded
-    /// cluster's member may start closing (its shards' groups apply
-    /// independently).
+    /// Where a sharded cluster's member may start closing: the lowest over
+    /// its shards of what each applied or recorded as closed (the groups
+    /// apply independently; see `raft::closed_at_start`).
     floor: std::sync::atomic::AtomicU64,
     /// TLS for the https:// client listeners.
     client_tls: Option<Arc<rustls::ServerConfig>>,
@@ -345,8 +345,11 @@ async fn shard_main(
         h.0.extend(events);
         h.1 = h.1.max(complete_from);
     }
-    boot.floor
-        .fetch_min(shard.store.borrow().index(), Ordering::SeqCst);
+    if shared.seq.enabled {
+        let closed = crate::raft::closed_at_start(&shard.store.borrow())
+            .map_err(|e| format!("cannot read shard {i}: {e}"))?;
+        boot.floor.fetch_min(closed, Ordering::SeqCst);
+    }
     // The counter now holds the member's index.
     blocking_wait(&barrier);
     let top = shared.counter.load(Ordering::SeqCst);

@@ -40,7 +40,7 @@ mod status;
 pub use join::{add_member, remove_member};
 pub use replica::read_barrier;
 use replica::*;
-pub use sequencer::Sequencer;
+pub use sequencer::{closed_at_start, Sequencer};
 pub use session::roll_forward;
 use session::*;
 use snapshot::*;
@@ -476,6 +476,7 @@ async fn run_inner(
             if shard.shared.seq.enabled {
                 sequencer::colocate(shard, g, now);
                 sequencer::ask_epoch_if_stuck(shard, g, now)?;
+                sequencer::record_closed(shard, g, now)?;
             }
         }
 

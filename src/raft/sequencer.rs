@@ -39,6 +39,12 @@ pub(super) const ENTRY_EPOCH: u8 = 0xC3;
 /// A request for a fresh epoch (no payload), proposed in group 0.
 pub(super) const ENTRY_EPOCH_ASK: u8 = 0xC4;
 
+/// The store's metadata key of the member's closed index as this shard
+/// last recorded it (see [`record_closed`]).
+pub const META_CLOSED: &[u8] = b"closed";
+/// How often a shard records the member's closed index.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+
 /// Indexes stamped on an auth change (etcd's first one also creates the
 /// auth directories: four more).
 const AUTH_STAMPS: u64 = 8;
@@ -180,6 +186,8 @@ pub(super) struct Local {
     last_move: Option<Instant>,
     /// When this member last asked for an epoch.
     last_ask: Option<Instant>,
+    /// The closed index last recorded in the store, and when.
+    recorded: (u64, Option<Instant>),
 }
 
 /// After each `Ready`: publish this group's leadership and readiness; on
@@ -438,4 +446,34 @@ pub(super) fn apply(
         )))),
         r => Ok(r),
     }
+}
+
+/// On a tick, at most once a second: record in this shard's store the
+/// index its executor has delivered. When it was recorded every shard had
+/// applied every entry at or below it, and this shard's store holds its
+/// part; so at a restart the member may close at once up to the lowest of
+/// what its shards recorded (or applied), without waiting for an epoch — a
+/// restarted member answers reads even without quorum.
+pub(super) fn record_closed(shard: &Shard, g: &mut Group, now: Instant) -> Result<(), Error> {
+    let delivered = shard.orderer.borrow().delivered();
+    let (last, at) = g.seq.recorded;
+    if delivered <= last || at.is_some_and(|t| now.duration_since(t) < RECORD_EVERY) {
+        return Ok(());
+    }
+    shard.store.borrow_mut().batch(|st, txn| {
+        st.meta_put(txn, META_CLOSED, &delivered.to_le_bytes())?;
+        Ok(((), None))
+    })?;
+    g.seq.recorded = (delivered, Some(now));
+    Ok(())
+}
+
+/// What this shard's store says the member may close up to at a start:
+/// its own applied index, or the closed index it recorded, the larger.
+pub fn closed_at_start(store: &crate::store::Store) -> Result<u64, crate::store::Error> {
+    let recorded = store
+        .meta_get(META_CLOSED)?
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes);
+    Ok(store.index().max(recorded))
 }
