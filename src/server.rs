@@ -393,6 +393,21 @@ async fn shard_main(
         glommio::spawn_local(crate::shard::global::coordinate(shard.clone())).detach();
         glommio::spawn_local(notify_ready(shard.clone())).detach();
     }
+    if i != 0 && shared.seq.enabled {
+        // A sharded cluster's other groups send from their own executor
+        // (what peers send them arrives on executor 0's listener and
+        // crosses the mesh).
+        let cid = view.read().expect("membership").id;
+        let t = crate::cluster::transport::Transport::new(
+            member_id,
+            cid,
+            view.clone(),
+            shard_dir.join("snap"),
+            &shard.shared.metrics,
+            boot.peer_tls.as_deref(),
+        );
+        let _ = crate::raft::connect(&shard, t);
+    }
     if i == 0 {
         let cid = view.read().expect("membership").id;
         let t = crate::cluster::transport::Transport::new(

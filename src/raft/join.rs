@@ -71,11 +71,10 @@ impl Receiver for Inbound {
     }
 }
 
-/// Peer traffic of a sharded cluster's groups between executors: the
-/// transport lives on executor 0, each group's loop on its own.
+/// Peer traffic of a sharded cluster's groups between executors: every
+/// executor sends its group's messages itself, but peers' connections
+/// arrive on executor 0's listener.
 pub enum PeerMsg {
-    /// To executor 0: send this message of group `shard` to its peer.
-    Out { shard: u16, m: Message },
     /// To a group's executor: a message from a peer.
     In(Message),
     /// To every group's executor: peer `id`'s stream ended.
@@ -85,12 +84,6 @@ pub enum PeerMsg {
 /// Handle peer traffic another executor passed on.
 pub fn on_mesh(shard: &Rc<Shard>, m: PeerMsg) {
     match m {
-        PeerMsg::Out { shard: group, m } => {
-            // (The per-peer figures follow group 0's traffic only.)
-            if let Some(t) = shard.raft.transport() {
-                t.send(group, &m);
-            }
-        }
         PeerMsg::In(m) => shard.deliver(m),
         PeerMsg::Lost(id) => {
             shard.raft.note_lost_peer(id);

@@ -1150,26 +1150,6 @@ fn send_messages(shard: &Shard, g: &mut Group, msgs: Vec<Message>) {
     if msgs.is_empty() {
         return;
     }
-    if shard.id != 0 && shard.shared.seq.enabled {
-        // A sharded cluster's other groups send through executor 0's
-        // transport.
-        for m in msgs {
-            if m.get_msg_type() == MessageType::MsgSnapshot {
-                // Executor 0's transport streams the file; whether it gets
-                // there is not reported back: a follower that still lags
-                // asks again.
-                *g.node.store().snap.borrow_mut() = log::SnapSlot::Empty;
-                g.node.report_snapshot(m.to, SnapshotStatus::Finish);
-                tracing::info!(group = shard.id, to = %format!("{:x}", m.to), index = m.get_snapshot().get_metadata().index, "sending snapshot");
-            }
-            let m = join::PeerMsg::Out {
-                shard: shard.id as u16,
-                m,
-            };
-            shard.send_peer(0, crate::shard::mesh::Msg::Peer(m));
-        }
-        return;
-    }
     let Some(t) = shard.raft.transport() else {
         return;
     };
