@@ -331,9 +331,13 @@ async fn shard_main(
         .iter()
         .map(|(g, d)| (*g, d.clone()))
         .collect();
-    crate::raft::roll_forward(&shard, &mut group, &ops)
-        .await
-        .map_err(|e| format!("cannot complete shard {i} in {}: {e}", shard_dir.display()))?;
+    if !shared.seq.enabled {
+        // (A sharded cluster's member-wide writes are in every group's
+        // log, and replayed from there.)
+        crate::raft::roll_forward(&shard, &mut group, &ops)
+            .await
+            .map_err(|e| format!("cannot complete shard {i} in {}: {e}", shard_dir.display()))?;
+    }
     // Each shard's durable events go into the member's history.
     let (events, complete_from) = shard
         .store

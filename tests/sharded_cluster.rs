@@ -545,27 +545,173 @@ fn a_member_far_behind_catches_up_by_a_snapshot_of_each_group() {
     }
 }
 
-/// Operations that span shards are not built yet for a sharded cluster:
-/// every member refuses them the same way, and nothing changes.
-#[test]
-fn operations_spanning_shards_are_refused_alike_everywhere() {
-    let _serial = serial();
+fn start_units_at_depth_2() -> Cluster {
     let mut extra: Vec<&str> = FAST.to_vec();
-    extra.extend_from_slice(&SHARDED[..4]);
-    extra.extend_from_slice(&["--unit-depth", "2", "--experimental-sharded-cluster"]);
-    let mut c = Cluster::start_static(3, &extra);
+    extra.extend_from_slice(&SHARDED[..2]);
+    extra.extend_from_slice(&SHARDED[4..]);
+    extra.extend_from_slice(&["--unit-depth", "2"]);
+    Cluster::start_static(3, &extra)
+}
+
+/// Every member's events from `from` on (up to `n`), as their JSON.
+fn history(c: &Cluster, i: usize, from: u64, n: usize) -> Vec<String> {
+    let mut events = Vec::new();
+    let mut next = from;
+    while events.len() < n {
+        let target = format!("/v2/keys/?wait=true&recursive=true&waitIndex={next}");
+        let Ok(r) = http(c.port(i), "GET", &target, None, Duration::from_secs(1)) else {
+            break;
+        };
+        let Ok(j) = Json::parse(&r.body_str()) else {
+            break;
+        };
+        next = node_index(&j, "modifiedIndex") + 1;
+        events.push(r.body_str());
+    }
+    events
+}
+
+/// Writes that change the directory skeleton (above `--unit-depth`) are
+/// member-wide: stamped once, appended to every group, and run on each
+/// member once all its groups reach them. Listings across shards are not
+/// built yet: every member refuses them the same way.
+#[test]
+fn member_wide_writes_reach_every_group_alike() {
+    let _serial = serial();
+    let mut c = start_units_at_depth_2();
     let seq = sequencer(&mut c);
-    // Depth 1 is the skeleton at unit depth 2: creating a directory there
-    // is a member-wide operation.
-    let r = put(c.port((seq + 1) % 3), "/dir/key", "v").expect("answer");
-    assert_eq!(r.code(), 500, "{}", r.body_str());
-    assert!(r.body_str().contains("spans shards"), "{}", r.body_str());
-    // A file directly in the skeleton is one shard's.
-    c.must_put(seq, "/top", "v");
+    let other = (seq + 1) % 3;
+    let (_, from, _) = get(&c, other, "/v2/keys/dir").expect("read");
+    // Depth 1 is the skeleton: creating /dir is member-wide (the write is
+    // escalated when its shard finds the parent missing).
+    let r = put(c.port(other), "/dir/key", "v").expect("answer");
+    assert_eq!(r.code(), 201, "{}", r.body_str());
+    c.must_put(seq, "/dir/key2", "w");
+    // A refused member-wide write: every member's trial says so alike.
+    let r = http(
+        c.port(other),
+        "PUT",
+        "/v2/keys/dir?dir=true&prevExist=false",
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("answer");
+    assert_eq!(r.code(), 412, "{}", r.body_str());
+    let r = http(
+        c.port((seq + 2) % 3),
+        "DELETE",
+        "/v2/keys/dir?recursive=true",
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("answer");
+    assert_eq!(r.code(), 200, "{}", r.body_str());
+    c.must_put(other, "/dir2/k", "x");
+    let (_, top, _) = get(&c, other, "/v2/keys/dir2/k").expect("read");
     for i in 0..3 {
-        let (code, _, j) = get(&c, i, "/v2/keys/dir").expect("read");
-        assert_eq!(code, 404, "member {i}: {j:?}");
-        let (code, _, _) = get(&c, i, "/v2/keys/?recursive=true").expect("read");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while get(&c, i, "/v2/keys/dir2/k").map(|g| g.1) != Some(top) {
+            assert!(Instant::now() < deadline, "member {i} did not catch up");
+            thread::sleep(Duration::from_millis(50));
+        }
+        for key in ["/dir", "/dir/key", "/dir/key2"] {
+            let (code, _, j) = get(&c, i, &format!("/v2/keys{key}")).expect("read");
+            assert_eq!(code, 404, "member {i}: {key}: {j:?}");
+        }
+        // A listing of a directory whose children are units spans shards.
+        let (code, _, _) = get(&c, i, "/v2/keys/dir2").expect("read");
         assert_eq!(code, 500, "member {i}: a listing across shards");
+    }
+    let h0 = history(&c, 0, from + 1, 10);
+    assert!(h0.len() >= 4, "{h0:#?}");
+    assert!(
+        h0.iter().any(|e| e.contains("\"action\":\"delete\"")),
+        "{h0:#?}"
+    );
+    assert_eq!(h0, history(&c, 1, from + 1, 10), "members 0 and 1 differ");
+    assert_eq!(h0, history(&c, 2, from + 1, 10), "members 0 and 2 differ");
+}
+
+/// Member-wide writes keep going, once each, when the sequencer is killed
+/// among them: a new sequencer completes one its predecessor left in some
+/// groups only, and every member ends with the same tree and history.
+#[test]
+fn member_wide_writes_through_a_sequencer_kill() {
+    let _serial = serial();
+    let mut c = start_units_at_depth_2();
+    let seq = sequencer(&mut c);
+    let (_, from, _) = get(&c, seq, "/v2/keys/m0").expect("read");
+    let stop = Arc::new(AtomicBool::new(false));
+    let dead = Arc::new(AtomicUsize::new(usize::MAX));
+    let ports = c.ports();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (ports, stop, dead) = (ports.clone(), stop.clone(), dead.clone());
+            thread::spawn(move || {
+                let mut n = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let i = (t + n) % 3;
+                    if i == dead.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    // Create a skeleton directory with a unit in it, then
+                    // remove it: member-wide writes both.
+                    let dir = format!("/m{t}x{}", n / 2);
+                    let (method, target, form) = if n % 2 == 1 {
+                        ("PUT", format!("/v2/keys{dir}/k"), Some("value=v"))
+                    } else {
+                        ("DELETE", format!("/v2/keys{dir}?recursive=true"), None)
+                    };
+                    let _ = http(ports[i], method, &target, form, Duration::from_secs(2));
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    dead.store(seq, Ordering::SeqCst);
+    c.kill(seq);
+    thread::sleep(Duration::from_millis(2000));
+    c.start(seq);
+    dead.store(usize::MAX, Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::SeqCst);
+    for t in threads {
+        t.join().unwrap();
+    }
+    // A last member-wide write through each member goes through.
+    for i in 0..3 {
+        c.must_put(i, &format!("/end{i}/k"), "v");
+    }
+    let top = wait_same(&mut c, Duration::from_secs(20));
+    let events = history(&c, 0, from + 1, 100_000);
+    assert!(
+        events.len() > 20,
+        "too few member-wide writes went through: {}\n{}",
+        events.len(),
+        c.logs()
+    );
+    assert!(
+        events
+            .last()
+            .is_some_and(|e| e.contains(&format!("\"modifiedIndex\":{top}"))),
+        "member 0's history does not reach {top}"
+    );
+    for i in 1..3 {
+        assert_eq!(
+            history(&c, i, from + 1, 100_000),
+            events,
+            "member {i}'s history differs from member 0's"
+        );
+    }
+    // Every directory a history leaves in place is there on every member.
+    for t in 0..4 {
+        for n in 0..200 {
+            let key = format!("/v2/keys/m{t}x{n}/k");
+            let seen: Vec<u16> = (0..3)
+                .map(|i| get(&c, i, &key).map_or(0, |g| g.0))
+                .collect();
+            assert!(seen.iter().all(|s| *s == seen[0]), "{key}: {seen:?}");
+        }
     }
 }

@@ -452,6 +452,9 @@ async fn run_inner(
             park_session(shard, g).await?;
             next_expiry = shard.store.borrow().next_expiry()?;
         }
+        if shard.shared.seq.enabled {
+            sequencer::drain_stash(shard, g, answers)?;
+        }
 
         // 2. Step the peers' messages.
         step(shard, g, &mut messages);

@@ -277,10 +277,25 @@ pub(super) fn barrier_reached(g: &mut Group, ctx: &[u8], index: u64) {
     }
 }
 
+/// Execute committed entries the store has not applied yet, in log order:
+/// in a sharded cluster, up to a member-wide write, where the group waits
+/// for the others ([`sequencer::apply_in_order`]).
+pub(super) fn apply_entries(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    entries: &[Entry],
+    answers: &mut Vec<(Target, Answer)>,
+) -> Result<(), Error> {
+    if shard.shared.seq.enabled {
+        return sequencer::apply_in_order(shard, g, entries, answers);
+    }
+    apply_run(shard, g, entries, answers)
+}
+
 /// Execute committed entries the store has not applied yet, in log order,
 /// in one transaction: commands, configuration changes, member attributes.
 /// Answers go to this member's requests among them.
-pub(super) fn apply_entries(
+pub(super) fn apply_run(
     shard: &Rc<Shard>,
     g: &mut Group,
     entries: &[Entry],
@@ -308,6 +323,9 @@ pub(super) fn apply_entries(
     let mut commands = 0u64;
     let stamped = shard.shared.seq.enabled;
     let epochs = &mut g.epochs;
+    // A sharded cluster's commands that turned out to span shards, by this
+    // member's request sequence: proposed again as member-wide writes.
+    let mut escalated: Vec<(u64, Vec<u8>)> = Vec::new();
     shard.store.borrow_mut().batch(|st, txn| {
         for e in entries.iter().filter(|e| e.index > applied) {
             let seq = own_request(me, &e.context);
@@ -338,13 +356,21 @@ pub(super) fn apply_entries(
                 }
                 EntryType::EntryNormal if stamped => {
                     commands += 1;
-                    if let Some(outcome) = sequencer::apply(st, txn, &e.data)? {
-                        let reply = Reply {
-                            outcome,
-                            raft_index: 0,
-                            raft_term: 0,
-                        };
-                        answer(seq, Answer::Write(reply));
+                    match sequencer::apply(st, txn, &e.data)? {
+                        Some(Err(err)) if err.code == ESCALATE => {
+                            if let Some(s) = seq {
+                                escalated.push((s, e.data.to_vec()));
+                            }
+                        }
+                        Some(outcome) => {
+                            let reply = Reply {
+                                outcome,
+                                raft_index: 0,
+                                raft_term: 0,
+                            };
+                            answer(seq, Answer::Write(reply));
+                        }
+                        None => {}
                     }
                 }
                 EntryType::EntryNormal => {
@@ -405,6 +431,11 @@ pub(super) fn apply_entries(
         g.node.mut_store().mem.wl().set_conf_state(cs);
     }
     g.removed |= removed;
+    for (s, data) in escalated {
+        if let Some((t, _)) = g.pending.remove(&s) {
+            global::submit(shard, Job::Write(data), t);
+        }
+    }
     // A removed member may never apply its own removal (the leader stops
     // replicating to it): tell it.
     if let Some(t) = shard.raft.transport() {

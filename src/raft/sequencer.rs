@@ -65,6 +65,8 @@ struct GroupState {
     /// The largest etcd index (stamp or epoch) in the group's log when it
     /// became ready.
     log_max: AtomicU64,
+    /// The member-wide writes in its log not applied yet then, by index.
+    globals: Mutex<Vec<(u64, Vec<u8>)>>,
 }
 
 struct Generation {
@@ -75,6 +77,9 @@ struct Generation {
     terms: Vec<u64>,
     /// The newest epoch start each group must append before stamping.
     epoch: u64,
+    /// Member-wide writes stamped in group 0, each group's to append before
+    /// its next stamp (so its log stays in index order).
+    globals: Vec<VecDeque<Vec<u8>>>,
 }
 
 /// A member's sequencing state (see the module text).
@@ -96,6 +101,7 @@ impl Sequencer {
                 next_id: 1,
                 terms: vec![0; shards],
                 epoch: 0,
+                globals: (0..shards).map(|_| VecDeque::new()).collect(),
             }),
             counter,
         }
@@ -117,11 +123,12 @@ impl Sequencer {
 
     /// Group `g`'s loop reports its leader and readiness; a change of
     /// either ends the running generation if it counted on this group.
-    fn publish(&self, g: usize, leader: u64, ready_term: u64, log_max: u64) {
+    fn publish(&self, g: usize, leader: u64, ready_term: u64, log: (u64, Vec<(u64, Vec<u8>)>)) {
         let s = &self.groups[g];
         s.leader.store(leader, Ordering::Release);
         if ready_term != 0 {
-            s.log_max.store(log_max, Ordering::Release);
+            s.log_max.store(log.0, Ordering::Release);
+            *s.globals.lock().unwrap_or_else(|e| e.into_inner()) = log.1;
         }
         let before = s.ready_term.swap(ready_term, Ordering::AcqRel);
         if before != ready_term {
@@ -129,6 +136,9 @@ impl Sequencer {
             if gn.id != 0 && gn.terms[g] != ready_term {
                 tracing::info!(group = g, generation = gn.id, "sequencing stops");
                 gn.id = 0;
+                // What some groups did not append yet, the next generation
+                // finds in the logs.
+                gn.globals.iter_mut().for_each(VecDeque::clear);
             }
         }
     }
@@ -142,6 +152,7 @@ impl Sequencer {
         }
         let mut terms = Vec::with_capacity(self.groups.len());
         let mut max = self.counter.load(Ordering::SeqCst);
+        let mut globals = std::collections::BTreeMap::new();
         for s in &self.groups {
             let t = s.ready_term.load(Ordering::Acquire);
             if t == 0 || s.leader.load(Ordering::Acquire) != me {
@@ -149,6 +160,24 @@ impl Sequencer {
             }
             terms.push(t);
             max = max.max(s.log_max.load(Ordering::Acquire));
+            for (i, d) in s.globals.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                globals.insert(*i, d.clone());
+            }
+        }
+        // A member-wide write the last sequencer stamped and queued may be
+        // in some groups' logs only: a group whose log ends below it lacks
+        // it (each group appends them in order, before any later stamp),
+        // and appends it first now.
+        for (g, s) in self.groups.iter().enumerate() {
+            let top = s.log_max.load(Ordering::Acquire);
+            gn.globals[g] = globals.range(top + 1..).map(|(_, d)| d.clone()).collect();
+            if !gn.globals[g].is_empty() {
+                tracing::warn!(
+                    group = g,
+                    operations = gn.globals[g].len(),
+                    "completing member-wide writes the last sequencer left in some groups only"
+                );
+            }
         }
         let start = max + 1;
         self.counter.fetch_max(max, Ordering::SeqCst);
@@ -188,6 +217,11 @@ pub(super) struct Local {
     last_ask: Option<Instant>,
     /// The closed index last recorded in the store, and when.
     recorded: (u64, Option<Instant>),
+    /// Stopped at a member-wide write (the stash's first entry) until the
+    /// coordinator has run it.
+    at_global: bool,
+    /// Committed entries held from that write on, in log order.
+    stash: VecDeque<Entry>,
 }
 
 /// After each `Ready`: publish this group's leadership and readiness; on
@@ -199,8 +233,12 @@ pub(super) fn publish_state(shard: &Shard, g: &mut Group) {
     let ready = raft.state == StateRole::Leader && raft.commit_to_current_term();
     let ready_term = if ready { raft.term } else { 0 };
     if (leader, ready_term) != g.seq.published {
-        let log_max = if ready { log_max(shard, g) } else { 0 };
-        seq.publish(shard.id, leader, ready_term, log_max);
+        let log = if ready {
+            log_max(shard, g)
+        } else {
+            (0, Vec::new())
+        };
+        seq.publish(shard.id, leader, ready_term, log);
         g.seq.published = (leader, ready_term);
     }
     if shard.id == 0 && ready {
@@ -208,20 +246,25 @@ pub(super) fn publish_state(shard: &Shard, g: &mut Group) {
     }
 }
 
-/// The largest etcd index in this group: applied (the store's) or in the
-/// log beyond it (stamps and epochs of entries not applied yet).
-fn log_max(shard: &Shard, g: &Group) -> u64 {
+/// The largest etcd index in this group — applied (the store's) or in the
+/// log beyond it (stamps and epochs of entries not applied yet) — and the
+/// member-wide writes among the latter.
+fn log_max(shard: &Shard, g: &Group) -> (u64, Vec<(u64, Vec<u8>)>) {
     let mut max = shard.store.borrow().index();
+    let mut globals = Vec::new();
     let log = &g.node.raft.raft_log;
-    let from = log.applied + 1;
+    let from = (shard.store.borrow().applied().0 + 1).min(log.applied + 1);
     if from <= log.last_index() {
         if let Ok(es) = log.entries(from, None, raft::GetEntriesContext::empty(false)) {
             for e in &es {
                 max = max.max(entry_max(&e.data));
+                if let Some(c) = Command::decode(&e.data).filter(|c| c.gseq != 0) {
+                    globals.push((c.gseq, e.data.to_vec()));
+                }
             }
         }
     }
-    max
+    (max, globals)
 }
 
 /// The largest etcd index an entry's data names (0: none).
@@ -311,6 +354,23 @@ pub(super) fn propose(shard: &Shard, g: &mut Group, batch: Vec<Entry>) -> Result
             out.push(e);
             continue;
         }
+        if Command::decode(&e.data).is_some_and(|c| c.gseq != 0) {
+            // A member-wide write (group 0's): one index, which is also its
+            // sequence, and a copy for every other group.
+            let i = seq.counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut data = e.data.to_vec();
+            crate::shard::global::strip_indexes(&mut data);
+            crate::shard::global::set_gseq(&mut data, i);
+            push_index(&mut data, i);
+            for (g, q) in gn.globals.iter_mut().enumerate() {
+                if g != shard.id {
+                    q.push_back(data.clone());
+                }
+            }
+            e.data = data.into();
+            out.push(e);
+            continue;
+        }
         match stamps_for(shard, &e.data)? {
             // A SYNC with nothing due: nothing to propose.
             Some(0) => continue,
@@ -326,17 +386,28 @@ pub(super) fn propose(shard: &Shard, g: &mut Group, batch: Vec<Entry>) -> Result
         }
         out.push(e);
     }
+    // First the generation's epoch, then the member-wide writes stamped
+    // in group 0 (lower indexes than this batch's), then the batch.
+    let mut first = Vec::new();
     if running && gn.epoch > g.seq.epoch_done && g.node.raft.lead_transferee.is_none() {
         let mut data = Vec::with_capacity(9);
         data.push(ENTRY_EPOCH);
         data.extend_from_slice(&gn.epoch.to_le_bytes());
-        let mut ep = Entry {
+        first.push(Entry {
             data: data.into(),
             ..Default::default()
-        };
-        ep.set_entry_type(EntryType::EntryNormal);
-        out.insert(0, ep);
+        });
         g.seq.epoch_done = gn.epoch;
+    }
+    if running && g.node.raft.lead_transferee.is_none() {
+        first.extend(gn.globals[shard.id].drain(..).map(|d| Entry {
+            data: d.into(),
+            ..Default::default()
+        }));
+    }
+    if !first.is_empty() {
+        first.append(&mut out);
+        out = first;
     }
     while g.seq.held.len() > MAX_HELD {
         g.seq.held.pop_front();
@@ -375,7 +446,9 @@ pub(super) fn retry_held(shard: &Shard, g: &mut Group) -> Result<(), Error> {
     }
     let owed = {
         let gn = shard.shared.seq.lock();
-        gn.id != 0 && gn.terms[shard.id] == g.node.raft.term && gn.epoch > g.seq.epoch_done
+        gn.id != 0
+            && gn.terms[shard.id] == g.node.raft.term
+            && (gn.epoch > g.seq.epoch_done || !gn.globals[shard.id].is_empty())
     };
     if g.seq.held.is_empty() && !owed {
         return Ok(());
@@ -438,14 +511,107 @@ pub(super) fn apply(
         }
         Some(_) => {}
     }
-    match st.execute_stamped(txn, data)? {
-        Some(Err(e)) if e.code == ESCALATE => Ok(Some(Err(V2Error::new(
-            RAFT_INTERNAL,
-            "etcdserver: this operation spans shards, which a sharded cluster does not run yet",
-            st.index(),
-        )))),
-        r => Ok(r),
+    // A command that turns out to span shards leaves its index as a
+    // placeholder; the member that took it proposes it again as a
+    // member-wide write (`replica::apply_run`).
+    st.execute_stamped(txn, data)
+}
+
+/// A member-wide write of a sharded cluster (an entry every group holds).
+fn is_global(e: &Entry) -> bool {
+    e.get_entry_type() == EntryType::EntryNormal
+        && Command::decode(&e.data).is_some_and(|c| c.gseq != 0)
+}
+
+/// Apply committed entries in order up to the first member-wide write,
+/// where this group stops (holding it and what follows) until every group
+/// of this member has reached it: the coordinator then runs it at that
+/// cut ([`crate::shard::global::arrived`]), and the group goes on
+/// ([`drain_stash`]).
+pub(super) fn apply_in_order(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    entries: &[Entry],
+    answers: &mut Vec<(Target, Answer)>,
+) -> Result<(), Error> {
+    let applied = shard.store.borrow().applied().0;
+    if g.seq.at_global || !g.seq.stash.is_empty() {
+        g.seq
+            .stash
+            .extend(entries.iter().filter(|e| e.index > applied).cloned());
+        return Ok(());
     }
+    let Some(p) = entries
+        .iter()
+        .position(|e| e.index > applied && is_global(e))
+    else {
+        return apply_run(shard, g, entries, answers);
+    };
+    apply_run(shard, g, &entries[..p], answers)?;
+    g.seq.stash.extend(entries[p..].iter().cloned());
+    g.seq.at_global = true;
+    let front = &g.seq.stash[0];
+    let target = own_request(g.opts.member_id, &front.context)
+        .and_then(|s| g.pending.remove(&s))
+        .map(|(t, _)| t);
+    tracing::debug!(
+        group = shard.id,
+        index = front.index,
+        "at a member-wide write"
+    );
+    crate::shard::global::arrived(shard, front.data.to_vec(), target);
+    Ok(())
+}
+
+/// Each pass: apply what this group held behind a member-wide write once
+/// that write is done.
+pub(super) fn drain_stash(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+    answers: &mut Vec<(Target, Answer)>,
+) -> Result<(), Error> {
+    if g.seq.at_global || g.seq.stash.is_empty() {
+        return Ok(());
+    }
+    let held: Vec<Entry> = g.seq.stash.drain(..).collect();
+    apply_in_order(shard, g, &held, answers)
+}
+
+/// The coordinator's apply of the member-wide write this group waits at:
+/// executed with the index it carries, and recorded as applied at its
+/// place in this group's log (it is logged already).
+pub(super) fn apply_global(
+    shard: &Rc<Shard>,
+    g: &mut Group,
+) -> Result<Option<crate::store::Outcome>, Error> {
+    let Some(e) = g.seq.stash.pop_front().filter(|_| g.seq.at_global) else {
+        return Err(Error::Store(crate::store::Error::Corrupt(
+            "a member-wide write to apply, but this group is not at one".into(),
+        )));
+    };
+    g.seq.at_global = false;
+    let o = shard.store.borrow_mut().batch(|st, txn| {
+        let o = st.execute(txn, &e.data)?;
+        Ok((o, Some((e.index, e.term))))
+    })?;
+    shard.executed.set(shard.store.borrow().index());
+    Ok(o)
+}
+
+/// Released by the coordinator: a member-wide write it did not apply
+/// (every member's trial refused it alike) is passed over.
+pub(super) fn pass_global(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
+    if !g.seq.at_global {
+        return Ok(());
+    }
+    g.seq.at_global = false;
+    if let Some(e) = g.seq.stash.pop_front() {
+        shard
+            .store
+            .borrow_mut()
+            .batch(|_, _| Ok(((), Some((e.index, e.term)))))?;
+    }
+    Ok(())
 }
 
 /// On a tick, at most once a second: record in this shard's store the

@@ -66,6 +66,9 @@ pub(super) async fn park_session(shard: &Rc<Shard>, g: &mut Group) -> Result<(),
         match op {
             SubOp::Unpark => {
                 global::set_applying(shard, false);
+                if shard.shared.seq.enabled {
+                    sequencer::pass_global(shard, g)?;
+                }
                 return Ok(());
             }
             SubOp::Batch(ops) => {
@@ -105,6 +108,10 @@ pub(super) async fn subop(shard: &Rc<Shard>, g: &mut Group, op: SubOp) -> Result
             flush_global(shard, g).await?;
             SubResult::Outcome(None)
         }
+        SubOp::Apply(_) if shard.shared.seq.enabled => {
+            global::set_applying(shard, true);
+            SubResult::Outcome(sequencer::apply_global(shard, g)?)
+        }
         SubOp::Apply(data) => {
             global::set_applying(shard, true);
             SubResult::Outcome(apply_global(shard, g, data)?)
@@ -138,7 +145,10 @@ pub(super) fn apply_global(
 
 /// Make the member-wide writes of this session durable (one fsync).
 pub(super) async fn flush_global(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
-    handle_ready(shard, g, &mut Vec::new()).await?;
+    if !shard.shared.seq.enabled {
+        // (A sharded cluster's member-wide writes are in the log already.)
+        handle_ready(shard, g, &mut Vec::new()).await?;
+    }
     // The coordinator publishes each write's one merged event; only
     // placeholders (indexes no write kept) are this shard's to publish.
     let mut events = Vec::new();

@@ -49,6 +49,10 @@ pub enum Job {
     Read(ReadReq),
     /// An online backup of every shard at one cut into a new data dir.
     Backup(std::path::PathBuf),
+    /// A sharded cluster's member-wide write (issue #14): stamped by the
+    /// sequencer, in every group's log, and reached by every group's apply
+    /// on this member ([`arrived`]).
+    Replicated(Vec<u8>),
 }
 
 /// One step a parked shard performs for the coordinator.
@@ -116,6 +120,11 @@ pub enum Msg {
         shard: usize,
         result: SubResult,
     },
+    /// A sharded cluster's group reached member-wide write `data` in its
+    /// apply and waits there ([`arrived`]).
+    Arrived {
+        data: Vec<u8>,
+    },
 }
 
 /// Per-executor state of the protocol.
@@ -137,6 +146,9 @@ pub struct State {
     coord_waker: RefCell<Option<Waker>>,
     /// Directory expiries submitted and not yet done.
     pub expiring: RefCell<Vec<Vec<u8>>>,
+    /// A sharded cluster's member-wide writes some groups reached, by
+    /// sequence: how many groups, and the request's target (group 0's).
+    arrivals: RefCell<std::collections::BTreeMap<u64, (usize, Option<Target>)>>,
 }
 
 impl State {
@@ -164,10 +176,31 @@ fn wake(w: &RefCell<Option<Waker>>) {
 /// Hand a job to the coordinator (shard 0).
 pub fn submit(shard: &Rc<Shard>, job: Job, target: impl Into<Option<Target>>) {
     tracing::debug!(shard = shard.id, "global job submitted");
+    let target = target.into();
     if shard.shared.seq.enabled {
-        // A sharded cluster has no coordinator across members yet (issue
-        // #14): a deterministic refusal, the same on every member.
-        if let Some(t) = target.into() {
+        if let Job::Write(mut data) = job {
+            // A sharded cluster's member-wide write goes through group 0's
+            // log; the sequencer stamps it and queues it for every group.
+            strip_indexes(&mut data);
+            set_gseq(&mut data, u64::MAX);
+            let target = target.map(|t| match t {
+                Target::Local(slot) if shard.id != 0 => Target::Remote {
+                    from: shard.id,
+                    slot,
+                },
+                t => t,
+            });
+            if shard.id == 0 {
+                shard.enqueue(super::Proposal { data, target });
+            } else if let Some(Target::Remote { from, slot }) = target {
+                shard.send(0, MeshMsg::Propose { from, slot, data });
+            }
+            return;
+        }
+        // Listings across shards and backups need a cut across the groups,
+        // which a sharded cluster does not take yet (issue #14): a
+        // deterministic refusal, the same on every member.
+        if let Some(t) = target {
             let e = V2Error::new(
                 RAFT_INTERNAL,
                 "etcdserver: this operation spans shards, which a sharded cluster does not run yet",
@@ -185,7 +218,7 @@ pub fn submit(shard: &Rc<Shard>, job: Job, target: impl Into<Option<Target>>) {
         }
         return;
     }
-    let target = target.into().map(|t| match t {
+    let target = target.map(|t| match t {
         Target::Local(slot) if shard.id != 0 => Target::Remote {
             from: shard.id,
             slot,
@@ -209,6 +242,7 @@ pub fn on_message(shard: &Rc<Shard>, m: Msg) {
             wake(&g.job_waker);
         }
         Msg::Park { cut } => request_park(shard, cut),
+        Msg::Arrived { data } => note_arrival(shard, &data, None),
         Msg::Parked { .. } => {
             g.parked.set(g.parked.get() + 1);
             wake(&g.coord_waker);
@@ -259,6 +293,45 @@ fn request_park(shard: &Rc<Shard>, cut: bool) {
     shard.global.cut.set(cut);
     shard.global.park.set(true);
     shard.wake_loop();
+}
+
+/// A sharded cluster's group reached member-wide write `data` in its apply
+/// (group 0's carries the request's `target` on the member that took it):
+/// once every group of this member has, the coordinator runs it as a
+/// session at that cut.
+pub fn arrived(shard: &Rc<Shard>, data: Vec<u8>, target: Option<Target>) {
+    if shard.id == 0 {
+        note_arrival(shard, &data, target);
+    } else {
+        shard.send(0, MeshMsg::Global(Msg::Arrived { data }));
+    }
+}
+
+fn note_arrival(shard: &Rc<Shard>, data: &[u8], target: Option<Target>) {
+    let Some(gseq) = Command::decode(data).map(|c| c.gseq) else {
+        return;
+    };
+    let n = shard.shared.shards;
+    let g = &shard.global;
+    let done = {
+        let mut arrivals = g.arrivals.borrow_mut();
+        let a = arrivals.entry(gseq).or_insert((0, None));
+        a.0 += 1;
+        if target.is_some() {
+            a.1 = target;
+        }
+        if a.0 >= n {
+            arrivals.remove(&gseq)
+        } else {
+            None
+        }
+    };
+    if let Some((_, target)) = done {
+        g.jobs
+            .borrow_mut()
+            .push_back((Job::Replicated(data.to_vec()), target));
+        wake(&g.job_waker);
+    }
 }
 
 /// A stopped shard (its raft loop ended with a fatal error) still takes
@@ -395,7 +468,8 @@ pub async fn coordinate(shard: Rc<Shard>) {
         for (job, target) in jobs {
             match job {
                 Job::Read(req) => reads.push((req, target)),
-                Job::Write(data) => writes.push((data, target)),
+                Job::Write(data) => writes.push((data, target, false)),
+                Job::Replicated(data) => writes.push((data, target, true)),
                 Job::Backup(dir) if backup.is_none() => backup = Some((dir, target)),
                 Job::Backup(_) => {
                     if let Some(t) = target {
@@ -643,8 +717,14 @@ fn fail_answer(msg: &str) -> V2Error {
 }
 
 /// Set the member-wide sequence number of an encoded command.
-fn set_gseq(data: &mut [u8], gseq: u64) {
+pub fn set_gseq(data: &mut [u8], gseq: u64) {
     data[27..35].copy_from_slice(&gseq.to_le_bytes());
+}
+
+/// Drop the etcd indexes recorded in an encoded command (they end it).
+pub fn strip_indexes(data: &mut Vec<u8>) {
+    let n = Command::decode(data).map_or(0, |c| c.indexes.len());
+    data.truncate(data.len() - n);
 }
 
 /// A write every shard accepted in its trial, applied with the next round.
@@ -654,6 +734,9 @@ struct Accepted {
     /// Its place in the session's answers.
     answer: usize,
     expiring: Option<Vec<u8>>,
+    /// A sharded cluster's write: the index its sequencer stamped, which
+    /// becomes a placeholder if the write fails.
+    stamped: Option<u64>,
 }
 
 /// The session's writes, in order. Each round carries, to every shard, the
@@ -661,7 +744,7 @@ struct Accepted {
 /// next one (which then sees the first applied): one round per write.
 async fn run_writes(
     shard: &Rc<Shard>,
-    writes: Vec<(Vec<u8>, Option<Target>)>,
+    writes: Vec<(Vec<u8>, Option<Target>, bool)>,
     answers: &mut Vec<(Option<Target>, Answer)>,
     events: &mut Vec<Arc<Event>>,
 ) {
@@ -681,26 +764,32 @@ async fn run_writes(
         }
         // Prepare the next write's entry (its index follows the accepted one).
         let mut trial = None;
-        if let Some((mut data, target)) = next {
+        if let Some((mut data, target, stamped)) = next {
             match Command::decode(&data) {
                 None => {
                     answers.push((target, reply(Err(fail_answer("undecodable command")))));
                 }
                 Some(cmd) => {
+                    // A sharded cluster's write carries the index its
+                    // sequencer stamped (and as its sequence).
+                    let index = if stamped { cmd.gseq } else { next_index };
                     let primary = if cmd.op == Op::CreateUnique {
-                        shard.placement.of_created(cmd.key, next_index)
+                        shard.placement.of_created(cmd.key, index)
                     } else {
                         shard.placement.of_key(cmd.key)
                     };
                     let expiring = (cmd.op == Op::Sync).then(|| cmd.key.to_vec());
-                    set_gseq(&mut data, next_index);
-                    push_index(&mut data, next_index);
+                    if !stamped {
+                        set_gseq(&mut data, next_index);
+                        push_index(&mut data, next_index);
+                    }
                     answers.push((target, reply(Err(fail_answer("unanswered")))));
                     trial = Some(Accepted {
                         data,
                         primary,
                         answer: answers.len() - 1,
                         expiring,
+                        stamped: stamped.then_some(index),
                     });
                 }
             }
@@ -741,9 +830,15 @@ async fn run_writes(
                 Some(e) => {
                     answers[t.answer].1 = reply(Err(e));
                     done_expiring(shard, &t.expiring);
+                    if let Some(i) = t.stamped {
+                        // Every member decides alike and leaves this gap.
+                        events.push(Arc::new(Event::placeholder(i)));
+                    }
                 }
                 None => {
-                    next_index += 1;
+                    if t.stamped.is_none() {
+                        next_index += 1;
+                    }
                     accepted = Some(t);
                 }
             }
