@@ -573,8 +573,8 @@ fn history(c: &Cluster, i: usize, from: u64, n: usize) -> Vec<String> {
 
 /// Writes that change the directory skeleton (above `--unit-depth`) are
 /// member-wide: stamped once, appended to every group, and run on each
-/// member once all its groups reach them. Listings across shards are not
-/// built yet: every member refuses them the same way.
+/// member once all its groups reach them; a listing across shards answers
+/// alike on every member.
 #[test]
 fn member_wide_writes_reach_every_group_alike() {
     let _serial = serial();
@@ -618,9 +618,14 @@ fn member_wide_writes_reach_every_group_alike() {
             let (code, _, j) = get(&c, i, &format!("/v2/keys{key}")).expect("read");
             assert_eq!(code, 404, "member {i}: {key}: {j:?}");
         }
-        // A listing of a directory whose children are units spans shards.
-        let (code, _, _) = get(&c, i, "/v2/keys/dir2").expect("read");
-        assert_eq!(code, 500, "member {i}: a listing across shards");
+        // A listing of a directory whose children are units spans shards:
+        // every group is gated at one index for it.
+        let (code, index, j) = get(&c, i, "/v2/keys/dir2?recursive=true").expect("read");
+        assert_eq!(code, 200, "member {i}: {j:?}");
+        assert_eq!(index, top, "member {i}");
+        let mut files = BTreeMap::new();
+        files_of(j.get("node").unwrap(), &mut files);
+        assert_eq!(files.keys().collect::<Vec<_>>(), ["/dir2/k"], "member {i}");
     }
     let h0 = history(&c, 0, from + 1, 10);
     assert!(h0.len() >= 4, "{h0:#?}");
@@ -714,4 +719,150 @@ fn member_wide_writes_through_a_sequencer_kill() {
             assert!(seen.iter().all(|s| *s == seen[0]), "{key}: {seen:?}");
         }
     }
+}
+
+/// Every file in a listing's JSON: key → (value, modifiedIndex).
+fn files_of(node: &Json, out: &mut BTreeMap<String, (String, u64)>) {
+    for c in node.get("nodes").map(Json::items).unwrap_or_default() {
+        if c.get("dir").and_then(Json::as_bool) == Some(true) {
+            files_of(c, out);
+        } else {
+            let key = c
+                .get("key")
+                .and_then(Json::as_str)
+                .unwrap_or("")
+                .to_string();
+            let value = c
+                .get("value")
+                .and_then(Json::as_str)
+                .unwrap_or("")
+                .to_string();
+            out.insert(key, (value, node_index_of(c)));
+        }
+    }
+}
+
+fn node_index_of(j: &Json) -> u64 {
+    j.get("modifiedIndex").and_then(Json::as_u64).unwrap_or(0)
+}
+
+/// Invariant 6: a listing across shards, on any member, equals the replay
+/// of every write up to its `X-Etcd-Index` — while writers change files,
+/// create units and delete them (member-wide writes among them) through
+/// every member. Each listing gates every group at one index
+/// (`global::gate_cut`).
+#[test]
+fn listings_across_shards_are_cuts_on_every_member() {
+    let _serial = serial();
+    let mut c = start_units_at_depth_2();
+    let _ = sequencer(&mut c);
+    c.must_put(0, "/top/k0", "first");
+    let (_, from, _) = get(&c, 0, "/v2/keys/top/k0").expect("read");
+    /// (index, key, Some(value) for a PUT or None for a recursive DELETE).
+    type Write = (u64, String, Option<String>);
+    let log: Arc<Mutex<Vec<Write>>> = Arc::default();
+    let ports = c.ports();
+    let writers: Vec<_> = (0..3usize)
+        .map(|w| {
+            let (log, ports) = (log.clone(), ports.clone());
+            thread::spawn(move || {
+                for n in 0..150usize {
+                    let pick = (n * 7 + w * 3) % 10;
+                    let (method, key, value) = match pick {
+                        0 => ("DELETE", format!("/u{}", (n + w) % 5), None),
+                        1..=3 => ("PUT", format!("/top/k{}", n % 6), Some(format!("w{w}n{n}"))),
+                        _ => (
+                            "PUT",
+                            format!("/u{}/i{}", (n + w) % 5, n % 4),
+                            Some(format!("w{w}n{n}")),
+                        ),
+                    };
+                    let target = match method {
+                        "DELETE" => format!("/v2/keys{key}?recursive=true"),
+                        _ => format!("/v2/keys{key}"),
+                    };
+                    let form = value.as_ref().map(|v| format!("value={v}"));
+                    let port = ports[(w + n) % 3];
+                    let r = http(
+                        port,
+                        method,
+                        &target,
+                        form.as_deref(),
+                        Duration::from_secs(15),
+                    )
+                    .expect("answer");
+                    if r.code() >= 300 {
+                        assert_eq!(
+                            (method, r.code()),
+                            ("DELETE", 404),
+                            "{target}: {}",
+                            r.body_str()
+                        );
+                        continue;
+                    }
+                    let j = Json::parse(&r.body_str()).expect("answer");
+                    log.lock()
+                        .unwrap()
+                        .push((node_index(&j, "modifiedIndex"), key, value));
+                }
+            })
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|i| {
+            let (port, stop) = (ports[i], stop.clone());
+            thread::spawn(move || {
+                let mut listings = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let r = http(
+                        port,
+                        "GET",
+                        "/v2/keys/?recursive=true&sorted=true",
+                        None,
+                        Duration::from_secs(15),
+                    )
+                    .expect("listing");
+                    assert_eq!(r.code(), 200, "{}", r.body_str());
+                    let x: u64 = r.header("X-Etcd-Index").unwrap().parse().unwrap();
+                    let j = Json::parse(&r.body_str()).expect("listing");
+                    let mut files = BTreeMap::new();
+                    files_of(j.get("node").unwrap(), &mut files);
+                    listings.push((x, files));
+                }
+                listings
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut log = log.lock().unwrap().clone();
+    log.push((from, "/top/k0".into(), Some("first".into())));
+    log.sort();
+    let deletes = log.iter().filter(|e| e.2.is_none()).count();
+    assert!(deletes > 5, "too few member-wide deletes: {deletes}");
+    let mut checked = 0;
+    for (i, r) in readers.into_iter().enumerate() {
+        let listings = r.join().expect("reader");
+        assert!(listings.len() > 5, "member {i}: too few listings");
+        for (x, got) in listings.iter().filter(|(x, _)| *x >= from) {
+            let mut want: BTreeMap<String, (String, u64)> = BTreeMap::new();
+            for (index, key, value) in log.iter().take_while(|e| e.0 <= *x) {
+                match value {
+                    Some(v) => {
+                        want.insert(key.clone(), (v.clone(), *index));
+                    }
+                    None => want.retain(|k, _| !k.starts_with(&format!("{key}/"))),
+                }
+            }
+            assert_eq!(
+                got, &want,
+                "member {i}: the listing at index {x} is not the writes up to {x}"
+            );
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} listings checked against {} writes", log.len());
 }

@@ -517,6 +517,15 @@ pub(super) fn apply(
     st.execute_stamped(txn, data)
 }
 
+/// An entry stamped above the apply gate.
+fn gated(e: &Entry, gate: Option<u64>) -> bool {
+    gate.is_some_and(|at| {
+        Command::decode(&e.data)
+            .and_then(|c| c.recorded().max())
+            .is_some_and(|i| i > at)
+    })
+}
+
 /// A member-wide write of a sharded cluster (an entry every group holds).
 fn is_global(e: &Entry) -> bool {
     e.get_entry_type() == EntryType::EntryNormal
@@ -541,14 +550,19 @@ pub(super) fn apply_in_order(
             .extend(entries.iter().filter(|e| e.index > applied).cloned());
         return Ok(());
     }
+    // A listing's cut may gate the apply at an index (`global::gate_cut`).
+    let gate = shard.global.apply_gate();
     let Some(p) = entries
         .iter()
-        .position(|e| e.index > applied && is_global(e))
+        .position(|e| e.index > applied && (gated(e, gate) || is_global(e)))
     else {
         return apply_run(shard, g, entries, answers);
     };
     apply_run(shard, g, &entries[..p], answers)?;
     g.seq.stash.extend(entries[p..].iter().cloned());
+    if gated(&g.seq.stash[0], gate) {
+        return Ok(());
+    }
     g.seq.at_global = true;
     let front = &g.seq.stash[0];
     let target = own_request(g.opts.member_id, &front.context)
@@ -570,7 +584,10 @@ pub(super) fn drain_stash(
     g: &mut Group,
     answers: &mut Vec<(Target, Answer)>,
 ) -> Result<(), Error> {
-    if g.seq.at_global || g.seq.stash.is_empty() {
+    if g.seq.at_global
+        || g.seq.stash.is_empty()
+        || gated(&g.seq.stash[0], shard.global.apply_gate())
+    {
         return Ok(());
     }
     let held: Vec<Entry> = g.seq.stash.drain(..).collect();

@@ -66,9 +66,6 @@ pub(super) async fn park_session(shard: &Rc<Shard>, g: &mut Group) -> Result<(),
         match op {
             SubOp::Unpark => {
                 global::set_applying(shard, false);
-                if shard.shared.seq.enabled {
-                    sequencer::pass_global(shard, g)?;
-                }
                 return Ok(());
             }
             SubOp::Batch(ops) => {
@@ -106,6 +103,10 @@ pub(super) async fn subop(shard: &Rc<Shard>, g: &mut Group, op: SubOp) -> Result
         SubOp::Trial(data) => SubResult::Outcome(shard.store.borrow_mut().trial(&data)?),
         SubOp::Flush => {
             flush_global(shard, g).await?;
+            SubResult::Outcome(None)
+        }
+        SubOp::Pass => {
+            sequencer::pass_global(shard, g)?;
             SubResult::Outcome(None)
         }
         SubOp::Apply(_) if shard.shared.seq.enabled => {

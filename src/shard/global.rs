@@ -61,6 +61,9 @@ pub enum SubOp {
     Apply(Vec<u8>),
     /// Make the session's applied writes durable.
     Flush,
+    /// A sharded cluster's member-wide write every shard refused: each
+    /// group passes over it.
+    Pass,
     /// Several steps, carried out in order; one report.
     Batch(Vec<SubOp>),
     Unpark,
@@ -72,6 +75,7 @@ impl SubOp {
             SubOp::Trial(_) => "trial",
             SubOp::Apply(_) => "apply",
             SubOp::Flush => "flush",
+            SubOp::Pass => "pass",
             SubOp::Unpark => "unpark",
             SubOp::Batch(_) => "batch",
         }
@@ -85,6 +89,9 @@ pub enum SubResult {
     Collected(RemoteFiles),
     /// A shard's backup copy is written: its size in bytes.
     Copied(u64),
+    /// The largest etcd index a shard has applied (a sharded cluster's
+    /// apply gate, [`Msg::ApplyGate`]).
+    Index(u64),
     Failed(String),
 }
 
@@ -125,6 +132,12 @@ pub enum Msg {
     Arrived {
         data: Vec<u8>,
     },
+    /// A sharded cluster's shard applies nothing stamped above `at` until
+    /// the gate is lifted (`None`); with a gate it reports the largest
+    /// index it has applied ([`SubResult::Index`]).
+    ApplyGate {
+        at: Option<u64>,
+    },
 }
 
 /// Per-executor state of the protocol.
@@ -149,6 +162,8 @@ pub struct State {
     /// A sharded cluster's member-wide writes some groups reached, by
     /// sequence: how many groups, and the request's target (group 0's).
     arrivals: RefCell<std::collections::BTreeMap<u64, (usize, Option<Target>)>>,
+    /// A sharded cluster's apply gate ([`Msg::ApplyGate`]).
+    apply_gate: Cell<Option<u64>>,
 }
 
 impl State {
@@ -164,6 +179,11 @@ impl State {
     /// A member-wide write is applied here and not yet released.
     pub fn applying(&self) -> bool {
         self.applying.get()
+    }
+
+    /// A sharded cluster's shard applies nothing stamped above this.
+    pub fn apply_gate(&self) -> Option<u64> {
+        self.apply_gate.get()
     }
 }
 
@@ -197,9 +217,12 @@ pub fn submit(shard: &Rc<Shard>, job: Job, target: impl Into<Option<Target>>) {
             }
             return;
         }
-        // Listings across shards and backups need a cut across the groups,
-        // which a sharded cluster does not take yet (issue #14): a
-        // deterministic refusal, the same on every member.
+        // Backups of a sharded cluster's member are not built yet (issue
+        // #14): refused. (Listings across shards go to the coordinator,
+        // which gates every group at one index: `gate_cut`.)
+        if matches!(job, Job::Read(_)) {
+            return submit_to_coordinator(shard, job, target);
+        }
         if let Some(t) = target {
             let e = V2Error::new(
                 RAFT_INTERNAL,
@@ -218,6 +241,10 @@ pub fn submit(shard: &Rc<Shard>, job: Job, target: impl Into<Option<Target>>) {
         }
         return;
     }
+    submit_to_coordinator(shard, job, target)
+}
+
+fn submit_to_coordinator(shard: &Rc<Shard>, job: Job, target: Option<Target>) {
     let target = target.map(|t| match t {
         Target::Local(slot) if shard.id != 0 => Target::Remote {
             from: shard.id,
@@ -270,6 +297,7 @@ pub fn on_message(shard: &Rc<Shard>, m: Msg) {
             report(shard, result);
         }
         Msg::DropCut => shard.store.borrow_mut().drop_cut(),
+        Msg::ApplyGate { at } => set_apply_gate(shard, at),
         Msg::Backup { dir } => start_backup(shard, dir),
         Msg::Result {
             shard: from,
@@ -331,6 +359,85 @@ fn note_arrival(shard: &Rc<Shard>, data: &[u8], target: Option<Target>) {
             .borrow_mut()
             .push_back((Job::Replicated(data.to_vec()), target));
         wake(&g.job_waker);
+    }
+}
+
+/// Set or lift this shard's apply gate; with a gate, report the largest
+/// index applied so far (the gate holds nothing already applied).
+fn set_apply_gate(shard: &Rc<Shard>, at: Option<u64>) {
+    shard.global.apply_gate.set(at);
+    if at.is_some() {
+        report(shard, SubResult::Index(shard.store.borrow().index()));
+    } else {
+        shard.wake_loop();
+    }
+}
+
+/// Gate every shard at one index M with everything at or below it applied
+/// and nothing stamped above it: a cut of the member at M, without the
+/// log. Returns M, or `None` when a member-wide write must run first (it
+/// may be below M: it is requeued before the reads) or the wait times out.
+async fn gate_cut(shard: &Rc<Shard>) -> Result<u64, Option<&'static str>> {
+    let n = shard.shared.shards;
+    let all: Vec<usize> = (0..n).collect();
+    let mut at = shard
+        .shared
+        .counter
+        .load(std::sync::atomic::Ordering::SeqCst);
+    // A shard may have applied past the gate before it heard of it: raise
+    // the gate to the largest index any reports, until none is past it.
+    loop {
+        let send = |p| {
+            if p == shard.id {
+                set_apply_gate(shard, Some(at));
+            } else {
+                shard.send(p, MeshMsg::Global(Msg::ApplyGate { at: Some(at) }));
+            }
+        };
+        let reported = exchange(shard, &all, send).await;
+        let top = reported
+            .iter()
+            .filter_map(|r| match r {
+                Some(SubResult::Index(i)) => Some(*i),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        if top <= at {
+            break;
+        }
+        at = top;
+    }
+    // Every entry at or below the gate applied everywhere (an epoch closes
+    // gaps a deposed sequencer left).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    loop {
+        if shard.orderer.borrow().delivered() >= at {
+            return Ok(at);
+        }
+        if shard
+            .global
+            .jobs
+            .borrow()
+            .iter()
+            .any(|(j, _)| matches!(j, Job::Replicated(_)))
+        {
+            return Err(None);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Some("etcdserver: request timed out"));
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+fn lift_apply_gates(shard: &Rc<Shard>) {
+    for p in 0..shard.shared.shards {
+        if p == shard.id {
+            set_apply_gate(shard, None);
+        } else {
+            shard.send(p, MeshMsg::Global(Msg::ApplyGate { at: None }));
+        }
     }
 }
 
@@ -479,9 +586,41 @@ pub async fn coordinate(shard: Rc<Shard>) {
                 }
             }
         }
+        // A sharded cluster's reads: every group gated at one index first
+        // (its member-wide writes run before, in their own session).
+        let mut gated = None;
+        if shard.shared.seq.enabled && !reads.is_empty() {
+            let outcome = if writes.is_empty() {
+                gate_cut(&shard).await
+            } else {
+                Err(None)
+            };
+            match outcome {
+                Ok(at) => gated = Some(at),
+                Err(why) => {
+                    lift_apply_gates(&shard);
+                    let mut q = shard.global.jobs.borrow_mut();
+                    for (req, target) in reads.drain(..).rev() {
+                        match why {
+                            None => q.push_front((Job::Read(req), target)),
+                            Some(m) => {
+                                if let Some(t) = target {
+                                    let e = V2Error::new(RAFT_INTERNAL, m, 0);
+                                    shard.answer(t, Answer::Read(Err(e)));
+                                }
+                            }
+                        }
+                    }
+                    if writes.is_empty() {
+                        drop(q);
+                        continue;
+                    }
+                }
+            }
+        }
         // 1. Park everyone; with reads or a backup, each shard holds a
         // snapshot where it parked: together a cut of the member at the
-        // counter's value.
+        // counter's value (a sharded cluster's: at the gate).
         let cut = !reads.is_empty() || backup.is_some();
         shard.global.parked.set(0);
         for peer in 1..n {
@@ -497,10 +636,17 @@ pub async fn coordinate(shard: Rc<Shard>) {
             }
         })
         .await;
-        let cut_index = shard
-            .shared
-            .counter
-            .load(std::sync::atomic::Ordering::SeqCst);
+        let cut_index = match gated {
+            Some(at) => {
+                // The cuts are taken: the groups may apply on.
+                lift_apply_gates(&shard);
+                at
+            }
+            None => shard
+                .shared
+                .counter
+                .load(std::sync::atomic::Ordering::SeqCst),
+        };
         // 2. Run the writes in order; answers wait for durability.
         let mut answers: Vec<(Option<Target>, Answer)> = Vec::with_capacity(writes.len());
         let mut events: Vec<Arc<Event>> = Vec::new();
@@ -831,8 +977,10 @@ async fn run_writes(
                     answers[t.answer].1 = reply(Err(e));
                     done_expiring(shard, &t.expiring);
                     if let Some(i) = t.stamped {
-                        // Every member decides alike and leaves this gap.
+                        // Every member decides alike and leaves this gap;
+                        // the groups waiting at the write go on.
                         events.push(Arc::new(Event::placeholder(i)));
+                        round(shard, &all, || SubOp::Pass).await;
                     }
                 }
                 None => {
