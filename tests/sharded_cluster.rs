@@ -627,14 +627,40 @@ fn member_wide_writes_reach_every_group_alike() {
         files_of(j.get("node").unwrap(), &mut files);
         assert_eq!(files.keys().collect::<Vec<_>>(), ["/dir2/k"], "member {i}");
     }
-    let h0 = history(&c, 0, from + 1, 10);
+    // A directory above the unit depth with a TTL expires member-wide.
+    let r = http(
+        c.port(other),
+        "PUT",
+        "/v2/keys/gone?dir=true&ttl=1",
+        None,
+        Duration::from_secs(10),
+    )
+    .expect("answer");
+    assert_eq!(r.code(), 201, "{}", r.body_str());
+    c.must_put(seq, "/gone/k", "v");
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while get(&c, i, "/v2/keys/gone/k").map(|g| g.0) != Some(404) {
+            assert!(
+                Instant::now() < deadline,
+                "member {i}: /gone did not expire"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let h0 = history(&c, 0, from + 1, 12);
     assert!(h0.len() >= 4, "{h0:#?}");
+    assert!(
+        h0.iter()
+            .any(|e| e.contains("\"action\":\"expire\"") && e.contains("\"key\":\"/gone\"")),
+        "{h0:#?}"
+    );
     assert!(
         h0.iter().any(|e| e.contains("\"action\":\"delete\"")),
         "{h0:#?}"
     );
-    assert_eq!(h0, history(&c, 1, from + 1, 10), "members 0 and 1 differ");
-    assert_eq!(h0, history(&c, 2, from + 1, 10), "members 0 and 2 differ");
+    assert_eq!(h0, history(&c, 1, from + 1, 12), "members 0 and 1 differ");
+    assert_eq!(h0, history(&c, 2, from + 1, 12), "members 0 and 2 differ");
 }
 
 /// Member-wide writes keep going, once each, when the sequencer is killed

@@ -606,9 +606,14 @@ async fn execute_batch(
     execute(shard, g, proposals, expire_now, answers)?;
     shard.executed.set(shard.store.borrow().index());
     let mut next_expiry = shard.store.borrow().next_expiry()?;
-    if expire_now.is_some() && shard.id == 0 && shard.shared.shards > 1 && !shard.shared.seq.enabled
-    {
+    if expire_now.is_some() && shard.id == 0 && shard.shared.shards > 1 {
         expire_dirs(shard)?;
+        if shard.shared.seq.enabled {
+            // A sharded cluster's expiry goes through group 0's log and may
+            // be lost with a leader: no memory of it here (at most one
+            // SYNC per 500 ms proposes it again; a late copy is refused).
+            shard.global.expiring.borrow_mut().clear();
+        }
         // A directory expiry in progress is the coordinator's now: look
         // again shortly rather than spin on it.
         if !shard.global.expiring.borrow().is_empty() {
