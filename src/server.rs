@@ -350,6 +350,10 @@ async fn shard_main(
         h.1 = h.1.max(complete_from);
     }
     if shared.seq.enabled {
+        shared
+            .seq
+            .note_resolved(&shard.store.borrow())
+            .map_err(|e| format!("cannot read shard {i}: {e}"))?;
         let closed = crate::raft::closed_at_start(&shard.store.borrow())
             .map_err(|e| format!("cannot read shard {i}: {e}"))?;
         boot.floor.fetch_min(closed, Ordering::SeqCst);

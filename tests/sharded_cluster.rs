@@ -892,3 +892,99 @@ fn listings_across_shards_are_cuts_on_every_member() {
     }
     eprintln!("{checked} listings checked against {} writes", log.len());
 }
+
+/// The members API changes group 0; every other group follows its
+/// configuration. A member added the etcd way (POST its peer URL, start it
+/// with state `existing`) catches up in both groups and serves and takes
+/// writes; a removed member stops, and the rest go on.
+#[test]
+fn members_added_and_removed_in_every_group() {
+    let _serial = serial();
+    let mut c = start_units_at_depth_2();
+    let seq = sequencer(&mut c);
+    for n in 0..20 {
+        c.must_put(n % 3, &format!("/d{}/k{n}", n % 4), &format!("v{n}"));
+    }
+    let mut n4 = common::cluster::Member::new("n4");
+    let add = format!("{{\"peerURLs\":[\"{}\"]}}", n4.peer_url());
+    // (`http` sends a form; the members API wants JSON: sent raw.)
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.port(seq))).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "POST /v2/members HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{add}",
+        add.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 201"), "{raw}\n{}", c.logs());
+    let spec = format!("{},n4={}", c.initial_cluster(), n4.peer_url());
+    let mut extra: Vec<&str> = FAST.to_vec();
+    extra.extend_from_slice(&SHARDED[..2]);
+    extra.extend_from_slice(&SHARDED[4..]);
+    extra.extend_from_slice(&["--unit-depth", "2"]);
+    let mut args = n4.static_args(&spec, &c.token, &extra);
+    let at = args.iter().position(|a| a == "new").unwrap();
+    args[at] = "existing".into();
+    n4.args = args;
+    n4.start()
+        .unwrap_or_else(|e| panic!("n4: {e}\n{}", c.logs()));
+    c.members.push(n4);
+    // It holds every key of both groups, and takes writes.
+    for n in 0..20 {
+        c.wait_value(
+            3,
+            &format!("/d{}/k{n}", n % 4),
+            Some(&format!("v{n}")),
+            Duration::from_secs(15),
+        );
+    }
+    c.must_put(3, "/d9/new", "via-n4");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !plain(&c.members[seq].log()).contains("following group 0's membership group=1") {
+        assert!(
+            Instant::now() < deadline,
+            "group 1 did not add n4\n{}",
+            c.logs()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Remove a member that does not lead: it stops; writes go on.
+    let gone = (seq + 1) % 3;
+    let id = Json::parse(
+        &http(
+            c.port(seq),
+            "GET",
+            "/v2/members",
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap()
+        .body_str(),
+    )
+    .unwrap()
+    .get("members")
+    .unwrap()
+    .items()
+    .into_iter()
+    .find(|m| m.get("name").and_then(Json::as_str) == Some(&format!("n{}", gone + 1)))
+    .and_then(|m| m.get("id").and_then(Json::as_str).map(str::to_string))
+    .unwrap();
+    let r = http(
+        c.port(seq),
+        "DELETE",
+        &format!("/v2/members/{id}"),
+        None,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(r.code(), 204, "{}", r.body_str());
+    assert!(c.members[gone]
+        .wait_exit(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    c.must_put(3, "/d9/after", "v");
+    for i in [seq, 3] {
+        c.wait_value(i, "/d9/after", Some("v"), Duration::from_secs(10));
+    }
+}

@@ -586,9 +586,9 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         .unwrap_or(false);
     let clustered = names.len() > 1 || !peers.is_empty() || state == "existing";
     if clustered && sharded_cluster {
-        if !peers.is_empty() || state == "existing" {
+        if !peers.is_empty() {
             return Err(
-                "flag -experimental-sharded-cluster: a sharded member starts only in a static bootstrap (--initial-cluster, state new) or from its data dir in this version"
+                "flag -experimental-sharded-cluster: a sharded member joins through the members API and --initial-cluster-state existing, not -peers, in this version"
                     .into(),
             );
         }
@@ -632,6 +632,12 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         .iter()
         .filter_map(|n| get(n))
         .any(|v| parse_bool("force", v).unwrap_or(false));
+    if force && sharded_cluster {
+        return Err(
+            "flag -force-new-cluster: not supported with -experimental-sharded-cluster in this version"
+                .into(),
+        );
+    }
     Ok(Config {
         name,
         data_dir,

@@ -150,17 +150,16 @@ pub async fn remove_member(shard: &Rc<Shard>, id: u64) -> Answer {
 }
 
 pub(super) async fn conf_change(shard: &Rc<Shard>, cc: ConfChange) -> Answer {
-    if shard.shared.seq.enabled {
-        // Every group would have to change together (issue #14).
-        return Answer::Read(Err(V2Error::new(
-            RAFT_INTERNAL,
-            "etcdserver: a sharded cluster cannot change its membership yet",
-            0,
-        )));
-    }
     let mut data = vec![REQ_CONF];
     data.extend_from_slice(&cc.write_to_bytes().unwrap_or_default());
-    match shard.request(data).await {
+    // A sharded cluster changes group 0 first; the other groups follow
+    // its configuration (`sequencer::follow_conf`).
+    let answer = if shard.shared.seq.enabled {
+        shard.propose(0, data).await
+    } else {
+        shard.request(data).await
+    };
+    match answer {
         Answer::Write(Reply {
             outcome: Err(e), ..
         }) => Answer::Read(Err(e)),

@@ -480,6 +480,7 @@ async fn run_inner(
                 sequencer::colocate(shard, g, now);
                 sequencer::ask_epoch_if_stuck(shard, g, now)?;
                 sequencer::record_closed(shard, g, now)?;
+                sequencer::follow_conf(shard, g);
             }
         }
 

@@ -42,6 +42,9 @@ pub(super) const ENTRY_EPOCH_ASK: u8 = 0xC4;
 /// The store's metadata key of the member's closed index as this shard
 /// last recorded it (see [`record_closed`]).
 pub const META_CLOSED: &[u8] = b"closed";
+/// The store's metadata key of the last member-wide write this shard
+/// resolved: its sequence (u64) and 1 if applied, 0 if passed over.
+pub const META_RESOLVED: &[u8] = b"resolved";
 /// How often a shard records the member's closed index.
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 
@@ -86,6 +89,14 @@ struct Generation {
 pub struct Sequencer {
     /// This member is in a sharded cluster (stamped indexes).
     pub enabled: bool,
+    /// Group 0's voters as its loop last saw them: the configuration every
+    /// other group follows.
+    voters0: Mutex<Vec<u64>>,
+    /// The last member-wide write any shard of this member had resolved
+    /// when it started (sequence, applied): a crash in the middle of a
+    /// session leaves it resolved on some shards only, and the others
+    /// resolve it alike without a session.
+    resolved: Mutex<(u64, bool)>,
     groups: Vec<GroupState>,
     generation: Mutex<Generation>,
     counter: Arc<AtomicU64>,
@@ -95,6 +106,8 @@ impl Sequencer {
     pub fn new(shards: usize, enabled: bool, counter: Arc<AtomicU64>) -> Sequencer {
         Sequencer {
             enabled,
+            voters0: Mutex::default(),
+            resolved: Mutex::default(),
             groups: (0..shards).map(|_| GroupState::default()).collect(),
             generation: Mutex::new(Generation {
                 id: 0,
@@ -109,6 +122,21 @@ impl Sequencer {
 
     fn lock(&self) -> MutexGuard<'_, Generation> {
         self.generation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// At start: shard's last resolved member-wide write (see `resolved`).
+    pub fn note_resolved(&self, store: &crate::store::Store) -> Result<(), crate::store::Error> {
+        let Some(b) = store.meta_get(META_RESOLVED)? else {
+            return Ok(());
+        };
+        if b.len() == 9 {
+            let gseq = u64::from_le_bytes(b[..8].try_into().unwrap());
+            let mut r = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+            if gseq > r.0 {
+                *r = (gseq, b[8] == 1);
+            }
+        }
+        Ok(())
     }
 
     /// The leader of group 0 as its loop last saw it (0: none).
@@ -564,6 +592,37 @@ pub(super) fn apply_in_order(
         return Ok(());
     }
     g.seq.at_global = true;
+    let gseq = Command::decode(&g.seq.stash[0].data).map_or(0, |c| c.gseq);
+    let done = *shard
+        .shared
+        .seq
+        .resolved
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if gseq != 0 && gseq <= done.0 {
+        // Resolved by another shard of this member before a crash: resolve
+        // it here the same way, then go on.
+        if gseq < done.0 {
+            tracing::error!(
+                group = shard.id,
+                gseq,
+                last = done.0,
+                "a member-wide write older than the last resolved one; applying it"
+            );
+        }
+        if gseq < done.0 || done.1 {
+            apply_global(shard, g)?;
+        } else {
+            pass_global(shard, g)?;
+        }
+        tracing::warn!(
+            group = shard.id,
+            gseq,
+            "completed a member-wide write a crash left on other shards only"
+        );
+        let held: Vec<Entry> = g.seq.stash.drain(..).collect();
+        return apply_in_order(shard, g, &held, answers);
+    }
     let front = &g.seq.stash[0];
     let target = own_request(g.opts.member_id, &front.context)
         .and_then(|s| g.pending.remove(&s))
@@ -607,8 +666,10 @@ pub(super) fn apply_global(
         )));
     };
     g.seq.at_global = false;
+    let gseq = Command::decode(&e.data).map_or(0, |c| c.gseq);
     let o = shard.store.borrow_mut().batch(|st, txn| {
         let o = st.execute(txn, &e.data)?;
+        st.meta_put(txn, META_RESOLVED, &resolved(gseq, true))?;
         Ok((o, Some((e.index, e.term))))
     })?;
     shard.executed.set(shard.store.borrow().index());
@@ -623,12 +684,20 @@ pub(super) fn pass_global(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error>
     }
     g.seq.at_global = false;
     if let Some(e) = g.seq.stash.pop_front() {
-        shard
-            .store
-            .borrow_mut()
-            .batch(|_, _| Ok(((), Some((e.index, e.term)))))?;
+        let gseq = Command::decode(&e.data).map_or(0, |c| c.gseq);
+        shard.store.borrow_mut().batch(|st, txn| {
+            st.meta_put(txn, META_RESOLVED, &resolved(gseq, false))?;
+            Ok(((), Some((e.index, e.term))))
+        })?;
     }
     Ok(())
+}
+
+fn resolved(gseq: u64, applied: bool) -> [u8; 9] {
+    let mut b = [0u8; 9];
+    b[..8].copy_from_slice(&gseq.to_le_bytes());
+    b[8] = applied as u8;
+    b
 }
 
 /// On a tick, at most once a second: record in this shard's store the
@@ -659,4 +728,45 @@ pub fn closed_at_start(store: &crate::store::Store) -> Result<u64, crate::store:
         .and_then(|b| b.try_into().ok())
         .map_or(0, u64::from_le_bytes);
     Ok(store.index().max(recorded))
+}
+
+/// On a tick: a sharded cluster's membership is group 0's; the leader of
+/// every other group proposes, one at a time, the changes that bring its
+/// group's voters to group 0's (a member added or removed through the
+/// members API changes group 0 first). Group 0's loop publishes its voters.
+pub(super) fn follow_conf(shard: &Shard, g: &mut Group) {
+    let mut voters: Vec<u64> = g.node.raft.prs().conf().voters().ids().iter().collect();
+    voters.sort_unstable();
+    let seq = &shard.shared.seq;
+    if shard.id == 0 {
+        *seq.voters0.lock().unwrap_or_else(|e| e.into_inner()) = voters;
+        return;
+    }
+    if g.node.raft.state != StateRole::Leader || g.node.raft.has_pending_conf() {
+        return;
+    }
+    let want = seq
+        .voters0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if want.is_empty() || want == voters {
+        return;
+    }
+    let mut cc = ConfChange::default();
+    if let Some(&add) = want.iter().find(|v| !voters.contains(v)) {
+        let Some(m) = shard.view().read().ok().and_then(|v| v.get(add).cloned()) else {
+            return;
+        };
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.node_id = add;
+        cc.context = m.encode().into_bytes().into();
+    } else if let Some(&remove) = voters.iter().find(|v| !want.contains(v)) {
+        cc.set_change_type(ConfChangeType::RemoveNode);
+        cc.node_id = remove;
+    } else {
+        return;
+    }
+    tracing::info!(group = shard.id, change = ?cc.get_change_type(), member = %format!("{:x}", cc.node_id), "following group 0's membership");
+    let _ = g.node.propose_conf_change(Vec::new(), cc);
 }

@@ -258,7 +258,7 @@ pub fn members(
         }
     };
     if let Some(op) = change {
-        if api.shard.shared.shards > 1 {
+        if api.shard.shared.shards > 1 && !api.shard.shared.seq.enabled {
             members_error(
                 req,
                 hdr,
