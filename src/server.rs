@@ -401,22 +401,10 @@ async fn shard_main(
         glommio::spawn_local(crate::shard::global::coordinate(shard.clone())).detach();
         glommio::spawn_local(notify_ready(shard.clone())).detach();
     }
-    if i != 0 && shared.seq.enabled {
-        // A sharded cluster's other groups send from their own executor
-        // (what peers send them arrives on executor 0's listener and
-        // crosses the mesh).
-        let cid = view.read().expect("membership").id;
-        let t = crate::cluster::transport::Transport::new(
-            member_id,
-            cid,
-            view.clone(),
-            shard_dir.join("snap"),
-            &shard.shared.metrics,
-            boot.peer_tls.as_deref(),
-        );
-        let _ = crate::raft::connect(&shard, t);
-    }
-    if i == 0 {
+    // The peer transport: executor 0's listens; a sharded cluster's other
+    // groups send from their own executor (what peers send them arrives on
+    // executor 0's listener and crosses the mesh).
+    if i == 0 || shared.seq.enabled {
         let cid = view.read().expect("membership").id;
         let t = crate::cluster::transport::Transport::new(
             member_id,
@@ -427,7 +415,11 @@ async fn shard_main(
             boot.peer_tls.as_deref(),
         );
         let inbound = crate::raft::connect(&shard, t.clone());
-        let peer_fds = std::mem::take(&mut *boot.peer_fds.lock().expect("peer fds"));
+        let peer_fds = if i == 0 {
+            std::mem::take(&mut *boot.peer_fds.lock().expect("peer fds"))
+        } else {
+            Vec::new()
+        };
         for fd in peer_fds {
             // SAFETY: `fd` is a bound, listening socket we own.
             let l = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };

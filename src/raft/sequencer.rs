@@ -25,6 +25,15 @@
 //! waits on a gap for long (a restart, a dropped proposal) asks for a fresh
 //! epoch through group 0's log; the sequencer intercepts the request.
 //!
+//! Member-wide writes (the skeleton above the unit depth) are stamped once
+//! in group 0 and queued for every other group, which appends them before
+//! its next stamp; each group's apply stops at one ([`apply_in_order`])
+//! until every group of the member has reached it, and the coordinator
+//! runs it at that cut (`shard::global`). A listing across shards gates
+//! every group's apply at one index instead (`global::gate_cut`). The
+//! members API changes group 0; the other groups follow its voters
+//! ([`follow_conf`]).
+//!
 //! Shared state (`Sequencer`, one per member, in `shard::Shared`) is
 //! written by the groups' loops, each on its own executor; a mutex guards
 //! the generation and the counter's stamping, taken once per batch.

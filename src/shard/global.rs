@@ -23,6 +23,12 @@
 //!    is published and the answers leave.
 //! 4. **Unpark**. Reads on a shard that applied waited until now.
 //!
+//! In a sharded cluster (issue #14) a write reaches the coordinator only
+//! once every group of the member has applied up to it ([`arrived`]: it
+//! was stamped and logged in every group), and is applied with its stamped
+//! index, not logged again; a read first gates every group's apply at one
+//! index ([`Msg::ApplyGate`]) so the park takes a cut there.
+//!
 //! Messages travel over the mesh ([`Msg`]); a parked raft loop carries out
 //! the steps in `raft::park_session`. Crash safety: no shard logs anything
 //! after a member-wide write until every shard has it, and each shard keeps
@@ -203,13 +209,7 @@ pub fn submit(shard: &Rc<Shard>, job: Job, target: impl Into<Option<Target>>) {
             // log; the sequencer stamps it and queues it for every group.
             strip_indexes(&mut data);
             set_gseq(&mut data, u64::MAX);
-            let target = target.map(|t| match t {
-                Target::Local(slot) if shard.id != 0 => Target::Remote {
-                    from: shard.id,
-                    slot,
-                },
-                t => t,
-            });
+            let target = from_here(shard, target);
             if shard.id == 0 {
                 shard.enqueue(super::Proposal { data, target });
             } else if let Some(Target::Remote { from, slot }) = target {
@@ -226,7 +226,7 @@ pub fn submit(shard: &Rc<Shard>, job: Job, target: impl Into<Option<Target>>) {
         if let Some(t) = target {
             let e = V2Error::new(
                 RAFT_INTERNAL,
-                "etcdserver: this operation spans shards, which a sharded cluster does not run yet",
+                "etcdserver: backups of a sharded cluster's member are not supported yet",
                 shard.orderer.borrow().closed(),
             );
             let a = match job {
@@ -244,14 +244,19 @@ pub fn submit(shard: &Rc<Shard>, job: Job, target: impl Into<Option<Target>>) {
     submit_to_coordinator(shard, job, target)
 }
 
-fn submit_to_coordinator(shard: &Rc<Shard>, job: Job, target: Option<Target>) {
-    let target = target.map(|t| match t {
+/// A target as executor 0 sees it.
+fn from_here(shard: &Shard, target: Option<Target>) -> Option<Target> {
+    target.map(|t| match t {
         Target::Local(slot) if shard.id != 0 => Target::Remote {
             from: shard.id,
             slot,
         },
         t => t,
-    });
+    })
+}
+
+fn submit_to_coordinator(shard: &Rc<Shard>, job: Job, target: Option<Target>) {
+    let target = from_here(shard, target);
     if shard.id == 0 {
         shard.global.jobs.borrow_mut().push_back((job, target));
         wake(&shard.global.job_waker);

@@ -965,13 +965,7 @@ impl Store {
     /// since, leaves a gap that a placeholder event fills). `None` for a
     /// command that answers no client (expiry).
     pub fn execute(&mut self, txn: &mut RwTxn, data: &[u8]) -> Result<Option<Outcome>> {
-        let Some(cmd) = Command::decode(data) else {
-            return Err(Error::Corrupt("undecodable command".into()));
-        };
-        self.taken.clear();
-        self.replay.clear();
-        self.replay.extend(cmd.recorded());
-        self.replay.reverse();
+        let cmd = self.begin_command(data)?;
         let replaying = !self.replay.is_empty();
         let r = self.apply_one(txn, &cmd);
         self.global = false;
@@ -1000,13 +994,7 @@ impl Store {
     /// unused becomes a placeholder event, so each member publishes the
     /// same sequence.
     pub fn execute_stamped(&mut self, txn: &mut RwTxn, data: &[u8]) -> Result<Option<Outcome>> {
-        let Some(cmd) = Command::decode(data) else {
-            return Err(Error::Corrupt("undecodable command".into()));
-        };
-        self.taken.clear();
-        self.replay.clear();
-        self.replay.extend(cmd.recorded());
-        self.replay.reverse();
+        let cmd = self.begin_command(data)?;
         self.stamped = true;
         self.starved = false;
         let r = self.apply_one(txn, &cmd);
@@ -1025,6 +1013,19 @@ impl Store {
             self.index = self.index.max(i);
         }
         Ok(r)
+    }
+
+    /// Decode a command to execute; its recorded indexes are the ones to
+    /// use, in order.
+    fn begin_command<'d>(&mut self, data: &'d [u8]) -> Result<Command<'d>> {
+        let Some(cmd) = Command::decode(data) else {
+            return Err(Error::Corrupt("undecodable command".into()));
+        };
+        self.taken.clear();
+        self.replay.clear();
+        self.replay.extend(cmd.recorded());
+        self.replay.reverse();
+        Ok(cmd)
     }
 
     /// How many keys an expiry at `now` would remove (at most `cap`; stale
