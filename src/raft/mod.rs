@@ -1123,7 +1123,14 @@ fn after_apply(shard: &Shard, g: &mut Group, answers: &mut Vec<(Target, Answer)>
     let applied = shard.store.borrow().applied().0;
     g.barriers.retain(|(index, t)| {
         if *index <= applied {
-            answers.push((*t, Answer::Read(Ok((Vec::new(), *index)))));
+            // A sharded cluster's read waits for this group's applied etcd
+            // index to be delivered (see `read_barrier`).
+            let at = if shard.shared.seq.enabled {
+                shard.store.borrow().index()
+            } else {
+                *index
+            };
+            answers.push((*t, Answer::Read(Ok((Vec::new(), at)))));
             false
         } else {
             true

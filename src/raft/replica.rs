@@ -255,9 +255,19 @@ pub(super) fn publish_attributes(shard: &Shard, g: &mut Group, now: Instant) {
 
 /// Wait until this member has applied everything the leader had committed
 /// when asked (ReadIndex): a read after this is linearizable.
-pub async fn read_barrier(shard: &Rc<Shard>) -> Result<(), V2Error> {
-    match shard.request(vec![REQ_READ]).await {
-        Answer::Read(Ok(_)) => Ok(()),
+///
+/// A sharded cluster's barrier runs in the group of shard `owner` (the one
+/// holding the key read) and returns the etcd index that group had applied
+/// then: the read must see a view at least that new (`ReadOpts::at_least`).
+pub async fn read_barrier(shard: &Rc<Shard>, owner: usize) -> Result<u64, V2Error> {
+    let answer = if shard.shared.seq.enabled {
+        shard.propose(owner, vec![REQ_READ]).await
+    } else {
+        shard.request(vec![REQ_READ]).await
+    };
+    match answer {
+        Answer::Read(Ok((_, index))) if shard.shared.seq.enabled => Ok(index),
+        Answer::Read(Ok(_)) => Ok(0),
         Answer::Read(Err(e))
         | Answer::Write(Reply {
             outcome: Err(e), ..

@@ -261,6 +261,14 @@ pub(super) struct Local {
     stash: VecDeque<Entry>,
 }
 
+impl Local {
+    /// A snapshot replaced this group's store: nothing it held is left.
+    pub(super) fn after_snapshot(&mut self) {
+        self.at_global = false;
+        self.stash.clear();
+    }
+}
+
 /// After each `Ready`: publish this group's leadership and readiness; on
 /// group 0, begin a generation when this member qualifies.
 pub(super) fn publish_state(shard: &Shard, g: &mut Group) {
@@ -627,7 +635,7 @@ pub(super) fn apply_in_order(
         tracing::warn!(
             group = shard.id,
             gseq,
-            "completed a member-wide write a crash left on other shards only"
+            "resolved a member-wide write as this member's other shards did (a crash or a snapshot came between)"
         );
         let held: Vec<Entry> = g.seq.stash.drain(..).collect();
         return apply_in_order(shard, g, &held, answers);
@@ -652,6 +660,29 @@ pub(super) fn drain_stash(
     g: &mut Group,
     answers: &mut Vec<(Target, Answer)>,
 ) -> Result<(), Error> {
+    if g.seq.at_global {
+        // Another group of this member installed a snapshot past it.
+        let gseq = g
+            .seq
+            .stash
+            .front()
+            .and_then(|e| Command::decode(&e.data))
+            .map_or(0, |c| c.gseq);
+        if gseq != 0
+            && gseq
+                <= shard
+                    .shared
+                    .seq
+                    .resolved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+        {
+            g.seq.at_global = false;
+            let held: Vec<Entry> = g.seq.stash.drain(..).collect();
+            return apply_in_order(shard, g, &held, answers);
+        }
+    }
     if g.seq.at_global
         || g.seq.stash.is_empty()
         || gated(&g.seq.stash[0], shard.global.apply_gate())

@@ -115,6 +115,12 @@ pub(super) async fn apply_snapshot(
     let index = shard.store.borrow().index();
     let (past, complete_from) = shard.store.borrow().recent_events()?;
     if shard.shared.seq.enabled {
+        // What this group held behind a member-wide write is in the
+        // snapshot; the write itself was resolved by the leader, as the
+        // snapshot records, and this member's other groups resolve it the
+        // same way (`sequencer::drain_stash`).
+        g.seq.after_snapshot();
+        shard.shared.seq.note_resolved(&shard.store.borrow())?;
         // One group of a sharded cluster: its events since this member's
         // last apply go to every orderer, then an epoch just above the
         // snapshot (this group's later entries have larger indexes).

@@ -34,6 +34,9 @@ pub struct ReadOpts {
     /// Known to be a large listing: read under the executor's bulk gate
     /// ([`super::BULK_BYTES`]), with no limit.
     pub bulk: bool,
+    /// A quorum read of a sharded cluster: read a view at least this new
+    /// (its read barrier's; see `raft::read_barrier`).
+    pub at_least: u64,
 }
 
 /// A read of one key.

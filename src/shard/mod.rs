@@ -633,6 +633,13 @@ pub async fn serve_read(shard: Rc<Shard>, mut req: mesh::ReadReq, target: Target
             false => None,
         };
         global::read_gate(&shard).await;
+        if req.opts.at_least > shard.orderer.borrow().delivered() {
+            orderer::Delivered {
+                orderer: &shard.orderer,
+                index: req.opts.at_least,
+            }
+            .await;
+        }
         // The newest read view whose writes are all delivered: never a batch
         // still in its fsync (which the raft loop may execute while this
         // task waits to run), and no wait for it either. The choice and the

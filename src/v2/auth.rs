@@ -464,7 +464,7 @@ async fn change(api: &Api, c: Change) -> Result<(u16, Vec<u8>), Failure> {
     // replicated member, pass a read barrier first (every change committed
     // before it is then applied, and published, here).
     if api.cluster.read().expect("membership").members.len() > 1 {
-        crate::raft::read_barrier(&api.shard)
+        crate::raft::read_barrier(&api.shard, 0)
             .await
             .map_err(Failure::Store)?;
     }

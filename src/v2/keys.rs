@@ -229,6 +229,7 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
                 sorted,
                 now,
                 bulk: false,
+                at_least: 0,
             };
             let head_only = m == Method::Head;
             drop(form);
@@ -478,10 +479,14 @@ async fn read(api: &Api, p: PendingRead, out: &mut Output) {
     let (http11, head_only, recursive) = (p.http11, p.head_only, p.req.opts.recursive);
     // Kept only for the `/_etcd/machines` fallback.
     let machines = is_machines_path(&p.req.key).then(|| p.req.key.clone());
+    let mut p = p;
     if p.barrier {
-        if let Err(mut e) = crate::raft::read_barrier(&api.shard).await {
-            e.index = e.index.max(api.shard.orderer.borrow().closed());
-            return write_error(api, http11, &e, head_only, out);
+        match crate::raft::read_barrier(&api.shard, p.owner).await {
+            Ok(at) => p.req.opts.at_least = at,
+            Err(mut e) => {
+                e.index = e.index.max(api.shard.orderer.borrow().closed());
+                return write_error(api, http11, &e, head_only, out);
+            }
         }
     }
     if p.req.opts.bulk && !p.barrier && p.owner == api.shard.id {

@@ -200,8 +200,12 @@ impl Member {
             self.name,
             self.args.join(" ")
         )?;
+        // KARDIA_TEST_MEMBER_FLAGS: flags added to every member's (e.g. to
+        // run the cluster tests with sharded members, issue #14).
+        let extra = std::env::var("KARDIA_TEST_MEMBER_FLAGS").unwrap_or_default();
         let child = Command::new(env!("CARGO_BIN_EXE_kardia"))
             .args(&self.args)
+            .args(extra.split_whitespace())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -531,17 +535,36 @@ impl Cluster {
         }
     }
 
-    /// The per-shard content hashes member `i` reports.
+    /// The per-shard content hashes member `i` reports. Each answer
+    /// carries the hash of the executor that took the connection, so a
+    /// member with several shards is asked until every executor has
+    /// answered (listed as `id:hash`).
     pub fn content_hash(&self, i: usize) -> Option<Vec<String>> {
-        let r = http(
-            self.port(i),
-            "GET",
-            "/debug/kardia/shards",
-            None,
-            POLL_TIMEOUT,
-        )
-        .ok()?;
-        (r.code() == 200).then(|| string_fields(&r.body_str(), "hash"))
+        let mut seen = BTreeMap::new();
+        for _ in 0..64 {
+            let r = http(
+                self.port(i),
+                "GET",
+                "/debug/kardia/shards",
+                None,
+                POLL_TIMEOUT,
+            )
+            .ok()?;
+            if r.code() != 200 {
+                return None;
+            }
+            let body = r.body_str();
+            let j = Json::parse(&body).ok()?;
+            let shards = j.get("shards").and_then(Json::as_u64).unwrap_or(1) as usize;
+            let exec = j.get("executor")?;
+            let id = exec.get("id").and_then(Json::as_u64)?;
+            let hash = exec.get("hash").and_then(Json::as_str)?.to_string();
+            seen.insert(id, hash);
+            if seen.len() >= shards {
+                return Some(seen.iter().map(|(id, h)| format!("{id}:{h}")).collect());
+            }
+        }
+        None
     }
 
     /// Member `i`'s `X-Etcd-Index` on `GET /v2/keys/`.
