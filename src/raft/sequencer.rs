@@ -153,11 +153,6 @@ impl Sequencer {
         self.groups[0].leader.load(Ordering::Acquire)
     }
 
-    /// A generation is running on this member.
-    pub fn running(&self) -> bool {
-        self.lock().id != 0
-    }
-
     /// Group `g`'s loop reports its leader and readiness; a change of
     /// either ends the running generation if it counted on this group.
     fn publish(&self, g: usize, leader: u64, ready_term: u64, log: (u64, Vec<(u64, Vec<u8>)>)) {
@@ -357,19 +352,6 @@ pub(super) fn colocate(shard: &Shard, g: &mut Group, now: Instant) {
     }
 }
 
-/// How many indexes a command entry needs stamped (`None`: not a
-/// command; 0: a SYNC with nothing due).
-fn stamps_for(shard: &Shard, data: &[u8]) -> Result<Option<u64>, Error> {
-    let Some(c) = Command::decode(data) else {
-        return Ok(None);
-    };
-    Ok(Some(match c.op {
-        Op::Sync => shard.store.borrow().count_due(c.now, SYNC_STAMPS)? as u64,
-        op if op.is_auth() => AUTH_STAMPS,
-        _ => 1,
-    }))
-}
-
 /// Propose `batch` (commands, member attributes) in a sharded cluster: a
 /// follower forwards it as it is; the leader stamps every command while a
 /// generation runs — after appending the generation's epoch if this group
@@ -391,44 +373,45 @@ pub(super) fn propose(shard: &Shard, g: &mut Group, batch: Vec<Entry>) -> Result
             }
             continue;
         }
-        if !running || g.node.raft.lead_transferee.is_some() {
-            if Command::decode(&e.data).is_some() {
-                g.seq.held.push_back((e, deadline));
-                continue;
-            }
+        // Not a command (member attributes, a configuration change): as it is.
+        let Some(c) = Command::decode(&e.data) else {
             out.push(e);
             continue;
+        };
+        if !running || g.node.raft.lead_transferee.is_some() {
+            g.seq.held.push_back((e, deadline));
+            continue;
         }
-        if Command::decode(&e.data).is_some_and(|c| c.gseq != 0) {
-            // A member-wide write (group 0's): one index, which is also its
-            // sequence, and a copy for every other group.
-            let i = seq.counter.fetch_add(1, Ordering::SeqCst) + 1;
-            let mut data = e.data.to_vec();
-            crate::shard::global::strip_indexes(&mut data);
-            crate::shard::global::set_gseq(&mut data, i);
+        // A member-wide write (group 0's) takes one index, which is also
+        // its sequence; a SYNC as many as keys are due.
+        let global = c.gseq != 0;
+        let n = match c.op {
+            _ if global => 1,
+            Op::Sync => shard.store.borrow().count_due(c.now, SYNC_STAMPS)? as u64,
+            op if op.is_auth() => AUTH_STAMPS,
+            _ => 1,
+        };
+        if n == 0 {
+            // A SYNC with nothing due: nothing to propose.
+            continue;
+        }
+        let first = seq.counter.fetch_add(n, Ordering::SeqCst) + 1;
+        // (No copy when this member's own proposal holds the only reference.)
+        let mut data = Vec::from(std::mem::take(&mut e.data));
+        if global {
+            crate::shard::global::set_gseq(&mut data, first);
+        }
+        for i in first..first + n {
             push_index(&mut data, i);
+        }
+        if global {
             for (g, q) in gn.globals.iter_mut().enumerate() {
                 if g != shard.id {
                     q.push_back(data.clone());
                 }
             }
-            e.data = data.into();
-            out.push(e);
-            continue;
         }
-        match stamps_for(shard, &e.data)? {
-            // A SYNC with nothing due: nothing to propose.
-            Some(0) => continue,
-            Some(n) => {
-                let first = seq.counter.fetch_add(n, Ordering::SeqCst) + 1;
-                let mut data = e.data.to_vec();
-                for i in first..first + n {
-                    push_index(&mut data, i);
-                }
-                e.data = data.into();
-            }
-            None => {}
-        }
+        e.data = data.into();
         out.push(e);
     }
     // First the generation's epoch, then the member-wide writes stamped
@@ -489,16 +472,16 @@ pub(super) fn retry_held(shard: &Shard, g: &mut Group) -> Result<(), Error> {
         }
         return Ok(());
     }
-    let owed = {
+    let (running, owed) = {
         let gn = shard.shared.seq.lock();
-        gn.id != 0
-            && gn.terms[shard.id] == g.node.raft.term
-            && (gn.epoch > g.seq.epoch_done || !gn.globals[shard.id].is_empty())
+        let running = gn.id != 0 && gn.terms[shard.id] == g.node.raft.term;
+        let owed = gn.epoch > g.seq.epoch_done || !gn.globals[shard.id].is_empty();
+        (running, running && owed)
     };
     if g.seq.held.is_empty() && !owed {
         return Ok(());
     }
-    if !shard.shared.seq.running() {
+    if !running {
         let now = Instant::now();
         g.seq.held.retain(|(_, d)| *d > now);
         return Ok(());

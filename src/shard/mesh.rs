@@ -238,15 +238,7 @@ pub fn dispatch(shard: &Rc<Shard>, msg: Msg) {
             shard: from,
             start,
             lost,
-        } => {
-            let mut o = shard.orderer.borrow_mut();
-            if lost {
-                o.hub.clear();
-            }
-            o.close(from, start);
-            drop(o);
-            shard.note_watchers();
-        }
+        } => shard.close_epoch(from, start, lost),
         Msg::Global(m) => global::on_message(shard, m),
         Msg::Peer(m) => crate::raft::join::on_mesh(shard, m),
     }

@@ -523,11 +523,17 @@ impl Shard {
                 );
             }
         }
+        self.close_epoch(self.id, start, lost);
+    }
+
+    /// Shard `from` applied epoch `start` (see [`Msg::Epoch`]): close this
+    /// executor's orderer over it.
+    pub fn close_epoch(&self, from: usize, start: u64, lost: bool) {
         let mut o = self.orderer.borrow_mut();
         if lost {
             o.hub.clear();
         }
-        o.close(self.id, start);
+        o.close(from, start);
         drop(o);
         self.note_watchers();
     }

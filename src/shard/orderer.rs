@@ -114,7 +114,12 @@ impl Orderer {
         }
         self.delivered = upto;
         self.closed.fetch_max(upto, Ordering::SeqCst);
-        // What follows may now be in order.
+        self.deliver_in_order();
+        self.after_delivery();
+    }
+
+    /// Deliver the held events that now follow `delivered` without a gap.
+    fn deliver_in_order(&mut self) {
         while let Some(next) = self.early.first_entry() {
             if *next.key() != self.delivered + 1 {
                 break;
@@ -122,7 +127,6 @@ impl Orderer {
             let e = next.remove();
             self.deliver(e);
         }
-        self.after_delivery();
     }
 
     /// An event has waited on a smaller index for at least `patience`.
@@ -172,13 +176,7 @@ impl Orderer {
         }
         if e.index == self.delivered + 1 {
             self.deliver(e);
-            while let Some(next) = self.early.first_entry() {
-                if *next.key() != self.delivered + 1 {
-                    break;
-                }
-                let e = next.remove();
-                self.deliver(e);
-            }
+            self.deliver_in_order();
         } else {
             tracing::debug!(index = e.index, delivered = self.delivered, "event held");
             self.early.insert(e.index, e);
