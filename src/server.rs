@@ -58,7 +58,7 @@ fn bind_all(urls: &[String], what: &str) -> Result<Vec<i32>, String> {
 }
 
 /// Run a member until killed. Errors are for the operator, one line each.
-pub fn run(cfg: Config) -> Result<(), String> {
+pub fn run(mut cfg: Config) -> Result<(), String> {
     give_back_large_buffers();
     crate::storage::powercut::init(&cfg.data_dir)?;
     let peer_tls = match &cfg.peer_tls {
@@ -66,7 +66,17 @@ pub fn run(cfg: Config) -> Result<(), String> {
         None => None,
     };
     let existing = cfg.data_dir.join(identity::FILE).exists();
-    let (mut cluster, initial_voters) = bootstrap::membership(&cfg, existing, peer_tls.as_deref())?;
+    let bootstrap::Start {
+        mut cluster,
+        initial_voters,
+        layout,
+    } = bootstrap::membership(&cfg, existing, peer_tls.as_deref())?;
+    // A newcomer runs the cluster's layout (checked against its flags by
+    // whoever answered).
+    if let Some(l) = layout {
+        cfg.shards = l.shards;
+        cfg.unit_depth = l.unit_depth.or(cfg.unit_depth);
+    }
     // Flags that name a new cluster must agree with the data dir's record.
     let explicit_cluster =
         cfg.clustered() && cfg.peers.is_empty() && cfg.initial_cluster_state == "new";

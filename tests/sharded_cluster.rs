@@ -76,26 +76,42 @@ fn node_index(j: &Json, field: &str) -> u64 {
     j.path(&["node", field]).and_then(Json::as_u64).unwrap_or(0)
 }
 
-/// Writers put keys `/w{t}k{n}` through the members not marked dead,
-/// recording every acknowledged write.
+/// Which members the writers use: the first `up`, but not `dead`.
+#[derive(Clone)]
+struct Targets {
+    up: Arc<AtomicUsize>,
+    dead: Arc<AtomicUsize>,
+}
+
+impl Targets {
+    fn all(c: &Cluster) -> Targets {
+        Targets {
+            up: Arc::new(AtomicUsize::new(c.len())),
+            dead: Arc::new(AtomicUsize::new(usize::MAX)),
+        }
+    }
+}
+
+/// Writers put keys `/w{t}k{n}` through the members `to` names, recording
+/// every acknowledged write.
 fn writers(
     c: &Cluster,
     threads: usize,
     stop: Arc<AtomicBool>,
-    dead: Arc<AtomicUsize>,
+    to: Targets,
     acks: Arc<Mutex<Vec<Ack>>>,
 ) -> Vec<thread::JoinHandle<()>> {
     let ports = c.ports();
     (0..threads)
         .map(|t| {
-            let (ports, stop, dead, acks) =
-                (ports.clone(), stop.clone(), dead.clone(), acks.clone());
+            let (ports, stop, to, acks) = (ports.clone(), stop.clone(), to.clone(), acks.clone());
             thread::spawn(move || {
                 let mut n = 0usize;
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
                     let i = (t + n) % ports.len();
-                    if i == dead.load(Ordering::SeqCst) {
+                    if i >= to.up.load(Ordering::SeqCst) || i == to.dead.load(Ordering::SeqCst) {
+                        thread::yield_now();
                         continue;
                     }
                     let key = format!("/w{t}k{}", n % 40);
@@ -248,9 +264,10 @@ fn writes_through(fault: Fault) {
     };
 
     let stop = Arc::new(AtomicBool::new(false));
-    let dead = Arc::new(AtomicUsize::new(usize::MAX));
+    let to = Targets::all(&c);
+    let dead = to.dead.clone();
     let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
-    let ws = writers(&c, 6, stop.clone(), dead.clone(), acks.clone());
+    let ws = writers(&c, 6, stop.clone(), to, acks.clone());
     thread::sleep(Duration::from_millis(1500));
     dead.store(seq, Ordering::SeqCst);
     match fault {
@@ -286,86 +303,7 @@ fn writes_through(fault: Fault) {
         c.logs_tail(150)
     );
 
-    // 1. No index twice.
-    let mut by_index: BTreeMap<u64, &Ack> = BTreeMap::new();
-    for a in &acks {
-        if let Some(b) = by_index.insert(a.index, a) {
-            panic!("index {} given to {} and {}", a.index, a.key, b.key);
-        }
-    }
-    // 3. Indexes follow real time: a write sent after another was answered
-    // has a larger index, across the failover too.
-    let mut by_answer: Vec<&Ack> = acks.iter().collect();
-    by_answer.sort_by_key(|a| a.answered);
-    let mut sent_order: Vec<&Ack> = acks.iter().collect();
-    sent_order.sort_by_key(|a| a.sent);
-    let (mut j, mut max_before) = (0, 0u64);
-    for b in sent_order {
-        while j < by_answer.len() && by_answer[j].answered < b.sent {
-            max_before = max_before.max(by_answer[j].index);
-            j += 1;
-        }
-        assert!(
-            b.index > max_before,
-            "{} got index {} though a write answered before it was sent had {max_before}",
-            b.key,
-            b.index
-        );
-    }
-
-    // 8 and 5: every member holds each key's last acknowledged write (or a
-    // later one that failed at the client), the same on every member, and
-    // no read shows an index above its X-Etcd-Index.
-    let mut last: BTreeMap<&str, &Ack> = BTreeMap::new();
-    for a in &acks {
-        if last.get(a.key.as_str()).is_none_or(|b| b.index < a.index) {
-            last.insert(&a.key, a);
-        }
-    }
-    let mut states: Vec<BTreeMap<String, (u64, String)>> = Vec::new();
-    for i in 0..3 {
-        let mut state = BTreeMap::new();
-        for (key, a) in &last {
-            let (code, header, j) = get(&c, i, &format!("/v2/keys{key}")).expect("read");
-            assert_eq!(code, 200, "{key} on member {i}");
-            let m = node_index(&j, "modifiedIndex");
-            let v = j
-                .path(&["node", "value"])
-                .and_then(Json::as_str)
-                .unwrap_or("");
-            assert!(
-                m <= header,
-                "{key} on member {i}: modifiedIndex {m} > X-Etcd-Index {header}"
-            );
-            assert!(
-                m > a.index || (m == a.index && v == a.value),
-                "{key} on member {i}: {v}@{m}, but {}@{} was acknowledged",
-                a.value,
-                a.index
-            );
-            state.insert(key.to_string(), (m, v.to_string()));
-        }
-        states.push(state);
-    }
-    assert_eq!(states[0], states[1], "members 0 and 1 differ");
-    assert_eq!(states[0], states[2], "members 0 and 2 differ");
-
-    // 2. The same index is the same event on every member: each one's
-    // history from a sample of indexes answers alike.
-    for at in (from + 1..=top).step_by(((top - from) / 150).max(1) as usize) {
-        let target = format!("/v2/keys/?wait=true&recursive=true&waitIndex={at}");
-        let bodies: Vec<String> = (0..3)
-            .map(|i| {
-                http(c.port(i), "GET", &target, None, Duration::from_secs(5))
-                    .map(|r| r.body_str())
-                    .unwrap_or_default()
-            })
-            .collect();
-        assert!(
-            bodies[0].contains("modifiedIndex") && bodies.iter().all(|b| *b == bodies[0]),
-            "history from {at} differs: {bodies:?}"
-        );
-    }
+    let last = check_acks(&c, &acks, from, top);
 
     // 4. The watcher saw every acknowledged write once, in index order.
     until.store(top, Ordering::SeqCst);
@@ -420,6 +358,189 @@ fn writes_through(fault: Fault) {
         );
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Invariants 1, 2, 3, 5 and 8 over the acknowledged writes `acks` on
+/// every member of `c` (all live and converged): no index twice, indexes in
+/// real-time order, each key's last acknowledged write (or a later one) the
+/// same everywhere, never above a read's `X-Etcd-Index`, and the same
+/// history from a sample of indexes in (`from`, `top`]. Returns each key's
+/// last acknowledged write.
+fn check_acks(c: &Cluster, acks: &[Ack], from: u64, top: u64) -> BTreeMap<String, Ack> {
+    // 1. No index twice.
+    let mut by_index: BTreeMap<u64, &Ack> = BTreeMap::new();
+    for a in acks {
+        if let Some(b) = by_index.insert(a.index, a) {
+            panic!("index {} given to {} and {}", a.index, a.key, b.key);
+        }
+    }
+    // 3. Indexes follow real time: a write sent after another was answered
+    // has a larger index, across the failover too.
+    let mut by_answer: Vec<&Ack> = acks.iter().collect();
+    by_answer.sort_by_key(|a| a.answered);
+    let mut sent_order: Vec<&Ack> = acks.iter().collect();
+    sent_order.sort_by_key(|a| a.sent);
+    let (mut j, mut max_before) = (0, 0u64);
+    for b in sent_order {
+        while j < by_answer.len() && by_answer[j].answered < b.sent {
+            max_before = max_before.max(by_answer[j].index);
+            j += 1;
+        }
+        assert!(
+            b.index > max_before,
+            "{} got index {} though a write answered before it was sent had {max_before}",
+            b.key,
+            b.index
+        );
+    }
+
+    // 8 and 5: every member holds each key's last acknowledged write (or a
+    // later one that failed at the client), the same on every member, and
+    // no read shows an index above its X-Etcd-Index.
+    let mut last: BTreeMap<String, Ack> = BTreeMap::new();
+    for a in acks {
+        if last.get(a.key.as_str()).is_none_or(|b| b.index < a.index) {
+            last.insert(a.key.clone(), a.clone());
+        }
+    }
+    let mut states: Vec<BTreeMap<String, (u64, String)>> = Vec::new();
+    for i in 0..c.len() {
+        let mut state = BTreeMap::new();
+        for (key, a) in &last {
+            let (code, header, j) = get(c, i, &format!("/v2/keys{key}")).expect("read");
+            assert_eq!(code, 200, "{key} on member {i}");
+            let m = node_index(&j, "modifiedIndex");
+            let v = j
+                .path(&["node", "value"])
+                .and_then(Json::as_str)
+                .unwrap_or("");
+            assert!(
+                m <= header,
+                "{key} on member {i}: modifiedIndex {m} > X-Etcd-Index {header}"
+            );
+            assert!(
+                m > a.index || (m == a.index && v == a.value),
+                "{key} on member {i}: {v}@{m}, but {}@{} was acknowledged",
+                a.value,
+                a.index
+            );
+            state.insert(key.to_string(), (m, v.to_string()));
+        }
+        states.push(state);
+    }
+    for (i, state) in states.iter().enumerate().skip(1) {
+        assert_eq!(states[0], *state, "members 0 and {i} differ");
+    }
+
+    // 2. The same index is the same event on every member: each one's
+    // history from a sample of indexes answers alike.
+    for at in (from + 1..=top).step_by(((top - from) / 150).max(1) as usize) {
+        let target = format!("/v2/keys/?wait=true&recursive=true&waitIndex={at}");
+        let bodies: Vec<String> = (0..c.len())
+            .map(|i| {
+                http(c.port(i), "GET", &target, None, Duration::from_secs(5))
+                    .map(|r| r.body_str())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert!(
+            bodies[0].contains("modifiedIndex") && bodies.iter().all(|b| *b == bodies[0]),
+            "history from {at} differs: {bodies:?}\n{}",
+            c.logs_tail(100)
+        );
+    }
+
+    last
+}
+
+/// A lone sharded member (0.x flags) grows to three through `-peers` while
+/// clients write through every member that is up: the newcomers adopt its
+/// layout (they are started without `--shards` and `--unit-depth`), every
+/// group gains them, and the invariants hold across the change from one
+/// voter (indexes taken at execution) to a sequencer (indexes stamped at
+/// proposal). A newcomer started with another layout is refused before it
+/// is added.
+#[test]
+fn a_lone_sharded_member_grows_to_three_through_peers_under_writes() {
+    let _serial = serial();
+    let mut c = Cluster::unstarted(3);
+    let mut seed: Vec<&str> = FAST.to_vec();
+    seed.extend_from_slice(SHARDED);
+    let newcomer = [
+        FAST,
+        &["--experimental-sharded-cluster", "--history-size", "200000"],
+    ]
+    .concat();
+    let peer = |c: &Cluster, i: usize| c.members[i].peer_port;
+    let (p1, p2) = (peer(&c, 0), peer(&c, 1));
+    c.members[0].args = c.members[0].ox_args(&[], &seed);
+    c.start(0);
+    c.must_put(0, "/w0k1", "first");
+    let (_, from, _) = get(&c, 0, "/v2/keys/w0k1").expect("read");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let to = Targets::all(&c);
+    to.up.store(1, Ordering::SeqCst);
+    let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
+    let ws = writers(&c, 6, stop.clone(), to.clone(), acks.clone());
+    thread::sleep(Duration::from_millis(800));
+
+    // Another layout is refused, and the cluster keeps one member.
+    let mut wrong = c.members[1].ox_args(&[p1], &newcomer);
+    wrong.extend(["--shards".to_string(), "3".to_string()]);
+    c.members[1].args = wrong;
+    c.members[1].spawn().expect("spawn");
+    let status = c.members[1].wait_exit(Duration::from_secs(20));
+    let log = c.members[1].log_since_start();
+    assert!(
+        status.is_some_and(|s| !s.success()) && log.contains("shard layout differs"),
+        "a newcomer with 3 shards joined a 2-shard cluster: {status:?}\n{log}"
+    );
+    std::fs::remove_dir_all(c.members[1].data_dir()).ok();
+
+    c.members[1].args = c.members[1].ox_args(&[p1], &newcomer);
+    c.start(1);
+    to.up.store(2, Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(800));
+    c.members[2].args = c.members[2].ox_args(&[p1, p2], &newcomer);
+    c.start(2);
+    to.up.store(3, Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::SeqCst);
+    for w in ws {
+        w.join().unwrap();
+    }
+    let top = wait_same(&mut c, Duration::from_secs(20));
+    for i in 0..3 {
+        let members = http(
+            c.port(i),
+            "GET",
+            "/v2/members",
+            None,
+            Duration::from_secs(5),
+        )
+        .expect("members")
+        .body_str();
+        assert_eq!(
+            members.matches("\"id\"").count(),
+            3,
+            "member {i}: {members}"
+        );
+        let shards = positions(&c, i).unwrap_or_default();
+        assert_eq!(shards.len(), 2, "member {i} runs {shards:?}");
+    }
+    let acks = acks.lock().unwrap().clone();
+    let late = acks
+        .iter()
+        .filter(|a| a.sent > Instant::now() - Duration::from_secs(2))
+        .count();
+    assert!(
+        acks.len() > 100 && late > 20,
+        "too few writes went through ({} in all, {late} at the end)\n{}",
+        acks.len(),
+        c.logs_tail(150)
+    );
+    check_acks(&c, &acks, from, top);
 }
 
 /// Keys with a TTL expire once, each with one index, the same on every

@@ -16,34 +16,60 @@ use std::time::Duration;
 use super::transport::{
     decode_join_reply, encode_hello, frame_len, host_port, KIND_JOIN, KIND_LOOKUP,
 };
-use super::{cluster_id, member_id, Cluster, Member};
+use super::{cluster_id, member_id, Cluster, Layout, Member};
 use crate::config::Config;
 
-/// The membership this member starts with, and the voters of a raft group
-/// that has no recorded configuration yet: this member alone, the static
-/// cluster, or none (joining: the leader brings this member up to date).
-/// `existing`: the data dir already records an identity (it wins; flags
-/// naming peers are then ignored).
+/// What a member starts with: its membership, the voters of a raft group
+/// that has no recorded configuration yet (this member alone, the static
+/// cluster, or none: joining, the leader brings this member up to date),
+/// and the shard layout of the cluster it joins (learned from a peer).
+pub struct Start {
+    pub cluster: Cluster,
+    pub initial_voters: Vec<u64>,
+    pub layout: Option<Layout>,
+}
+
+/// The [`Start`] of this member. `existing`: the data dir already records
+/// an identity (it wins; flags naming peers are then ignored).
 pub fn membership(
     cfg: &Config,
     existing: bool,
     tls: Option<&crate::tls::PeerConfigs>,
-) -> Result<(Cluster, Vec<u64>), String> {
+) -> Result<Start, String> {
     let cluster = cluster_of(cfg);
     if existing {
         if !cfg.peers.is_empty() {
             tracing::info!("the data dir records this member's cluster; -peers is only used to join the first time");
         }
-        let me = vec![cluster.local().id];
-        return Ok((cluster, me));
+        let initial_voters = vec![cluster.local().id];
+        return Ok(Start {
+            cluster,
+            initial_voters,
+            layout: None,
+        });
     }
-    if !cfg.peers.is_empty() {
-        Ok((join(cfg, tls)?, Vec::new()))
+    let (cluster, initial_voters, layout) = if !cfg.peers.is_empty() {
+        let (c, l) = join(cfg, tls)?;
+        (c, Vec::new(), l)
     } else if cfg.initial_cluster_state == "existing" {
-        Ok((existing_membership(cfg, cluster, tls)?, Vec::new()))
+        let (c, l) = existing_membership(cfg, cluster, tls)?;
+        (c, Vec::new(), l)
     } else {
         let voters = cluster.members.iter().map(|m| m.id).collect();
-        Ok((cluster, voters))
+        (cluster, voters, None)
+    };
+    Ok(Start {
+        cluster,
+        initial_voters,
+        layout,
+    })
+}
+
+/// The layout this member was started with (0 / None: not given).
+fn wanted_layout(cfg: &Config) -> Layout {
+    Layout {
+        shards: cfg.shards,
+        unit_depth: cfg.unit_depth,
     }
 }
 
@@ -81,8 +107,11 @@ fn cluster_of(cfg: &Config) -> Cluster {
 
 /// 0.x `-peers`: ask the listed members, in turn, to add this one; retry
 /// for a while (the cluster may be electing). Returns the cluster, with
-/// this member in it.
-fn join(cfg: &Config, tls: Option<&crate::tls::PeerConfigs>) -> Result<Cluster, String> {
+/// this member in it, and the layout its members run.
+fn join(
+    cfg: &Config,
+    tls: Option<&crate::tls::PeerConfigs>,
+) -> Result<(Cluster, Option<Layout>), String> {
     let me = Member {
         id: 0,
         name: cfg.name.clone(),
@@ -90,11 +119,13 @@ fn join(cfg: &Config, tls: Option<&crate::tls::PeerConfigs>) -> Result<Cluster, 
         client_urls: cfg.advertise_client_urls.clone(),
     };
     let addrs: Vec<&str> = cfg.peers.iter().map(String::as_str).collect();
-    let c = ask_peers(&addrs, Duration::from_secs(60), |addr| {
-        match request_join(addr, &me, tls) {
+    let request = format!("{}\n{}", me.encode(), wanted_layout(cfg).line());
+    let (c, layout) = ask_peers(&addrs, Duration::from_secs(60), |addr| {
+        match exchange(addr, KIND_JOIN, request.as_bytes(), tls) {
             Ok(bytes) => Ok(Cluster::decode_named(&bytes, &me.name)
+                .map(|c| (c, Layout::find(&bytes)))
                 .ok_or_else(|| format!("{addr}: the join reply does not list this member"))),
-            Err(e) if e.contains("already in the cluster") || e.contains("runs one") => {
+            Err(e) if e.contains("already in the cluster") || e.contains("shard layout") => {
                 Ok(Err(format!("cannot join through {addr}: {e}")))
             }
             Err(e) => Err(e),
@@ -107,7 +138,7 @@ fn join(cfg: &Config, tls: Option<&crate::tls::PeerConfigs>) -> Result<Cluster, 
         )
     })??;
     tracing::info!(member_id = %format!("{:x}", c.local().id), cluster_id = %format!("{:x}", c.id), "joined the cluster");
-    Ok(c)
+    Ok((c, layout))
 }
 
 /// Ask the peer addresses in turn, every 500 ms, until one answers (`ask`
@@ -135,12 +166,13 @@ fn ask_peers<T>(
 
 /// `--initial-cluster-state existing`: this member was added through the
 /// members API; learn the cluster (its id and members) from another member
-/// listed in `--initial-cluster`.
+/// listed in `--initial-cluster`, and the layout its members run (this
+/// member is already a voter: a layout it cannot run stops it here).
 fn existing_membership(
     cfg: &Config,
     flags: Cluster,
     tls: Option<&crate::tls::PeerConfigs>,
-) -> Result<Cluster, String> {
+) -> Result<(Cluster, Option<Layout>), String> {
     let me = flags.local().clone();
     let addrs: Vec<&str> = flags
         .members
@@ -161,20 +193,17 @@ fn existing_membership(
             me.peer_urls.join(",")
         ));
     };
+    let layout = Layout::find(&bytes);
+    if let Some(why) = layout.and_then(|l| l.refuses(wanted_layout(cfg))) {
+        return Err(format!(
+            "member {:?} cannot run in this cluster: {why}; remove it (DELETE /v2/members/{:x}) or restart it so",
+            cfg.name, me.id
+        ));
+    }
     let i = c.local;
     c.members[i].name = me.name.clone();
     c.members[i].client_urls = me.client_urls.clone();
-    Ok(c)
-}
-
-/// Ask the member at peer address `addr` to add `me`; blocking, used once
-/// at start-up before the executors run. Returns the encoded cluster.
-fn request_join(
-    addr: &str,
-    me: &Member,
-    tls: Option<&crate::tls::PeerConfigs>,
-) -> Result<Vec<u8>, String> {
-    exchange(addr, KIND_JOIN, me.encode().as_bytes(), tls)
+    Ok((c, layout))
 }
 
 /// Ask the member at peer address `addr` for the membership.

@@ -39,6 +39,76 @@ pub struct Cluster {
 /// The membership as the v2 handlers read it (changed by the raft loop).
 pub type View = Arc<RwLock<Cluster>>;
 
+/// How a member splits the keyspace into shards. Every member of a cluster
+/// must split it alike (a key's raft group follows from it), so a join
+/// request says what the newcomer was started with and the join and lookup
+/// replies say what the cluster runs: a newcomer started without
+/// `--shards` / `--unit-depth` adopts the cluster's; one started with
+/// others is refused (by the member it asks to add it, when it joins with
+/// `-peers`; by itself at start, when it was added through the members
+/// API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Shards per member (0 in a request: whatever the cluster runs).
+    pub shards: usize,
+    /// The unit depth (None in a request: whatever the cluster runs).
+    pub unit_depth: Option<usize>,
+}
+
+impl Layout {
+    /// One line, `layout <shards> <unit depth or ->`, appended to a join
+    /// request or to a join or lookup reply.
+    pub fn line(&self) -> String {
+        match self.unit_depth {
+            Some(d) => format!("layout {} {d}\n", self.shards),
+            None => format!("layout {} -\n", self.shards),
+        }
+    }
+
+    /// The layout line in `text`, if there is one.
+    pub fn find(text: &[u8]) -> Option<Layout> {
+        let text = std::str::from_utf8(text).ok()?;
+        let rest = text.lines().find_map(|l| l.strip_prefix("layout "))?;
+        let (s, d) = rest.split_once(' ')?;
+        Some(Layout {
+            shards: s.parse().ok()?,
+            unit_depth: match d {
+                "-" => None,
+                d => Some(d.parse().ok()?),
+            },
+        })
+    }
+
+    /// Why a newcomer started with `wanted` cannot join a cluster whose
+    /// members run `self` (None: it can, adopting what it left open). The
+    /// unit depth only matters with several shards.
+    pub fn refuses(&self, wanted: Layout) -> Option<String> {
+        let shards_differ = wanted.shards != 0 && wanted.shards != self.shards;
+        let depth_differs = self.shards > 1
+            && wanted
+                .unit_depth
+                .is_some_and(|d| Some(d) != self.unit_depth);
+        if !shards_differ && !depth_differs {
+            return None;
+        }
+        let depth = self.unit_depth.unwrap_or(0);
+        Some(if self.shards > 1 {
+            format!(
+                "shard layout differs: this cluster's members run {} shards with unit depth {depth} (the newcomer: {} shards, unit depth {}); start it with --experimental-sharded-cluster and without --shards and --unit-depth (or with --shards {} --unit-depth {depth})",
+                self.shards,
+                wanted.shards,
+                wanted.unit_depth.map_or("default".to_string(), |d| d.to_string()),
+                self.shards
+            )
+        } else {
+            format!(
+                "shard layout differs: this cluster's members run one shard (the newcomer: {}); start it with --shards 1 or without --shards",
+                wanted.shards
+            )
+        })
+    }
+}
+
 impl Member {
     /// One line: `id<TAB>name<TAB>peer,urls<TAB>client,urls`.
     pub fn encode(&self) -> String {
@@ -180,6 +250,8 @@ impl Cluster {
                 "cluster" => c.id = u64::from_str_radix(v, 16).ok()?,
                 "member" => c.members.push(Member::decode(v)?),
                 "removed" => c.removed.push(u64::from_str_radix(v, 16).ok()?),
+                // Carried by join and lookup replies ([`Layout`]).
+                "layout" => {}
                 _ => return None,
             }
         }
@@ -222,6 +294,36 @@ mod tests {
         assert_eq!(d.members, c.members);
         assert_eq!(d.removed, vec![1]);
         assert_eq!(d.local().name, "b");
+    }
+
+    #[test]
+    fn a_newcomer_adopts_or_is_refused_the_layout() {
+        let cluster = Layout {
+            shards: 2,
+            unit_depth: Some(1),
+        };
+        let l = |shards, unit_depth| Layout { shards, unit_depth };
+        let reply = [
+            Cluster::encode(&Cluster::decode(b"cluster 7\n", 0).unwrap()),
+            cluster.line().into_bytes(),
+        ]
+        .concat();
+        assert_eq!(Layout::find(&reply), Some(cluster));
+        assert!(
+            Cluster::decode(&reply, 0).is_some(),
+            "a reply still decodes"
+        );
+        assert_eq!(Layout::find(l(0, None).line().as_bytes()), Some(l(0, None)));
+        assert_eq!(cluster.refuses(l(0, None)), None);
+        assert_eq!(cluster.refuses(l(2, Some(1))), None);
+        assert!(cluster
+            .refuses(l(1, None))
+            .unwrap()
+            .contains("run 2 shards"));
+        assert!(cluster.refuses(l(0, Some(3))).is_some());
+        // One shard: the unit depth does not matter.
+        assert_eq!(l(1, Some(1)).refuses(l(1, Some(3))), None);
+        assert!(l(1, Some(1)).refuses(l(4, None)).is_some());
     }
 
     #[test]

@@ -575,28 +575,25 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
     }
     let names: std::collections::BTreeSet<&str> =
         initial_cluster.iter().map(|(n, _)| n.as_str()).collect();
-    // 0.x-style members (`-peer-addr`) are meant to be clustered: like
-    // members of a cluster, they run one shard unless told otherwise.
-    if shards == 0 && peer_addr.is_some() {
-        shards = 1;
-    }
     let sharded_cluster = get("experimental-sharded-cluster")
         .map(|v| parse_bool("experimental-sharded-cluster", v))
         .transpose()?
         .unwrap_or(false);
-    let clustered = names.len() > 1 || !peers.is_empty() || state == "existing";
-    if clustered && sharded_cluster {
-        if !peers.is_empty() {
-            return Err(
-                "flag -experimental-sharded-cluster: a sharded member joins through the members API and --initial-cluster-state existing, not -peers, in this version"
-                    .into(),
-            );
-        }
-    } else if clustered {
+    // Joining a cluster (-peers, or added through the members API): a
+    // sharded member without --shards / --unit-depth adopts the cluster's
+    // layout (`cluster::Layout`).
+    let joining = !peers.is_empty() || state == "existing";
+    // 0.x-style members (`-peer-addr`) are meant to be clustered: like
+    // members of a cluster, they run one shard unless told otherwise.
+    if shards == 0 && peer_addr.is_some() && !(sharded_cluster && joining) {
+        shards = 1;
+    }
+    let clustered = names.len() > 1 || joining;
+    if clustered && !sharded_cluster {
         // A replicated member runs one shard (see docs/architecture.md).
         if shards > 1 {
             return Err(format!(
-                "flag -shards {shards} with several members: a replicated member runs one shard in this version (use --shards 1)"
+                "flag -shards {shards} with several members: a replicated member runs one shard unless started with --experimental-sharded-cluster (use --shards 1)"
             ));
         }
         shards = 1;
@@ -669,7 +666,7 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         limits,
         log_level: get("log-level").unwrap_or("info").to_string(),
         force_new_cluster: force,
-        sharded_cluster: sharded_cluster && clustered,
+        sharded_cluster,
         peers,
         snapshot_count: num::<u64>(vals, "snapshot-count", 100_000)?.max(10),
     })
@@ -793,6 +790,27 @@ mod tests {
         let e = p(&["--name", "a", "--initial-cluster", ic, "--shards", "2"]).unwrap_err();
         assert!(e.contains("one shard"), "{e}");
         assert!(p(&["-peers", "not a url"]).is_err());
+        // A sharded newcomer leaves its layout open (it adopts the
+        // cluster's); a sharded seed runs one shard unless told otherwise.
+        let peers = ["-peer-addr", "127.0.0.1:7002", "-peers", "127.0.0.1:7001"];
+        let flag = "--experimental-sharded-cluster";
+        assert_eq!(p(&[&peers[..], &[flag]].concat()).unwrap().shards, 0);
+        assert_eq!(p(&peers).unwrap().shards, 1);
+        assert_eq!(
+            p(&["-peer-addr", "127.0.0.1:7001", flag]).unwrap().shards,
+            1
+        );
+        let c = p(&[
+            "--name",
+            "a",
+            "--initial-cluster",
+            ic,
+            "--shards",
+            "2",
+            flag,
+        ])
+        .unwrap();
+        assert!(c.sharded_cluster && c.shards == 2);
     }
 
     #[test]

@@ -61,11 +61,13 @@ impl Receiver for Inbound {
             if kind == KIND_JOIN {
                 join(shard, payload).await
             } else {
-                shard
+                let mut body = shard
                     .view()
                     .read()
                     .map(|v| v.encode())
-                    .map_err(|_| "membership unavailable".to_string())
+                    .map_err(|_| "membership unavailable".to_string())?;
+                body.extend_from_slice(layout(&shard).line().as_bytes());
+                Ok(body)
             }
         })
     }
@@ -92,16 +94,34 @@ pub fn on_mesh(shard: &Rc<Shard>, m: PeerMsg) {
     }
 }
 
+/// What a member of this cluster runs (join and lookup replies).
+fn layout(shard: &Shard) -> crate::cluster::Layout {
+    crate::cluster::Layout {
+        shards: shard.shared.shards,
+        unit_depth: Some(shard.shared.unit_depth),
+    }
+}
+
 /// A newcomer asks to join: add it through raft, answer with the cluster.
-async fn join(shard: Rc<Shard>, line: Vec<u8>) -> Result<Vec<u8>, String> {
-    if shard.shared.shards > 1 {
+async fn join(shard: Rc<Shard>, request: Vec<u8>) -> Result<Vec<u8>, String> {
+    if shard.shared.shards > 1 && !shard.shared.seq.enabled {
         return Err(format!(
-            "this member runs {} shards; a replicated member runs one (start it with --shards 1 on a new data dir)",
+            "shard layout: this member runs {} shards without --experimental-sharded-cluster, so it cannot take members (a replicated member runs one shard, or every shard as a raft group with that flag)",
             shard.shared.shards
         ));
     }
-    let line = std::str::from_utf8(&line).map_err(|_| "bad join request".to_string())?;
+    let text = std::str::from_utf8(&request).map_err(|_| "bad join request".to_string())?;
+    let line = text.lines().next().unwrap_or("");
     let mut m = Member::decode(line).ok_or("bad join request")?;
+    // A newcomer from before layouts were sent runs one shard.
+    let wanted = crate::cluster::Layout::find(&request).unwrap_or(crate::cluster::Layout {
+        shards: 1,
+        unit_depth: None,
+    });
+    let mine = layout(&shard);
+    if let Some(why) = mine.refuses(wanted) {
+        return Err(why);
+    }
     let (cid, existing) = {
         let v = shard.view().read().map_err(|_| "membership unavailable")?;
         let existing = v
@@ -124,7 +144,10 @@ async fn join(shard: Rc<Shard>, line: Vec<u8>) -> Result<Vec<u8>, String> {
     m.id = crate::cluster::member_id(&m.peer_urls, &format!("{cid:x}-{}", super::wall_nanos()));
     tracing::info!(name = %m.name, id = %format!("{:x}", m.id), "adding member (join request)");
     match add_member(&shard, m).await {
-        Answer::Read(Ok((body, _))) => Ok(body),
+        Answer::Read(Ok((mut body, _))) => {
+            body.extend_from_slice(mine.line().as_bytes());
+            Ok(body)
+        }
         Answer::Read(Err(e)) => Err(String::from_utf8_lossy(&e.cause).into_owned()),
         Answer::Write(_) => Err("unexpected answer".into()),
     }
