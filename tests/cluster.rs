@@ -1386,13 +1386,18 @@ fn snapshot_catch_up_within_a_fixed_memory_budget() {
                     conn.send(&req).unwrap();
                     let r =
                         read_response(&mut conn, "PUT", Instant::now() + CLIENT_TIMEOUT).unwrap();
-                    assert!(matches!(r.code(), 200 | 201), "{}", r.body_str());
+                    if !matches!(r.code(), 200 | 201) {
+                        return Err(format!("PUT {target}: {}", r.body_str()));
+                    }
                 }
+                Ok(())
             })
         })
         .collect();
     for l in loaders {
-        l.join().unwrap();
+        if let Err(e) = l.join().unwrap() {
+            panic!("{e}\n{}", c.logs());
+        }
     }
     c.must_put(leader, "/big/last", "done");
     let leader_pid = c.members[leader].pid().unwrap();

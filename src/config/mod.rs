@@ -629,12 +629,6 @@ fn build(vals: &std::collections::HashMap<&str, String>) -> Result<Config, Strin
         .iter()
         .filter_map(|n| get(n))
         .any(|v| parse_bool("force", v).unwrap_or(false));
-    if force && sharded_cluster {
-        return Err(
-            "flag -force-new-cluster: not supported with -experimental-sharded-cluster in this version"
-                .into(),
-        );
-    }
     Ok(Config {
         name,
         data_dir,

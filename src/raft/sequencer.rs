@@ -129,6 +129,13 @@ impl Sequencer {
         }
     }
 
+    /// The leader of group `g` as its loop last published it (0: none).
+    pub fn leader(&self, g: usize) -> u64 {
+        self.groups
+            .get(g)
+            .map_or(0, |s| s.leader.load(Ordering::Acquire))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Generation> {
         self.generation.lock().unwrap_or_else(|e| e.into_inner())
     }

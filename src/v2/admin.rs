@@ -18,6 +18,19 @@ use crate::http::response::{Response, JSON, TEXT};
 use crate::http::{Handled, Method, Request};
 use crate::shard::Answer;
 
+/// The member's leader as the admin endpoints report it, and whether it is
+/// this member: in a sharded cluster, group 0's (the group that changes
+/// the membership, whose leader sequences every group), whichever
+/// executor took the request.
+fn leader(api: &Api, me: u64) -> (u64, bool) {
+    let leader = if api.shard.shared.seq.enabled {
+        api.shard.shared.seq.leader(0)
+    } else {
+        api.shard.raft.leader()
+    };
+    (leader, leader != 0 && leader == me)
+}
+
 /// The etcd version kardia answers as, for client compatibility.
 pub const ETCD_VERSION: &str = "3.4.23";
 pub const CLUSTER_VERSION: &str = "3.4.0";
@@ -287,7 +300,7 @@ pub fn members(
             body.extend_from_slice(b"]}\n");
             send(req, 200, JSON, hdr, &body, out);
         }
-        b"/leader" => match view.get(api.shard.raft.leader()) {
+        b"/leader" => match view.get(leader(api, view.local().id).0) {
             Some(m) => {
                 member_json(m, &mut body);
                 body.push(b'\n');
@@ -394,7 +407,7 @@ pub fn stats_self(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     }
     let view = api.cluster.read().expect("membership");
     let me = view.local();
-    let leader = api.shard.raft.is_leader();
+    let (leader_id, leader) = leader(api, me.id);
     let start = nanos(api.start);
     let mut body = Vec::new();
     let _ = write!(Str(&mut body), "{{\"name\":");
@@ -413,7 +426,7 @@ pub fn stats_self(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     let _ = write!(
         Str(&mut body),
         ",\"leaderInfo\":{{\"leader\":\"{}\",\"uptime\":\"",
-        match api.shard.raft.leader() {
+        match leader_id {
             0 => String::new(),
             id => format!("{id:x}"),
         }
@@ -440,7 +453,8 @@ pub fn stats_leader(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     if !only_get(req, out) {
         return;
     }
-    if !api.shard.raft.is_leader() {
+    let me = api.cluster.read().expect("membership").local().id;
+    if !leader(api, me).1 {
         send(
             req,
             403,
