@@ -543,6 +543,152 @@ fn a_lone_sharded_member_grows_to_three_through_peers_under_writes() {
     check_acks(&c, &acks, from, top);
 }
 
+/// An online backup of one member of a sharded cluster, taken while
+/// clients write through every member, is a cut of both groups: restored
+/// alone with `--force-new-cluster`, it holds each key's last acknowledged
+/// write up to the backup's index, at the same index (or a write whose
+/// client gave up, at an index no acknowledged write has), answers at that
+/// index, and takes new writes above it.
+#[test]
+fn an_online_backup_of_a_sharded_member_is_a_cut() {
+    let _serial = serial();
+    let mut c = start();
+    sequencer(&mut c);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
+    let ws = writers(&c, 6, stop.clone(), Targets::all(&c), acks.clone());
+    thread::sleep(Duration::from_millis(1000));
+    let root = tempfile::tempdir().expect("temp dir");
+    let dir = root.path().join("backup");
+    let member = 1;
+    let target = format!("/kardia/backup?dir={}", dir.display());
+    let r = http(
+        c.port(member),
+        "POST",
+        &target,
+        None,
+        Duration::from_secs(30),
+    )
+    .expect("backup request");
+    assert_eq!(r.code(), 201, "{}\n{}", r.body_str(), c.logs_tail(60));
+    let index = Json::parse(&r.body_str())
+        .ok()
+        .and_then(|j| j.get("index").and_then(Json::as_u64))
+        .expect("the backup's index");
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    for w in ws {
+        w.join().unwrap();
+    }
+    let acks = acks.lock().unwrap().clone();
+    assert!(
+        acks.iter().any(|a| a.index > index),
+        "no write after the backup"
+    );
+    let acked: std::collections::BTreeSet<u64> = acks.iter().map(|a| a.index).collect();
+    let mut want: BTreeMap<String, Ack> = BTreeMap::new();
+    for a in acks.iter().filter(|a| a.index <= index) {
+        if want.get(&a.key).is_none_or(|b| b.index < a.index) {
+            want.insert(a.key.clone(), a.clone());
+        }
+    }
+    assert!(
+        want.len() > 100,
+        "too few writes before the backup: {}",
+        want.len()
+    );
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_kardia"))
+        .arg("check")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    drop(c);
+
+    // Restored alone, under the member's name, on new ports.
+    let name = format!("n{}", member + 1);
+    let mut m = common::cluster::Member::new(&name);
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&dir)
+        .arg(m.data_dir())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let mut extra: Vec<&str> = FAST.to_vec();
+    extra.extend_from_slice(&["--force-new-cluster", "--experimental-sharded-cluster"]);
+    let spec = format!("{name}={}", m.peer_url());
+    m.args = m.static_args(&spec, "restored", &extra);
+    m.start()
+        .unwrap_or_else(|e| panic!("start on the backup: {e}"));
+    let port = m.client_port;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listing = loop {
+        let r = http(
+            port,
+            "GET",
+            "/v2/keys/?recursive=true",
+            None,
+            Duration::from_secs(5),
+        );
+        match r {
+            Ok(r) if r.code() == 200 => break r,
+            _ if Instant::now() < deadline => thread::sleep(Duration::from_millis(100)),
+            r => panic!("the restored member does not list: {r:?}\n{}", m.log()),
+        }
+    };
+    assert_eq!(
+        listing.header("X-Etcd-Index"),
+        Some(index.to_string().as_str()),
+        "{}",
+        m.log()
+    );
+    let mut listed = BTreeMap::new();
+    let listing = Json::parse(&listing.body_str()).expect("listing");
+    files_of(listing.get("node").expect("a node"), &mut listed);
+    for key in acks
+        .iter()
+        .map(|a| &a.key)
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        match (want.get(key), listed.get(key)) {
+            (Some(a), Some((v, i))) if *i == a.index => {
+                assert_eq!(*v, a.value, "{key} at {i}")
+            }
+            (Some(a), Some((_, i))) => assert!(
+                *i > a.index && *i <= index && !acked.contains(i),
+                "{key}: restored at {i}, acknowledged {}@{} (backup at {index})",
+                a.value,
+                a.index
+            ),
+            (Some(a), None) => panic!(
+                "{key}: {}@{} missing from the backup at {index}",
+                a.value, a.index
+            ),
+            (None, Some((_, i))) => assert!(
+                *i <= index && !acked.contains(i),
+                "{key}: restored at {i}, but no write of it was acknowledged up to {index}"
+            ),
+            (None, None) => {}
+        }
+    }
+    let r = http(
+        port,
+        "PUT",
+        "/v2/keys/after",
+        Some("value=x"),
+        Duration::from_secs(10),
+    )
+    .expect("write after restore");
+    assert!(r.code() == 201, "{}\n{}", r.body_str(), m.log());
+    let j = Json::parse(&r.body_str()).expect("answer");
+    assert!(node_index(&j, "modifiedIndex") > index, "{}", r.body_str());
+}
+
 /// Keys with a TTL expire once, each with one index, the same on every
 /// member (the sequencer stamps each SYNC with as many indexes as keys are
 /// due).

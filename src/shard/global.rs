@@ -217,29 +217,8 @@ pub fn submit(shard: &Rc<Shard>, job: Job, target: impl Into<Option<Target>>) {
             }
             return;
         }
-        // Backups of a sharded cluster's member are not built yet (issue
-        // #14): refused. (Listings across shards go to the coordinator,
-        // which gates every group at one index: `gate_cut`.)
-        if matches!(job, Job::Read(_)) {
-            return submit_to_coordinator(shard, job, target);
-        }
-        if let Some(t) = target {
-            let e = V2Error::new(
-                RAFT_INTERNAL,
-                "etcdserver: backups of a sharded cluster's member are not supported yet",
-                shard.orderer.borrow().closed(),
-            );
-            let a = match job {
-                Job::Write(_) => Answer::Write(Reply {
-                    outcome: Err(e),
-                    raft_index: 0,
-                    raft_term: 0,
-                }),
-                _ => Answer::Read(Err(e)),
-            };
-            shard.answer(t, a);
-        }
-        return;
+        // Listings across shards and backups go to the coordinator, which
+        // gates every group at one index first (`gate_cut`).
     }
     submit_to_coordinator(shard, job, target)
 }
@@ -591,10 +570,11 @@ pub async fn coordinate(shard: Rc<Shard>) {
                 }
             }
         }
-        // A sharded cluster's reads: every group gated at one index first
-        // (its member-wide writes run before, in their own session).
+        // A sharded cluster's reads and backups: every group gated at one
+        // index first (its member-wide writes run before, in their own
+        // session).
         let mut gated = None;
-        if shard.shared.seq.enabled && !reads.is_empty() {
+        if shard.shared.seq.enabled && (!reads.is_empty() || backup.is_some()) {
             let outcome = if writes.is_empty() {
                 gate_cut(&shard).await
             } else {
@@ -605,9 +585,11 @@ pub async fn coordinate(shard: Rc<Shard>) {
                 Err(why) => {
                     lift_apply_gates(&shard);
                     let mut q = shard.global.jobs.borrow_mut();
-                    for (req, target) in reads.drain(..).rev() {
+                    let backup = backup.take().map(|(dir, t)| (Job::Backup(dir), t));
+                    let reads = reads.drain(..).map(|(req, t)| (Job::Read(req), t));
+                    for (job, target) in backup.into_iter().chain(reads).rev() {
                         match why {
-                            None => q.push_front((Job::Read(req), target)),
+                            None => q.push_front((job, target)),
                             Some(m) => {
                                 if let Some(t) = target {
                                     let e = V2Error::new(RAFT_INTERNAL, m, 0);
