@@ -10,8 +10,10 @@
 //! losing an acknowledged write; a linearizability check of quorum reads,
 //! writes and CAS across leader kills; a lagging member catching up by
 //! snapshot; and real etcd clients (etcdctl, python-etcd) against a
-//! cluster. Tests run one at a time (`cluster::serial`), since they time
-//! failovers on a small machine.
+//! cluster. Every test runs twice: with one-shard members, and with
+//! sharded members (`mod sharded`: two shards each, every shard its own
+//! raft group). Tests run one at a time (`cluster::serial`), since they
+//! time failovers on a small machine.
 
 mod common;
 
@@ -1469,4 +1471,77 @@ fn snapshot_catch_up_within_a_fixed_memory_budget() {
         leader_peak >> 20
     );
     c.wait_converged(Duration::from_secs(20));
+}
+
+/// Every test above again with sharded members (issue #14): two shards
+/// each, every shard its own raft group across the members
+/// (`--experimental-sharded-cluster`; the newcomers of the seed journey
+/// are started the same way).
+mod sharded {
+    fn sharded(test: fn()) {
+        super::common::cluster::with_member_flags(
+            &["--shards", "2", "--experimental-sharded-cluster"],
+            test,
+        );
+    }
+
+    #[test]
+    fn seed_journey_with_0x_flags() {
+        sharded(super::seed_journey_with_0x_flags);
+    }
+
+    #[test]
+    fn listens_on_any_address_advertises_loopback() {
+        sharded(super::listens_on_any_address_advertises_loopback);
+    }
+
+    #[test]
+    fn static_bootstrap_and_members_api() {
+        sharded(super::static_bootstrap_and_members_api);
+    }
+
+    #[test]
+    fn leader_crash_under_load() {
+        sharded(super::leader_crash_under_load);
+    }
+
+    #[test]
+    fn isolated_leader_acknowledges_nothing() {
+        sharded(super::isolated_leader_acknowledges_nothing);
+    }
+
+    #[test]
+    fn linearizable_register_across_leader_kills() {
+        sharded(super::linearizable_register_across_leader_kills);
+    }
+
+    #[test]
+    fn lagging_member_catches_up_by_snapshot() {
+        sharded(super::lagging_member_catches_up_by_snapshot);
+    }
+
+    #[test]
+    fn real_clients_against_a_cluster() {
+        sharded(super::real_clients_against_a_cluster);
+    }
+
+    #[test]
+    fn members_api_changes_and_force_new_cluster() {
+        sharded(super::members_api_changes_and_force_new_cluster);
+    }
+
+    #[test]
+    fn ttl_keys_expire_on_every_member() {
+        sharded(super::ttl_keys_expire_on_every_member);
+    }
+
+    #[test]
+    fn members_list_client_urls_as_soon_as_healthy() {
+        sharded(super::members_list_client_urls_as_soon_as_healthy);
+    }
+
+    #[test]
+    fn snapshot_catch_up_within_a_fixed_memory_budget() {
+        sharded(super::snapshot_catch_up_within_a_fixed_memory_budget);
+    }
 }

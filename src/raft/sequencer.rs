@@ -288,8 +288,11 @@ pub(super) fn publish_state(shard: &Shard, g: &mut Group) {
         seq.publish(shard.id, leader, ready_term, log);
         g.seq.published = (leader, ready_term);
     }
-    if shard.id == 0 && ready {
-        seq.try_begin(g.opts.member_id);
+    if shard.id == 0 && ready && seq.try_begin(g.opts.member_id).is_some() {
+        // Every other group owes the generation's epoch: at once.
+        for other in 1..shard.shared.shards {
+            shard.send_peer(other, crate::shard::mesh::Msg::Wake);
+        }
     }
 }
 
@@ -372,6 +375,7 @@ pub(super) fn propose(shard: &Shard, g: &mut Group, batch: Vec<Entry>) -> Result
     let seq = &shard.shared.seq;
     let mut gn = seq.lock();
     let running = gn.id != 0 && gn.terms[shard.id] == g.node.raft.term;
+    let (epoch_before, mut queued) = (gn.epoch, false);
     let mut out = Vec::with_capacity(batch.len());
     for mut e in batch {
         if e.data.first() == Some(&ENTRY_EPOCH_ASK) {
@@ -415,6 +419,7 @@ pub(super) fn propose(shard: &Shard, g: &mut Group, batch: Vec<Entry>) -> Result
             for (g, q) in gn.globals.iter_mut().enumerate() {
                 if g != shard.id {
                     q.push_back(data.clone());
+                    queued = true;
                 }
             }
         }
@@ -447,20 +452,28 @@ pub(super) fn propose(shard: &Shard, g: &mut Group, batch: Vec<Entry>) -> Result
     while g.seq.held.len() > MAX_HELD {
         g.seq.held.pop_front();
     }
-    if out.is_empty() {
-        return Ok(());
+    if !out.is_empty() {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = g.opts.member_id;
+        m.set_entries(out.into());
+        if g.node.step(m).is_err() {
+            // Dropped: its stamps are gaps nobody will publish; close them.
+            gn.epoch = seq.counter.load(Ordering::SeqCst) + 1;
+            tracing::debug!(
+                group = shard.id,
+                "stamped proposal dropped; a new epoch follows"
+            );
+        }
     }
-    let mut m = Message::default();
-    m.set_msg_type(MessageType::MsgPropose);
-    m.from = g.opts.member_id;
-    m.set_entries(out.into());
-    if g.node.step(m).is_err() {
-        // Dropped: its stamps are gaps nobody will publish; close them.
-        gn.epoch = seq.counter.load(Ordering::SeqCst) + 1;
-        tracing::debug!(
-            group = shard.id,
-            "stamped proposal dropped; a new epoch follows"
-        );
+    // The other groups' loops take what they now owe at once, not on their
+    // next tick.
+    let wake = queued || gn.epoch != epoch_before;
+    drop(gn);
+    if wake {
+        for other in (0..shard.shared.shards).filter(|&o| o != shard.id) {
+            shard.send_peer(other, crate::shard::mesh::Msg::Wake);
+        }
     }
     Ok(())
 }

@@ -73,6 +73,9 @@ pub enum Msg {
     },
     Global(global::Msg),
     Peer(crate::raft::join::PeerMsg),
+    /// Run the raft loop now: the sequencer queued work for this group (a
+    /// member-wide write to append, or an epoch it owes).
+    Wake,
 }
 
 /// One executor's ends of the mesh, made before the executors start.
@@ -241,6 +244,7 @@ pub fn dispatch(shard: &Rc<Shard>, msg: Msg) {
         } => shard.close_epoch(from, start, lost),
         Msg::Global(m) => global::on_message(shard, m),
         Msg::Peer(m) => crate::raft::join::on_mesh(shard, m),
+        Msg::Wake => shard.kick_loop(),
     }
 }
 

@@ -43,6 +43,26 @@ pub const POLL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Marker written to a member's log before each start.
 const START_MARKER: &str = "=== kardia-test: start";
 
+thread_local! {
+    /// Flags added to every member this thread starts ([`with_member_flags`]).
+    static MEMBER_FLAGS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run `f` (a test) with `flags` added to every member it starts, e.g. to
+/// run a cluster test with sharded members (issue #14). Members are started
+/// from the test's own thread.
+pub fn with_member_flags(flags: &[&str], f: impl FnOnce()) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            MEMBER_FLAGS.with(|m| m.borrow_mut().clear());
+        }
+    }
+    MEMBER_FLAGS.with(|m| *m.borrow_mut() = flags.iter().map(|s| s.to_string()).collect());
+    let _reset = Reset;
+    f();
+}
+
 /// Cluster tests measure failover times and fight over 2 cores: run them one
 /// at a time. Hold the guard for the whole test.
 pub fn serial() -> MutexGuard<'static, ()> {
@@ -193,19 +213,22 @@ impl Member {
             .create(true)
             .append(true)
             .open(self.log_path())?;
+        // Flags added to every member's: the thread's (`with_member_flags`)
+        // and KARDIA_TEST_MEMBER_FLAGS's.
+        let env = std::env::var("KARDIA_TEST_MEMBER_FLAGS").unwrap_or_default();
+        let mut extra: Vec<String> = MEMBER_FLAGS.with(|m| m.borrow().clone());
+        extra.extend(env.split_whitespace().map(str::to_string));
         writeln!(
             log,
-            "{START_MARKER} #{} of {}: kardia {}",
+            "{START_MARKER} #{} of {}: kardia {} {}",
             self.starts,
             self.name,
-            self.args.join(" ")
+            self.args.join(" "),
+            extra.join(" ")
         )?;
-        // KARDIA_TEST_MEMBER_FLAGS: flags added to every member's (e.g. to
-        // run the cluster tests with sharded members, issue #14).
-        let extra = std::env::var("KARDIA_TEST_MEMBER_FLAGS").unwrap_or_default();
         let child = Command::new(env!("CARGO_BIN_EXE_kardia"))
             .args(&self.args)
-            .args(extra.split_whitespace())
+            .args(&extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
