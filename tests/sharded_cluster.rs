@@ -202,6 +202,10 @@ enum Fault {
     Kill,
     /// SIGSTOP, then SIGCONT: it comes back believing it still leads.
     Freeze,
+    /// Nobody dies: single groups' leadership is moved to other members
+    /// again and again (split leadership), and group 0's leader takes the
+    /// groups back each time.
+    Transfers,
 }
 
 /// Invariants 1, 2, 3, 4, 5 and 8 with the sequencer killed under load
@@ -216,6 +220,45 @@ fn one_index_across_groups_and_members_through_a_sequencer_kill() {
 #[test]
 fn one_index_across_groups_and_members_through_a_frozen_sequencer() {
     writes_through(Fault::Freeze);
+}
+
+/// The same while single groups' leadership is forced elsewhere (invariant
+/// 3: with split leadership writes wait or time out, never commit out of
+/// order).
+#[test]
+fn one_index_across_groups_and_members_through_forced_leader_moves() {
+    writes_through(Fault::Transfers);
+}
+
+/// Ask every member to hand group `shard`'s leadership to member `to`
+/// (only its leader acts).
+fn force_transfer(c: &Cluster, shard: usize, to: usize) {
+    let id = member_id(c, to);
+    for i in c.ports() {
+        let target = format!("/debug/kardia/transfer?shard={shard}&to={id}");
+        let r = http(i, "POST", &target, None, Duration::from_secs(2));
+        assert!(
+            r.as_ref().is_ok_and(|r| r.code() == 202),
+            "transfer: {:?}",
+            r.map(|r| r.body_str())
+        );
+    }
+}
+
+/// Member `i`'s id (hex), as it lists itself.
+fn member_id(c: &Cluster, i: usize) -> String {
+    let r = http(
+        c.port(i),
+        "GET",
+        "/v2/stats/self",
+        None,
+        Duration::from_secs(5),
+    )
+    .expect("stats");
+    Json::parse(&r.body_str())
+        .ok()
+        .and_then(|j| j.get("id").and_then(Json::as_str).map(str::to_string))
+        .expect("an id")
 }
 
 fn writes_through(fault: Fault) {
@@ -269,16 +312,30 @@ fn writes_through(fault: Fault) {
     let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
     let ws = writers(&c, 6, stop.clone(), to, acks.clone());
     thread::sleep(Duration::from_millis(1500));
-    dead.store(seq, Ordering::SeqCst);
+    if fault != Fault::Transfers {
+        dead.store(seq, Ordering::SeqCst);
+    }
     match fault {
         Fault::Kill => c.kill(seq),
         Fault::Freeze => c.stop(seq),
+        Fault::Transfers => {}
     }
     let killed_at = Instant::now();
-    thread::sleep(Duration::from_millis(2500));
+    if fault == Fault::Transfers {
+        // Every 300 ms one group's leadership goes to a member that does
+        // not lead group 0: groups 0 and 1 in turn.
+        for n in 0..8 {
+            let to = (c.leader().unwrap_or(seq) + 1 + n % 2) % 3;
+            force_transfer(&c, n % 2, to);
+            thread::sleep(Duration::from_millis(300));
+        }
+    } else {
+        thread::sleep(Duration::from_millis(2500));
+    }
     match fault {
         Fault::Kill => c.start(seq),
         Fault::Freeze => c.cont(seq),
+        Fault::Transfers => {}
     }
     dead.store(usize::MAX, Ordering::SeqCst);
     thread::sleep(Duration::from_millis(1500));
@@ -294,6 +351,21 @@ fn writes_through(fault: Fault) {
         "no other member took over sequencing\n{}",
         c.logs()
     );
+    if fault == Fault::Transfers {
+        let moved = (0..3)
+            .map(|i| {
+                c.members[i]
+                    .log()
+                    .matches("leadership transfer asked")
+                    .count()
+            })
+            .sum::<usize>();
+        assert!(
+            moved >= 4,
+            "only {moved} forced moves happened\n{}",
+            c.logs()
+        );
+    }
     let acks = acks.lock().unwrap().clone();
     let after_kill = acks.iter().filter(|a| a.sent > killed_at).count();
     assert!(

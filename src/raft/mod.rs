@@ -462,6 +462,7 @@ async fn run_inner(
             stop_removed(shard, g).await?;
         }
         leader_lost(shard, g);
+        transfer_asked(shard, g);
         retry_unsent(shard, g)?;
         if shard.shared.seq.enabled {
             sequencer::retry_held(shard, g)?;
@@ -718,6 +719,23 @@ fn compact_log(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
 /// (so the survivors do not split the vote). Pre-vote keeps this harmless
 /// when the leader is in fact alive: members that still hear from it
 /// refuse, and its next heartbeat makes this member a follower again.
+/// Move this group's leadership to the member an operator named, if this
+/// member leads it and the other is a voter (raft-rs's leadership
+/// transfer; in a sharded cluster group 0's leader takes the groups back).
+fn transfer_asked(shard: &Shard, g: &mut Group) {
+    let to = shard.raft.take_transfer();
+    let raft = &g.node.raft;
+    if to == 0
+        || to == g.opts.member_id
+        || raft.state != StateRole::Leader
+        || !raft.prs().conf().voters().contains(to)
+    {
+        return;
+    }
+    tracing::info!(shard = shard.id, to = %format!("{to:x}"), "leadership transfer asked");
+    g.node.transfer_leader(to);
+}
+
 fn leader_lost(shard: &Shard, g: &mut Group) {
     let lost = shard.raft.take_lost_peer();
     let raft = &mut g.node.raft;

@@ -25,6 +25,7 @@ pub struct Status {
     attrs_applied: Cell<bool>,
     removed_notice: Cell<bool>,
     lost_peer: Cell<u64>,
+    transfer_to: Cell<u64>,
     transport: RefCell<Option<Rc<Transport>>>,
 }
 
@@ -80,6 +81,16 @@ impl Status {
 
     pub(super) fn set_transport(&self, t: Rc<Transport>) {
         *self.transport.borrow_mut() = Some(t);
+    }
+
+    /// An operator asked this group's leadership to move to member `to`
+    /// (`POST /debug/kardia/transfer`); the loop takes it on its next pass.
+    pub fn ask_transfer(&self, to: u64) {
+        self.transfer_to.set(to);
+    }
+
+    pub(super) fn take_transfer(&self) -> u64 {
+        self.transfer_to.replace(0)
     }
 
     pub(super) fn note_removed(&self) {

@@ -76,6 +76,10 @@ pub enum Msg {
     /// Run the raft loop now: the sequencer queued work for this group (a
     /// member-wide write to append, or an epoch it owes).
     Wake,
+    /// Move this group's leadership to member `to` if this member leads it.
+    Transfer {
+        to: u64,
+    },
 }
 
 /// One executor's ends of the mesh, made before the executors start.
@@ -245,6 +249,10 @@ pub fn dispatch(shard: &Rc<Shard>, msg: Msg) {
         Msg::Global(m) => global::on_message(shard, m),
         Msg::Peer(m) => crate::raft::join::on_mesh(shard, m),
         Msg::Wake => shard.kick_loop(),
+        Msg::Transfer { to } => {
+            shard.raft.ask_transfer(to);
+            shard.kick_loop();
+        }
     }
 }
 

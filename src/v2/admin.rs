@@ -521,6 +521,56 @@ pub struct PendingBackup {
     http11: bool,
 }
 
+/// `POST /debug/kardia/transfer?shard=S&to=ID`: if this member leads shard
+/// S's raft group, hand its leadership to member ID (hex), as etcd's
+/// `move-leader` does for its one group. For tests and operators of sharded
+/// clusters, where group 0's leader takes the other groups back within a
+/// few heartbeats. Answered at once (202) with what was asked; whether the
+/// move happened shows in `/debug/kardia/shards`. Root only when auth is on.
+pub fn transfer(
+    api: &Api,
+    req: &Request<'_>,
+    out: &mut Vec<u8>,
+) -> Handled<super::keys::Pending, super::keys::Watch> {
+    if req.head.method != Method::Post {
+        let mut r = Response::start(out, req.head.http11, 405);
+        r.header("Allow", b"POST");
+        r.body(b"Method Not Allowed\n", req.head.method == Method::Head);
+        return Handled::Done;
+    }
+    if let Some(h) = super::auth::check_root(api, req, false, out) {
+        return h;
+    }
+    let (mut shard, mut to) = (None, None);
+    for pair in req.head.query.split(|&b| b == b'&') {
+        let text = std::str::from_utf8(pair).unwrap_or("");
+        if let Some(v) = text.strip_prefix("shard=") {
+            shard = v.parse::<usize>().ok();
+        } else if let Some(v) = text.strip_prefix("to=") {
+            to = u64::from_str_radix(v, 16).ok();
+        }
+    }
+    let n = api.shard.shared.shards;
+    let (Some(shard), Some(to)) = (shard.filter(|&s| s < n), to.filter(|&t| t != 0)) else {
+        let body = format!(
+            "{{\"message\":\"transfer: give ?shard= (0 to {}) and ?to= (a member id in hex)\"}}\n",
+            n - 1
+        );
+        send(req, 400, JSON, &[], body.as_bytes(), out);
+        return Handled::Done;
+    };
+    if shard == api.shard.id {
+        api.shard.raft.ask_transfer(to);
+        api.shard.kick_loop();
+    } else {
+        api.shard
+            .send_peer(shard, crate::shard::mesh::Msg::Transfer { to });
+    }
+    let body = format!("{{\"shard\":{shard},\"to\":\"{to:x}\"}}\n");
+    send(req, 202, JSON, &[], body.as_bytes(), out);
+    Handled::Done
+}
+
 pub fn backup(
     api: &Api,
     req: &Request<'_>,

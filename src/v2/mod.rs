@@ -147,6 +147,7 @@ impl Service for Api {
             b"/debug/kardia/shards" => admin::shards(self, req, out),
             b"/metrics" => admin::metrics(self, req, out),
             b"/kardia/backup" => return admin::backup(self, req, out),
+            b"/debug/kardia/transfer" => return admin::transfer(self, req, out),
             _ if p.starts_with(b"/v2/auth/") => return auth::handle(self, req, &p[9..], out),
             _ if p == b"/v2/members" || p.starts_with(b"/v2/members/") => {
                 return admin::members(self, req, &p[11..], out);
