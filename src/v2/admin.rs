@@ -624,6 +624,19 @@ pub async fn backup_done(api: &Api, p: PendingBackup, out: &mut Vec<u8>) {
 }
 
 /// kardia's diagnostics: per-shard keys, applied index, write-path counters.
+/// A sharded cluster's leader of every group, as each group's loop last
+/// published it: `"groupLeaders":["hex",...],` (nothing elsewhere). A
+/// member that leads every group is the sequencer.
+fn group_leaders(sh: &crate::shard::Shard) -> String {
+    if !sh.shared.seq.enabled {
+        return String::new();
+    }
+    let ids: Vec<String> = (0..sh.shared.shards)
+        .map(|g| format!("\"{:x}\"", sh.shared.seq.leader(g)))
+        .collect();
+    format!("\"groupLeaders\":[{}],", ids.join(","))
+}
+
 pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     if !only_get(req, out) {
         return;
@@ -638,7 +651,7 @@ pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     drop(h);
     let o = sh.orderer.borrow();
     let mut body = format!(
-        "{{\"shards\":{},\"unitDepth\":{},\"memberWideSessions\":{},\"memberWideJobs\":{},\"index\":{},\"executor\":{{\"id\":{},\"leader\":{},\"raftIndex\":{},\"raftTerm\":{},\"walSyncedEntries\":{},\"walSyncSeconds\":{:.6},\"walSyncMicros\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"delivered\":{},\"held\":{},\"hash\":\"{:016x}\"}},\"shard\":[",
+        "{{\"shards\":{},\"unitDepth\":{},\"memberWideSessions\":{},\"memberWideJobs\":{},\"index\":{},\"executor\":{{\"id\":{},\"leader\":{},\"raftIndex\":{},\"raftTerm\":{},\"walSyncedEntries\":{},\"walSyncSeconds\":{:.6},\"walSyncMicros\":{{\"p50\":{},\"p99\":{},\"max\":{}}},\"delivered\":{},\"held\":{},\"hash\":\"{:016x}\"}},{}\"shard\":[",
         sh.shared.shards,
         sh.shared.unit_depth,
         sh.shared.sessions.load(Ordering::Relaxed),
@@ -658,6 +671,7 @@ pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
         // The content of this executor's shard (equal on members that
         // agree), for convergence checks.
         sh.store.borrow().content_hash().unwrap_or(0),
+        group_leaders(sh),
     );
     drop(o);
     for (i, f) in sh.shared.figures.iter().enumerate() {

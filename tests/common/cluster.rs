@@ -537,14 +537,18 @@ impl Cluster {
         }
     }
 
-    /// Waits until every live member names the same live leader.
+    /// Waits until every live member names the same live leader (and, with
+    /// sharded members, sees it lead every group).
     pub fn wait_leader_agreed(&mut self, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
             let live = self.live();
             let seen: Vec<Option<usize>> = live.iter().map(|&i| self.leader_seen_by(i)).collect();
             if let Some(Some(l)) = seen.first() {
-                if live.contains(l) && seen.iter().all(|s| s == &Some(*l)) {
+                if live.contains(l)
+                    && seen.iter().all(|s| s == &Some(*l))
+                    && live.iter().all(|&i| self.leads_every_group(i, *l))
+                {
                     return *l;
                 }
             }
@@ -556,6 +560,43 @@ impl Cluster {
             }
             thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// Member `i` sees member `leader` lead every raft group it runs (a
+    /// sharded member lists them; co-location moves the other groups to
+    /// group 0's leader within a few heartbeats of an election). Always true
+    /// for a member with one group.
+    fn leads_every_group(&self, i: usize, leader: usize) -> bool {
+        let Ok(r) = http(
+            self.port(i),
+            "GET",
+            "/debug/kardia/shards",
+            None,
+            POLL_TIMEOUT,
+        ) else {
+            return false;
+        };
+        let body = r.body_str();
+        let Some(list) = body.split("\"groupLeaders\":[").nth(1) else {
+            return true;
+        };
+        let list = list.split(']').next().unwrap_or("");
+        let Ok(r) = http(
+            self.port(leader),
+            "GET",
+            "/v2/stats/self",
+            None,
+            POLL_TIMEOUT,
+        ) else {
+            return false;
+        };
+        let Some(id) = Json::parse(&r.body_str())
+            .ok()
+            .and_then(|j| j.get("id").and_then(Json::as_str).map(str::to_string))
+        else {
+            return false;
+        };
+        list.split(',').all(|g| g.trim_matches('"') == id)
     }
 
     /// The per-shard content hashes member `i` reports. Each answer
