@@ -353,16 +353,7 @@ fn backup_and_restore(shards: &str) {
         want.len()
     );
 
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_kardia"))
-        .arg("check")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    common::assert_sound(&dir);
     drop(server);
 
     let restored = Server::start_from(&dir, &["--force-new-cluster"]).expect("start on the backup");

@@ -669,16 +669,7 @@ fn an_online_backup_of_a_sharded_member_is_a_cut() {
         "too few writes before the backup: {}",
         want.len()
     );
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_kardia"))
-        .arg("check")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
-    );
+    common::assert_sound(&dir);
     drop(c);
 
     // Restored alone, under the member's name, on new ports.

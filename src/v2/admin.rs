@@ -521,6 +521,22 @@ pub struct PendingBackup {
     http11: bool,
 }
 
+/// The prologue of a member-wide admin action: POST only (405 otherwise),
+/// and by root when auth is on. `Some`: answered here.
+fn post_as_root(
+    api: &Api,
+    req: &Request<'_>,
+    out: &mut Vec<u8>,
+) -> Option<Handled<super::keys::Pending, super::keys::Watch>> {
+    if req.head.method != Method::Post {
+        let mut r = Response::start(out, req.head.http11, 405);
+        r.header("Allow", b"POST");
+        r.body(b"Method Not Allowed\n", req.head.method == Method::Head);
+        return Some(Handled::Done);
+    }
+    super::auth::check_root(api, req, false, out)
+}
+
 /// `POST /debug/kardia/transfer?shard=S&to=ID`: if this member leads shard
 /// S's raft group, hand its leadership to member ID (hex), as etcd's
 /// `move-leader` does for its one group. For tests and operators of sharded
@@ -532,13 +548,7 @@ pub fn transfer(
     req: &Request<'_>,
     out: &mut Vec<u8>,
 ) -> Handled<super::keys::Pending, super::keys::Watch> {
-    if req.head.method != Method::Post {
-        let mut r = Response::start(out, req.head.http11, 405);
-        r.header("Allow", b"POST");
-        r.body(b"Method Not Allowed\n", req.head.method == Method::Head);
-        return Handled::Done;
-    }
-    if let Some(h) = super::auth::check_root(api, req, false, out) {
+    if let Some(h) = post_as_root(api, req, out) {
         return h;
     }
     let (mut shard, mut to) = (None, None);
@@ -576,14 +586,8 @@ pub fn backup(
     req: &Request<'_>,
     out: &mut Vec<u8>,
 ) -> Handled<super::keys::Pending, super::keys::Watch> {
-    if req.head.method != Method::Post {
-        let mut r = Response::start(out, req.head.http11, 405);
-        r.header("Allow", b"POST");
-        r.body(b"Method Not Allowed\n", req.head.method == Method::Head);
-        return Handled::Done;
-    }
     // A backup copies everything, auth records included: root only.
-    if let Some(h) = super::auth::check_root(api, req, false, out) {
+    if let Some(h) = post_as_root(api, req, out) {
         return h;
     }
     let mut dir = Vec::new();

@@ -253,6 +253,20 @@ impl Drop for Server {
 }
 
 /// The unsigned number after `"field":` in a JSON body, if any.
+/// `kardia check DIR` must find the data dir sound.
+pub fn assert_sound(dir: &Path) {
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_kardia"))
+        .arg("check")
+        .arg(dir)
+        .output()
+        .expect("run kardia check");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
 pub fn json_u64(body: &str, field: &str) -> Option<u64> {
     let at = body.find(&format!("\"{field}\":"))? + field.len() + 3;
     let digits: String = body[at..]
