@@ -1257,6 +1257,21 @@ fn members_added_and_removed_in_every_group() {
     let mut args = n4.static_args(&spec, &c.token, &extra);
     let at = args.iter().position(|a| a == "new").unwrap();
     args[at] = "existing".into();
+    // Started with another layout, it stops with both named, before it
+    // writes anything; started as the cluster runs, it joins.
+    let mut wrong = args.clone();
+    wrong.extend(["--shards".to_string(), "3".to_string()]);
+    n4.args = wrong;
+    n4.spawn().unwrap();
+    let status = n4.wait_exit(Duration::from_secs(40));
+    let log = n4.log_since_start();
+    assert!(
+        status.is_some_and(|s| !s.success())
+            && log.contains("shard layout differs")
+            && log.contains("run 2 shards"),
+        "n4 with 3 shards: {status:?}\n{log}"
+    );
+    assert!(!n4.data_dir().join("kardia.id").exists(), "{log}");
     n4.args = args;
     n4.start()
         .unwrap_or_else(|e| panic!("n4: {e}\n{}", c.logs()));
