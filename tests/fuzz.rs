@@ -27,8 +27,9 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRu
 
 use kardia::cluster::snapfile::{decode_file_frame, file_frame, Descriptor, KIND_SNAP_CHUNK};
 use kardia::cluster::transport::{
-    decode_hello, decode_join_reply, decode_raft, encode_hello, encode_join_reply, encode_raft,
-    frame_len, KIND_JOIN, KIND_JOIN_REPLY, KIND_LOOKUP, KIND_RAFT, KIND_REMOVED,
+    decode_hello, decode_join_reply, decode_raft, encode_hello, encode_join_reply, encode_layout,
+    encode_raft, frame_len, KIND_JOIN, KIND_JOIN_REPLY, KIND_LAYOUT, KIND_LOOKUP, KIND_RAFT,
+    KIND_REMOVED,
 };
 use kardia::cluster::{Cluster, Member};
 use kardia::http::request::{
@@ -1590,6 +1591,12 @@ fn read_stream(b: &[u8]) -> Result<usize, TestCaseError> {
                     check_cluster_bytes(c)?;
                 }
             }
+            KIND_LAYOUT => {
+                // What the reader compares: a layout that prints back alike.
+                if let Some(l) = kardia::cluster::Layout::find(&body[1..]) {
+                    prop_assert_eq!(kardia::cluster::Layout::find(l.line().as_bytes()), Some(l));
+                }
+            }
             KIND_SNAP_CHUNK => {
                 // What `Incoming::chunk` reads: the offset, then the bytes.
                 let at = body
@@ -1669,6 +1676,10 @@ fn stream_seed() -> Vec<Vec<u8>> {
     e.data = b"\x02\x01\x00payload".to_vec().into();
     m.set_entries(vec![e].into());
     let mut s = encode_hello(1, 0xabc).to_vec();
+    s.extend_from_slice(&encode_layout(&kardia::cluster::Layout {
+        shards: 2,
+        unit_depth: Some(3),
+    }));
     s.extend_from_slice(&encode_raft(0, &m, m.compute_size() as usize).unwrap());
     let join = b"0\tn2\thttp://127.0.0.1:2380\thttp://127.0.0.1:2379";
     s.extend_from_slice(&(1 + join.len() as u32).to_le_bytes());

@@ -752,6 +752,58 @@ fn an_online_backup_of_a_sharded_member_is_a_cut() {
     assert!(node_index(&j, "modifiedIndex") > index, "{}", r.body_str());
 }
 
+/// A statically bootstrapped member started with another layout (three
+/// shards where the others run two) is cut off: its peers refuse its
+/// connections and name both layouts, so no key is ever placed in a
+/// different group on it; the other two serve reads and writes.
+#[test]
+fn a_member_started_with_another_layout_is_cut_off() {
+    let _serial = serial();
+    let mut c = Cluster::unstarted(3);
+    let mut extra: Vec<&str> = FAST.to_vec();
+    extra.extend_from_slice(SHARDED);
+    c.configure_static(&extra);
+    let odd = c.members[2]
+        .args
+        .iter()
+        .position(|a| a == "--shards")
+        .unwrap();
+    c.members[2].args[odd + 1] = "3".into();
+    for i in 0..3 {
+        c.members[i].spawn().unwrap();
+    }
+    c.members[0].wait_healthy(Duration::from_secs(20)).unwrap();
+    c.members[1].wait_healthy(Duration::from_secs(20)).unwrap();
+    for n in 0..20 {
+        c.must_put(n % 2, &format!("/w{n}"), "v");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(0..2).any(|i| plain(&c.members[i].log()).contains("peer runs another shard layout")) {
+        assert!(Instant::now() < deadline, "nobody refused n3\n{}", c.logs());
+        thread::sleep(Duration::from_millis(50));
+    }
+    let log = (0..2)
+        .map(|i| plain(&c.members[i].log()))
+        .collect::<String>();
+    assert!(
+        log.contains("theirs=layout 3") && log.contains("ours=layout 2 1"),
+        "{log}"
+    );
+    // n3 never holds the cluster's writes.
+    let r = http(
+        c.port(2),
+        "GET",
+        "/v2/keys/w1",
+        None,
+        Duration::from_secs(5),
+    );
+    assert!(
+        r.as_ref().map_or(true, |r| r.code() != 200),
+        "n3 answered {:?}",
+        r.map(|r| r.body_str())
+    );
+}
+
 /// Keys with a TTL expire once, each with one index, the same on every
 /// member (the sequencer stamps each SYNC with as many indexes as keys are
 /// due).

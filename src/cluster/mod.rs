@@ -65,6 +65,19 @@ impl Layout {
         }
     }
 
+    /// The same layout as every member compares it: the unit depth only
+    /// matters with several shards.
+    pub fn normalized(self) -> Layout {
+        Layout {
+            shards: self.shards,
+            unit_depth: if self.shards > 1 {
+                self.unit_depth
+            } else {
+                None
+            },
+        }
+    }
+
     /// The layout line in `text`, if there is one.
     pub fn find(text: &[u8]) -> Option<Layout> {
         let text = std::str::from_utf8(text).ok()?;

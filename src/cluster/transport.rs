@@ -12,7 +12,9 @@
 //! blocking client side of that exchange is [`super::bootstrap`].
 //!
 //! Frame: `u32 length` (of what follows), `u8 kind`, payload. Handshake:
-//! `KRFT`, `u64 sender id`, `u64 cluster id`. The wire format is encoded and
+//! `KRFT`, `u64 sender id`, `u64 cluster id`; a member's connection then
+//! sends its shard layout ([`KIND_LAYOUT`]), and one from a member with
+//! another layout is refused. The wire format is encoded and
 //! decoded by the pure functions at the end of this file, which the async
 //! reader and writer call and `tests/fuzz.rs` exercises.
 
@@ -30,7 +32,7 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 
 use super::snapfile::{self, Descriptor, Incoming, KIND_SNAP_CHUNK};
-use super::View;
+use super::{Layout, View};
 use crate::tls::Stream;
 
 /// Where the transport hands what it receives from peers.
@@ -63,6 +65,13 @@ pub const KIND_LOOKUP: u8 = 4;
 /// "You were removed from the cluster" (no payload): sent to a removed
 /// member, which may not have learnt it from the log.
 pub const KIND_REMOVED: u8 = 5;
+/// The sender's shard layout, right after the handshake: a [`Layout`]
+/// line. A member whose layout differs refuses the connection, so members
+/// that would place keys in different groups never exchange raft messages
+/// (a statically bootstrapped member started with other `--shards` or
+/// `--unit-depth` stays cut off, and says why).
+/// (Kinds 6 and 7 are the snapshot file's, [`super::snapfile`].)
+pub const KIND_LAYOUT: u8 = 8;
 /// Queue bounds per peer: beyond these, messages are dropped.
 const MAX_QUEUED: usize = 4096;
 const MAX_QUEUED_BYTES: usize = 256 << 20;
@@ -140,6 +149,8 @@ impl PeerStats {
 pub struct Transport {
     me: u64,
     cluster_id: u64,
+    /// This member's layout (sent after the handshake, checked on receipt).
+    layout: Layout,
     view: View,
     /// Where snapshot files from the leader are received (`incoming/`).
     snap_dir: std::path::PathBuf,
@@ -182,6 +193,7 @@ impl Transport {
     pub fn new(
         me: u64,
         cluster_id: u64,
+        layout: Layout,
         view: View,
         snap_dir: std::path::PathBuf,
         metrics: &crate::metrics::Metrics,
@@ -192,6 +204,7 @@ impl Transport {
         Rc::new(Transport {
             me,
             cluster_id,
+            layout: layout.normalized(),
             view,
             snap_dir,
             peers: RefCell::default(),
@@ -316,11 +329,9 @@ async fn writer(t: Rc<Transport>, id: u64, p: Rc<Peer>) {
                 }
             },
         };
-        if s.write_all(&encode_hello(t.me, t.cluster_id))
-            .await
-            .is_err()
-            || s.flush().await.is_err()
-        {
+        let mut hello = encode_hello(t.me, t.cluster_id).to_vec();
+        hello.extend_from_slice(&encode_layout(&t.layout));
+        if s.write_all(&hello).await.is_err() || s.flush().await.is_err() {
             glommio::timer::sleep(backoff).await;
             continue;
         }
@@ -531,6 +542,18 @@ async fn reader(s: glommio::net::TcpStream, t: Rc<Transport>, rx: Rc<dyn Receive
                     }
                 }
             }
+            KIND_LAYOUT => {
+                let theirs = Layout::find(&buf[1..]).map(Layout::normalized);
+                if theirs != Some(t.layout) {
+                    tracing::error!(
+                        from = %format!("{from:x}"),
+                        theirs = %String::from_utf8_lossy(&buf[1..]).trim(),
+                        ours = %t.layout.line().trim(),
+                        "peer runs another shard layout (--shards, --unit-depth): connection refused; every member of a cluster must run the same"
+                    );
+                    return;
+                }
+            }
             KIND_REMOVED => {
                 let member = t
                     .view
@@ -580,6 +603,16 @@ pub fn decode_hello(h: &[u8]) -> Option<(u64, u64)> {
     let from = u64::from_le_bytes(h[4..12].try_into().ok()?);
     let cid = u64::from_le_bytes(h[12..20].try_into().ok()?);
     Some((from, cid))
+}
+
+/// The [`KIND_LAYOUT`] frame (prefix included) for `layout`.
+pub fn encode_layout(layout: &Layout) -> Vec<u8> {
+    let line = layout.line();
+    let mut frame = Vec::with_capacity(5 + line.len());
+    frame.extend_from_slice(&(1 + line.len() as u32).to_le_bytes());
+    frame.push(KIND_LAYOUT);
+    frame.extend_from_slice(line.as_bytes());
+    frame
 }
 
 /// The length a frame's 4-byte prefix announces (kind + payload); `None`
