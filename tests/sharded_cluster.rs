@@ -1,15 +1,17 @@
-//! Process-level tests of sharded clusters (issue #14, unfinished): three
-//! real `kardia` members with two shards each, every shard its own raft
-//! group (`--experimental-sharded-cluster`), on loopback. Writes go through
-//! every member while the sequencer (the member leading every group) is
-//! killed with SIGKILL and restarted; the tests then check the invariants
-//! the issue lists: one etcd index per write across groups and members
-//! (1), the same event under the same index on every member (2), indexes
-//! that follow real time across the failover (3), a watch that sees every
-//! later write once and in order (4), reads that never show a write above
-//! their `X-Etcd-Index` and answer without quorum (5), and no acknowledged
-//! write lost (8). Operations spanning shards are refused the same way on
-//! every member until they are built.
+//! Process-level tests of sharded clusters (issue #14): three real
+//! `kardia` members with two shards each, every shard its own raft group
+//! (`--experimental-sharded-cluster`), on loopback. Writes go through every
+//! member while the sequencer (the member leading every group) is killed
+//! with SIGKILL and restarted, frozen, or has single groups' leadership
+//! forced away; the tests then check the invariants the issue lists: one
+//! etcd index per write across groups and members (1), the same event under
+//! the same index on every member (2), indexes that follow real time across
+//! the failover (3), a watch that sees every later write once and in order
+//! (4), reads that never show a write above their `X-Etcd-Index` and answer
+//! without quorum (5), listings equal to the replay (6), member-wide writes
+//! alike everywhere (7), and no acknowledged write lost (8). Also: TTLs,
+//! snapshot catch-up, membership changes, `-peers` growth from a lone seed,
+//! online backups, and members with another shard layout kept out.
 
 mod common;
 

@@ -43,8 +43,8 @@ pub struct Config {
     pub log_level: String,
     pub force_new_cluster: bool,
     /// `--experimental-sharded-cluster`: a replicated member may run
-    /// several shards, each its own raft group (issue #14, unfinished:
-    /// see docs/operations.md).
+    /// several shards, each its own raft group (issue #14; see
+    /// docs/operations.md).
     pub sharded_cluster: bool,
     /// 0.x `-peers`: peer addresses of a running cluster to join.
     pub peers: Vec<String>,
@@ -694,8 +694,8 @@ usage: kardia [flags]      (flags take one or two dashes; each is also ETCD_<NAM
   --force-new-cluster               keep the data, forget the other members, serve alone
   --enable-v2                       accepted (the v2 API is always on)
   --experimental-sharded-cluster    let a cluster member run --shards N, each shard its
-                                    own raft group (unfinished: writes inside placement
-                                    units only; see docs/operations.md)
+                                    own raft group; every member runs the same --shards
+                                    and --unit-depth (see docs/operations.md)
   --shards N                        shards (executors) per member (default: the data
                                     dir's count, or 1 for a new data dir; a cluster
                                     member has 1)
