@@ -416,14 +416,10 @@ async fn shard_main(
     // executor 0's listener and crosses the mesh).
     if i == 0 || shared.seq.enabled {
         let cid = view.read().expect("membership").id;
-        let layout = crate::cluster::Layout {
-            shards,
-            unit_depth: Some(shared.unit_depth),
-        };
         let t = crate::cluster::transport::Transport::new(
             member_id,
             cid,
-            layout,
+            shared.layout(),
             view.clone(),
             shard_dir.join("snap"),
             &shard.shared.metrics,

@@ -235,7 +235,7 @@ fn one_index_across_groups_and_members_through_forced_leader_moves() {
 /// Ask every member to hand group `shard`'s leadership to member `to`
 /// (only its leader acts).
 fn force_transfer(c: &Cluster, shard: usize, to: usize) {
-    let id = member_id(c, to);
+    let id = c.member_id(to).expect("a member id");
     for i in c.ports() {
         let target = format!("/debug/kardia/transfer?shard={shard}&to={id}");
         let r = http(i, "POST", &target, None, Duration::from_secs(2));
@@ -245,22 +245,6 @@ fn force_transfer(c: &Cluster, shard: usize, to: usize) {
             r.map(|r| r.body_str())
         );
     }
-}
-
-/// Member `i`'s id (hex), as it lists itself.
-fn member_id(c: &Cluster, i: usize) -> String {
-    let r = http(
-        c.port(i),
-        "GET",
-        "/v2/stats/self",
-        None,
-        Duration::from_secs(5),
-    )
-    .expect("stats");
-    Json::parse(&r.body_str())
-        .ok()
-        .and_then(|j| j.get("id").and_then(Json::as_str).map(str::to_string))
-        .expect("an id")
 }
 
 fn writes_through(fault: Fault) {

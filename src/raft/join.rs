@@ -66,7 +66,7 @@ impl Receiver for Inbound {
                     .read()
                     .map(|v| v.encode())
                     .map_err(|_| "membership unavailable".to_string())?;
-                body.extend_from_slice(layout(&shard).line().as_bytes());
+                body.extend_from_slice(shard.shared.layout().line().as_bytes());
                 Ok(body)
             }
         })
@@ -94,14 +94,6 @@ pub fn on_mesh(shard: &Rc<Shard>, m: PeerMsg) {
     }
 }
 
-/// What a member of this cluster runs (join and lookup replies).
-fn layout(shard: &Shard) -> crate::cluster::Layout {
-    crate::cluster::Layout {
-        shards: shard.shared.shards,
-        unit_depth: Some(shard.shared.unit_depth),
-    }
-}
-
 /// A newcomer asks to join: add it through raft, answer with the cluster.
 async fn join(shard: Rc<Shard>, request: Vec<u8>) -> Result<Vec<u8>, String> {
     if shard.shared.shards > 1 && !shard.shared.seq.enabled {
@@ -118,7 +110,7 @@ async fn join(shard: Rc<Shard>, request: Vec<u8>) -> Result<Vec<u8>, String> {
         shards: 1,
         unit_depth: None,
     });
-    let mine = layout(&shard);
+    let mine = shard.shared.layout();
     if let Some(why) = mine.refuses(wanted) {
         return Err(why);
     }

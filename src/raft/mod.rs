@@ -712,13 +712,6 @@ fn compact_log(shard: &Rc<Shard>, g: &mut Group) -> Result<(), Error> {
     Ok(())
 }
 
-/// The leader's connection to this member ended — its process most likely
-/// died (the kernel closes a killed process's sockets). Rather than wait a
-/// whole election timeout, this follower stops counting on the leader's
-/// lease and campaigns after a random fraction of the election timeout
-/// (so the survivors do not split the vote). Pre-vote keeps this harmless
-/// when the leader is in fact alive: members that still hear from it
-/// refuse, and its next heartbeat makes this member a follower again.
 /// Move this group's leadership to the member an operator named, if this
 /// member leads it and the other is a voter (raft-rs's leadership
 /// transfer; in a sharded cluster group 0's leader takes the groups back).
@@ -736,6 +729,13 @@ fn transfer_asked(shard: &Shard, g: &mut Group) {
     g.node.transfer_leader(to);
 }
 
+/// The leader's connection to this member ended — its process most likely
+/// died (the kernel closes a killed process's sockets). Rather than wait a
+/// whole election timeout, this follower stops counting on the leader's
+/// lease and campaigns after a random fraction of the election timeout
+/// (so the survivors do not split the vote). Pre-vote keeps this harmless
+/// when the leader is in fact alive: members that still hear from it
+/// refuse, and its next heartbeat makes this member a follower again.
 fn leader_lost(shard: &Shard, g: &mut Group) {
     let lost = shard.raft.take_lost_peer();
     let raft = &mut g.node.raft;

@@ -136,6 +136,12 @@ impl Sequencer {
             .map_or(0, |s| s.leader.load(Ordering::Acquire))
     }
 
+    /// The last member-wide write a shard of this member resolved
+    /// (sequence, applied); see `resolved`.
+    fn last_resolved(&self) -> (u64, bool) {
+        *self.resolved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock(&self) -> MutexGuard<'_, Generation> {
         self.generation.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -153,11 +159,6 @@ impl Sequencer {
             }
         }
         Ok(())
-    }
-
-    /// The leader of group 0 as its loop last saw it (0: none).
-    pub fn leader0(&self) -> u64 {
-        self.groups[0].leader.load(Ordering::Acquire)
     }
 
     /// Group `g`'s loop reports its leader and readiness; a change of
@@ -340,7 +341,7 @@ pub(super) fn colocate(shard: &Shard, g: &mut Group, now: Instant) {
     if shard.id == 0 {
         return;
     }
-    let want = shard.shared.seq.leader0();
+    let want = shard.shared.seq.leader(0);
     let me = g.opts.member_id;
     if want == 0
         || g.seq
@@ -613,12 +614,7 @@ pub(super) fn apply_in_order(
     }
     g.seq.at_global = true;
     let gseq = Command::decode(&g.seq.stash[0].data).map_or(0, |c| c.gseq);
-    let done = *shard
-        .shared
-        .seq
-        .resolved
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let done = shard.shared.seq.last_resolved();
     if gseq != 0 && gseq <= done.0 {
         // Resolved by another shard of this member before a crash: resolve
         // it here the same way, then go on.
@@ -671,16 +667,7 @@ pub(super) fn drain_stash(
             .front()
             .and_then(|e| Command::decode(&e.data))
             .map_or(0, |c| c.gseq);
-        if gseq != 0
-            && gseq
-                <= shard
-                    .shared
-                    .seq
-                    .resolved
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-        {
+        if gseq != 0 && gseq <= shard.shared.seq.last_resolved().0 {
             g.seq.at_global = false;
             let held: Vec<Entry> = g.seq.stash.drain(..).collect();
             return apply_in_order(shard, g, &held, answers);

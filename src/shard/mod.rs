@@ -132,6 +132,15 @@ pub struct Figures {
 }
 
 impl Shared {
+    /// How this member splits the keyspace (every member of a cluster must
+    /// split it alike).
+    pub fn layout(&self) -> crate::cluster::Layout {
+        crate::cluster::Layout {
+            shards: self.shards,
+            unit_depth: Some(self.unit_depth),
+        }
+    }
+
     /// `sharded_cluster`: every shard is a raft group across members
     /// (issue #14), sequenced by [`crate::raft::Sequencer`].
     pub fn new(shards: usize, unit_depth: usize, sharded_cluster: bool) -> Shared {

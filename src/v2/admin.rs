@@ -569,13 +569,8 @@ pub fn transfer(
         send(req, 400, JSON, &[], body.as_bytes(), out);
         return Handled::Done;
     };
-    if shard == api.shard.id {
-        api.shard.raft.ask_transfer(to);
-        api.shard.kick_loop();
-    } else {
-        api.shard
-            .send_peer(shard, crate::shard::mesh::Msg::Transfer { to });
-    }
+    api.shard
+        .send(shard, crate::shard::mesh::Msg::Transfer { to });
     let body = format!("{{\"shard\":{shard},\"to\":\"{to:x}\"}}\n");
     send(req, 202, JSON, &[], body.as_bytes(), out);
     Handled::Done
@@ -627,7 +622,6 @@ pub async fn backup_done(api: &Api, p: PendingBackup, out: &mut Vec<u8>) {
     r.body(&body, false);
 }
 
-/// kardia's diagnostics: per-shard keys, applied index, write-path counters.
 /// A sharded cluster's leader of every group, as each group's loop last
 /// published it: `"groupLeaders":["hex",...],` (nothing elsewhere). A
 /// member that leads every group is the sequencer.
@@ -641,6 +635,7 @@ fn group_leaders(sh: &crate::shard::Shard) -> String {
     format!("\"groupLeaders\":[{}],", ids.join(","))
 }
 
+/// kardia's diagnostics: per-shard keys, applied index, write-path counters.
 pub fn shards(api: &Api, req: &Request<'_>, out: &mut Vec<u8>) {
     if !only_get(req, out) {
         return;

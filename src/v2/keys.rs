@@ -475,11 +475,10 @@ async fn read_bulk_now(
 /// Answer a read once its shard has: etcd's headers with the index it
 /// was read at, once this executor has delivered that index (so a watch
 /// from the next index on this connection misses nothing).
-async fn read(api: &Api, p: PendingRead, out: &mut Output) {
+async fn read(api: &Api, mut p: PendingRead, out: &mut Output) {
     let (http11, head_only, recursive) = (p.http11, p.head_only, p.req.opts.recursive);
     // Kept only for the `/_etcd/machines` fallback.
     let machines = is_machines_path(&p.req.key).then(|| p.req.key.clone());
-    let mut p = p;
     if p.barrier {
         match crate::raft::read_barrier(&api.shard, p.owner).await {
             Ok(at) => p.req.opts.at_least = at,

@@ -562,6 +562,16 @@ impl Cluster {
         }
     }
 
+    /// Member `i`'s id (hex), as it lists itself.
+    pub fn member_id(&self, i: usize) -> Option<String> {
+        let r = http(self.port(i), "GET", "/v2/stats/self", None, POLL_TIMEOUT).ok()?;
+        Json::parse(&r.body_str())
+            .ok()?
+            .get("id")?
+            .as_str()
+            .map(str::to_string)
+    }
+
     /// Member `i` sees member `leader` lead every raft group it runs (a
     /// sharded member lists them; co-location moves the other groups to
     /// group 0's leader within a few heartbeats of an election). Always true
@@ -576,27 +586,14 @@ impl Cluster {
         ) else {
             return false;
         };
-        let body = r.body_str();
-        let Some(list) = body.split("\"groupLeaders\":[").nth(1) else {
+        let Ok(j) = Json::parse(&r.body_str()) else {
+            return false;
+        };
+        let Some(groups) = j.get("groupLeaders") else {
             return true;
         };
-        let list = list.split(']').next().unwrap_or("");
-        let Ok(r) = http(
-            self.port(leader),
-            "GET",
-            "/v2/stats/self",
-            None,
-            POLL_TIMEOUT,
-        ) else {
-            return false;
-        };
-        let Some(id) = Json::parse(&r.body_str())
-            .ok()
-            .and_then(|j| j.get("id").and_then(Json::as_str).map(str::to_string))
-        else {
-            return false;
-        };
-        list.split(',').all(|g| g.trim_matches('"') == id)
+        let id = self.member_id(leader);
+        id.is_some() && groups.items().iter().all(|g| g.as_str() == id.as_deref())
     }
 
     /// The per-shard content hashes member `i` reports. Each answer
