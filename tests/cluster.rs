@@ -1343,6 +1343,117 @@ fn members_list_client_urls_as_soon_as_healthy() {
     }
 }
 
+/// WAL segment files in each `shard-*/wal` folder of a member's data dir.
+fn wal_files(data: &std::path::Path) -> Vec<(String, usize, u64)> {
+    let Ok(dirs) = std::fs::read_dir(data) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for d in dirs.flatten() {
+        let name = d.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("shard-") {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(d.path().join("wal")) else {
+            continue;
+        };
+        let seqs: Vec<u64> = files
+            .flatten()
+            .filter_map(|e| {
+                let f = e.file_name().into_string().ok()?;
+                u64::from_str_radix(f.strip_suffix(".wal")?, 16).ok()
+            })
+            .collect();
+        out.push((name, seqs.len(), seqs.iter().copied().max().unwrap_or(0)));
+    }
+    out
+}
+
+/// Under writes that never pause, filled WAL segments are checkpointed and
+/// released while the load goes on, on the leader and the followers alike:
+/// the log on disk stays a few segments long instead of growing until the
+/// load stops (the WAL writer is busy at nearly every moment, so a release
+/// that waited for it to be idle never came).
+#[test]
+fn wal_stays_a_few_segments_under_unpaused_writes() {
+    let _serial = serial();
+    let mut extra: Vec<&str> = FAST.to_vec();
+    extra.extend(["--wal-segment-bytes", "65536"]);
+    let mut c = Cluster::start_static(3, &extra);
+    let leader = c.wait_leader_agreed(Duration::from_secs(10));
+    let port = c.port(leader);
+    let stop = Arc::new(AtomicBool::new(false));
+    let value = "w".repeat(400);
+    let loaders: Vec<_> = (0..12)
+        .map(|t| {
+            let (stop, value) = (stop.clone(), value.clone());
+            thread::spawn(move || -> Result<u64, String> {
+                let mut conn =
+                    Conn::connect(port, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let target = format!("/v2/keys/steady/t{t}/k{}", n % 64);
+                    let form = format!("value={value}");
+                    let req = build_request(
+                        port,
+                        "PUT",
+                        target.as_bytes(),
+                        Some(form.as_bytes()),
+                        &[],
+                        true,
+                    );
+                    conn.send(&req).map_err(|e| e.to_string())?;
+                    let r = read_response(&mut conn, "PUT", Instant::now() + CLIENT_TIMEOUT)
+                        .map_err(|e| format!("{e:?}"))?;
+                    if !matches!(r.code(), 200 | 201) {
+                        return Err(format!("PUT {target}: {}", r.body_str()));
+                    }
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    // Sample every member's log folders while the load runs.
+    let dirs: Vec<_> = c.members.iter().map(|m| m.data_dir()).collect();
+    let started = Instant::now();
+    let (mut most, mut worst) = (0usize, String::new());
+    while started.elapsed() < Duration::from_secs(12) {
+        for (i, d) in dirs.iter().enumerate() {
+            for (shard, files, _) in wal_files(d) {
+                if files > most {
+                    (most, worst) = (files, format!("member {i} {shard}"));
+                }
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut writes = 0;
+    for l in loaders {
+        match l.join().unwrap() {
+            Ok(n) => writes += n,
+            Err(e) => panic!("{e}\n{}", c.logs()),
+        }
+    }
+    // The load really rolled the log many times over on every member.
+    for (i, d) in dirs.iter().enumerate() {
+        for (shard, _, highest) in wal_files(d) {
+            assert!(
+                highest >= 24,
+                "member {i} {shard}: only {highest} segments used by {writes} writes: the test did not fill the log"
+            );
+        }
+    }
+    eprintln!("{writes} writes; at most {most} WAL segment files at once ({worst})");
+    assert!(
+        most <= 12,
+        "{worst} held {most} WAL segment files of 64 KiB during the load: filled segments were not released\n{}",
+        c.logs()
+    );
+    c.wait_converged(Duration::from_secs(20));
+}
+
 /// A snapshot is streamed in 1 MiB chunks from the file it was copied to,
 /// never held whole: a member catching up on a 64 MB store from a snapshot
 /// stays within a fixed heap budget, and so does the leader sending it.
@@ -1543,5 +1654,10 @@ mod sharded {
     #[test]
     fn snapshot_catch_up_within_a_fixed_memory_budget() {
         sharded(super::snapshot_catch_up_within_a_fixed_memory_budget);
+    }
+
+    #[test]
+    fn wal_stays_a_few_segments_under_unpaused_writes() {
+        sharded(super::wal_stays_a_few_segments_under_unpaused_writes);
     }
 }

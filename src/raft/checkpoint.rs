@@ -6,7 +6,8 @@
 //! calls [`Checkpointer::poll`] once per pass: when a WAL segment has
 //! filled, or after `--checkpoint-interval` with progress, it syncs LMDB on
 //! a blocking thread; when that finishes, it releases the sealed segments
-//! whose entries are all applied (while the WAL writer is idle). In: the
+//! whose entries are all applied (at once if the WAL writer is idle, else
+//! the writer does after its round). In: the
 //! store's applied index and the WAL's sealed segments. Out: synced pages
 //! and released segments; a failed sync is fatal for the shard.
 
@@ -57,22 +58,17 @@ impl Checkpointer {
                 }
             }
         }
-        // Drop log segments the checkpoint covers (while the writer is idle).
-        if let Some(durable) = self.release_at {
-            if persist.idle() {
-                self.release_at = None;
-                let mut wal = persist.take_wal();
-                let r = wal.release(durable).await;
-                persist.put_wal(wal);
-                r?;
-            }
+        // Drop log segments the checkpoint covers (now if the writer is
+        // idle, else by the writer after its round).
+        if let Some(durable) = self.release_at.take() {
+            persist.release_after(durable).await?;
         }
         // Checkpoint when a WAL segment has filled (to free it) or, with
         // progress, after the interval. Each checkpoint's writeback delays
         // the WAL syncs around it, so they are kept rare: about once per
         // 64 MiB of log. Segments roll only when full.
         let applied = shard.store.borrow().applied().0;
-        let sealed = persist.with_wal(|w| w.sealed_segments()).unwrap_or(0);
+        let sealed = persist.sealed_segments();
         let due = applied > self.covered && (sealed > 0 || self.last.elapsed() >= self.interval);
         if !self.running && due {
             self.last = Instant::now();

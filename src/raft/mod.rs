@@ -686,11 +686,9 @@ impl Rates {
         let f = &shard.shared.figures[shard.id];
         let per_sec = (done - self.count) as f64 / elapsed.as_secs_f64();
         f.rate.store(per_sec.round() as u64, Ordering::Relaxed);
-        persist.with_wal(|w| {
-            f.wal_segments
-                .store(w.sealed_segments() as u64, Ordering::Relaxed);
-            f.wal_offset.store(w.offset(), Ordering::Relaxed);
-        });
+        f.wal_segments
+            .store(persist.sealed_segments() as u64, Ordering::Relaxed);
+        f.wal_offset.store(persist.wal_offset(), Ordering::Relaxed);
         (self.since, self.count) = (now, done);
     }
 }
@@ -1068,9 +1066,7 @@ async fn handle_ready_async(
     if !rd.snapshot().is_empty() {
         // A snapshot: after every earlier write is durable, the whole Ready
         // is persisted from the loop (the store is replaced and synced).
-        while !g.persist.idle() {
-            glommio::timer::sleep(Duration::from_micros(200)).await;
-        }
+        g.persist.until_idle().await;
         let done = g.persist.persisted();
         if done > g.reported {
             g.reported = done;
@@ -1123,7 +1119,7 @@ async fn handle_ready_async(
         g.node.on_persist_ready(number);
         g.reported = g.reported.max(number);
     } else {
-        g.persist.queue(number, rd.entries(), hs.as_ref());
+        g.persist.queue(number, rd.take_entries(), hs);
         if !persisted_msgs.is_empty() {
             g.waiting.push_back((number, persisted_msgs));
         }

@@ -8,7 +8,11 @@
 //! which then tells raft-rs (`on_persist_ready`) and sends the messages that
 //! had to wait for persistence. A one-voter group writes synchronously from
 //! the loop instead (its answers wait for the sync anyway), borrowing the WAL
-//! only while the writer is idle.
+//! only while the writer is idle. Sealed segments a checkpoint covers are
+//! released by the writer after its round when it is busy
+//! ([`Persister::release_after`]): under steady replicated load it is busy
+//! at nearly every look, and the log would otherwise grow until the load
+//! stops.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -38,12 +42,21 @@ pub struct Persister {
     persisted: Cell<u64>,
     busy: Cell<bool>,
     waker: RefCell<Option<Waker>>,
+    /// Who waits for the writer to become idle ([`Persister::until_idle`]).
+    idle_waker: RefCell<Option<Waker>>,
+    /// Sealed segments up to this applied index may go ([`Persister::release_after`]).
+    release_at: Cell<Option<u64>>,
+    /// The WAL's sealed segments and open-segment offset when it was last
+    /// given back (readable while the writer holds it).
+    sealed: Cell<usize>,
+    offset: Cell<u64>,
     /// Set when a write or sync failed (the shard stops).
     pub failed: RefCell<Option<String>>,
 }
 
 impl Persister {
     pub fn new(wal: Wal) -> Rc<Persister> {
+        let (sealed, offset) = (wal.sealed_segments(), wal.offset());
         Rc::new(Persister {
             wal: RefCell::new(Some(wal)),
             queue: RefCell::default(),
@@ -51,17 +64,21 @@ impl Persister {
             persisted: Cell::new(0),
             busy: Cell::new(false),
             waker: RefCell::default(),
+            idle_waker: RefCell::default(),
+            release_at: Cell::new(None),
+            sealed: Cell::new(sealed),
+            offset: Cell::new(offset),
             failed: RefCell::default(),
         })
     }
 
     /// Queue `Ready` number `number` (possibly with nothing to write: it
     /// then completes once everything before it is durable).
-    pub fn queue(&self, number: u64, entries: &[Entry], hs: Option<&HardState>) {
+    pub fn queue(&self, number: u64, entries: Vec<Entry>, hs: Option<HardState>) {
         self.queue.borrow_mut().push_back(Batch {
             number,
-            entries: entries.to_vec(),
-            hs: hs.cloned(),
+            entries,
+            hs,
         });
         self.queued.set(number);
         if let Some(w) = self.waker.borrow_mut().take() {
@@ -79,12 +96,51 @@ impl Persister {
 
     /// Give the WAL back after [`Persister::take_wal`].
     pub fn put_wal(&self, wal: Wal) {
+        self.sealed.set(wal.sealed_segments());
+        self.offset.set(wal.offset());
         *self.wal.borrow_mut() = Some(wal);
     }
 
-    /// Read the WAL (diagnostics), if no one is writing it.
-    pub fn with_wal<R>(&self, f: impl FnOnce(&Wal) -> R) -> Option<R> {
-        self.wal.borrow().as_ref().map(f)
+    /// Sealed WAL segments, as of the last time the WAL was given back.
+    pub fn sealed_segments(&self) -> usize {
+        self.sealed.get()
+    }
+
+    /// Bytes in the open WAL segment, as of the last time it was given back.
+    pub fn wal_offset(&self) -> u64 {
+        self.offset.get()
+    }
+
+    /// Release the sealed segments a checkpoint at applied index `durable`
+    /// covers: now if the writer is idle, else by the writer after its
+    /// current round.
+    pub async fn release_after(&self, durable: u64) -> Result<(), crate::storage::wal::Error> {
+        if !self.idle() {
+            self.release_at.set(Some(durable));
+            return Ok(());
+        }
+        let mut wal = self.take_wal();
+        let r = wal.release(durable).await;
+        self.put_wal(wal);
+        r
+    }
+
+    /// The highest `Ready` number queued.
+    pub fn queued(&self) -> u64 {
+        self.queued.get()
+    }
+
+    /// Wait until the writer is idle, or has failed.
+    pub async fn until_idle(&self) {
+        std::future::poll_fn(|cx| {
+            if self.idle() || self.failed.borrow().is_some() {
+                std::task::Poll::Ready(())
+            } else {
+                *self.idle_waker.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
     }
 
     /// The highest `Ready` number that is durable.
@@ -100,7 +156,8 @@ impl Persister {
     }
 }
 
-/// The writer task: persist queued batches in order, one sync per round.
+/// The writer task: persist queued batches in order, one sync per round;
+/// then release what a checkpoint asked for while it was busy.
 pub async fn run(p: Rc<Persister>, shard: Rc<Shard>) {
     loop {
         crate::shard::until_queued(&p.queue, &p.waker).await;
@@ -123,17 +180,35 @@ pub async fn run(p: Rc<Persister>, shard: Rc<Shard>) {
             match wal.sync().await {
                 Ok(bytes) => shard.record_sync(t.elapsed(), entries, bytes),
                 Err(e) => {
-                    *p.failed.borrow_mut() = Some(e.to_string());
-                    p.put_wal(wal);
-                    p.busy.set(false);
-                    shard.kick_loop();
+                    fail(&p, &shard, wal, e);
                     return;
                 }
             }
         }
-        p.put_wal(wal);
         p.persisted.set(last);
-        p.busy.set(false);
         shard.kick_loop();
+        if let Some(durable) = p.release_at.take() {
+            if let Err(e) = wal.release(durable).await {
+                fail(&p, &shard, wal, e);
+                return;
+            }
+        }
+        p.put_wal(wal);
+        p.busy.set(false);
+        if let Some(w) = p.idle_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// A write, sync or release failed: record it (the shard stops) and wake
+/// whoever waits on the writer.
+fn fail(p: &Persister, shard: &Shard, wal: Wal, e: crate::storage::wal::Error) {
+    *p.failed.borrow_mut() = Some(e.to_string());
+    p.put_wal(wal);
+    p.busy.set(false);
+    shard.kick_loop();
+    if let Some(w) = p.idle_waker.borrow_mut().take() {
+        w.wake();
     }
 }
