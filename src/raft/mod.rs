@@ -15,7 +15,7 @@
 //!
 //! A group with one voter (a single member) executes commands *before*
 //! logging them, taking their indexes at once (the fast path), and persists
-//! each `Ready` from the loop with one fdatasync. A group with several
+//! each `Ready` from the loop with one durable write. A group with several
 //! voters proposes commands as they are, and every member executes them
 //! when they are **committed**, in log order, so every member takes the
 //! same indexes (`replica`); the member that proposed a command answers
@@ -999,7 +999,7 @@ async fn process_ready(
     for rs in rd.take_read_states() {
         barrier_reached(g, &rs.request_ctx, rs.index);
     }
-    // 4. Persist new entries and hard state: one write, one fdatasync (the
+    // 4. Persist new entries and hard state: one durable write (the
     //    WAL writer is idle: this path is taken only then).
     let mut wal = g.persist.take_wal();
     if !rd.entries().is_empty() {

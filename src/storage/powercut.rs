@@ -3,7 +3,7 @@
 //! unless the environment variable [`ENV`] names an image directory when the
 //! member starts; then every durability point of a shard reports here:
 //!
-//! - a WAL `fdatasync` copies the range it made durable ([`synced_range`]);
+//! - a WAL write (`O_DSYNC`) copies the range it made durable ([`synced_range`]);
 //! - a directory sync mirrors that directory's names ([`synced_dir`]): a
 //!   file that is new or was replaced (another inode) is copied whole — the
 //!   code syncs every file before the directory that names it — and a
