@@ -1343,6 +1343,21 @@ fn members_list_client_urls_as_soon_as_healthy() {
     }
 }
 
+/// PUT `form` to `target` on an open connection: the response, or why
+/// there was none.
+fn put_on(conn: &mut Conn, port: u16, target: &str, form: &str) -> Result<Response, String> {
+    let req = build_request(
+        port,
+        "PUT",
+        target.as_bytes(),
+        Some(form.as_bytes()),
+        &[],
+        true,
+    );
+    conn.send(&req).map_err(|e| e.to_string())?;
+    read_response(conn, "PUT", Instant::now() + CLIENT_TIMEOUT).map_err(|e| format!("{e:?}"))
+}
+
 /// WAL segment files in each `shard-*/wal` folder of a member's data dir.
 fn wal_files(data: &std::path::Path) -> Vec<(String, usize, u64)> {
     let Ok(dirs) = std::fs::read_dir(data) else {
@@ -1393,18 +1408,7 @@ fn wal_stays_a_few_segments_under_unpaused_writes() {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let target = format!("/v2/keys/steady/t{t}/k{}", n % 64);
-                    let form = format!("value={value}");
-                    let req = build_request(
-                        port,
-                        "PUT",
-                        target.as_bytes(),
-                        Some(form.as_bytes()),
-                        &[],
-                        true,
-                    );
-                    conn.send(&req).map_err(|e| e.to_string())?;
-                    let r = read_response(&mut conn, "PUT", Instant::now() + CLIENT_TIMEOUT)
-                        .map_err(|e| format!("{e:?}"))?;
+                    let r = put_on(&mut conn, port, &target, &format!("value={value}"))?;
                     if !matches!(r.code(), 200 | 201) {
                         return Err(format!("PUT {target}: {}", r.body_str()));
                     }
@@ -1487,18 +1491,8 @@ fn snapshot_catch_up_within_a_fixed_memory_budget() {
                 let mut conn = Conn::connect(port, Duration::from_secs(5)).unwrap();
                 for n in (t..keys).step_by(16) {
                     let target = format!("/v2/keys/big/d{}/k{n}", n % 50);
-                    let form = format!("value={value}");
-                    let req = build_request(
-                        port,
-                        "PUT",
-                        target.as_bytes(),
-                        Some(form.as_bytes()),
-                        &[],
-                        true,
-                    );
-                    conn.send(&req).unwrap();
-                    let r =
-                        read_response(&mut conn, "PUT", Instant::now() + CLIENT_TIMEOUT).unwrap();
+                    let r = put_on(&mut conn, port, &target, &format!("value={value}"))
+                        .unwrap_or_else(|e| panic!("PUT {target}: {e}"));
                     if !matches!(r.code(), 200 | 201) {
                         return Err(format!("PUT {target}: {}", r.body_str()));
                     }
