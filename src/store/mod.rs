@@ -321,6 +321,9 @@ pub struct Store {
     /// Events of the batch being applied, in index order.
     pending: Vec<Arc<Event>>,
     kbuf: Vec<u8>,
+    /// Scratch key and value of the expiry index (no allocation per TTL).
+    xkey: Vec<u8>,
+    xval: Vec<u8>,
     vbuf: Vec<u8>,
     prev: Vec<u8>,
     /// Read views: a read transaction opened right after each commit, with
@@ -451,6 +454,8 @@ impl Store {
             stats: Stats::default(),
             pending: Vec::new(),
             kbuf: Vec::new(),
+            xkey: Vec::new(),
+            xval: Vec::new(),
             vbuf: Vec::new(),
             prev: Vec::new(),
             views: VecDeque::new(),
@@ -911,12 +916,19 @@ impl Store {
                 .history
                 .len(txn)?
                 .saturating_sub(self.history_cap as u64);
+            // The oldest go, through one cursor for the batch.
+            let mut oldest = self.history.iter_mut(txn)?;
             while over > 0 {
-                let Some((k, _)) = self.history.first(txn)? else {
+                let Some((k, _)) = oldest.next().transpose()? else {
                     break;
                 };
-                let k: [u8; 8] = k.try_into().map_err(|_| bad_checksum("history", k))?;
-                self.history.delete(txn, &k)?;
+                if k.len() != 8 {
+                    let k = k.to_vec();
+                    return Err(bad_checksum("history", &k));
+                }
+                // SAFETY: nothing read through the cursor is kept past the
+                // deletion.
+                unsafe { oldest.del_current()? };
                 over -= 1;
             }
         }
@@ -1757,22 +1769,31 @@ impl Store {
         path: &[u8],
         dir: bool,
     ) -> Result<()> {
-        let mut k = Vec::with_capacity(8 + lkey.len());
+        let (mut k, mut v) = (
+            std::mem::take(&mut self.xkey),
+            std::mem::take(&mut self.xval),
+        );
+        k.clear();
         k.extend_from_slice(&expiry_prefix(t));
         k.extend_from_slice(lkey);
-        let mut v = Vec::with_capacity(1 + path.len() + node::CRC_LEN);
+        v.clear();
         v.push(if dir { EXP_DIR } else { EXP_FILE });
         v.extend_from_slice(path);
         seal(&k, &mut v);
-        self.expiry.put(txn, &k, &v)?;
+        let r = self.expiry.put(txn, &k, &v);
+        (self.xkey, self.xval) = (k, v);
+        r?;
         Ok(())
     }
 
     fn del_expiry(&mut self, txn: &mut RwTxn, t: i64, lkey: &[u8]) -> Result<()> {
-        let mut k = Vec::with_capacity(8 + lkey.len());
+        let mut k = std::mem::take(&mut self.xkey);
+        k.clear();
         k.extend_from_slice(&expiry_prefix(t));
         k.extend_from_slice(lkey);
-        self.expiry.delete(txn, &k)?;
+        let r = self.expiry.delete(txn, &k);
+        self.xkey = k;
+        r?;
         Ok(())
     }
 
