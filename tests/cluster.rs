@@ -1387,8 +1387,8 @@ fn wal_files(data: &std::path::Path) -> Vec<(String, usize, u64)> {
 /// Under writes that never pause, filled WAL segments are checkpointed and
 /// released while the load goes on, on the leader and the followers alike:
 /// the log on disk stays a few segments long instead of growing until the
-/// load stops (the WAL writer is busy at nearly every moment, so a release
-/// that waited for it to be idle never came).
+/// load stops (the WAL writer is busy most of the time; a release must not
+/// depend on catching it idle).
 #[test]
 fn wal_stays_a_few_segments_under_unpaused_writes() {
     let _serial = serial();

@@ -9,10 +9,9 @@
 //! had to wait for persistence. A one-voter group writes synchronously from
 //! the loop instead (its answers wait for the sync anyway), borrowing the WAL
 //! only while the writer is idle. Sealed segments a checkpoint covers are
-//! released by the writer after its round when it is busy
-//! ([`Persister::release_after`]): under steady replicated load it is busy
-//! at nearly every look, and the log would otherwise grow until the load
-//! stops.
+//! released at once while the writer is idle, else by the writer after its
+//! round ([`Persister::release_after`]), so a busy writer never postpones a
+//! release.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -125,9 +124,13 @@ impl Persister {
         r
     }
 
-    /// The highest `Ready` number queued.
-    pub fn queued(&self) -> u64 {
-        self.queued.get()
+    /// The writer's round ended (the WAL is back): wake whoever waits for
+    /// it to be idle.
+    fn round_over(&self) {
+        self.busy.set(false);
+        if let Some(w) = self.idle_waker.borrow_mut().take() {
+            w.wake();
+        }
     }
 
     /// Wait until the writer is idle, or has failed.
@@ -194,10 +197,7 @@ pub async fn run(p: Rc<Persister>, shard: Rc<Shard>) {
             }
         }
         p.put_wal(wal);
-        p.busy.set(false);
-        if let Some(w) = p.idle_waker.borrow_mut().take() {
-            w.wake();
-        }
+        p.round_over();
     }
 }
 
@@ -206,9 +206,6 @@ pub async fn run(p: Rc<Persister>, shard: Rc<Shard>) {
 fn fail(p: &Persister, shard: &Shard, wal: Wal, e: crate::storage::wal::Error) {
     *p.failed.borrow_mut() = Some(e.to_string());
     p.put_wal(wal);
-    p.busy.set(false);
+    p.round_over();
     shard.kick_loop();
-    if let Some(w) = p.idle_waker.borrow_mut().take() {
-        w.wake();
-    }
 }

@@ -1769,31 +1769,24 @@ impl Store {
         path: &[u8],
         dir: bool,
     ) -> Result<()> {
-        let (mut k, mut v) = (
-            std::mem::take(&mut self.xkey),
-            std::mem::take(&mut self.xval),
-        );
+        let (k, v) = (&mut self.xkey, &mut self.xval);
         k.clear();
         k.extend_from_slice(&expiry_prefix(t));
         k.extend_from_slice(lkey);
         v.clear();
         v.push(if dir { EXP_DIR } else { EXP_FILE });
         v.extend_from_slice(path);
-        seal(&k, &mut v);
-        let r = self.expiry.put(txn, &k, &v);
-        (self.xkey, self.xval) = (k, v);
-        r?;
+        seal(k, v);
+        self.expiry.put(txn, k, v)?;
         Ok(())
     }
 
     fn del_expiry(&mut self, txn: &mut RwTxn, t: i64, lkey: &[u8]) -> Result<()> {
-        let mut k = std::mem::take(&mut self.xkey);
+        let k = &mut self.xkey;
         k.clear();
         k.extend_from_slice(&expiry_prefix(t));
         k.extend_from_slice(lkey);
-        let r = self.expiry.delete(txn, &k);
-        self.xkey = k;
-        r?;
+        self.expiry.delete(txn, k)?;
         Ok(())
     }
 
