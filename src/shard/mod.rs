@@ -811,8 +811,8 @@ impl std::future::Future for NextPoll {
                 return Poll::Pending;
             }
         }
-        // Descheduled for a millisecond between two lines: the poll that
-        // mattered has long been missed anyway; go on.
+        // The thread lost the CPU for over a millisecond between arming and
+        // checking, every time: go on (the next pause tries again).
         Poll::Ready(())
     }
 }
