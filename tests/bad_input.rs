@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{build_request, read_response, request, rss_bytes, BodyLimit, Conn, Server};
+use common::{request, request_on, rss_bytes, BodyLimit, Conn, Server};
 
 const LIMITS: &[&str] = &[
     "--max-header-bytes",
@@ -47,17 +47,9 @@ fn fill_big(port: u16, keys: usize) {
                 let mut c = Conn::connect(port, Duration::from_secs(5)).unwrap();
                 for i in (t..keys).step_by(8) {
                     let target = format!("/v2/keys/big/k{i:05}");
-                    let req = build_request(
-                        port,
-                        "PUT",
-                        target.as_bytes(),
-                        Some(value.as_bytes()),
-                        &[],
-                        true,
-                    );
-                    c.send(&req).unwrap();
                     let deadline = Instant::now() + Duration::from_secs(15);
-                    let r = read_response(&mut c, "PUT", deadline).unwrap();
+                    let r =
+                        request_on(&mut c, port, "PUT", &target, Some(&value), deadline).unwrap();
                     assert_eq!(r.code(), 201, "{}", r.body_str());
                 }
             })

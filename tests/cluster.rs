@@ -31,7 +31,7 @@ use common::cluster::{
     CallError, Cluster, Json, CLIENT_TIMEOUT, FAST,
 };
 use common::linearizability::{check, partition_by_key, Clock, Kind, Op, Recorder};
-use common::{build_request, etcdctl, have, json_u64, missing, read_response, Conn, Response, Rng};
+use common::{etcdctl, have, json_u64, missing, read_response, request_on, Conn, Response, Rng};
 
 /// The response, or a panic with every member's log.
 fn expect_code(c: &Cluster, r: Result<Response, CallError>, codes: &[u16], what: &str) -> Response {
@@ -1343,21 +1343,6 @@ fn members_list_client_urls_as_soon_as_healthy() {
     }
 }
 
-/// PUT `form` to `target` on an open connection: the response, or why
-/// there was none.
-fn put_on(conn: &mut Conn, port: u16, target: &str, form: &str) -> Result<Response, String> {
-    let req = build_request(
-        port,
-        "PUT",
-        target.as_bytes(),
-        Some(form.as_bytes()),
-        &[],
-        true,
-    );
-    conn.send(&req).map_err(|e| e.to_string())?;
-    read_response(conn, "PUT", Instant::now() + CLIENT_TIMEOUT).map_err(|e| format!("{e:?}"))
-}
-
 /// WAL segment files in each `shard-*/wal` folder of a member's data dir.
 fn wal_files(data: &std::path::Path) -> Vec<(String, usize, u64)> {
     let Ok(dirs) = std::fs::read_dir(data) else {
@@ -1408,7 +1393,10 @@ fn wal_stays_a_few_segments_under_unpaused_writes() {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let target = format!("/v2/keys/steady/t{t}/k{}", n % 64);
-                    let r = put_on(&mut conn, port, &target, &format!("value={value}"))?;
+                    let form = format!("value={value}");
+                    let deadline = Instant::now() + CLIENT_TIMEOUT;
+                    let r = request_on(&mut conn, port, "PUT", &target, Some(&form), deadline)
+                        .map_err(|e| format!("PUT {target}: {e:?}"))?;
                     if !matches!(r.code(), 200 | 201) {
                         return Err(format!("PUT {target}: {}", r.body_str()));
                     }
@@ -1491,8 +1479,10 @@ fn snapshot_catch_up_within_a_fixed_memory_budget() {
                 let mut conn = Conn::connect(port, Duration::from_secs(5)).unwrap();
                 for n in (t..keys).step_by(16) {
                     let target = format!("/v2/keys/big/d{}/k{n}", n % 50);
-                    let r = put_on(&mut conn, port, &target, &format!("value={value}"))
-                        .unwrap_or_else(|e| panic!("PUT {target}: {e}"));
+                    let form = format!("value={value}");
+                    let deadline = Instant::now() + CLIENT_TIMEOUT;
+                    let r = request_on(&mut conn, port, "PUT", &target, Some(&form), deadline)
+                        .unwrap_or_else(|e| panic!("PUT {target}: {e:?}"));
                     if !matches!(r.code(), 200 | 201) {
                         return Err(format!("PUT {target}: {}", r.body_str()));
                     }

@@ -1202,22 +1202,10 @@ fn reads_never_run_ahead_of_their_index() {
             let (mut last_header, mut n) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("/v2/keys/hot/k{}", rng.below(4));
-                let req = if write {
-                    let body = format!("value={}", rng.next());
-                    common::build_request(
-                        port,
-                        "PUT",
-                        key.as_bytes(),
-                        Some(body.as_bytes()),
-                        &[],
-                        true,
-                    )
-                } else {
-                    common::build_request(port, "GET", key.as_bytes(), None, &[], true)
-                };
-                conn.send(&req).map_err(|e| e.to_string())?;
+                let form = write.then(|| format!("value={}", rng.next()));
                 let method = if write { "PUT" } else { "GET" };
-                let r = common::read_response(&mut conn, method, Instant::now() + deadline)
+                let until = Instant::now() + deadline;
+                let r = common::request_on(&mut conn, port, method, &key, form.as_deref(), until)
                     .map_err(|e| format!("{e:?}"))?;
                 n += 1;
                 if r.code() == 404 {

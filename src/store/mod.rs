@@ -923,8 +923,7 @@ impl Store {
                     break;
                 };
                 if k.len() != 8 {
-                    let k = k.to_vec();
-                    return Err(bad_checksum("history", &k));
+                    return Err(bad_checksum("history", k));
                 }
                 // SAFETY: nothing read through the cursor is kept past the
                 // deletion.

@@ -749,6 +749,28 @@ pub fn request(
     read_response(&mut conn, method, Instant::now() + timeout)
 }
 
+/// One request on `conn`, kept open (keep-alive); the whole response by
+/// `deadline`. With `form`, it goes out as a url-encoded form.
+pub fn request_on(
+    conn: &mut Conn,
+    port: u16,
+    method: &str,
+    target: &str,
+    form: Option<&str>,
+    deadline: Instant,
+) -> Result<Response, HttpError> {
+    let req = build_request(
+        port,
+        method,
+        target.as_bytes(),
+        form.map(str::as_bytes),
+        &[],
+        true,
+    );
+    conn.send(&req)?;
+    read_response(conn, method, deadline)
+}
+
 /// Reads one whole response on `conn` by `deadline`.
 pub fn read_response(
     conn: &mut Conn,
