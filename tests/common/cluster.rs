@@ -25,7 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub use super::json::Json;
-use super::{build_request, free_port, read_response, Conn, HttpError, Response};
+use super::{free_port, read_response, Conn, HttpError, Response};
 
 /// Faster raft timings for tests where default timing is not the point.
 pub const FAST: &[&str] = &["--heartbeat-interval", "50", "--election-timeout", "500"];
@@ -794,16 +794,7 @@ pub fn send_request(
     target: &str,
     form: Option<&str>,
 ) -> Result<(), HttpError> {
-    let req = build_request(
-        port,
-        method,
-        target.as_bytes(),
-        form.map(str::as_bytes),
-        &[],
-        false,
-    );
-    conn.send(&req)?;
-    Ok(())
+    super::send_form(conn, port, method, target, form, false)
 }
 
 /// `PUT /v2/keys{key}` with `value=...`, client timeout [`CLIENT_TIMEOUT`].

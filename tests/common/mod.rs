@@ -749,6 +749,28 @@ pub fn request(
     read_response(&mut conn, method, Instant::now() + timeout)
 }
 
+/// Writes one request on `conn` (`form` as a url-encoded body), with
+/// `Connection: close` unless `keep_alive`.
+pub fn send_form(
+    conn: &mut Conn,
+    port: u16,
+    method: &str,
+    target: &str,
+    form: Option<&str>,
+    keep_alive: bool,
+) -> Result<(), HttpError> {
+    let req = build_request(
+        port,
+        method,
+        target.as_bytes(),
+        form.map(str::as_bytes),
+        &[],
+        keep_alive,
+    );
+    conn.send(&req)?;
+    Ok(())
+}
+
 /// One request on `conn`, kept open (keep-alive); the whole response by
 /// `deadline`. With `form`, it goes out as a url-encoded form.
 pub fn request_on(
@@ -759,15 +781,7 @@ pub fn request_on(
     form: Option<&str>,
     deadline: Instant,
 ) -> Result<Response, HttpError> {
-    let req = build_request(
-        port,
-        method,
-        target.as_bytes(),
-        form.map(str::as_bytes),
-        &[],
-        true,
-    );
-    conn.send(&req)?;
+    send_form(conn, port, method, target, form, true)?;
     read_response(conn, method, deadline)
 }
 
