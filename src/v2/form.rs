@@ -258,11 +258,19 @@ fn go_quote(b: &[u8]) -> String {
 pub const FORM_TYPE: &str = "application/x-www-form-urlencoded";
 
 /// Whether a Content-Type names the form type, or Go's error text. Clients
-/// send exactly that type: a byte compare, no allocation; anything else
+/// send that type, go-etcd (HM9000's client) with a `; param=value` after
+/// it: all-ASCII headers are checked in place, no allocation; anything else
 /// takes Go's full parse ([`media_type`]).
 pub fn is_form(ct: &[u8]) -> Result<bool, String> {
     if ct.eq_ignore_ascii_case(FORM_TYPE.as_bytes()) {
         return Ok(true);
+    }
+    if ct.is_ascii() {
+        // ASCII is UTF-8; the check below is `media_type`'s without the copy.
+        let s = std::str::from_utf8(ct).map_err(|e| e.to_string())?;
+        return parse_media_type(s)
+            .map(|mt| mt.eq_ignore_ascii_case(FORM_TYPE))
+            .map_err(String::from);
     }
     media_type(ct).map(|mt| mt == FORM_TYPE)
 }
@@ -271,25 +279,35 @@ pub fn is_form(ct: &[u8]) -> Result<bool, String> {
 /// lower-cased media type, or Go's error text.
 pub fn media_type(ct: &[u8]) -> Result<String, String> {
     let s = String::from_utf8_lossy(ct);
+    parse_media_type(&s)
+        .map(str::to_ascii_lowercase)
+        .map_err(String::from)
+}
+
+/// Go's `isTokenChar`: printable ASCII but for the separators
+/// `()<>@,;:\"/[]?=`.
+fn is_token_byte(b: u8) -> bool {
+    matches!(b, b'!' | b'#'..=b'\'' | b'*' | b'+' | b'-' | b'.' | b'0'..=b'9' | b'A'..=b'Z' | b'^'..=b'~')
+}
+
+/// The checks of Go's `mime.ParseMediaType` on a decoded header: the
+/// trimmed media type as written (not lower-cased), or Go's error text.
+fn parse_media_type(s: &str) -> Result<&str, &'static str> {
     let mut parts = s.split(';');
-    let mt = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let mt = parts.next().unwrap_or("").trim();
     if mt.is_empty() {
-        return Err("mime: no media type".into());
+        return Err("mime: no media type");
     }
-    let is_token = |t: &str| {
-        !t.is_empty()
-            && t.bytes()
-                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b))
-    };
+    let is_token = |t: &str| !t.is_empty() && t.bytes().all(is_token_byte);
     match mt.split_once('/') {
-        None if !is_token(&mt) => return Err("mime: expected token after slash".into()),
-        None => return Err("mime: expected slash after first token".into()),
+        None if !is_token(mt) => return Err("mime: expected token after slash"),
+        None => return Err("mime: expected slash after first token"),
         Some((a, b)) => {
             if !is_token(a) {
-                return Err("mime: expected token after slash".into());
+                return Err("mime: expected token after slash");
             }
             if !is_token(b) {
-                return Err("mime: unexpected content after media subtype".into());
+                return Err("mime: unexpected content after media subtype");
             }
         }
     }
@@ -300,7 +318,7 @@ pub fn media_type(ct: &[u8]) -> Result<String, String> {
         }
         match p.split_once('=') {
             Some((k, _)) if is_token(k.trim()) => {}
-            _ => return Err("mime: invalid media parameter".into()),
+            _ => return Err("mime: invalid media parameter"),
         }
     }
     Ok(mt)
@@ -340,11 +358,28 @@ mod tests {
             Ok(true)
         );
         assert_eq!(is_form(b"application/json"), Ok(false));
+        // go-etcd's header, and a parameter that is not a token.
+        assert_eq!(
+            is_form(b"application/x-www-form-urlencoded; param=value"),
+            Ok(true)
+        );
+        assert_eq!(
+            is_form(b"application/x-www-form-urlencoded; p@r=value").unwrap_err(),
+            "mime: invalid media parameter"
+        );
         assert!(is_form(b"text/").is_err());
         assert_eq!(
             media_type(b"Application/X-WWW-Form-Urlencoded; charset=utf-8").unwrap(),
             "application/x-www-form-urlencoded"
         );
+    }
+
+    #[test]
+    fn token_bytes_are_gos() {
+        for b in 0..=255u8 {
+            let go = b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b);
+            assert_eq!(is_token_byte(b), go, "byte {b:#x}");
+        }
     }
 
     #[test]
@@ -378,7 +413,8 @@ mod robustness {
             let _ = f.parse(Some(&s), &s);
             let _ = f.bool(Field::Dir);
             let _ = f.u64(Field::Ttl);
-            let _ = media_type(&s);
+            // The in-place check and Go's full parse agree.
+            assert_eq!(is_form(&s), media_type(&s).map(|mt| mt == FORM_TYPE));
         }
     }
 }
