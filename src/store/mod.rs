@@ -1270,9 +1270,9 @@ impl Store {
         let prev = match &found {
             Some(f) if !f.meta.dir => {
                 self.render_prev(txn, c.key, f, c.now)?;
-                true
+                Some(f)
             }
-            _ => false,
+            _ => None,
         };
         self.internal_create(txn, c, c.key, value, true, Action::Set, prev)
     }
@@ -1280,12 +1280,14 @@ impl Store {
     fn create(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
         if c.op == Op::CreateUnique {
             let path = placement::unique_path(c.key, self.index + 1);
-            return self.internal_create(txn, c, &path, c.value, false, Action::Create, false);
+            return self.internal_create(txn, c, &path, c.value, false, Action::Create, None);
         }
-        self.internal_create(txn, c, c.key, c.value, false, Action::Create, false)
+        self.internal_create(txn, c, c.key, c.value, false, Action::Create, None)
     }
 
-    /// etcd's internalCreate: make missing parents, then the node.
+    /// etcd's internalCreate: make missing parents, then the node. `prev`
+    /// is the file at `path` that this transaction has just found (a set
+    /// replacing it), if any.
     #[allow(clippy::too_many_arguments)]
     fn internal_create(
         &mut self,
@@ -1295,8 +1297,9 @@ impl Store {
         value: &[u8],
         replace: bool,
         action: Action,
-        has_prev: bool,
+        prev: Option<&Found>,
     ) -> Result<Outcome> {
+        let has_prev = prev.is_some();
         let next = self.index + 1;
         if path == b"/" {
             return Ok(Err(V2Error::new(ROOT_RONLY, "/", self.index)));
@@ -1308,7 +1311,11 @@ impl Store {
         }
         let mut kbuf = std::mem::take(&mut self.kbuf);
         let mut vbuf = std::mem::take(&mut self.vbuf);
-        let r = self.create_nodes(txn, c, path, value, replace, expire, &mut kbuf, &mut vbuf);
+        let r = match prev {
+            // Its parents exist and its key is known: no walk.
+            Some(f) if !self.global => self.replace_file(txn, c, path, value, expire, f, &mut vbuf),
+            _ => self.create_nodes(txn, c, path, value, replace, expire, &mut kbuf, &mut vbuf),
+        };
         self.kbuf = kbuf;
         self.vbuf = vbuf;
         if let Err(e) = r? {
@@ -1407,6 +1414,7 @@ impl Store {
             return Ok(Ok(()));
         }
         child_key(kbuf, parent.dir_id, name);
+        let mut old_expire = None;
         if let Some(v) = self.nodes.get(txn, kbuf)? {
             let m = decode_meta(kbuf, v)?;
             if !replace {
@@ -1415,12 +1423,15 @@ impl Store {
             if m.dir {
                 return Ok(Err(V2Error::new(NOT_FILE, path, self.index)));
             }
-            if let Some(t) = m.expire {
-                self.del_expiry(txn, t, kbuf)?;
-            }
+            old_expire = m.expire;
         }
+        // Escalated before anything is written: the member-wide retry
+        // finds the replaced file's expiry entry still in place.
         if c.dir && self.local_only() && self.skeleton(path) {
             return Ok(Err(escalate(0)));
+        }
+        if let Some(t) = old_expire {
+            self.del_expiry(txn, t, kbuf)?;
         }
         // In a member-wide operation a file is written by its owner only.
         if self.global && !self.placement.holds(path, c.dir) {
@@ -1440,6 +1451,47 @@ impl Store {
         self.nodes.put(txn, kbuf, vbuf)?;
         if let Some(t) = expire {
             self.put_expiry(txn, t, kbuf, path, c.dir)?;
+        }
+        Ok(Ok(()))
+    }
+
+    /// The writes of [`Store::internal_create`] for a set that replaces
+    /// the file `f` found at `path` in this transaction: [`Store::create_nodes`]
+    /// without its walk, which would find the same parents and file again.
+    #[allow(clippy::too_many_arguments)]
+    fn replace_file(
+        &mut self,
+        txn: &mut RwTxn,
+        c: &Command,
+        path: &[u8],
+        value: &[u8],
+        expire: Option<i64>,
+        f: &Found,
+        vbuf: &mut Vec<u8>,
+    ) -> Result<std::result::Result<(), V2Error>> {
+        debug_assert!(!f.meta.dir && !f.lkey.is_empty());
+        let name = &path[path.iter().rposition(|&b| b == b'/').unwrap_or(0) + 1..];
+        if c.dir && self.local_only() && self.skeleton(path) {
+            return Ok(Err(escalate(0)));
+        }
+        if let Some(t) = f.meta.expire {
+            self.del_expiry(txn, t, &f.lkey)?;
+        }
+        let next = self.index + 1;
+        let dir_id = if c.dir { self.new_dir_id(path) } else { 0 };
+        let rec = NodeRec {
+            dir: c.dir,
+            created: next,
+            modified: next,
+            expire,
+            dir_id,
+            long_name: None,
+            value,
+        };
+        rec.encode(&f.lkey, name, vbuf);
+        self.nodes.put(txn, &f.lkey, vbuf)?;
+        if let Some(t) = expire {
+            self.put_expiry(txn, t, &f.lkey, path, c.dir)?;
         }
         Ok(Ok(()))
     }
@@ -2615,6 +2667,44 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let v = text.split("\"value\":\"").nth(1).unwrap();
         Ok(v[..v.find('"').unwrap()].to_string())
+    }
+
+    /// A set that replaces a file (the path that skips the walk) moves its
+    /// expiry entry: one entry per file with a TTL, at its latest time.
+    #[test]
+    fn a_set_over_a_file_moves_its_expiry_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open_store(dir.path());
+        let t = |secs: i64| MIN_EXPIRE + secs * 1_000_000_000;
+        let mut raft = 0;
+        let mut put = |s: &mut Store, key: &[u8], expire: Option<i64>| {
+            let mut c = Command::new(Op::Set, key, 1);
+            c.value = b"v";
+            c.expire = expire;
+            let mut data = Vec::new();
+            c.encode(&mut data);
+            raft += 1;
+            let mut out = Vec::new();
+            s.apply_batch(std::iter::once((raft, 1, &data[..])), &mut out)
+                .unwrap();
+        };
+        let entries = |s: &Store| -> Vec<i64> {
+            let txn = s.env.read_txn().unwrap();
+            s.expiry
+                .iter(&txn)
+                .unwrap()
+                .map(|e| expiry_time(e.unwrap().0))
+                .collect()
+        };
+        put(&mut s, b"/d/e/a", Some(t(10)));
+        put(&mut s, b"/d/e/a", Some(t(20)));
+        put(&mut s, b"/d/e/b", Some(t(15)));
+        assert_eq!(entries(&s), vec![t(15), t(20)]);
+        put(&mut s, b"/d/e/a", None);
+        assert_eq!(entries(&s), vec![t(15)]);
+        put(&mut s, b"/d/e/b", Some(t(5)));
+        assert_eq!(entries(&s), vec![t(5)]);
+        assert_eq!(s.next_expiry().unwrap(), Some(t(5)));
     }
 
     /// A read sees the newest view whose writes are delivered, waits when
