@@ -124,6 +124,16 @@ struct Found {
     lkey: Vec<u8>,
 }
 
+/// What a write's own lookup of its path found, so the write need not
+/// walk the path again ([`Store::internal_create`]).
+enum Known<'f> {
+    Nothing,
+    /// A file, which the write replaces.
+    File(&'f Found),
+    /// No node, but every directory above it: this one holds it.
+    MissingIn(Meta),
+}
+
 const META_APPLIED: &[u8] = b"applied";
 /// Kinds of expiry index entries (first byte of the value, then the path).
 const EXP_FILE: u8 = b'f';
@@ -1179,6 +1189,18 @@ impl Store {
         path: &[u8],
         kbuf: &mut Vec<u8>,
     ) -> Result<std::result::Result<Found, V2Error>> {
+        self.find_in(txn, path, kbuf, &mut None)
+    }
+
+    /// [`Store::find`]; when only the last component of `path` is
+    /// missing, `missing_in` is set to the directory that would hold it.
+    fn find_in(
+        &self,
+        txn: &RoTxn,
+        path: &[u8],
+        kbuf: &mut Vec<u8>,
+        missing_in: &mut Option<Meta>,
+    ) -> Result<std::result::Result<Found, V2Error>> {
         let mut meta = ROOT;
         let mut lkey = Vec::new();
         if path == b"/" {
@@ -1204,7 +1226,12 @@ impl Store {
                     // A file of another shard may block the way.
                     return Ok(Err(escalate(self.placement.of_key(&path[..end]))));
                 }
-                None => return Ok(Err(V2Error::new(KEY_NOT_FOUND, &path[..end], self.index))),
+                None => {
+                    if end == path.len() {
+                        *missing_in = Some(meta);
+                    }
+                    return Ok(Err(V2Error::new(KEY_NOT_FOUND, &path[..end], self.index)));
+                }
                 Some(v) => meta = decode_meta(kbuf, v)?,
             }
             if end == path.len() {
@@ -1250,8 +1277,11 @@ impl Store {
     // ---- writes -----------------------------------------------------------
 
     fn set(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
-        let found = self.locate(txn, c.key)?;
-        let found = match found {
+        let mut kbuf = std::mem::take(&mut self.kbuf);
+        let mut missing_in = None;
+        let found = self.find_in(txn, c.key, &mut kbuf, &mut missing_in);
+        self.kbuf = kbuf;
+        let found = match found? {
             Ok(f) => Some(f),
             Err(e) if e.code == KEY_NOT_FOUND && !c.refresh => None,
             Err(e) => return Ok(Err(e)),
@@ -1267,27 +1297,28 @@ impl Store {
             }
             value = &old_value;
         }
-        let prev = match &found {
-            Some(f) if !f.meta.dir => {
+        let known = match (&found, missing_in) {
+            (Some(f), _) if !f.meta.dir => {
                 self.render_prev(txn, c.key, f, c.now)?;
-                Some(f)
+                Known::File(f)
             }
-            _ => None,
+            (None, Some(dir)) => Known::MissingIn(dir),
+            _ => Known::Nothing,
         };
-        self.internal_create(txn, c, c.key, value, true, Action::Set, prev)
+        self.internal_create(txn, c, c.key, value, true, Action::Set, known)
     }
 
     fn create(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
+        let (create, none) = (Action::Create, Known::Nothing);
         if c.op == Op::CreateUnique {
             let path = placement::unique_path(c.key, self.index + 1);
-            return self.internal_create(txn, c, &path, c.value, false, Action::Create, None);
+            return self.internal_create(txn, c, &path, c.value, false, create, none);
         }
-        self.internal_create(txn, c, c.key, c.value, false, Action::Create, None)
+        self.internal_create(txn, c, c.key, c.value, false, create, none)
     }
 
-    /// etcd's internalCreate: make missing parents, then the node. `prev`
-    /// is the file at `path` that this transaction has just found (a set
-    /// replacing it), if any.
+    /// etcd's internalCreate: make missing parents, then the node. `known`
+    /// is what this transaction's lookup of `path` has just found.
     #[allow(clippy::too_many_arguments)]
     fn internal_create(
         &mut self,
@@ -1297,9 +1328,9 @@ impl Store {
         value: &[u8],
         replace: bool,
         action: Action,
-        prev: Option<&Found>,
+        known: Known,
     ) -> Result<Outcome> {
-        let has_prev = prev.is_some();
+        let has_prev = matches!(known, Known::File(_));
         let next = self.index + 1;
         if path == b"/" {
             return Ok(Err(V2Error::new(ROOT_RONLY, "/", self.index)));
@@ -1311,9 +1342,20 @@ impl Store {
         }
         let mut kbuf = std::mem::take(&mut self.kbuf);
         let mut vbuf = std::mem::take(&mut self.vbuf);
-        let r = match prev {
-            // Its parents exist and its key is known: no walk.
-            Some(f) if !self.global => self.replace_file(txn, c, path, value, expire, f, &mut vbuf),
+        let name = &path[path.iter().rposition(|&b| b == b'/').unwrap_or(0) + 1..];
+        // When the lookup found the node or its directory, its parents
+        // exist: no walk (a member-wide write always walks).
+        let r = match known {
+            Known::File(f) if !self.global => {
+                let old_expire = f.meta.expire;
+                self.write_node(
+                    txn, c, path, name, value, expire, old_expire, &f.lkey, &mut vbuf,
+                )
+            }
+            Known::MissingIn(dir) if !self.global => {
+                child_key(&mut kbuf, dir.dir_id, name);
+                self.write_node(txn, c, path, name, value, expire, None, &kbuf, &mut vbuf)
+            }
             _ => self.create_nodes(txn, c, path, value, replace, expire, &mut kbuf, &mut vbuf),
         };
         self.kbuf = kbuf;
@@ -1425,57 +1467,36 @@ impl Store {
             }
             old_expire = m.expire;
         }
+        self.write_node(txn, c, path, name, value, expire, old_expire, kbuf, vbuf)
+    }
+
+    /// The last write of [`Store::internal_create`]: the node at `path`
+    /// under the LMDB key `key`, replacing a file whose expiry entry (if
+    /// any) is at `old_expire`, or where nothing is.
+    #[allow(clippy::too_many_arguments)]
+    fn write_node(
+        &mut self,
+        txn: &mut RwTxn,
+        c: &Command,
+        path: &[u8],
+        name: &[u8],
+        value: &[u8],
+        expire: Option<i64>,
+        old_expire: Option<i64>,
+        key: &[u8],
+        vbuf: &mut Vec<u8>,
+    ) -> Result<std::result::Result<(), V2Error>> {
         // Escalated before anything is written: the member-wide retry
         // finds the replaced file's expiry entry still in place.
         if c.dir && self.local_only() && self.skeleton(path) {
             return Ok(Err(escalate(0)));
         }
         if let Some(t) = old_expire {
-            self.del_expiry(txn, t, kbuf)?;
+            self.del_expiry(txn, t, key)?;
         }
         // In a member-wide operation a file is written by its owner only.
         if self.global && !self.placement.holds(path, c.dir) {
             return Ok(Ok(()));
-        }
-        let dir_id = if c.dir { self.new_dir_id(path) } else { 0 };
-        let rec = NodeRec {
-            dir: c.dir,
-            created: next,
-            modified: next,
-            expire,
-            dir_id,
-            long_name: None,
-            value,
-        };
-        rec.encode(kbuf, name, vbuf);
-        self.nodes.put(txn, kbuf, vbuf)?;
-        if let Some(t) = expire {
-            self.put_expiry(txn, t, kbuf, path, c.dir)?;
-        }
-        Ok(Ok(()))
-    }
-
-    /// The writes of [`Store::internal_create`] for a set that replaces
-    /// the file `f` found at `path` in this transaction: [`Store::create_nodes`]
-    /// without its walk, which would find the same parents and file again.
-    #[allow(clippy::too_many_arguments)]
-    fn replace_file(
-        &mut self,
-        txn: &mut RwTxn,
-        c: &Command,
-        path: &[u8],
-        value: &[u8],
-        expire: Option<i64>,
-        f: &Found,
-        vbuf: &mut Vec<u8>,
-    ) -> Result<std::result::Result<(), V2Error>> {
-        debug_assert!(!f.meta.dir && !f.lkey.is_empty());
-        let name = &path[path.iter().rposition(|&b| b == b'/').unwrap_or(0) + 1..];
-        if c.dir && self.local_only() && self.skeleton(path) {
-            return Ok(Err(escalate(0)));
-        }
-        if let Some(t) = f.meta.expire {
-            self.del_expiry(txn, t, &f.lkey)?;
         }
         let next = self.index + 1;
         let dir_id = if c.dir { self.new_dir_id(path) } else { 0 };
@@ -1488,10 +1509,10 @@ impl Store {
             long_name: None,
             value,
         };
-        rec.encode(&f.lkey, name, vbuf);
-        self.nodes.put(txn, &f.lkey, vbuf)?;
+        rec.encode(key, name, vbuf);
+        self.nodes.put(txn, key, vbuf)?;
         if let Some(t) = expire {
-            self.put_expiry(txn, t, &f.lkey, path, c.dir)?;
+            self.put_expiry(txn, t, key, path, c.dir)?;
         }
         Ok(Ok(()))
     }
