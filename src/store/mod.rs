@@ -1253,8 +1253,18 @@ impl Store {
 
     /// [`Store::find`] with the store's own key buffer.
     fn locate(&mut self, txn: &RoTxn, path: &[u8]) -> Result<std::result::Result<Found, V2Error>> {
+        self.locate_in(txn, path, &mut None)
+    }
+
+    /// [`Store::find_in`] with the store's own key buffer.
+    fn locate_in(
+        &mut self,
+        txn: &RoTxn,
+        path: &[u8],
+        missing_in: &mut Option<Meta>,
+    ) -> Result<std::result::Result<Found, V2Error>> {
         let mut kbuf = std::mem::take(&mut self.kbuf);
-        let found = self.find(txn, path, &mut kbuf);
+        let found = self.find_in(txn, path, &mut kbuf, missing_in);
         self.kbuf = kbuf;
         found
     }

@@ -9,11 +9,8 @@ use super::*;
 
 impl Store {
     pub(super) fn set(&mut self, txn: &mut RwTxn, c: &Command) -> Result<Outcome> {
-        let mut kbuf = std::mem::take(&mut self.kbuf);
         let mut missing_in = None;
-        let found = self.find_in(txn, c.key, &mut kbuf, &mut missing_in);
-        self.kbuf = kbuf;
-        let found = match found? {
+        let found = match self.locate_in(txn, c.key, &mut missing_in)? {
             Ok(f) => Some(f),
             Err(e) if e.code == KEY_NOT_FOUND && !c.refresh => None,
             Err(e) => return Ok(Err(e)),
@@ -79,10 +76,8 @@ impl Store {
         // exist: no walk (a member-wide write always walks).
         let r = match known {
             Known::File(f) if !self.global => {
-                let old_expire = f.meta.expire;
-                self.write_node(
-                    txn, c, path, name, value, expire, old_expire, &f.lkey, &mut vbuf,
-                )
+                let old = f.meta.expire;
+                self.write_node(txn, c, path, name, value, expire, old, &f.lkey, &mut vbuf)
             }
             Known::MissingIn(dir) if !self.global => {
                 child_key(&mut kbuf, dir.dir_id, name);

@@ -259,20 +259,18 @@ pub const FORM_TYPE: &str = "application/x-www-form-urlencoded";
 
 /// Whether a Content-Type names the form type, or Go's error text. Clients
 /// send that type, go-etcd (HM9000's client) with a `; param=value` after
-/// it: all-ASCII headers are checked in place, no allocation; anything else
-/// takes Go's full parse ([`media_type`]).
+/// it: a UTF-8 header is checked in place, no allocation; only invalid
+/// UTF-8 takes the copy of Go's full parse ([`media_type`]).
 pub fn is_form(ct: &[u8]) -> Result<bool, String> {
     if ct.eq_ignore_ascii_case(FORM_TYPE.as_bytes()) {
         return Ok(true);
     }
-    if ct.is_ascii() {
-        // ASCII is UTF-8; the check below is `media_type`'s without the copy.
-        let s = std::str::from_utf8(ct).map_err(|e| e.to_string())?;
-        return parse_media_type(s)
+    match std::str::from_utf8(ct) {
+        Ok(s) => parse_media_type(s)
             .map(|mt| mt.eq_ignore_ascii_case(FORM_TYPE))
-            .map_err(String::from);
+            .map_err(String::from),
+        Err(_) => media_type(ct).map(|mt| mt == FORM_TYPE),
     }
-    media_type(ct).map(|mt| mt == FORM_TYPE)
 }
 
 /// Check a Content-Type with Go's `mime.ParseMediaType` and return the
@@ -358,6 +356,16 @@ mod tests {
             Ok(true)
         );
         assert_eq!(is_form(b"application/json"), Ok(false));
+        // Valid UTF-8 beyond ASCII is checked in place, as Go's parse does.
+        for ct in [
+            "application/x-www-form-urlencoded; é=1",
+            "application/x-www-form-urlencoded;\u{a0}p=v",
+            "\u{2003}application/x-www-form-urlencoded\u{2003}",
+            "applicätion/x-www-form-urlencoded",
+        ] {
+            let full = media_type(ct.as_bytes()).map(|mt| mt == FORM_TYPE);
+            assert_eq!(is_form(ct.as_bytes()), full, "{ct}");
+        }
         // go-etcd's header, and a parameter that is not a token.
         assert_eq!(
             is_form(b"application/x-www-form-urlencoded; param=value"),
