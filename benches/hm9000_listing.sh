@@ -8,6 +8,11 @@
 #
 #   benches/hm9000_listing.sh [INSTANCES] [LISTINGS]   (default: 100000 10)
 #   KARDIA=/path/to/kardia benches/hm9000_listing.sh   (another build)
+#   ORDER=sorted benches/hm9000_listing.sh             (see below)
+#
+# Applications are named by GUIDs in no relation to the order they are
+# created in, as HM9000's are (random v4 UUIDs); ORDER=sorted creates them
+# in name order instead, the layout's best case.
 #
 # Each server gets CPU 1 (taskset), the client CPU 0. Prints, per system: the
 # listing's size, its median and fastest time, and the server CPU per
@@ -15,6 +20,7 @@
 set -euo pipefail
 instances=${1:-100000}
 listings=${2:-10}
+order=${ORDER:-random}
 cd "$(dirname "$0")/.."
 cargo build --release -q -p kardia
 for t in etcd curl python3; do command -v $t >/dev/null || { echo "install $t"; exit 1; }; done
@@ -25,7 +31,7 @@ kardia=${KARDIA:-target/release/kardia}
 
 cat >"$work/fill.py" <<'EOF'
 import http.client, json, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
+port, n, scramble = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "random"
 c = http.client.HTTPConnection("127.0.0.1", port)
 rec = {"state": "RUNNING", "index": 0, "instance": "i" * 36, "cc_partition": "default",
        "updated_at": 1700000000, "version": "v" * 36, "app": "a" * 36}
@@ -33,6 +39,8 @@ body = "value=" + json.dumps(rec, separators=(",", ":")).replace('"', "%22") + "
 hdr = {"Content-Type": "application/x-www-form-urlencoded"}
 for i in range(n):
     app, inst = i // 2, i % 2
+    if scramble:  # a bijection of 32-bit numbers: unique names, no order
+        app = app * 2654435761 % 2**32
     c.request("PUT", f"/v2/keys/hm/v4/apps/actual/{app:08x}-0000-4000-8000-{app:012x}/"
               f"{inst:08x}-1111-4000-8000-{inst:012x}", body, hdr)
     r = c.getresponse(); r.read()
@@ -47,9 +55,10 @@ list() {  # list PORT N -> size, median and fastest of N timed listings
       printf "%.1f MB  median %.1f ms  fastest %.1f ms", b / 1e6, t[int((NR + 1) / 2)], t[1] }'
 }
 
+echo "$instances instances; applications created in $order order"
 for sys in kardia etcd; do
   pid=$(bench_start $sys "http://127.0.0.1:$port")
-  taskset -c 0 python3 "$work/fill.py" "$port" "$instances"
+  taskset -c 0 python3 "$work/fill.py" "$port" "$instances" "$order"
   before=$(cpu "$pid")
   printf '%-7s ' "$sys"
   taskset -c 0 bash -c "$(declare -f list); list $port $listings"

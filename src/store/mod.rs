@@ -1524,8 +1524,10 @@ mod tests {
             n += 1;
             set_key(s, n, key.as_bytes(), &format!("v<{n}>\"\u{e9}"));
         };
-        for a in 0..6 {
-            for b in 0..4 {
+        // Directories created out of name order: an unsorted listing
+        // writes them in creation order, after their directory's files.
+        for a in [3, 0, 5, 1, 4, 2] {
+            for b in [2, 0, 3, 1] {
                 put(&mut s, format!("/d/a{a}/b{b}/leaf"));
                 put(&mut s, format!("/d/a{a}/f{b}"));
             }
@@ -1579,6 +1581,54 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// An unsorted recursive listing writes a directory's files first and
+    /// then its subdirectories in the order they were created (their
+    /// children's LMDB ranges in ascending order); a sorted one is in name
+    /// order.
+    #[test]
+    fn an_unsorted_listing_writes_files_then_subdirectories_in_creation_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open_store(dir.path());
+        for (n, key) in ["/d/c/x", "/d/f2", "/d/a/x", "/d/b/x", "/d/f1"]
+            .iter()
+            .enumerate()
+        {
+            set_key(&mut s, n as u64 + 1, key.as_bytes(), "v");
+        }
+        let keys = |s: &mut Store, sorted| {
+            let mut out = Vec::new();
+            let r = s.get(
+                9,
+                b"/d",
+                true,
+                sorted,
+                1,
+                None,
+                ReadAt::Now,
+                usize::MAX,
+                &mut out,
+            );
+            assert_eq!(r.unwrap().unwrap(), 9);
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let mut keys = Vec::new();
+            for c in v["node"]["nodes"].as_array().unwrap() {
+                keys.push(c["key"].as_str().unwrap().to_string());
+                for g in c["nodes"].as_array().into_iter().flatten() {
+                    keys.push(g["key"].as_str().unwrap().to_string());
+                }
+            }
+            keys
+        };
+        let unsorted = [
+            "/d/f1", "/d/f2", "/d/c", "/d/c/x", "/d/a", "/d/a/x", "/d/b", "/d/b/x",
+        ];
+        assert_eq!(keys(&mut s, false), unsorted);
+        let sorted = [
+            "/d/a", "/d/a/x", "/d/b", "/d/b/x", "/d/c", "/d/c/x", "/d/f1", "/d/f2",
+        ];
+        assert_eq!(keys(&mut s, true), sorted);
     }
 
     /// A sorted recursive listing is in name order when over-long names

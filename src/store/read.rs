@@ -293,7 +293,15 @@ impl Store {
             resumed_after: Option<Vec<u8>>,
             any: bool,
             close: Option<(u64, u64, usize, usize)>,
+            later: Later,
         }
+        // An unsorted recursive scan writes a directory's files as its
+        // cursor meets them and its subdirectories after them, in the order
+        // they were created (their ids): their children then lie in
+        // ascending LMDB key order, read by a forward sweep instead of one
+        // jump across the map per subdirectory (HM9000's apps/actual, 50,000
+        // directories named by random GUIDs: 117 -> 72 ms).
+        let defer = scan && w.recursive && !w.sorted;
         let items = |dir_id: u64, after: Option<&[u8]>| -> Result<Items> {
             Ok(if scan {
                 let first = dir_id.to_be_bytes();
@@ -315,24 +323,33 @@ impl Store {
                 resumed_after: f.after,
                 any: f.any,
                 close: f.close,
+                later: f.later,
             });
         }
         let (path, epath) = (&mut at.path, &mut at.epath);
         while let Some(top) = stack.last_mut() {
-            let next = match &mut top.items {
-                Items::Listed(it) => it.next(),
-                Items::Scan(it, dir) => match it.next().transpose()? {
-                    Some((k, v)) if k.starts_with(dir) => {
-                        let r = rec(k, v)?;
-                        if w.sorted && r.long_name.is_some() {
-                            return Ok(Listing::Unordered);
+            let next = if top.later.next.is_some() {
+                None
+            } else {
+                match &mut top.items {
+                    Items::Listed(it) => it.next(),
+                    Items::Scan(it, dir) => match it.next().transpose()? {
+                        Some((k, v)) if k.starts_with(dir) => {
+                            let r = rec(k, v)?;
+                            if w.sorted && r.long_name.is_some() {
+                                return Ok(Listing::Unordered);
+                            }
+                            Some((k, Child::Local(r)))
                         }
-                        Some((k, Child::Local(r)))
-                    }
-                    _ => None,
-                },
+                        _ => None,
+                    },
+                }
             };
-            let Some((k, c)) = next else {
+            let later = match next {
+                Some(_) => None,
+                None => top.later.next_dir(),
+            };
+            if next.is_none() && later.is_none() {
                 let done = stack.pop().expect("a frame");
                 if done.any {
                     out.push(b']');
@@ -343,7 +360,7 @@ impl Store {
                     epath.truncate(elen);
                 }
                 continue;
-            };
+            }
             if out.len() > w.limit {
                 return Ok(Listing::OverLimit);
             }
@@ -356,10 +373,45 @@ impl Store {
                         after: f.last.map(<[u8]>::to_vec).or(f.resumed_after),
                         any: f.any,
                         close: f.close,
+                        later: f.later,
                     });
                 }
                 return Ok(Listing::Paused);
             }
+            let Some((k, c)) = next else {
+                // A deferred subdirectory: written as a scanned one is.
+                let i = later.expect("a deferred directory");
+                let d = top.later.dirs[i].clone();
+                top.later.next = Some(i + 1);
+                out.extend_from_slice(if top.any { b"," } else { b",\"nodes\":[" });
+                top.any = true;
+                let (len, elen) = (path.len(), epath.len());
+                let name = &top.later.names[d.name.clone()];
+                path.push(b'/');
+                path.extend_from_slice(name);
+                epath.push(b'/');
+                crate::v2::json::write_escaped(epath, name);
+                NodeJson {
+                    key: path,
+                    value: None,
+                    dir: true,
+                    expire: d.expire,
+                    now: w.now,
+                    modified: d.modified,
+                    created: d.created,
+                }
+                .write_head_escaped(epath, out);
+                stack.push(Frame {
+                    dir_id: d.dir_id,
+                    items: items(d.dir_id, None)?,
+                    last: None,
+                    resumed_after: None,
+                    any: false,
+                    close: Some((d.modified, d.created, len, elen)),
+                    later: Later::default(),
+                });
+                continue;
+            };
             top.last = Some(k);
             let rec = match c {
                 Child::Remote(name, json) => {
@@ -375,6 +427,10 @@ impl Store {
             };
             let name = rec.name(k);
             if name.first() == Some(&b'_') {
+                continue;
+            }
+            if defer && rec.dir {
+                top.later.defer(&rec, name);
                 continue;
             }
             out.extend_from_slice(if top.any { b"," } else { b",\"nodes\":[" });
@@ -402,6 +458,7 @@ impl Store {
                     resumed_after: None,
                     any: false,
                     close: Some((rec.modified, rec.created, len, elen)),
+                    later: Later::default(),
                 });
             } else {
                 event::write_tail(out, rec.modified, rec.created);
@@ -628,6 +685,51 @@ struct Resumed {
     after: Option<Vec<u8>>,
     any: bool,
     close: Option<(u64, u64, usize, usize)>,
+    later: Later,
+}
+
+/// The subdirectories an unsorted recursive scan defers until their
+/// directory's files are written (see `walk_children`): their heads, and
+/// their names in one buffer. Nothing is allocated for a directory
+/// without subdirectories.
+#[derive(Debug, Default)]
+struct Later {
+    dirs: Vec<LaterDir>,
+    names: Vec<u8>,
+    /// The next to write, once the directory's scan is over (sorted then).
+    next: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct LaterDir {
+    dir_id: u64,
+    modified: u64,
+    created: u64,
+    expire: Option<i64>,
+    name: std::ops::Range<usize>,
+}
+
+impl Later {
+    fn defer(&mut self, rec: &NodeRec, name: &[u8]) {
+        let at = self.names.len();
+        self.names.extend_from_slice(name);
+        self.dirs.push(LaterDir {
+            dir_id: rec.dir_id,
+            modified: rec.modified,
+            created: rec.created,
+            expire: rec.expire,
+            name: at..self.names.len(),
+        });
+    }
+
+    /// The deferred directory to write next (the scan is over), if any.
+    fn next_dir(&mut self) -> Option<usize> {
+        let i = *self.next.get_or_insert_with(|| {
+            self.dirs.sort_unstable_by_key(|d| d.dir_id);
+            0
+        });
+        (i < self.dirs.len()).then_some(i)
+    }
 }
 
 impl Resume {
@@ -643,6 +745,7 @@ impl Resume {
                 after: None,
                 any: false,
                 close: None,
+                later: Later::default(),
             }],
             path,
             epath,
