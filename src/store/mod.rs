@@ -1631,6 +1631,47 @@ mod tests {
         assert_eq!(keys(&mut s, true), sorted);
     }
 
+    /// A directory of subdirectories only writes nothing while its scan
+    /// defers them: the scan still pauses once a slice's worth is
+    /// deferred, so it holds the executor no longer than a slice.
+    #[test]
+    fn a_scan_of_subdirectories_pauses_like_a_slice_of_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open_store(dir.path());
+        for i in 0..300u64 {
+            let key = format!("/d/{:08x}/i", i.wrapping_mul(2654435761) % (1 << 32));
+            set_key(&mut s, i + 1, key.as_bytes(), "v");
+        }
+        let mut whole = Vec::new();
+        let r = s.get(
+            9,
+            b"/d",
+            true,
+            false,
+            1,
+            None,
+            ReadAt::Now,
+            usize::MAX,
+            &mut whole,
+        );
+        assert_eq!(r.unwrap().unwrap(), 9);
+        let mut sl = s
+            .begin_slices(9, b"/d", true, false, 1, ReadAt::Now)
+            .unwrap();
+        let mut out = Vec::new();
+        assert!(s.get_slice(&mut sl, 2000, &mut out).unwrap().is_none());
+        let first = String::from_utf8_lossy(&out).to_string();
+        assert!(
+            !first.contains("\"nodes\""),
+            "the first slice wrote {first}"
+        );
+        while s.get_slice(&mut sl, 2000, &mut out).unwrap().is_none() {}
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&whole)
+        );
+    }
+
     /// A sorted recursive listing is in name order when over-long names
     /// (kept under a hashed LMDB key) sit deep inside it, and an unsorted
     /// one holds the same nodes.

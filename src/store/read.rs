@@ -327,6 +327,10 @@ impl Store {
             });
         }
         let (path, epath) = (&mut at.path, &mut at.epath);
+        // What this slice deferred, counted towards its pause as the bytes
+        // those directories will write at least: a directory of many
+        // subdirectories and few files pauses during its scan too.
+        let mut deferred = 0usize;
         while let Some(top) = stack.last_mut() {
             let next = if top.later.next.is_some() {
                 None
@@ -364,7 +368,7 @@ impl Store {
             if out.len() > w.limit {
                 return Ok(Listing::OverLimit);
             }
-            if scan && out.len() > w.pause_at {
+            if scan && out.len().saturating_add(deferred) > w.pause_at {
                 // Go on from here next time: each open directory after the
                 // child last taken from it (this one is not written yet).
                 for f in stack.drain(..) {
@@ -431,6 +435,7 @@ impl Store {
             }
             if defer && rec.dir {
                 top.later.defer(&rec, name);
+                deferred += path.len() + name.len() + LATER_DIR_BYTES;
                 continue;
             }
             out.extend_from_slice(if top.any { b"," } else { b",\"nodes\":[" });
@@ -699,6 +704,11 @@ struct Later {
     /// The next to write, once the directory's scan is over (sorted then).
     next: Option<usize>,
 }
+
+/// The least a deferred directory writes besides its parent's path and
+/// its name (with both empty:
+/// `,{"key":"/","dir":true,"modifiedIndex":1,"createdIndex":1}`).
+const LATER_DIR_BYTES: usize = 58;
 
 #[derive(Debug, Clone)]
 struct LaterDir {
