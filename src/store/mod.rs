@@ -1510,6 +1510,25 @@ mod tests {
         assert_eq!(gets, 2);
     }
 
+    /// `/d` listed at once (index 9, now 1).
+    fn listing(s: &mut Store, recursive: bool, sorted: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let at = ReadAt::Now;
+        let r = s.get(
+            9,
+            b"/d",
+            recursive,
+            sorted,
+            1,
+            None,
+            at,
+            usize::MAX,
+            &mut out,
+        );
+        assert_eq!(r.unwrap().unwrap(), 9);
+        out
+    }
+
     /// A listing rendered in slices, of any size, is byte for byte the
     /// listing rendered at once — nested directories, hidden keys and
     /// over-long names in sorted listings included — and writes committed
@@ -1537,19 +1556,7 @@ mod tests {
         put(&mut s, "/d/z".to_string());
         for (recursive, sorted) in [(true, false), (true, true), (false, false), (false, true)] {
             for slice in [1, 10, 100, 333, 4096, usize::MAX] {
-                let mut whole = Vec::new();
-                let r = s.get(
-                    9,
-                    b"/d",
-                    recursive,
-                    sorted,
-                    1,
-                    None,
-                    ReadAt::Now,
-                    usize::MAX,
-                    &mut whole,
-                );
-                assert_eq!(r.unwrap().unwrap(), 9);
+                let whole = listing(&mut s, recursive, sorted);
                 let mut sl = s
                     .begin_slices(9, b"/d", recursive, sorted, 1, ReadAt::Now)
                     .unwrap();
@@ -1598,19 +1605,7 @@ mod tests {
             set_key(&mut s, n as u64 + 1, key.as_bytes(), "v");
         }
         let keys = |s: &mut Store, sorted| {
-            let mut out = Vec::new();
-            let r = s.get(
-                9,
-                b"/d",
-                true,
-                sorted,
-                1,
-                None,
-                ReadAt::Now,
-                usize::MAX,
-                &mut out,
-            );
-            assert_eq!(r.unwrap().unwrap(), 9);
+            let out = listing(s, true, sorted);
             let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
             let mut keys = Vec::new();
             for c in v["node"]["nodes"].as_array().unwrap() {
@@ -1642,19 +1637,7 @@ mod tests {
             let key = format!("/d/{:08x}/i", i.wrapping_mul(2654435761) % (1 << 32));
             set_key(&mut s, i + 1, key.as_bytes(), "v");
         }
-        let mut whole = Vec::new();
-        let r = s.get(
-            9,
-            b"/d",
-            true,
-            false,
-            1,
-            None,
-            ReadAt::Now,
-            usize::MAX,
-            &mut whole,
-        );
-        assert_eq!(r.unwrap().unwrap(), 9);
+        let whole = listing(&mut s, true, false);
         let mut sl = s
             .begin_slices(9, b"/d", true, false, 1, ReadAt::Now)
             .unwrap();

@@ -382,62 +382,39 @@ impl Store {
                 }
                 return Ok(Listing::Paused);
             }
-            let Some((k, c)) = next else {
+            let (rec, name) = match next {
                 // A deferred subdirectory: written as a scanned one is.
-                let i = later.expect("a deferred directory");
-                let d = top.later.dirs[i].clone();
-                top.later.next = Some(i + 1);
-                out.extend_from_slice(if top.any { b"," } else { b",\"nodes\":[" });
-                top.any = true;
-                let (len, elen) = (path.len(), epath.len());
-                let name = &top.later.names[d.name.clone()];
-                path.push(b'/');
-                path.extend_from_slice(name);
-                epath.push(b'/');
-                crate::v2::json::write_escaped(epath, name);
-                NodeJson {
-                    key: path,
-                    value: None,
-                    dir: true,
-                    expire: d.expire,
-                    now: w.now,
-                    modified: d.modified,
-                    created: d.created,
+                None => {
+                    let i = later.expect("a deferred directory");
+                    top.later.next = Some(i + 1);
+                    top.later.dir(i)
                 }
-                .write_head_escaped(epath, out);
-                stack.push(Frame {
-                    dir_id: d.dir_id,
-                    items: items(d.dir_id, None)?,
-                    last: None,
-                    resumed_after: None,
-                    any: false,
-                    close: Some((d.modified, d.created, len, elen)),
-                    later: Later::default(),
-                });
-                continue;
-            };
-            top.last = Some(k);
-            let rec = match c {
-                Child::Remote(name, json) => {
+                Some((k, c)) => {
+                    top.last = Some(k);
+                    let rec = match c {
+                        Child::Remote(name, json) => {
+                            if name.first() == Some(&b'_') {
+                                continue;
+                            }
+                            out.extend_from_slice(if top.any { b"," } else { b",\"nodes\":[" });
+                            top.any = true;
+                            out.extend_from_slice(json);
+                            continue;
+                        }
+                        Child::Local(rec) => rec,
+                    };
+                    let name = rec.name(k);
                     if name.first() == Some(&b'_') {
                         continue;
                     }
-                    out.extend_from_slice(if top.any { b"," } else { b",\"nodes\":[" });
-                    top.any = true;
-                    out.extend_from_slice(json);
-                    continue;
+                    if defer && rec.dir {
+                        top.later.defer(&rec, name);
+                        deferred += path.len() + name.len() + LATER_DIR_BYTES;
+                        continue;
+                    }
+                    (rec, name)
                 }
-                Child::Local(rec) => rec,
             };
-            let name = rec.name(k);
-            if name.first() == Some(&b'_') {
-                continue;
-            }
-            if defer && rec.dir {
-                top.later.defer(&rec, name);
-                deferred += path.len() + name.len() + LATER_DIR_BYTES;
-                continue;
-            }
             out.extend_from_slice(if top.any { b"," } else { b",\"nodes\":[" });
             top.any = true;
             let (len, elen) = (path.len(), epath.len());
@@ -710,7 +687,7 @@ struct Later {
 /// `,{"key":"/","dir":true,"modifiedIndex":1,"createdIndex":1}`).
 const LATER_DIR_BYTES: usize = 58;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct LaterDir {
     dir_id: u64,
     modified: u64,
@@ -730,6 +707,22 @@ impl Later {
             expire: rec.expire,
             name: at..self.names.len(),
         });
+    }
+
+    /// Deferred directory `i`, as its record (a directory's has no value)
+    /// and name.
+    fn dir(&self, i: usize) -> (NodeRec<'static>, &[u8]) {
+        let d = &self.dirs[i];
+        let rec = NodeRec {
+            dir: true,
+            created: d.created,
+            modified: d.modified,
+            expire: d.expire,
+            dir_id: d.dir_id,
+            long_name: None,
+            value: &[],
+        };
+        (rec, &self.names[d.name.clone()])
     }
 
     /// The deferred directory to write next (the scan is over), if any.
