@@ -1628,7 +1628,9 @@ mod tests {
 
     /// A directory of subdirectories only writes nothing while its scan
     /// defers them: the scan still pauses once a slice's worth is
-    /// deferred, so it holds the executor no longer than a slice.
+    /// deferred, so it holds the executor no longer than a slice, and a
+    /// limited read counts what they will write (a listing that fits its
+    /// limit exactly is still whole).
     #[test]
     fn a_scan_of_subdirectories_pauses_like_a_slice_of_output() {
         let dir = tempfile::tempdir().unwrap();
@@ -1638,6 +1640,11 @@ mod tests {
             set_key(&mut s, i + 1, key.as_bytes(), "v");
         }
         let whole = listing(&mut s, true, false);
+        for (limit, fits) in [(whole.len(), true), (whole.len() / 2, false)] {
+            let (mut out, at) = (Vec::new(), ReadAt::Now);
+            let r = s.get(9, b"/d", true, false, 1, None, at, limit, &mut out);
+            assert_eq!(r.unwrap().is_ok(), fits, "limit {limit} of {}", whole.len());
+        }
         let mut sl = s
             .begin_slices(9, b"/d", true, false, 1, ReadAt::Now)
             .unwrap();

@@ -300,7 +300,7 @@ impl Store {
         // they were created (their ids): their children then lie in
         // ascending LMDB key order, read by a forward sweep instead of one
         // jump across the map per subdirectory (HM9000's apps/actual, 50,000
-        // directories named by random GUIDs: 117 -> 72 ms).
+        // directories named by random GUIDs: 120 -> 84 ms).
         let defer = scan && w.recursive && !w.sorted;
         let items = |dir_id: u64, after: Option<&[u8]>| -> Result<Items> {
             Ok(if scan {
@@ -327,10 +327,13 @@ impl Store {
             });
         }
         let (path, epath) = (&mut at.path, &mut at.epath);
-        // What this slice deferred, counted towards its pause as the bytes
-        // those directories will write at least: a directory of many
-        // subdirectories and few files pauses during its scan too.
-        let mut deferred = 0usize;
+        // The deferred directories not yet written, counted towards the
+        // pause and the limit as the bytes they will write at least: a
+        // directory of many subdirectories and few files pauses (or stops)
+        // during its scan too, not after collecting them all. The pause
+        // counts what this slice added.
+        let mut promised: usize = stack.iter().map(|f| f.later.promised).sum();
+        let pause_at = w.pause_at.saturating_add(promised);
         while let Some(top) = stack.last_mut() {
             let next = if top.later.next.is_some() {
                 None
@@ -365,10 +368,10 @@ impl Store {
                 }
                 continue;
             }
-            if out.len() > w.limit {
+            if out.len().saturating_add(promised) > w.limit {
                 return Ok(Listing::OverLimit);
             }
-            if scan && out.len().saturating_add(deferred) > w.pause_at {
+            if scan && out.len().saturating_add(promised) > pause_at {
                 // Go on from here next time: each open directory after the
                 // child last taken from it (this one is not written yet).
                 for f in stack.drain(..) {
@@ -387,6 +390,9 @@ impl Store {
                 None => {
                     let i = later.expect("a deferred directory");
                     top.later.next = Some(i + 1);
+                    let promise = path.len() + top.later.dir(i).1.len() + LATER_DIR_BYTES;
+                    top.later.promised = top.later.promised.saturating_sub(promise);
+                    promised = promised.saturating_sub(promise);
                     top.later.dir(i)
                 }
                 Some((k, c)) => {
@@ -408,8 +414,9 @@ impl Store {
                         continue;
                     }
                     if defer && rec.dir {
-                        top.later.defer(&rec, name);
-                        deferred += path.len() + name.len() + LATER_DIR_BYTES;
+                        let promise = path.len() + name.len() + LATER_DIR_BYTES;
+                        top.later.defer(&rec, name, promise);
+                        promised += promise;
                         continue;
                     }
                     (rec, name)
@@ -680,6 +687,9 @@ struct Later {
     names: Vec<u8>,
     /// The next to write, once the directory's scan is over (sorted then).
     next: Option<usize>,
+    /// What those not yet written will write at least (`LATER_DIR_BYTES`
+    /// each, beyond their path).
+    promised: usize,
 }
 
 /// The least a deferred directory writes besides its parent's path and
@@ -697,7 +707,8 @@ struct LaterDir {
 }
 
 impl Later {
-    fn defer(&mut self, rec: &NodeRec, name: &[u8]) {
+    fn defer(&mut self, rec: &NodeRec, name: &[u8], promise: usize) {
+        self.promised += promise;
         let at = self.names.len();
         self.names.extend_from_slice(name);
         self.dirs.push(LaterDir {
