@@ -389,11 +389,9 @@ impl Store {
                 // A deferred subdirectory: written as a scanned one is.
                 None => {
                     let i = later.expect("a deferred directory");
-                    top.later.next = Some(i + 1);
-                    let promise = path.len() + top.later.dir(i).1.len() + LATER_DIR_BYTES;
-                    top.later.promised = top.later.promised.saturating_sub(promise);
+                    let (promise, rec, name) = top.later.take(i, path.len());
                     promised = promised.saturating_sub(promise);
-                    top.later.dir(i)
+                    (rec, name)
                 }
                 Some((k, c)) => {
                     top.last = Some(k);
@@ -414,9 +412,7 @@ impl Store {
                         continue;
                     }
                     if defer && rec.dir {
-                        let promise = path.len() + name.len() + LATER_DIR_BYTES;
-                        top.later.defer(&rec, name, promise);
-                        promised += promise;
+                        promised += top.later.defer(&rec, name, path.len());
                         continue;
                     }
                     (rec, name)
@@ -707,7 +703,16 @@ struct LaterDir {
 }
 
 impl Later {
-    fn defer(&mut self, rec: &NodeRec, name: &[u8], promise: usize) {
+    /// The least a directory named `name` in a directory whose path is
+    /// `parent` bytes long writes.
+    fn promise(parent: usize, name: usize) -> usize {
+        parent + name + LATER_DIR_BYTES
+    }
+
+    /// Defer directory `rec`, named `name`, of a directory whose path is
+    /// `parent` bytes long; returns its [`Later::promise`].
+    fn defer(&mut self, rec: &NodeRec, name: &[u8], parent: usize) -> usize {
+        let promise = Self::promise(parent, name.len());
         self.promised += promise;
         let at = self.names.len();
         self.names.extend_from_slice(name);
@@ -718,12 +723,16 @@ impl Later {
             expire: rec.expire,
             name: at..self.names.len(),
         });
+        promise
     }
 
-    /// Deferred directory `i`, as its record (a directory's has no value)
-    /// and name.
-    fn dir(&self, i: usize) -> (NodeRec<'static>, &[u8]) {
+    /// Take deferred directory `i` (of [`Later::next_dir`]) to write: its
+    /// promise, its record (a directory's has no value) and its name.
+    fn take(&mut self, i: usize, parent: usize) -> (usize, NodeRec<'static>, &[u8]) {
+        self.next = Some(i + 1);
         let d = &self.dirs[i];
+        let promise = Self::promise(parent, d.name.len());
+        self.promised = self.promised.saturating_sub(promise);
         let rec = NodeRec {
             dir: true,
             created: d.created,
@@ -733,7 +742,7 @@ impl Later {
             long_name: None,
             value: &[],
         };
-        (rec, &self.names[d.name.clone()])
+        (promise, rec, &self.names[d.name.clone()])
     }
 
     /// The deferred directory to write next (the scan is over), if any.

@@ -164,7 +164,8 @@ static SPREAD: [[u8; 16]; 256] = {
 
 /// [`escape_quotes16`] without a branch per quote: each half of the block
 /// is spread by one byte shuffle from [`SPREAD`], and the slots filled with
-/// backslashes (a quoted run of JSON is 3× faster than one run at a time).
+/// backslashes (one 222-byte HM9000 record: 138 → 93 ns against one run at
+/// a time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "ssse3")]
 fn escape_quotes16_ssse3(out: &mut Vec<u8>, b: &[u8], quotes: u32) {
