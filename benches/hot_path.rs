@@ -58,6 +58,17 @@ fn json(c: &mut Criterion) {
             std::hint::black_box(out.len())
         })
     });
+    // Expiry times as a listing meets them: records written one after
+    // another, so neighbours share their second.
+    let mut t = 1_795_756_065_488_524_050i64;
+    g.bench_function("expiration_time", |b| {
+        b.iter(|| {
+            out.clear();
+            t += 37_911;
+            kardia::v2::json::write_time(&mut out, std::hint::black_box(t));
+            std::hint::black_box(out.len())
+        })
+    });
     g.finish();
 }
 

@@ -5,6 +5,8 @@
 //! invalid UTF-8 as `\ufffd`, raw UTF-8 otherwise); timestamps get Go's
 //! RFC3339Nano with trailing zeros trimmed (spec 2.8).
 
+use std::cell::Cell;
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Bytes [`write_valid`] must look at: controls, `"`, `\\`,
@@ -290,41 +292,67 @@ pub fn write_i64(out: &mut Vec<u8>, v: i64) {
 /// Append a Unix-nanosecond time as Go's RFC3339Nano in UTC, quoted,
 /// with trailing zeros of the fraction trimmed (and no fraction at all on
 /// a whole second).
+///
+/// A listing's expiry times come in runs within one second (records
+/// written one after another), so the date and clock part of the last
+/// second written is kept per thread and only the fraction is formatted
+/// on a repeat.
 pub fn write_time(out: &mut Vec<u8>, unix_nanos: i64) {
+    thread_local! {
+        static LAST: Cell<(i64, [u8; 20])> = const { Cell::new((i64::MIN, [0; 20])) };
+    }
     let secs = unix_nanos.div_euclid(1_000_000_000);
     let nanos = unix_nanos.rem_euclid(1_000_000_000) as u32;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400) as u32;
-    let (y, m, d) = civil_from_days(days);
+    let head = LAST.with(|last| {
+        let (s, head) = last.get();
+        if s == secs {
+            return head;
+        }
+        let head = second_head(secs);
+        last.set((secs, head));
+        head
+    });
     // i64 nanoseconds span the years 1677 to 2262: always four digits, so
-    // `"YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ"` is 32 bytes at most. It is built
-    // on the stack and appended with one fixed-size copy.
-    let y = y as u32;
-    let ([y1, y2], [y3, y4]) = (two_digits(y / 100), two_digits(y % 100));
-    let ([m1, m2], [d1, d2]) = (two_digits(m), two_digits(d));
-    let mut t = [0u8; 32];
-    t[..12].copy_from_slice(&[b'"', y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2, b'T']);
-    let [h1, h2] = two_digits(sod / 3600);
-    let [i1, i2] = two_digits(sod / 60 % 60);
-    let [s1, s2] = two_digits(sod % 60);
-    t[12..20].copy_from_slice(&[h1, h2, b':', i1, i2, b':', s1, s2]);
+    // `"YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ"` is 32 bytes at most. The bytes
+    // are reserved zeroed and written in place (building them on the
+    // stack and copying stalled the copy's loads on the byte stores).
+    let at = out.len();
+    out.extend_from_slice(&[0; 32]);
+    let t = &mut out[at..at + 32];
+    t[..20].copy_from_slice(&head);
     let mut n = 20;
     if nanos != 0 {
-        t[n] = b'.';
-        let mut v = nanos;
-        for i in (1..10).rev() {
-            t[n + i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-        n += 10;
+        // Nine digits as a digit and four pairs, the pairs independent.
+        let (hi, lo) = (nanos / 10_000, nanos % 10_000);
+        t[20] = b'.';
+        t[21] = b'0' + (hi / 10_000) as u8;
+        t[22..24].copy_from_slice(&two_digits(hi / 100 % 100));
+        t[24..26].copy_from_slice(&two_digits(hi % 100));
+        t[26..28].copy_from_slice(&two_digits(lo / 100));
+        t[28..30].copy_from_slice(&two_digits(lo % 100));
+        n = 30;
         while t[n - 1] == b'0' {
             n -= 1;
         }
     }
     t[n..n + 2].copy_from_slice(b"Z\"");
-    let len = out.len() + n + 2;
-    out.extend_from_slice(&t);
-    out.truncate(len);
+    out.truncate(at + n + 2);
+}
+
+/// `"YYYY-MM-DDTHH:MM:SS` for a Unix second.
+fn second_head(secs: i64) -> [u8; 20] {
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400) as u32;
+    let (y, m, d) = civil_from_days(days);
+    let y = y as u32;
+    let ([y1, y2], [y3, y4]) = (two_digits(y / 100), two_digits(y % 100));
+    let ([m1, m2], [d1, d2]) = (two_digits(m), two_digits(d));
+    let [h1, h2] = two_digits(sod / 3600);
+    let [i1, i2] = two_digits(sod / 60 % 60);
+    let [s1, s2] = two_digits(sod % 60);
+    [
+        b'"', y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2, b'T', h1, h2, b':', i1, i2, b':', s1, s2,
+    ]
 }
 
 /// The two decimal digits of `v` (below 100).
@@ -503,5 +531,29 @@ mod tests {
         out.clear();
         write_time(&mut out, i64::MAX);
         assert_eq!(out, b"\"2262-04-11T23:47:16.854775807Z\"");
+    }
+
+    /// The kept second is only reused for the same second: times walking
+    /// forwards and back across second boundaries (and 1970) format like
+    /// each formatted on its own.
+    #[test]
+    fn a_kept_second_formats_like_a_fresh_one() {
+        let mut out = Vec::new();
+        let mut t: i64 = -3_000_000_000;
+        let mut step: i64 = 7_919_113;
+        for i in 0..20_000 {
+            t += if i % 7 == 0 { -step / 3 } else { step };
+            step = step * 31 % 1_000_000_007 + 1;
+            out.clear();
+            write_time(&mut out, t);
+            let (secs, nanos) = (t.div_euclid(1_000_000_000), t.rem_euclid(1_000_000_000));
+            let mut want = second_head(secs).to_vec();
+            if nanos != 0 {
+                let f = format!(".{nanos:09}");
+                want.extend_from_slice(f.trim_end_matches('0').as_bytes());
+            }
+            want.extend_from_slice(b"Z\"");
+            assert_eq!(out, want, "at {t}");
+        }
     }
 }
