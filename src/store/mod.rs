@@ -1626,6 +1626,73 @@ mod tests {
         assert_eq!(keys(&mut s, true), sorted);
     }
 
+    /// Every node of the tree, flattened: key, value, indexes.
+    fn flatten(v: &serde_json::Value, out: &mut Vec<String>) {
+        for c in v["nodes"].as_array().into_iter().flatten() {
+            out.push(format!(
+                "{} {} {}",
+                c["key"], c["value"], c["modifiedIndex"]
+            ));
+            flatten(c, out);
+        }
+    }
+
+    /// An unsorted recursive listing reads deferred directories' children
+    /// by one cursor stepping forwards: it holds every node of the sorted
+    /// listing exactly once, whatever order the directories were created
+    /// in — a subdirectory created after its parent's later siblings,
+    /// empty directories, other directories' entries between theirs.
+    #[test]
+    fn an_unsorted_listing_holds_every_node_whatever_the_creation_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open_store(dir.path());
+        let mut n = 0;
+        let mut next = |s: &mut Store, key: String, dir: bool| {
+            n += 1;
+            let mut c = Command::new(Op::Set, key.as_bytes(), 1);
+            c.dir = dir;
+            c.value = if dir { b"" } else { b"v" };
+            let mut data = Vec::new();
+            c.encode(&mut data);
+            let mut out = Vec::new();
+            s.apply_batch(std::iter::once((n, 1, &data[..])), &mut out)
+                .unwrap();
+        };
+        let mut x: u64 = 7;
+        for i in 0..3000u64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let (a, b, c) = ((x >> 60) % 9, (x >> 50) % 7, (x >> 40) % 5);
+            let key = match i % 6 {
+                // Entries of a directory outside the listing, in between.
+                0 => format!("/e/{:x}/{}", x >> 56, i),
+                1 => format!("/d/{a}/{b}/{c}/f{i}"),
+                2 => format!("/d/{a}/f{i}"),
+                3 => format!("/d/{a}/{b}/f{i}"),
+                4 => format!("/d/{a}/{b}/{c}/e{}", i % 11),
+                _ => {
+                    next(&mut s, format!("/d/{a}/{b}/empty{i}"), true);
+                    continue;
+                }
+            };
+            next(&mut s, key, false);
+        }
+        let nodes = |s: &mut Store, sorted| {
+            let v: serde_json::Value = serde_json::from_slice(&listing(s, true, sorted)).unwrap();
+            let mut all = Vec::new();
+            flatten(&v["node"], &mut all);
+            all
+        };
+        let (sorted, mut unsorted) = (nodes(&mut s, true), nodes(&mut s, false));
+        assert!(sorted.len() > 2500, "{} nodes", sorted.len());
+        assert_ne!(unsorted, sorted, "created out of order, listed in order");
+        unsorted.sort();
+        let mut want = sorted.clone();
+        want.sort();
+        assert_eq!(unsorted, want);
+    }
+
     /// A directory of subdirectories only writes nothing while its scan
     /// defers them: the scan still pauses once a slice's worth is
     /// deferred, so it holds the executor no longer than a slice, and a

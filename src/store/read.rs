@@ -314,6 +314,10 @@ impl Store {
                 Items::Listed(self.children(txn, dir_id, w)?.into_iter())
             })
         };
+        // Deferred directories are written in ascending id order, so their
+        // children are read by one shared cursor stepping on, not a new
+        // cursor per directory seeking from the root (see `Sweep`).
+        let mut sweep = Sweep::default();
         let mut stack = Vec::with_capacity(at.frames.len());
         for f in at.frames.drain(..) {
             stack.push(Frame {
@@ -350,6 +354,11 @@ impl Store {
                         }
                         _ => None,
                     },
+                    // Only unsorted listings defer: any name order is theirs.
+                    Items::Swept(dir) => match sweep.next(dir)? {
+                        Some((k, v)) => Some((k, Child::Local(rec(k, v)?))),
+                        None => None,
+                    },
                 }
             };
             let later = match next {
@@ -385,13 +394,13 @@ impl Store {
                 }
                 return Ok(Listing::Paused);
             }
-            let (rec, name) = match next {
+            let (rec, name, deferred) = match next {
                 // A deferred subdirectory: written as a scanned one is.
                 None => {
                     let i = later.expect("a deferred directory");
                     let (promise, rec, name) = top.later.take(i, path.len());
                     promised = promised.saturating_sub(promise);
-                    (rec, name)
+                    (rec, name, true)
                 }
                 Some((k, c)) => {
                     top.last = Some(k);
@@ -415,7 +424,7 @@ impl Store {
                         promised += top.later.defer(&rec, name, path.len());
                         continue;
                     }
-                    (rec, name)
+                    (rec, name, false)
                 }
             };
             out.extend_from_slice(if top.any { b"," } else { b",\"nodes\":[" });
@@ -436,9 +445,15 @@ impl Store {
             }
             .write_head_escaped(epath, out);
             if rec.dir && w.recursive {
+                let items = if deferred {
+                    sweep.seek(&self.nodes, txn, rec.dir_id)?;
+                    Items::Swept(rec.dir_id.to_be_bytes())
+                } else {
+                    items(rec.dir_id, None)?
+                };
                 stack.push(Frame {
                     dir_id: rec.dir_id,
-                    items: items(rec.dir_id, None)?,
+                    items,
                     last: None,
                     resumed_after: None,
                     any: false,
@@ -610,6 +625,75 @@ type Children<'t> = Vec<(&'t [u8], Child<'t>)>;
 enum Items<'t> {
     Listed(std::vec::IntoIter<(&'t [u8], Child<'t>)>),
     Scan(heed::RoRange<'t, Bytes, Bytes>, [u8; 8]),
+    /// From the walk's [`Sweep`], positioned at the directory's children.
+    Swept([u8; 8]),
+}
+
+/// One forward LMDB cursor shared by the deferred directories of a walk.
+/// They are written in ascending id order, so one's children usually
+/// start where the previous one's ended, or a few keys on; the cursor
+/// steps there instead of a new cursor seeking down from the root per
+/// directory (13 % of HM9000's `apps/actual` listing was those seeks).
+///
+/// Only the directory on top of the walk's stack reads from it, and a
+/// directory's children are all read before its own deferred directories
+/// are written, so no directory's read is interleaved with another's.
+#[derive(Default)]
+struct Sweep<'t> {
+    range: Option<heed::RoRange<'t, Bytes, Bytes>>,
+    /// The next entry, read ahead: the first at or after the children of
+    /// directory `from`, among those of directories not listed yet.
+    peeked: Option<(&'t [u8], &'t [u8])>,
+    from: u64,
+}
+
+/// How many entries [`Sweep::seek`] steps over before it seeks instead.
+const SWEEP_STEPS: usize = 16;
+
+impl<'t> Sweep<'t> {
+    /// Position at the children of `dir_id`: by stepping on when they are
+    /// ahead and near, else by a new cursor.
+    fn seek(&mut self, nodes: &Database<Bytes, Bytes>, txn: &'t RoTxn, dir_id: u64) -> Result<()> {
+        let first = dir_id.to_be_bytes();
+        if self.range.is_some() && dir_id >= self.from {
+            for _ in 0..SWEEP_STEPS {
+                match self.peeked {
+                    Some((k, _)) if k < &first[..] => self.step()?,
+                    _ => {
+                        self.from = dir_id;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let mut range = nodes.range(txn, &(Bound::Included(&first[..]), Bound::Unbounded))?;
+        self.peeked = range.next().transpose()?;
+        self.range = Some(range);
+        self.from = dir_id;
+        Ok(())
+    }
+
+    fn step(&mut self) -> Result<()> {
+        let range = self.range.as_mut().expect("a positioned sweep");
+        self.peeked = range.next().transpose()?;
+        Ok(())
+    }
+
+    /// The next child of the directory whose key prefix is `dir` (the one
+    /// last sought), if any.
+    fn next(&mut self, dir: &[u8; 8]) -> Result<Option<(&'t [u8], &'t [u8])>> {
+        match self.peeked {
+            Some((k, v)) if k.starts_with(dir) => {
+                self.step()?;
+                Ok(Some((k, v)))
+            }
+            _ => {
+                // Listed: the peeked entry is the first after its children.
+                self.from = u64::from_be_bytes(*dir).saturating_add(1);
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// How a listing ended.
