@@ -635,6 +635,13 @@ enum Items<'t> {
 /// steps there instead of a new cursor seeking down from the root per
 /// directory (13 % of HM9000's `apps/actual` listing was those seeks).
 ///
+/// It reads one entry ahead and asks for that entry's cache lines while
+/// the current one is written: a large listing's records are mostly not
+/// in the CPU's caches, and the first to touch each one (the record
+/// checksum) waited for memory — 12 % of HM9000's listing, 5 % with the
+/// lines asked for ahead. (A directory's own cursor does not read ahead:
+/// on a 10,000-key listing, which stays cached, the hints showed no gain.)
+///
 /// Only the directory on top of the walk's stack reads from it, and a
 /// directory's children are all read before its own deferred directories
 /// are written, so no directory's read is interleaved with another's.
@@ -645,6 +652,17 @@ struct Sweep<'t> {
     /// directory `from`, among those of directories not listed yet.
     peeked: Option<(&'t [u8], &'t [u8])>,
     from: u64,
+}
+
+/// Ask for the cache lines of `v` ahead of reading them.
+fn prefetch(v: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in v.chunks(64) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of x86_64, and a prefetch reads nothing
+        // (it is a hint that cannot fault).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+    }
 }
 
 /// How many entries [`Sweep::seek`] steps over before it seeks instead.
@@ -676,6 +694,10 @@ impl<'t> Sweep<'t> {
     fn step(&mut self) -> Result<()> {
         let range = self.range.as_mut().expect("a positioned sweep");
         self.peeked = range.next().transpose()?;
+        if let Some((k, v)) = self.peeked {
+            prefetch(k);
+            prefetch(v);
+        }
         Ok(())
     }
 
