@@ -282,11 +282,11 @@ impl NodeJson<'_> {
         self.write_fields(out, first);
     }
 
-    /// [`Self::write_head`] with the key given already escaped
+    /// [`Self::write_head`] with `key` already escaped
     /// ([`crate::v2::json::write_escaped`]; listings keep their path so).
-    pub fn write_head_escaped(&self, escaped_key: &[u8], out: &mut Vec<u8>) {
+    pub fn write_head_escaped(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"key\":\"");
-        out.extend_from_slice(escaped_key);
+        out.extend_from_slice(self.key);
         out.push(b'"');
         self.write_fields(out, false);
     }

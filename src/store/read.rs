@@ -229,7 +229,6 @@ impl Store {
             if r == Listing::Unordered {
                 out.truncate(open.children_at);
                 let mut p = std::mem::take(&mut at.path);
-                p.truncate(at.dir_len);
                 r = self.write_children(rtxn, at.dir_id, &mut p, w, false, out)?;
             }
             if r == Listing::OverLimit {
@@ -282,8 +281,8 @@ impl Store {
     ) -> Result<Listing> {
         /// One directory being listed: its remaining children, the LMDB key
         /// of the last one taken, whether `"nodes":[` is open, and the
-        /// directory's own tail (indexes, and the path lengths before its
-        /// name) to close it with.
+        /// directory's own tail (indexes, and the escaped path's length
+        /// before its name) to close it with.
         struct Frame<'t> {
             dir_id: u64,
             items: Items<'t>,
@@ -292,7 +291,7 @@ impl Store {
             /// child of its own (`last`).
             resumed_after: Option<Vec<u8>>,
             any: bool,
-            close: Option<(u64, u64, usize, usize)>,
+            close: Option<(u64, u64, usize)>,
             later: Later,
         }
         // An unsorted recursive scan writes a directory's files as its
@@ -330,7 +329,9 @@ impl Store {
                 later: f.later,
             });
         }
-        let (path, epath) = (&mut at.path, &mut at.epath);
+        // Only the escaped path grows with the walk: it is what keys are
+        // written from (the raw one stays the listed directory's).
+        let epath = &mut at.epath;
         // The deferred directories not yet written, counted towards the
         // pause and the limit as the bytes they will write at least: a
         // directory of many subdirectories and few files pauses (or stops)
@@ -370,9 +371,8 @@ impl Store {
                 if done.any {
                     out.push(b']');
                 }
-                if let Some((modified, created, len, elen)) = done.close {
+                if let Some((modified, created, elen)) = done.close {
                     event::write_tail(out, modified, created);
-                    path.truncate(len);
                     epath.truncate(elen);
                 }
                 continue;
@@ -398,7 +398,7 @@ impl Store {
                 // A deferred subdirectory: written as a scanned one is.
                 None => {
                     let i = later.expect("a deferred directory");
-                    let (promise, rec, name) = top.later.take(i, path.len());
+                    let (promise, rec, name) = top.later.take(i, epath.len());
                     promised = promised.saturating_sub(promise);
                     (rec, name, true)
                 }
@@ -421,7 +421,7 @@ impl Store {
                         continue;
                     }
                     if defer && rec.dir {
-                        promised += top.later.defer(&rec, name, path.len());
+                        promised += top.later.defer(&rec, name, epath.len());
                         continue;
                     }
                     (rec, name, false)
@@ -429,13 +429,11 @@ impl Store {
             };
             out.extend_from_slice(if top.any { b"," } else { b",\"nodes\":[" });
             top.any = true;
-            let (len, elen) = (path.len(), epath.len());
-            path.push(b'/');
-            path.extend_from_slice(name);
+            let elen = epath.len();
             epath.push(b'/');
             crate::v2::json::write_escaped(epath, name);
             NodeJson {
-                key: path,
+                key: epath,
                 value: (!rec.dir).then_some(rec.value),
                 dir: rec.dir,
                 expire: rec.expire,
@@ -443,7 +441,7 @@ impl Store {
                 modified: rec.modified,
                 created: rec.created,
             }
-            .write_head_escaped(epath, out);
+            .write_head_escaped(out);
             if rec.dir && w.recursive {
                 let items = if deferred {
                     sweep.seek(&self.nodes, txn, rec.dir_id)?;
@@ -457,12 +455,11 @@ impl Store {
                     last: None,
                     resumed_after: None,
                     any: false,
-                    close: Some((rec.modified, rec.created, len, elen)),
+                    close: Some((rec.modified, rec.created, elen)),
                     later: Later::default(),
                 });
             } else {
                 event::write_tail(out, rec.modified, rec.created);
-                path.truncate(len);
                 epath.truncate(elen);
             }
         }
@@ -755,13 +752,12 @@ struct Open {
 }
 
 /// Where the listing of directory `dir_id` stands (see
-/// [`Store::get_slice`]): its open directories, outermost first, and the
-/// key path it is at (raw, and escaped as JSON; the listed directory's own
-/// path is the first `dir_len` bytes).
+/// [`Store::get_slice`]): its open directories, outermost first, the
+/// listed directory's path, and the key path the walk is at, escaped as
+/// JSON (what keys are written from).
 #[derive(Debug, Default)]
 struct Resume {
     dir_id: u64,
-    dir_len: usize,
     frames: Vec<Resumed>,
     path: Vec<u8>,
     epath: Vec<u8>,
@@ -775,7 +771,7 @@ struct Resumed {
     dir_id: u64,
     after: Option<Vec<u8>>,
     any: bool,
-    close: Option<(u64, u64, usize, usize)>,
+    close: Option<(u64, u64, usize)>,
     later: Later,
 }
 
@@ -809,14 +805,14 @@ struct LaterDir {
 }
 
 impl Later {
-    /// The least a directory named `name` in a directory whose path is
-    /// `parent` bytes long writes.
+    /// The least a directory named `name` in a directory whose escaped
+    /// path is `parent` bytes long writes.
     fn promise(parent: usize, name: usize) -> usize {
         parent + name + LATER_DIR_BYTES
     }
 
-    /// Defer directory `rec`, named `name`, of a directory whose path is
-    /// `parent` bytes long; returns its [`Later::promise`].
+    /// Defer directory `rec`, named `name`, of a directory whose escaped
+    /// path is `parent` bytes long; returns its [`Later::promise`].
     fn defer(&mut self, rec: &NodeRec, name: &[u8], parent: usize) -> usize {
         let promise = Self::promise(parent, name.len());
         self.promised += promise;
@@ -868,7 +864,6 @@ impl Resume {
         crate::v2::json::write_escaped(&mut epath, &path);
         Resume {
             dir_id,
-            dir_len: path.len(),
             frames: vec![Resumed {
                 dir_id,
                 after: None,
