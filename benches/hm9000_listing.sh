@@ -9,10 +9,15 @@
 #   benches/hm9000_listing.sh [INSTANCES] [LISTINGS]   (default: 100000 10)
 #   KARDIA=/path/to/kardia benches/hm9000_listing.sh   (another build)
 #   ORDER=sorted benches/hm9000_listing.sh             (see below)
+#   VALUES=csv benches/hm9000_listing.sh               (see below)
 #
 # Applications are named by GUIDs in no relation to the order they are
 # created in, as HM9000's are (random v4 UUIDs); ORDER=sorted creates them
 # in name order instead, the layout's best case.
+#
+# The records are HM9000's instance heartbeats as JSON (its first format,
+# Oct 2013, a quote every 7 bytes); VALUES=csv stores the CSV it wrote from
+# Nov 2013 on (`index,STATE,timestamp,dea_guid`, ~60 bytes, no quotes).
 #
 # Each server gets CPU 1 (taskset), the client CPU 0. Prints, per system: the
 # listing's size, its median and fastest time, and the server CPU per
@@ -21,6 +26,7 @@ set -euo pipefail
 instances=${1:-100000}
 listings=${2:-10}
 order=${ORDER:-random}
+values=${VALUES:-json}
 cd "$(dirname "$0")/.."
 cargo build --release -q -p kardia
 for t in etcd curl python3; do command -v $t >/dev/null || { echo "install $t"; exit 1; }; done
@@ -35,7 +41,10 @@ port, n, scramble = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "random"
 c = http.client.HTTPConnection("127.0.0.1", port)
 rec = {"state": "RUNNING", "index": 0, "instance": "i" * 36, "cc_partition": "default",
        "updated_at": 1700000000, "version": "v" * 36, "app": "a" * 36}
-body = "value=" + json.dumps(rec, separators=(",", ":")).replace('"', "%22") + "&ttl=600"
+if sys.argv[4] == "csv":
+    body = "value=0,RUNNING,1700000000.0," + "d" * 36 + "&ttl=600"
+else:
+    body = "value=" + json.dumps(rec, separators=(",", ":")).replace('"', "%22") + "&ttl=600"
 hdr = {"Content-Type": "application/x-www-form-urlencoded"}
 for i in range(n):
     app, inst = i // 2, i % 2
@@ -55,10 +64,10 @@ list() {  # list PORT N -> size, median and fastest of N timed listings
       printf "%.1f MB  median %.1f ms  fastest %.1f ms", b / 1e6, t[int((NR + 1) / 2)], t[1] }'
 }
 
-echo "$instances instances; applications created in $order order"
+echo "$instances instances ($values values); applications created in $order order"
 for sys in kardia etcd; do
   pid=$(bench_start $sys "http://127.0.0.1:$port")
-  taskset -c 0 python3 "$work/fill.py" "$port" "$instances" "$order"
+  taskset -c 0 python3 "$work/fill.py" "$port" "$instances" "$order" "$values"
   before=$(cpu "$pid")
   printf '%-7s ' "$sys"
   taskset -c 0 bash -c "$(declare -f list); list $port $listings"
