@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use kardia::http::request::parse_head;
 use kardia::storage::wal::Wal;
-use kardia::store::{Command, NodeJson, Op, Options, Store};
+use kardia::store::{Command, NodeJson, Op, Options, ReadAt, Store};
 use kardia::v2::form::{Field, Form};
 
 const PUT: &[u8] = b"PUT /v2/keys/hm/v4/dea-presence/4a1b6c2e-4c5f-4a55-9a3b-0c1f2d3e4f50 HTTP/1.1\r\nHost: 127.0.0.1:2379\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: 52\r\nContent-Type: application/x-www-form-urlencoded\r\nAccept-Encoding: gzip\r\n\r\nvalue=4a1b6c2e-4c5f-4a55-9a3b-0c1f2d3e4f50&ttl=30";
@@ -174,5 +174,91 @@ fn wal(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parsing, json, apply, wal);
+/// HM9000's `apps/actual` listing, in process: 20,000 instance records
+/// (HM9000's CSV, ttl) in 10,000 application directories named in no
+/// relation to their creation order, as HM9000's GUIDs are. Steadier than
+/// the end-to-end `benches/hm9000_listing.sh` on a shared machine (no
+/// socket, no client), and the same walk.
+fn listing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store");
+    const INSTANCES: u64 = 20_000;
+    g.throughput(Throughput::Elements(INSTANCES));
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(
+        dir.path(),
+        &Options {
+            map_size: 1 << 30,
+            history: 1000,
+        },
+        kardia::store::Placement::single(),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    )
+    .unwrap();
+    let now = 1_795_756_035_000_000_000i64;
+    let mut results = Vec::new();
+    for chunk in 0..INSTANCES / 1000 {
+        let batch: Vec<Vec<u8>> = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|i| {
+                let app = (i / 2).wrapping_mul(2_654_435_761) % (1 << 32);
+                let key = format!(
+                    "/hm/v4/apps/actual/{app:08x}-0000-4000-8000-{app:012x}/\
+                     {i:08x}-1111-4000-8000-{i:012x}"
+                );
+                let value = format!("{},RUNNING,1700000000.0,{}", i % 2, "d".repeat(36));
+                let mut c = Command::new(Op::Set, key.as_bytes(), now + i as i64 * 1_000_000);
+                c.value = value.as_bytes();
+                c.expire = Some(now + 600_000_000_000 + i as i64 * 1_000_000);
+                let mut data = Vec::new();
+                c.encode(&mut data);
+                data
+            })
+            .collect();
+        let first = chunk * 1000 + 1;
+        store
+            .apply_batch(
+                batch
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (first + i as u64, 1, &d[..])),
+                &mut results,
+            )
+            .unwrap();
+    }
+    let mut out = Vec::with_capacity(16 << 20);
+    let r = store.get(
+        1,
+        b"/hm/v4/apps/actual",
+        true,
+        false,
+        now,
+        None,
+        ReadAt::Now,
+        usize::MAX,
+        &mut out,
+    );
+    assert!(r.unwrap().is_ok());
+    let listed = out.windows(7).filter(|w| w == b"RUNNING").count();
+    assert_eq!(listed as u64, INSTANCES, "every instance listed");
+    g.bench_function("list_hm9000_20k_instances", |b| {
+        b.iter(|| {
+            out.clear();
+            let r = store.get(
+                INSTANCES,
+                b"/hm/v4/apps/actual",
+                true,
+                false,
+                now,
+                None,
+                ReadAt::Now,
+                usize::MAX,
+                &mut out,
+            );
+            assert!(r.unwrap().is_ok());
+            std::hint::black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parsing, json, apply, listing, wal);
 criterion_main!(benches);
