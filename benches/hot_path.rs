@@ -72,13 +72,10 @@ fn json(c: &mut Criterion) {
     g.finish();
 }
 
-fn apply(c: &mut Criterion) {
-    let mut g = c.benchmark_group("store");
-    const BATCH: u64 = 64;
-    g.throughput(Throughput::Elements(BATCH));
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(
-        dir.path(),
+/// A one-shard store in `dir`, as the benches use it.
+fn open_store(dir: &std::path::Path) -> Store {
+    Store::open(
+        dir,
         &Options {
             map_size: 1 << 30,
             history: 1000,
@@ -86,7 +83,28 @@ fn apply(c: &mut Criterion) {
         kardia::store::Placement::single(),
         std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Apply encoded commands as raft entries `first`, `first + 1`, ...
+fn apply_encoded(
+    store: &mut Store,
+    first: u64,
+    batch: &[Vec<u8>],
+    results: &mut Vec<(u64, kardia::store::Outcome)>,
+) {
+    let entries = batch.iter().enumerate();
+    store
+        .apply_batch(entries.map(|(i, d)| (first + i as u64, 1, &d[..])), results)
+        .unwrap();
+}
+
+fn apply(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store");
+    const BATCH: u64 = 64;
+    g.throughput(Throughput::Elements(BATCH));
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open_store(dir.path());
     let mut events = Vec::new();
     let mut raft_index = 0u64;
     let mut n = 0u64;
@@ -112,15 +130,7 @@ fn apply(c: &mut Criterion) {
                 results.clear();
                 let first = raft_index + 1;
                 raft_index += BATCH;
-                store
-                    .apply_batch(
-                        batch
-                            .iter()
-                            .enumerate()
-                            .map(|(i, d)| (first + i as u64, 1, &d[..])),
-                        &mut results,
-                    )
-                    .unwrap();
+                apply_encoded(&mut store, first, &batch, &mut results);
                 store.take_events(&mut events);
                 events.clear();
             },
@@ -184,18 +194,9 @@ fn listing(c: &mut Criterion) {
     const INSTANCES: u64 = 20_000;
     g.throughput(Throughput::Elements(INSTANCES));
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(
-        dir.path(),
-        &Options {
-            map_size: 1 << 30,
-            history: 1000,
-        },
-        kardia::store::Placement::single(),
-        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
-    )
-    .unwrap();
+    let mut store = open_store(dir.path());
     let now = 1_795_756_035_000_000_000i64;
-    let mut results = Vec::new();
+    let (mut results, mut events) = (Vec::new(), Vec::new());
     for chunk in 0..INSTANCES / 1000 {
         let batch: Vec<Vec<u8>> = (chunk * 1000..(chunk + 1) * 1000)
             .map(|i| {
@@ -214,15 +215,9 @@ fn listing(c: &mut Criterion) {
             })
             .collect();
         let first = chunk * 1000 + 1;
-        store
-            .apply_batch(
-                batch
-                    .iter()
-                    .enumerate()
-                    .map(|(i, d)| (first + i as u64, 1, &d[..])),
-                &mut results,
-            )
-            .unwrap();
+        apply_encoded(&mut store, first, &batch, &mut results);
+        store.take_events(&mut events);
+        events.clear();
     }
     let mut out = Vec::with_capacity(16 << 20);
     let r = store.get(

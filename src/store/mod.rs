@@ -1382,6 +1382,11 @@ mod tests {
     fn set_key(store: &mut Store, raft_index: u64, key: &[u8], value: &str) {
         let mut c = Command::new(Op::Set, key, 1);
         c.value = value.as_bytes();
+        apply_cmd(store, raft_index, &c);
+    }
+
+    /// Apply `c` alone as raft entry `raft_index`.
+    fn apply_cmd(store: &mut Store, raft_index: u64, c: &Command) {
         let mut data = Vec::new();
         c.encode(&mut data);
         let mut out = Vec::new();
@@ -1412,12 +1417,8 @@ mod tests {
             let mut c = Command::new(Op::Set, key, 1);
             c.value = b"v";
             c.expire = expire;
-            let mut data = Vec::new();
-            c.encode(&mut data);
             raft += 1;
-            let mut out = Vec::new();
-            s.apply_batch(std::iter::once((raft, 1, &data[..])), &mut out)
-                .unwrap();
+            apply_cmd(s, raft, &c);
         };
         let entries = |s: &Store| -> Vec<i64> {
             let txn = s.env.read_txn().unwrap();
@@ -1652,11 +1653,7 @@ mod tests {
             let mut c = Command::new(Op::Set, key.as_bytes(), 1);
             c.dir = dir;
             c.value = if dir { b"" } else { b"v" };
-            let mut data = Vec::new();
-            c.encode(&mut data);
-            let mut out = Vec::new();
-            s.apply_batch(std::iter::once((n, 1, &data[..])), &mut out)
-                .unwrap();
+            apply_cmd(s, n, &c);
         };
         let mut x: u64 = 7;
         for i in 0..3000u64 {

@@ -681,11 +681,10 @@ impl<'t> Sweep<'t> {
                 }
             }
         }
-        let mut range = nodes.range(txn, &(Bound::Included(&first[..]), Bound::Unbounded))?;
-        self.peeked = range.next().transpose()?;
+        let range = nodes.range(txn, &(Bound::Included(&first[..]), Bound::Unbounded))?;
         self.range = Some(range);
         self.from = dir_id;
-        Ok(())
+        self.step()
     }
 
     fn step(&mut self) -> Result<()> {
