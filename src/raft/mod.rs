@@ -300,9 +300,9 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
         snap.mut_metadata().index = applied;
         snap.mut_metadata().term = applied_term;
         snap.mut_metadata().set_conf_state(conf.clone());
-        storage.mem.wl().apply_snapshot(snap)?;
+        storage.restart_at_snapshot(snap)?;
     } else {
-        storage.mem.wl().set_conf_state(conf.clone());
+        storage.set_conf_state(conf.clone());
     }
     if single {
         hs.commit = applied;
@@ -310,11 +310,11 @@ pub async fn start(shard: &Shard, wal_dir: &Path, opts: RaftOptions) -> Result<G
         // Several voters: the log beyond the applied index stays in raft's
         // hands; committed entries come back in the first `Ready`.
         storage.append(&entries)?;
-        let last = storage.mem.last_index()?;
+        let last = storage.last_index()?;
         hs.commit = hs.commit.clamp(applied, last.max(applied));
     }
     hs.term = hs.term.max(applied_term);
-    storage.mem.wl().set_hardstate(hs);
+    storage.set_hardstate(hs);
     let cfg = Config {
         id,
         election_tick: opts.election_ticks,
@@ -1008,7 +1008,7 @@ async fn process_ready(
     }
     if let Some(hs) = rd.hs() {
         wal.append_hard_state(hs);
-        g.node.mut_store().mem.wl().set_hardstate(hs.clone());
+        g.node.mut_store().set_hardstate(hs.clone());
     }
     let entries = rd.entries().len() as u64;
     if wal.has_pending() {
@@ -1024,12 +1024,7 @@ async fn process_ready(
     // 6. Advance, then the light ready.
     let mut light = g.node.advance(rd);
     if let Some(commit) = light.commit_index() {
-        g.node
-            .mut_store()
-            .mem
-            .wl()
-            .mut_hard_state()
-            .set_commit(commit);
+        g.node.mut_store().set_commit(commit);
     }
     send_messages(shard, g, light.take_messages());
     apply_entries(shard, g, &light.take_committed_entries(), answers)?;
@@ -1093,7 +1088,7 @@ async fn handle_ready_async(
     //    from the leader, and the store records what was applied).
     g.node.mut_store().append(rd.entries())?;
     if let Some(hs) = rd.hs() {
-        g.node.mut_store().mem.wl().set_hardstate(hs.clone());
+        g.node.mut_store().set_hardstate(hs.clone());
     }
     let hs = if rd.must_sync() {
         rd.hs().cloned()

@@ -438,7 +438,7 @@ pub(super) fn apply_run(
         }
     }
     for cs in confs {
-        g.node.mut_store().mem.wl().set_conf_state(cs);
+        g.node.mut_store().set_conf_state(cs);
     }
     g.removed |= removed;
     for (s, data) in escalated {
