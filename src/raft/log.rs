@@ -153,6 +153,9 @@ impl LogStore {
     ) -> raft::Result<()> {
         // The new first index: entries below it go.
         let mut upto = applied.saturating_sub(keep);
+        if self.bytes <= max_bytes && upto < self.first() + step {
+            return Ok(()); // (what the walk below would find, without it)
+        }
         let mut bytes = self.bytes;
         for e in &self.entries {
             let n = entry_bytes(e);
