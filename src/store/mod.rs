@@ -131,6 +131,10 @@ struct Found {
     meta: Meta,
     /// LMDB key (empty for the root).
     lkey: Vec<u8>,
+    /// The lookup kept a copy of the node's stored record in the store's
+    /// `fval` (writes' lookups do): [`Store::record`] reads it from there
+    /// instead of searching the tree again. Valid until the next lookup.
+    kept: bool,
 }
 
 /// What a write's own lookup of its path found, so the write need not
@@ -344,6 +348,8 @@ pub struct Store {
     xkey: Vec<u8>,
     xval: Vec<u8>,
     vbuf: Vec<u8>,
+    /// The stored record a write's lookup found ([`Found::kept`]).
+    fval: Vec<u8>,
     prev: Vec<u8>,
     /// Read views: a read transaction opened right after each commit, with
     /// the index the store had reached then, oldest first (at most
@@ -476,6 +482,7 @@ impl Store {
             xkey: Vec::new(),
             xval: Vec::new(),
             vbuf: Vec::new(),
+            fval: Vec::new(),
             prev: Vec::new(),
             views: VecDeque::new(),
             cut: None,
@@ -1198,22 +1205,29 @@ impl Store {
         path: &[u8],
         kbuf: &mut Vec<u8>,
     ) -> Result<std::result::Result<Found, V2Error>> {
-        self.find_in(txn, path, kbuf, &mut None)
+        self.find_in(txn, path, kbuf, &mut None, None)
     }
 
     /// [`Store::find`]; when only the last component of `path` is
-    /// missing, `missing_in` is set to the directory that would hold it.
+    /// missing, `missing_in` is set to the directory that would hold it;
+    /// with `keep`, the found node's stored record is copied there (one
+    /// copy of a record just read, instead of a second search for it).
     fn find_in(
         &self,
         txn: &RoTxn,
         path: &[u8],
         kbuf: &mut Vec<u8>,
         missing_in: &mut Option<Meta>,
+        mut keep: Option<&mut Vec<u8>>,
     ) -> Result<std::result::Result<Found, V2Error>> {
         let mut meta = ROOT;
         let mut lkey = Vec::new();
         if path == b"/" {
-            return Ok(Ok(Found { meta, lkey }));
+            return Ok(Ok(Found {
+                meta,
+                lkey,
+                kept: false,
+            }));
         }
         let mut start = 1;
         loop {
@@ -1241,11 +1255,18 @@ impl Store {
                     }
                     return Ok(Err(V2Error::new(KEY_NOT_FOUND, &path[..end], self.index)));
                 }
-                Some(v) => meta = decode_meta(kbuf, v)?,
-            }
-            if end == path.len() {
-                lkey.extend_from_slice(kbuf);
-                return Ok(Ok(Found { meta, lkey }));
+                Some(v) => {
+                    meta = decode_meta(kbuf, v)?;
+                    if end == path.len() {
+                        lkey.extend_from_slice(kbuf);
+                        let kept = keep.take().map(|buf| {
+                            buf.clear();
+                            buf.extend_from_slice(v);
+                        });
+                        let kept = kept.is_some();
+                        return Ok(Ok(Found { meta, lkey, kept }));
+                    }
+                }
             }
             start = end + 1;
         }
@@ -1264,21 +1285,43 @@ impl Store {
         missing_in: &mut Option<Meta>,
     ) -> Result<std::result::Result<Found, V2Error>> {
         let mut kbuf = std::mem::take(&mut self.kbuf);
-        let found = self.find_in(txn, path, &mut kbuf, missing_in);
-        self.kbuf = kbuf;
+        let mut fval = std::mem::take(&mut self.fval);
+        let found = self.find_in(txn, path, &mut kbuf, missing_in, Some(&mut fval));
+        (self.kbuf, self.fval) = (kbuf, fval);
         found
+    }
+
+    /// The stored record of `f`, a node just looked up: the copy its
+    /// lookup kept, or read again.
+    fn record<'a>(&'a self, txn: &'a RoTxn, f: &Found) -> Result<&'a [u8]> {
+        if f.kept {
+            Ok(&self.fval)
+        } else {
+            self.nodes.get(txn, &f.lkey)?.ok_or_else(corrupt)
+        }
     }
 
     /// Render `found` non-recursively into `self.prev` (a prevNode).
     fn render_prev(&mut self, txn: &RoTxn, path: &[u8], found: &Found, now: i64) -> Result<()> {
-        self.prev.clear();
+        let mut prev = std::mem::take(&mut self.prev);
+        prev.clear();
+        let r = self.render_prev_into(txn, path, found, now, &mut prev);
+        self.prev = prev;
+        r
+    }
+
+    fn render_prev_into(
+        &self,
+        txn: &RoTxn,
+        path: &[u8],
+        found: &Found,
+        now: i64,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let value = if found.meta.dir || found.lkey.is_empty() {
             None
         } else {
-            match self.nodes.get(txn, &found.lkey)? {
-                Some(v) => Some(rec(&found.lkey, v)?.value),
-                None => return Err(corrupt()),
-            }
+            Some(rec(&found.lkey, self.record(txn, found)?)?.value)
         };
         NodeJson {
             key: key_field(path),
@@ -1289,7 +1332,7 @@ impl Store {
             modified: found.meta.modified,
             created: found.meta.created,
         }
-        .write(&mut self.prev);
+        .write(out);
         Ok(())
     }
 

@@ -153,9 +153,10 @@ impl Store {
         out: &mut Vec<u8>,
     ) -> Result<std::result::Result<Open, V2Error>> {
         let mut kbuf = std::mem::take(&mut self.kbuf);
-        let found = self.find(rtxn, path, &mut kbuf)?;
-        self.kbuf = kbuf;
-        let f = match found {
+        let mut fval = std::mem::take(&mut self.fval);
+        let found = self.find_in(rtxn, path, &mut kbuf, &mut None, Some(&mut fval));
+        (self.kbuf, self.fval) = (kbuf, fval);
+        let f = match found? {
             Ok(f) => f,
             // Another shard answers (and counts) an escalated read.
             Err(e) if e.code == ESCALATE => return Ok(Err(e)),
@@ -180,8 +181,7 @@ impl Store {
         let value = if f.meta.dir {
             None
         } else {
-            let v = self.nodes.get(rtxn, &f.lkey)?.ok_or_else(corrupt)?;
-            Some(rec(&f.lkey, v)?.value)
+            Some(rec(&f.lkey, self.record(rtxn, &f)?)?.value)
         };
         let node = NodeJson {
             key: key_field(path),

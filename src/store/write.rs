@@ -20,9 +20,7 @@ impl Store {
         if c.refresh {
             let f = found.as_ref().unwrap();
             if !f.meta.dir && !f.lkey.is_empty() {
-                if let Some(v) = self.nodes.get(txn, &f.lkey)? {
-                    old_value.extend_from_slice(rec(&f.lkey, v)?.value);
-                }
+                old_value.extend_from_slice(rec(&f.lkey, self.record(txn, f)?)?.value);
             }
             value = &old_value;
         }
@@ -283,8 +281,7 @@ impl Store {
 
     /// etcd's Compare and getCompareFailCause: `None` when both checks pass.
     fn compare(&self, txn: &RoTxn, f: &Found, c: &Command) -> Result<Option<Vec<u8>>> {
-        let v = self.nodes.get(txn, &f.lkey)?.ok_or_else(corrupt)?;
-        let cur = rec(&f.lkey, v)?.value;
+        let cur = rec(&f.lkey, self.record(txn, f)?)?.value;
         let index_ok = c.prev_index == 0 || c.prev_index == f.meta.modified;
         let value_ok = c.prev_value.is_empty() || c.prev_value == cur;
         if index_ok && value_ok {
@@ -322,8 +319,7 @@ impl Store {
         let mut vbuf = std::mem::take(&mut self.vbuf);
         let mut value_copy = Vec::new();
         {
-            let v = self.nodes.get(txn, &f.lkey)?.ok_or_else(corrupt)?;
-            let rec = rec(&f.lkey, v)?;
+            let rec = rec(&f.lkey, self.record(txn, &f)?)?;
             let name = rec.name(&f.lkey);
             let value = if c.refresh || f.meta.dir {
                 rec.value
