@@ -1482,6 +1482,66 @@ mod tests {
         assert_eq!(s.next_expiry().unwrap(), Some(t(5)));
     }
 
+    /// Writes to one key in one transaction, with a sibling's in between:
+    /// each `prevNode` (and each compare) sees the value the write before
+    /// it left, never the copy an earlier lookup kept.
+    #[test]
+    fn writes_in_one_batch_see_each_others_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open_store(dir.path());
+        let cmd = |op, key: &'static [u8], value: &'static [u8]| {
+            let mut c = Command::new(op, key, 1);
+            c.value = value;
+            c
+        };
+        let mut cas = cmd(Op::CompareAndSwap, b"/d/a", b"3");
+        cas.prev_value = b"2";
+        let mut stale = cmd(Op::CompareAndSwap, b"/d/a", b"x");
+        stale.prev_value = b"2";
+        let mut cad = cmd(Op::CompareAndDelete, b"/d/a", b"");
+        cad.prev_value = b"4";
+        let batch = [
+            cmd(Op::Set, b"/d/a", b"1"),
+            cmd(Op::Set, b"/d/b", b"b1"),
+            cmd(Op::Set, b"/d/a", b"2"),
+            cas,
+            cmd(Op::Set, b"/d/b", b"b2"),
+            stale,
+            cmd(Op::Update, b"/d/a", b"4"),
+            cad,
+            cmd(Op::Set, b"/d/a", b"5"),
+        ];
+        let data: Vec<Vec<u8>> = batch
+            .iter()
+            .map(|c| {
+                let mut d = Vec::new();
+                c.encode(&mut d);
+                d
+            })
+            .collect();
+        let mut out = Vec::new();
+        s.apply_batch(
+            data.iter()
+                .enumerate()
+                .map(|(i, d)| (i as u64 + 1, 1, &d[..])),
+            &mut out,
+        )
+        .unwrap();
+        let prev = |o: &Outcome| match o {
+            Ok(e) => {
+                let json = String::from_utf8(e.json.clone()).unwrap();
+                json.split("\"prevNode\":")
+                    .nth(1)
+                    .map(|p| p.split("\"value\":\"").nth(1).unwrap()[..2].to_string())
+                    .unwrap_or_default()
+            }
+            Err(e) => format!("error {}", e.code),
+        };
+        let got: Vec<String> = out.iter().map(|(_, o)| prev(o)).collect();
+        let want = ["", "", "1\"", "2\"", "b1", "error 101", "3\"", "4\"", ""];
+        assert_eq!(got, want);
+    }
+
     /// A read sees the newest view whose writes are delivered, waits when
     /// none is, and a stopped shard's reads never see its undurable batch.
     #[test]
