@@ -247,6 +247,7 @@ async fn shard_main(
         shared.counter.clone(),
     )
     .map_err(|e| format!("cannot open store in {}: {e}", shard_dir.display()))?;
+    store.exact_expiry = shared.seq.enabled;
     // The membership: as recorded by the store (the last applied change),
     // else as the flags or the join reply describe it (recorded now).
     if i == 0 {

@@ -1,8 +1,18 @@
-//! TTLs: the expiry index (one entry per node with a TTL, keyed by its
-//! expiry time then its LMDB key) and the expiry a SYNC entry drives.
-//! Writes add and remove entries as nodes gain, change and lose TTLs; a
-//! SYNC entry (the leader's clock) deletes every node due by then, each
-//! with its own event and index, a bounded number per entry.
+//! TTLs: the expiry index (entries keyed by an expiry time then a node's
+//! LMDB key) and the expiry a SYNC entry drives. Writes add and remove
+//! entries as nodes gain, change and lose TTLs; a SYNC entry (the leader's
+//! clock) deletes every node due by then, in the order of their expiry
+//! times (etcd's), each with its own event and index, a bounded number per
+//! entry.
+//!
+//! A directory's entry is at its expiry time exactly. A file's need only
+//! come due no later than the file ([`Store::lazy_entry`]): a write that
+//! moves a file's time later (a heartbeat's refresh) leaves its entry
+//! alone, and the SYNC that finds the entry early moves it to the file's
+//! time instead of expiring it. Entries of nodes since deleted, replaced
+//! or without a TTL are dropped when they come due. (Store format 3; a
+//! sharded cluster, whose sequencer stamps a SYNC with one index per due
+//! entry, keeps exact entries.)
 
 use super::*;
 
@@ -27,7 +37,16 @@ impl Store {
             }
             due.push((k.to_vec(), v.get(1..).unwrap_or_default().to_vec()));
         }
+        // Early entries move and stale ones go now; the nodes really due
+        // expire in the order of their times, as etcd's would.
+        let mut expire = Vec::with_capacity(due.len());
         for (ek, path) in due {
+            if let Some(e) = self.resolve(txn, &ek, &path, now)? {
+                expire.push((e, ek, path));
+            }
+        }
+        expire.sort_unstable_by(|a, b| (a.0, &a.1[8..]).cmp(&(b.0, &b.1[8..])));
+        for (_, ek, path) in expire {
             if self.stamped && self.replay.is_empty() {
                 // The rest waits for the next SYNC's indexes.
                 break;
@@ -37,16 +56,61 @@ impl Store {
         Ok(())
     }
 
-    /// Expire the node indexed by expiry key `ek` at `path`, or drop a
-    /// stale index entry.
+    /// The expiry time of the node a due entry `ek` (at `path`) stands
+    /// for when that node is due by `now`; otherwise the entry is dealt
+    /// with here: moved to its file's later time, or dropped as stale.
+    fn resolve(
+        &mut self,
+        txn: &mut RwTxn,
+        ek: &[u8],
+        path: &[u8],
+        now: i64,
+    ) -> Result<Option<i64>> {
+        let t = expiry_time(ek);
+        // The node the entry was written for, by its LMDB key (one search,
+        // not a walk of the path: a node gone, or moved to a directory made
+        // again, is not there).
+        let lkey = &ek[8..];
+        let meta = match self.nodes.get(txn, lkey)? {
+            Some(v) => Some(decode_meta(lkey, v)?),
+            None => None,
+        };
+        match meta.and_then(|m| Some((m.dir, m.expire?))) {
+            Some((dir, e)) if e == t || (!dir && e <= now) => Ok(Some(e)),
+            Some((false, e)) if e > t => {
+                // Refreshed since the entry was written: not due yet.
+                self.expiry.delete(txn, ek)?;
+                let lkey = lkey.to_vec();
+                self.put_expiry(txn, e, &lkey, path, false)?;
+                Ok(None)
+            }
+            _ => {
+                self.expiry.delete(txn, ek)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Expire the node indexed by expiry key `ek` at `path` (due by `now`),
+    /// or drop a stale index entry.
     fn expire_one(&mut self, txn: &mut RwTxn, ek: &[u8], path: &[u8], now: i64) -> Result<bool> {
         let t = expiry_time(ek);
         match self.locate(txn, path)? {
-            Ok(f) if f.meta.expire == Some(t) && ek[8..] == f.lkey[..] => {
+            Ok(f)
+                if ek[8..] == f.lkey[..]
+                    && f.meta
+                        .expire
+                        .is_some_and(|e| e == t || (!f.meta.dir && e <= now)) =>
+            {
+                let exact = f.meta.expire == Some(t);
                 self.reserve();
                 let mut c = Command::new(Op::Delete, path, now);
                 c.recursive = true;
                 self.remove_node(txn, &c, f, Action::Expire, now)?;
+                if !exact {
+                    // (`remove_node` deleted the entry at the file's time.)
+                    self.expiry.delete(txn, ek)?;
+                }
                 if !self.global || self.placement.of_key(path) == self.placement.shard {
                     self.stats.expire_count += 1;
                 }
@@ -74,6 +138,17 @@ impl Store {
             return Ok(Err(V2Error::new(KEY_NOT_FOUND, c.key, self.index)));
         }
         Ok(Ok(self.pending.last().cloned().ok_or_else(corrupt)?))
+    }
+
+    /// Whether a file that had a TTL of `old` and now gets `new` keeps its
+    /// expiry entry as it is: the entry comes due no later than `old`, so
+    /// no later than `new` when the time moves later (the module's rule).
+    /// Not for directories, not in a member-wide operation, not in a
+    /// sharded cluster ([`Store::exact_expiry`]).
+    pub(super) fn lazy_entry(&self, dir: bool, old: Option<i64>, new: Option<i64>) -> bool {
+        !dir && !self.global
+            && !self.exact_expiry
+            && matches!((old, new), (Some(o), Some(n)) if n >= o)
     }
 
     pub(super) fn put_expiry(

@@ -267,9 +267,12 @@ fn open_env(dir: &Path, map_size: usize) -> Result<Env> {
 
 const META_INDEX: &[u8] = b"index";
 /// The layout version of the store's records (2: every value sealed with a
-/// checksum).
+/// checksum; 3: a file's expiry entry may come due before the file, see
+/// `expiry.rs` — a format-2 store is a valid format-3 one and is marked so
+/// when opened, so that an earlier kardia, which would drop such entries
+/// as stale and never expire their files, refuses it).
 const META_FORMAT: &[u8] = b"format";
-const FORMAT: u64 = 2;
+const FORMAT: u64 = 3;
 const META_DIR_ID: &[u8] = b"next_dir_id";
 /// The next id of a directory inside a placement unit. Those ids come from
 /// their own range, so the skeleton's ids (taken in the same order by every
@@ -338,6 +341,10 @@ pub struct Store {
     trial: bool,
     /// Executing an entry whose indexes a sequencer stamped ([`Store::execute_stamped`]).
     stamped: bool,
+    /// Every node's expiry entry at its exact time (a sharded cluster's:
+    /// its sequencer stamps a SYNC with one index per due entry); else a
+    /// file's entry may come due early (the rule in `expiry.rs`).
+    pub exact_expiry: bool,
     /// A stamped entry needed more indexes than it carried.
     starved: bool,
     pub stats: Stats,
@@ -437,6 +444,16 @@ impl Store {
         }
         match meta.get(&wtxn, META_FORMAT)? {
             Some(_) if meta_u64(&meta, &wtxn, META_FORMAT)? == Some(FORMAT) => {}
+            Some(_) if meta_u64(&meta, &wtxn, META_FORMAT)? == Some(2) => {
+                put_sealed(&meta, &mut wtxn, META_FORMAT, &FORMAT.to_le_bytes())?;
+            }
+            Some(_) if meta_u64(&meta, &wtxn, META_FORMAT)?.is_some_and(|f| f > FORMAT) => {
+                return Err(Error::Corrupt(format!(
+                    "{} was written by a later kardia (store format {}; this one reads {FORMAT} and earlier)",
+                    dir.display(),
+                    meta_u64(&meta, &wtxn, META_FORMAT)?.unwrap_or_default()
+                )))
+            }
             _ => {
                 return Err(Error::Corrupt(format!(
                     "{} was written by an earlier kardia (records without checksums); \
@@ -466,6 +483,7 @@ impl Store {
             counter,
             replay: Vec::new(),
             stamped: false,
+            exact_expiry: false,
             starved: false,
             taken: Vec::new(),
             fresh,
@@ -787,6 +805,14 @@ impl Store {
                         db.put(&mut wtxn, k, v)?;
                     }
                 }
+            }
+            // A copy made by an earlier build holds exact expiry entries
+            // only: valid here, and from now on marked as this format.
+            match meta_u64(&self.meta, &wtxn, META_FORMAT)? {
+                Some(f) if f > FORMAT => return Err(Error::Corrupt(format!(
+                    "the snapshot is of store format {f}; this kardia reads {FORMAT} and earlier"
+                ))),
+                _ => put_sealed(&self.meta, &mut wtxn, META_FORMAT, &FORMAT.to_le_bytes())?,
             }
             wtxn.commit()?;
             Ok(())
@@ -1448,10 +1474,11 @@ mod tests {
         Ok(v[..v.find('"').unwrap()].to_string())
     }
 
-    /// A set that replaces a file (the path that skips the walk) moves its
-    /// expiry entry: one entry per file with a TTL, at its latest time.
+    /// A file's expiry entry comes due no later than the file: a set that
+    /// moves its time later leaves the entry; one that moves it earlier,
+    /// or gives a TTL to a file without one, writes a new entry.
     #[test]
-    fn a_set_over_a_file_moves_its_expiry_entry() {
+    fn a_set_over_a_file_keeps_an_entry_due_no_later_than_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = open_store(dir.path());
         let t = |secs: i64| MIN_EXPIRE + secs * 1_000_000_000;
@@ -1474,12 +1501,123 @@ mod tests {
         put(&mut s, b"/d/e/a", Some(t(10)));
         put(&mut s, b"/d/e/a", Some(t(20)));
         put(&mut s, b"/d/e/b", Some(t(15)));
-        assert_eq!(entries(&s), vec![t(15), t(20)]);
-        put(&mut s, b"/d/e/a", None);
-        assert_eq!(entries(&s), vec![t(15)]);
+        assert_eq!(entries(&s), vec![t(10), t(15)], "a keeps its early entry");
         put(&mut s, b"/d/e/b", Some(t(5)));
-        assert_eq!(entries(&s), vec![t(5)]);
+        assert_eq!(
+            entries(&s),
+            vec![t(5), t(10)],
+            "b's earlier time: a new entry"
+        );
+        put(&mut s, b"/d/e/a", None);
+        put(&mut s, b"/d/e/c", None);
+        put(&mut s, b"/d/e/c", Some(t(7)));
+        assert_eq!(entries(&s), vec![t(5), t(7), t(10)]);
         assert_eq!(s.next_expiry().unwrap(), Some(t(5)));
+    }
+
+    /// A SYNC expires what is due by its clock, in the order of the files'
+    /// times (etcd's) whatever the order of their entries, moves the
+    /// entries of files refreshed since and drops those of files gone or
+    /// without a TTL; nothing but an expiry takes an etcd index.
+    #[test]
+    fn a_sync_expires_by_the_files_times_and_moves_early_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open_store(dir.path());
+        let t = |secs: i64| MIN_EXPIRE + secs * 1_000_000_000;
+        let mut raft = 0;
+        let mut apply = |s: &mut Store, c: &Command| -> Vec<(String, u64)> {
+            raft += 1;
+            apply_cmd(s, raft, c);
+            let mut events = Vec::new();
+            s.take_events(&mut events);
+            events
+                .iter()
+                .map(|e| (String::from_utf8_lossy(&e.key).into_owned(), e.index))
+                .collect()
+        };
+        let set = |key: &'static [u8], expire: Option<i64>| {
+            let mut c = Command::new(Op::Set, key, 1);
+            c.value = b"v";
+            c.expire = expire;
+            c
+        };
+        let sync = |now: i64| Command::new(Op::Sync, b"/", now);
+        apply(&mut s, &set(b"/b", Some(t(8)))); // entry at 8
+        apply(&mut s, &set(b"/b", Some(t(12)))); // still at 8
+        apply(&mut s, &set(b"/a", Some(t(10))));
+        apply(&mut s, &set(b"/c", Some(t(9))));
+        apply(&mut s, &set(b"/c", None)); // its entry at 9 is stale
+        apply(&mut s, &set(b"/h", Some(t(3))));
+        apply(&mut s, &set(b"/h", Some(t(30)))); // refreshed: entry at 3
+        apply(&mut s, &set(b"/gone", Some(t(4))));
+        apply(&mut s, &Command::new(Op::Delete, b"/gone", 1));
+        let index = s.index;
+        // Due by 5: nothing expires; /h's entry moves to 30, /gone's goes.
+        assert_eq!(apply(&mut s, &sync(t(5))), vec![]);
+        assert_eq!(s.index, index, "no index taken");
+        assert_eq!(s.next_expiry().unwrap(), Some(t(8)));
+        // Due by 15: /a (10) before /b (12), though /b's entry (8) came
+        // first; /c's entry (9) is stale.
+        let got = apply(&mut s, &sync(t(15)));
+        assert_eq!(
+            got,
+            vec![("/a".to_string(), index + 1), ("/b".to_string(), index + 2)]
+        );
+        assert_eq!(s.next_expiry().unwrap(), Some(t(30)));
+        assert_eq!(apply(&mut s, &sync(t(29))), vec![]);
+        let got = apply(&mut s, &sync(t(31)));
+        assert_eq!(got, vec![("/h".to_string(), index + 3)]);
+        assert_eq!(s.next_expiry().unwrap(), None);
+    }
+
+    /// A format-2 store (exact expiry entries) opens and is marked format
+    /// 3 from then on; a later format is refused with its number.
+    #[test]
+    fn a_format_2_store_is_marked_3_and_a_later_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = |s: Store, f: u64| {
+            let mut wtxn = s.env.write_txn().unwrap();
+            put_sealed(&s.meta, &mut wtxn, META_FORMAT, &f.to_le_bytes()).unwrap();
+            wtxn.commit().unwrap();
+            let env = s.env.clone();
+            drop(s);
+            env.prepare_for_closing().wait();
+        };
+        let format = |s: &Store| {
+            let rtxn = s.env.read_txn().unwrap();
+            meta_u64(&s.meta, &rtxn, META_FORMAT).unwrap()
+        };
+        let mut s = open_store(dir.path());
+        set(&mut s, 1, "one");
+        mark(s, 2);
+        let mut s = open_store(dir.path());
+        assert_eq!(format(&s), Some(FORMAT));
+        assert_eq!(read(&mut s, ReadAt::Now).unwrap(), "one");
+        mark(s, FORMAT + 1);
+        let counter = Arc::new(AtomicU64::new(0));
+        let opts = Options {
+            map_size: 1 << 26,
+            history: 10,
+        };
+        let err = Store::open(dir.path(), &opts, Placement::single(), counter)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("later kardia"), "{err}");
+    }
+
+    /// A sharded cluster's store keeps every entry at its file's time.
+    #[test]
+    fn exact_entries_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open_store(dir.path());
+        s.exact_expiry = true;
+        let t = |secs: i64| MIN_EXPIRE + secs * 1_000_000_000;
+        for (i, secs) in [10, 20].into_iter().enumerate() {
+            let mut c = Command::new(Op::Set, b"/a", 1);
+            c.expire = Some(t(secs));
+            apply_cmd(&mut s, i as u64 + 1, &c);
+        }
+        assert_eq!(s.next_expiry().unwrap(), Some(t(20)));
     }
 
     /// Writes to one key in one transaction, with a sibling's in between:

@@ -216,7 +216,8 @@ impl Store {
         if c.dir && self.local_only() && self.skeleton(path) {
             return Ok(Err(escalate(0)));
         }
-        if let Some(t) = old_expire {
+        let lazy = self.lazy_entry(c.dir, old_expire, expire);
+        if let Some(t) = old_expire.filter(|_| !lazy) {
             self.del_expiry(txn, t, key)?;
         }
         // In a member-wide operation a file is written by its owner only.
@@ -236,7 +237,7 @@ impl Store {
         };
         rec.encode(key, name, vbuf);
         self.nodes.put(txn, key, vbuf)?;
-        if let Some(t) = expire {
+        if let Some(t) = expire.filter(|_| !lazy) {
             self.put_expiry(txn, t, key, path, c.dir)?;
         }
         Ok(Ok(()))
@@ -338,7 +339,7 @@ impl Store {
         }
         self.nodes.put(txn, &f.lkey, &vbuf)?;
         self.vbuf = vbuf;
-        if f.meta.expire != expire {
+        if f.meta.expire != expire && !self.lazy_entry(f.meta.dir, f.meta.expire, expire) {
             if let Some(t) = f.meta.expire {
                 self.del_expiry(txn, t, &f.lkey)?;
             }
