@@ -809,9 +809,11 @@ impl Store {
             // A copy made by an earlier build holds exact expiry entries
             // only: valid here, and from now on marked as this format.
             match meta_u64(&self.meta, &wtxn, META_FORMAT)? {
-                Some(f) if f > FORMAT => return Err(Error::Corrupt(format!(
+                Some(f) if f > FORMAT => {
+                    return Err(Error::Corrupt(format!(
                     "the snapshot is of store format {f}; this kardia reads {FORMAT} and earlier"
-                ))),
+                )))
+                }
                 _ => put_sealed(&self.meta, &mut wtxn, META_FORMAT, &FORMAT.to_le_bytes())?,
             }
             wtxn.commit()?;
