@@ -76,12 +76,11 @@ impl Store {
             None => None,
         };
         match meta.and_then(|m| Some((m.dir, m.expire?))) {
-            Some((dir, e)) if e == t || (!dir && e <= now) => Ok(Some(e)),
+            Some((dir, e)) if expires(t, dir, e, now) => Ok(Some(e)),
             Some((false, e)) if e > t => {
                 // Refreshed since the entry was written: not due yet.
                 self.expiry.delete(txn, ek)?;
-                let lkey = lkey.to_vec();
-                self.put_expiry(txn, e, &lkey, path, false)?;
+                self.put_expiry(txn, e, lkey, path, false)?;
                 Ok(None)
             }
             _ => {
@@ -100,7 +99,7 @@ impl Store {
                 if ek[8..] == f.lkey[..]
                     && f.meta
                         .expire
-                        .is_some_and(|e| e == t || (!f.meta.dir && e <= now)) =>
+                        .is_some_and(|e| expires(t, f.meta.dir, e, now)) =>
             {
                 let exact = f.meta.expire == Some(t);
                 self.reserve();
@@ -179,4 +178,11 @@ impl Store {
         self.expiry.delete(txn, k)?;
         Ok(())
     }
+}
+
+/// Whether an entry due at `t` expires its node (a directory if `dir`, due
+/// at `e`) at `now`: an entry at the node's own time does; a file's early
+/// entry does once the file itself is due.
+fn expires(t: i64, dir: bool, e: i64, now: i64) -> bool {
+    e == t || (!dir && e <= now)
 }

@@ -132,8 +132,9 @@ struct Found {
     /// LMDB key (empty for the root).
     lkey: Vec<u8>,
     /// The lookup kept a copy of the node's stored record in the store's
-    /// `fval` (writes' lookups do): [`Store::record`] reads it from there
-    /// instead of searching the tree again. Valid until the next lookup.
+    /// `fval` ([`Store::locate`] does, for records up to [`KEEP_MAX`]):
+    /// [`Store::record`] reads it from there instead of searching the tree
+    /// again. Valid until the next lookup.
     kept: bool,
 }
 
@@ -273,6 +274,9 @@ const META_INDEX: &[u8] = b"index";
 /// as stale and never expire their files, refuses it).
 const META_FORMAT: &[u8] = b"format";
 const FORMAT: u64 = 3;
+/// The largest record a lookup copies for its caller ([`Found::kept`]):
+/// a copy is cheaper than a second search only for small ones.
+const KEEP_MAX: usize = 4096;
 const META_DIR_ID: &[u8] = b"next_dir_id";
 /// The next id of a directory inside a placement unit. Those ids come from
 /// their own range, so the skeleton's ids (taken in the same order by every
@@ -355,7 +359,7 @@ pub struct Store {
     xkey: Vec<u8>,
     xval: Vec<u8>,
     vbuf: Vec<u8>,
-    /// The stored record a write's lookup found ([`Found::kept`]).
+    /// The stored record a lookup found ([`Found::kept`]).
     fval: Vec<u8>,
     prev: Vec<u8>,
     /// Read views: a read transaction opened right after each commit, with
@@ -442,16 +446,13 @@ impl Store {
             put_sealed(&meta, &mut wtxn, META_INDEX, &3u64.to_le_bytes())?;
             put_sealed(&meta, &mut wtxn, META_FORMAT, &FORMAT.to_le_bytes())?;
         }
-        match meta.get(&wtxn, META_FORMAT)? {
-            Some(_) if meta_u64(&meta, &wtxn, META_FORMAT)? == Some(FORMAT) => {}
-            Some(_) if meta_u64(&meta, &wtxn, META_FORMAT)? == Some(2) => {
-                put_sealed(&meta, &mut wtxn, META_FORMAT, &FORMAT.to_le_bytes())?;
-            }
-            Some(_) if meta_u64(&meta, &wtxn, META_FORMAT)?.is_some_and(|f| f > FORMAT) => {
+        match meta_u64(&meta, &wtxn, META_FORMAT)? {
+            Some(FORMAT) => {}
+            Some(2) => put_sealed(&meta, &mut wtxn, META_FORMAT, &FORMAT.to_le_bytes())?,
+            Some(f) if f > FORMAT => {
                 return Err(Error::Corrupt(format!(
-                    "{} was written by a later kardia (store format {}; this one reads {FORMAT} and earlier)",
+                    "{} was written by a later kardia (store format {f}; this one reads {FORMAT} and earlier)",
                     dir.display(),
-                    meta_u64(&meta, &wtxn, META_FORMAT)?.unwrap_or_default()
                 )))
             }
             _ => {
@@ -1287,11 +1288,16 @@ impl Store {
                     meta = decode_meta(kbuf, v)?;
                     if end == path.len() {
                         lkey.extend_from_slice(kbuf);
-                        let kept = keep.take().map(|buf| {
-                            buf.clear();
-                            buf.extend_from_slice(v);
-                        });
-                        let kept = kept.is_some();
+                        // (A large record is searched for again rather
+                        // than copied.)
+                        let kept = match keep.take().filter(|_| v.len() <= KEEP_MAX) {
+                            Some(buf) => {
+                                buf.clear();
+                                buf.extend_from_slice(v);
+                                true
+                            }
+                            None => false,
+                        };
                         return Ok(Ok(Found { meta, lkey, kept }));
                     }
                 }
@@ -1680,6 +1686,25 @@ mod tests {
         let got: Vec<String> = out.iter().map(|(_, o)| prev(o)).collect();
         let want = ["", "", "1\"", "2\"", "b1", "error 101", "3\"", "4\"", ""];
         assert_eq!(got, want);
+    }
+
+    /// A record too large to keep a copy of is read again: prevNode and
+    /// GET still show it whole.
+    #[test]
+    fn a_large_record_is_read_again_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open_store(dir.path());
+        let big = "b".repeat(KEEP_MAX + 100);
+        set(&mut s, 1, &big);
+        assert_eq!(read(&mut s, ReadAt::Now).unwrap(), big);
+        let mut c = Command::new(Op::Set, b"/a", 1);
+        c.value = b"small";
+        apply_cmd(&mut s, 2, &c);
+        let mut events = Vec::new();
+        s.take_events(&mut events);
+        let json = String::from_utf8(events.last().unwrap().json.clone()).unwrap();
+        let prev = json.split("\"prevNode\":").nth(1).unwrap();
+        assert!(prev.contains(&format!("\"value\":\"{big}\"")), "{prev}");
     }
 
     /// A read sees the newest view whose writes are delivered, waits when

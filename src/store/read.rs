@@ -152,11 +152,7 @@ impl Store {
         w: &Walk,
         out: &mut Vec<u8>,
     ) -> Result<std::result::Result<Open, V2Error>> {
-        let mut kbuf = std::mem::take(&mut self.kbuf);
-        let mut fval = std::mem::take(&mut self.fval);
-        let found = self.find_in(rtxn, path, &mut kbuf, &mut None, Some(&mut fval));
-        (self.kbuf, self.fval) = (kbuf, fval);
-        let f = match found? {
+        let f = match self.locate(rtxn, path)? {
             Ok(f) => f,
             // Another shard answers (and counts) an escalated read.
             Err(e) if e.code == ESCALATE => return Ok(Err(e)),
