@@ -125,7 +125,8 @@ pub struct Wal {
 
 /// The open segment: direct I/O where the file system has it.
 enum SegmentFile {
-    Direct(DmaFile),
+    /// With the unit its writes must be aligned to.
+    Direct(DmaFile, usize),
     Buffered(BufferedFile),
 }
 
@@ -133,17 +134,48 @@ impl SegmentFile {
     /// The unit a write covers: the device's logical block for direct I/O.
     fn block(&self) -> usize {
         match self {
-            SegmentFile::Direct(f) => f.alignment() as usize,
+            SegmentFile::Direct(_, block) => *block,
             SegmentFile::Buffered(_) => 512,
         }
     }
 
     async fn close(self) -> Result<()> {
         match self {
-            SegmentFile::Direct(f) => f.close().await?,
+            SegmentFile::Direct(f, _) => f.close().await?,
             SegmentFile::Buffered(f) => f.close().await?,
         }
         Ok(())
+    }
+}
+
+/// The unit direct writes to `path` must be aligned to: the larger of
+/// the device's logical block (`device`, as glommio found it) and what the
+/// kernel reports for the file (`statx`, Linux 6.1 and later), or `None`
+/// when the kernel says the file takes no direct I/O.
+fn direct_block(path: &Path, device: u64) -> Option<usize> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statx
+    // buffer of the right size, which the call fills in.
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            0,
+            libc::STATX_DIOALIGN,
+            st.as_mut_ptr(),
+        )
+    };
+    // SAFETY: zeroed is a valid statx; the call only wrote fields into it.
+    let st = unsafe { st.assume_init() };
+    let device = device.max(512) as usize;
+    if r != 0 || st.stx_mask & libc::STATX_DIOALIGN == 0 {
+        return Some(device);
+    }
+    match st.stx_dio_offset_align {
+        0 => None,
+        a => Some(device.max(a as usize)),
     }
 }
 
@@ -399,7 +431,17 @@ impl Wal {
             ));
         }
         match open.dma_open(&self.current.path).await {
-            Ok(f) => Ok(SegmentFile::Direct(f)),
+            Ok(f) => match direct_block(&self.current.path, f.alignment()) {
+                Some(block) => Ok(SegmentFile::Direct(f, block)),
+                None => {
+                    f.close().await?;
+                    tracing::warn!(path = %self.current.path.display(),
+                        "the wal's file system has no direct i/o; writing through the page cache");
+                    Ok(SegmentFile::Buffered(
+                        open.buffered_open(&self.current.path).await?,
+                    ))
+                }
+            },
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(error = %e, path = %self.current.path.display(),
                     "the wal's file system refuses direct i/o; writing through the page cache");
@@ -551,7 +593,7 @@ impl Wal {
             b[end..].fill(0);
         };
         let n = match file {
-            SegmentFile::Direct(f) => {
+            SegmentFile::Direct(f, _) => {
                 let mut out = f.alloc_dma_buffer(want);
                 fill(out.as_bytes_mut());
                 f.write_at(out, at).await?
