@@ -10,6 +10,7 @@ pub mod auth;
 pub mod check;
 pub mod cluster;
 pub mod config;
+pub mod executor;
 pub mod http;
 pub mod import;
 pub mod metrics;

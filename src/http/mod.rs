@@ -5,7 +5,9 @@
 //! heads are parsed in place ([`request`]), bodies are taken by
 //! Content-Length or chunked framing, and each request is handed to a
 //! [`Service`] as a borrowed [`Request`]. Responses are appended to one
-//! output buffer and written once per batch of pipelined requests. Requests
+//! output buffer and written once per batch of pipelined requests (a large
+//! one in slices of [`WRITE_SLICE`], the executor's other work running
+//! between them). Requests
 //! are handled one at a time, as etcd's Go server does: a request waiting on
 //! raft is answered before the next one on its connection starts, so
 //! pipelined requests take effect, and are answered, in request order.
@@ -48,6 +50,8 @@ pub const OUTPUT_HIGH: usize = 1 << 20;
 /// Buffer capacity a connection keeps between requests; anything larger
 /// that one request or response needed is given back.
 const KEEP_CAPACITY: usize = 64 << 10;
+/// Largest single send: a bigger response is written in slices this size.
+const WRITE_SLICE: usize = 1 << 20;
 
 /// Explicit, configurable limits of the front end.
 #[derive(Debug, Clone)]
@@ -326,7 +330,21 @@ impl Conn {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            let mut r = self.stream.write_all(self.out.pending()).await;
+            // A large response goes out a slice at a time, with the
+            // executor's other work between slices: one send of tens of
+            // megabytes to a client that keeps reading is one system call
+            // that holds the executor until the last byte is out.
+            let pending = self.out.pending();
+            let mut r = Ok(());
+            for (i, slice) in pending.chunks(WRITE_SLICE).enumerate() {
+                if i > 0 {
+                    crate::executor::after_next_poll().await;
+                }
+                r = self.stream.write_all(slice).await;
+                if r.is_err() {
+                    break;
+                }
+            }
             if r.is_ok() && self.stream.needs_flush() {
                 // TLS records may wait in the session until flushed.
                 r = self.stream.flush().await;

@@ -72,9 +72,11 @@ pub const MAX_HEADERS: usize = 64;
 
 /// Try to parse a head from `buf`. `Ok(None)` means more bytes are needed.
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(buf) {
+    // Left uninitialised: httparse writes the ones it fills in (2 KiB of
+    // zeroing per request otherwise).
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
@@ -82,11 +84,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head<'_>>, HeadError> {
     };
     // httparse tolerates bare LF line ends; HTTP/1.1 servers must not.
     let head = &buf[..len];
-    if head
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
-    {
+    if memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r') {
         return Err(HeadError::Bad("bare LF in request head"));
     }
     let method = Method::parse(req.method.unwrap_or(""));
