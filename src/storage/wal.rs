@@ -148,6 +148,17 @@ impl SegmentFile {
     }
 }
 
+/// Tests can force the buffered path (the fallback's writes).
+#[cfg(test)]
+fn buffered_only() -> bool {
+    tests::BUFFERED.with(|b| b.get())
+}
+
+#[cfg(not(test))]
+fn buffered_only() -> bool {
+    false
+}
+
 /// The unit direct writes to `path` must be aligned to: the larger of
 /// the device's logical block (`device`, as glommio found it) and what the
 /// kernel reports for the file (`statx`, Linux 6.1 and later), or `None`
@@ -424,32 +435,33 @@ impl Wal {
         // Direct I/O: the kernel starts an overwrite of allocated blocks
         // from the submitting call, without waking io_uring's worker thread
         // for it. A file system without it gets buffered writes.
-        #[cfg(test)]
-        if tests::BUFFERED.with(|b| b.get()) {
-            return Ok(SegmentFile::Buffered(
-                open.buffered_open(&self.current.path).await?,
-            ));
-        }
-        match open.dma_open(&self.current.path).await {
-            Ok(f) => match direct_block(&self.current.path, f.alignment()) {
-                Some(block) => Ok(SegmentFile::Direct(f, block)),
-                None => {
-                    f.close().await?;
-                    tracing::warn!(path = %self.current.path.display(),
-                        "the wal's file system has no direct i/o; writing through the page cache");
-                    Ok(SegmentFile::Buffered(
-                        open.buffered_open(&self.current.path).await?,
-                    ))
+        let path = &self.current.path;
+        let refused = |why: &dyn std::fmt::Display| {
+            tracing::warn!(path = %path.display(), %why,
+                "no direct i/o for the wal; writing through the page cache");
+        };
+        let direct = if buffered_only() {
+            None
+        } else {
+            match open.dma_open(path).await {
+                Ok(f) => match direct_block(path, f.alignment()) {
+                    Some(block) => Some(SegmentFile::Direct(f, block)),
+                    None => {
+                        f.close().await?;
+                        refused(&"the file system reports no direct i/o alignment");
+                        None
+                    }
+                },
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    refused(&e);
+                    None
                 }
-            },
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::warn!(error = %e, path = %self.current.path.display(),
-                    "the wal's file system refuses direct i/o; writing through the page cache");
-                Ok(SegmentFile::Buffered(
-                    open.buffered_open(&self.current.path).await?,
-                ))
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => Err(e.into()),
+        };
+        match direct {
+            Some(f) => Ok(f),
+            None => Ok(SegmentFile::Buffered(open.buffered_open(path).await?)),
         }
     }
 
