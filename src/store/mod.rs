@@ -21,6 +21,7 @@
 pub mod auth;
 pub mod check;
 pub mod command;
+mod dircache;
 pub mod event;
 mod expiry;
 pub mod import;
@@ -48,6 +49,7 @@ use heed::{Database, EnvFlags, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
 pub type Env = heed::Env<WithoutTls>;
 
 pub use command::{Command, Op};
+use dircache::{Ancestors, DirCache};
 pub use event::{Action, Event, NodeJson, Removed};
 use node::{child_key, expiry_prefix, expiry_time, seal, unseal, NodeRec};
 pub use placement::Placement;
@@ -377,6 +379,8 @@ pub struct Store {
     frozen: bool,
     /// A batch changed the auth records since they were last published.
     auth_changed: bool,
+    /// Directory ids of recently walked paths, for write transactions.
+    dirs: DirCache,
     /// Where the auth records are published (shard 0 only).
     auth_sink: Option<Arc<crate::auth::Shared>>,
 }
@@ -508,6 +512,7 @@ impl Store {
             commit_time: None,
             frozen: false,
             auth_changed: false,
+            dirs: DirCache::default(),
             auth_sink: None,
         })
     }
@@ -830,6 +835,7 @@ impl Store {
         self.next_unit_id = rec.next_unit_id;
         self.counter.fetch_max(self.index, Ordering::SeqCst);
         self.pending.clear();
+        self.dirs.clear();
         self.fresh = false;
         self.auth_changed = true;
         self.views.clear();
@@ -938,6 +944,8 @@ impl Store {
                 Ok(r)
             }
             Err(e) => {
+                // Directories the aborted transaction made are gone.
+                self.dirs.clear();
                 self.index = index_before;
                 self.next_dir_id = dir_id_before;
                 self.next_unit_id = unit_id_before;
@@ -1234,7 +1242,7 @@ impl Store {
         path: &[u8],
         kbuf: &mut Vec<u8>,
     ) -> Result<std::result::Result<Found, V2Error>> {
-        self.find_in(txn, path, kbuf, &mut None, None)
+        self.find_in(txn, path, kbuf, &mut None, None, None)
     }
 
     /// [`Store::find`]; when only the last component of `path` is
@@ -1248,6 +1256,7 @@ impl Store {
         kbuf: &mut Vec<u8>,
         missing_in: &mut Option<Meta>,
         mut keep: Option<&mut Vec<u8>>,
+        mut dirs: Option<&mut DirCache>,
     ) -> Result<std::result::Result<Found, V2Error>> {
         let mut meta = ROOT;
         let mut lkey = Vec::new();
@@ -1259,6 +1268,15 @@ impl Store {
             }));
         }
         let mut start = 1;
+        // With the write path's cache: from the deepest directory it knows.
+        let anc = dirs.as_ref().map(|_| Ancestors::of(path));
+        let mut depth = 0;
+        if let (Some(c), Some(anc)) = (&dirs, &anc) {
+            if let Some((i, end, dir_id)) = c.deepest(path, anc) {
+                meta = Meta { dir_id, ..ROOT };
+                (depth, start) = (i + 1, end + 1);
+            }
+        }
         loop {
             let end = path[start..]
                 .iter()
@@ -1286,6 +1304,10 @@ impl Store {
                 }
                 Some(v) => {
                     meta = decode_meta(kbuf, v)?;
+                    if let (Some(c), Some(anc), true) = (&mut dirs, &anc, meta.dir) {
+                        c.insert(path, anc, depth, meta.dir_id);
+                    }
+                    depth += 1;
                     if end == path.len() {
                         lkey.extend_from_slice(kbuf);
                         // (A large record is searched for again rather
@@ -1307,20 +1329,39 @@ impl Store {
     }
 
     /// [`Store::find`] with the store's own key buffer.
-    fn locate(&mut self, txn: &RoTxn, path: &[u8]) -> Result<std::result::Result<Found, V2Error>> {
+    fn locate(&mut self, txn: &RwTxn, path: &[u8]) -> Result<std::result::Result<Found, V2Error>> {
         self.locate_in(txn, path, &mut None)
     }
 
-    /// [`Store::find_in`] with the store's own key buffer.
+    /// [`Store::find_in`] in a write transaction, with the store's own key
+    /// buffer and its directory cache.
     fn locate_in(
         &mut self,
-        txn: &RoTxn,
+        txn: &RwTxn,
         path: &[u8],
         missing_in: &mut Option<Meta>,
     ) -> Result<std::result::Result<Found, V2Error>> {
         let mut kbuf = std::mem::take(&mut self.kbuf);
         let mut fval = std::mem::take(&mut self.fval);
-        let found = self.find_in(txn, path, &mut kbuf, missing_in, Some(&mut fval));
+        let mut dirs = std::mem::take(&mut self.dirs);
+        let found = self.find_in(
+            txn,
+            path,
+            &mut kbuf,
+            missing_in,
+            Some(&mut fval),
+            Some(&mut dirs),
+        );
+        (self.kbuf, self.fval, self.dirs) = (kbuf, fval, dirs);
+        found
+    }
+
+    /// [`Store::find_in`] in a read transaction (a view: no cache), with
+    /// the store's own key buffer.
+    fn lookup(&mut self, txn: &RoTxn, path: &[u8]) -> Result<std::result::Result<Found, V2Error>> {
+        let mut kbuf = std::mem::take(&mut self.kbuf);
+        let mut fval = std::mem::take(&mut self.fval);
+        let found = self.find_in(txn, path, &mut kbuf, &mut None, Some(&mut fval), None);
         (self.kbuf, self.fval) = (kbuf, fval);
         found
     }
@@ -1389,6 +1430,7 @@ impl Store {
         let r = self.apply_one(&mut txn, &cmd);
         self.trial = false;
         txn.abort();
+        self.dirs.clear();
         self.global = false;
         (self.index, self.next_dir_id, self.stats) = (saved.0, saved.1, saved.2);
         self.next_unit_id = unit_id;

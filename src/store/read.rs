@@ -152,7 +152,7 @@ impl Store {
         w: &Walk,
         out: &mut Vec<u8>,
     ) -> Result<std::result::Result<Open, V2Error>> {
-        let f = match self.locate(rtxn, path)? {
+        let f = match self.lookup(rtxn, path)? {
             Ok(f) => f,
             // Another shard answers (and counts) an escalated read.
             Err(e) if e.code == ESCALATE => return Ok(Err(e)),

@@ -129,9 +129,19 @@ impl Store {
         let split = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
         let name = &path[split + 1..];
         let foreign = self.global && self.placement.in_unit(path) && !self.placement.owns(path);
-        // Walk the parents, creating missing directories.
+        // Walk the parents, creating missing directories: from the deepest
+        // one the cache knows, except in a member-wide write (which checks
+        // every component's placement).
         let mut parent = ROOT;
         let mut start = 1;
+        let anc = Ancestors::of(path);
+        let mut depth = 0;
+        if !self.global {
+            if let Some((i, end, dir_id)) = self.dirs.deepest(path, &anc) {
+                parent = Meta { dir_id, ..ROOT };
+                (depth, start) = (i + 1, end + 1);
+            }
+        }
         while start <= split {
             let end = path[start..]
                 .iter()
@@ -149,6 +159,7 @@ impl Store {
                         return Ok(Err(V2Error::new(NOT_DIR, here, self.index)));
                     }
                     parent = m;
+                    self.dirs.insert(path, &anc, depth, m.dir_id);
                 }
                 None if self.local_only() && self.skeleton(here) => {
                     return Ok(Err(escalate(0)));
@@ -173,8 +184,10 @@ impl Store {
                         expire: None,
                         dir_id: id,
                     };
+                    self.dirs.insert(path, &anc, depth, id);
                 }
             }
+            depth += 1;
             start = end + 1;
         }
         if foreign {
@@ -245,7 +258,7 @@ impl Store {
 
     /// The node an update, a compare-and-swap or a delete works on, or
     /// etcd's error: the root is read-only, a missing path not found.
-    fn existing(&mut self, txn: &RoTxn, key: &[u8]) -> Result<std::result::Result<Found, V2Error>> {
+    fn existing(&mut self, txn: &RwTxn, key: &[u8]) -> Result<std::result::Result<Found, V2Error>> {
         if key == b"/" {
             return Ok(Err(V2Error::new(ROOT_RONLY, "/", self.index)));
         }
@@ -416,6 +429,8 @@ impl Store {
         self.render_prev(txn, c.key, &f, now)?;
         let mut removed = Removed::default();
         if f.meta.dir {
+            // The cache may hold this directory or one below it.
+            self.dirs.clear();
             self.remove_subtree(txn, f.meta.dir_id, &mut removed)?;
         }
         if let Some(t) = f.meta.expire {
