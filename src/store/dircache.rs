@@ -41,8 +41,9 @@ pub struct DirCache {
     slots: Box<[Slot]>,
     /// Starts at 1; slots of older generations are empty.
     gen: u32,
-    /// Tests: never remember anything (the walk of every write from the
-    /// root, to compare with).
+    /// Tests: never remember anything, and take no shortcut (the walk of
+    /// every write from the root, searching every component, to compare
+    /// with).
     #[cfg(test)]
     pub off: bool,
 }
@@ -149,6 +150,16 @@ impl DirCache {
         s.len = end as u16;
         s.dir_id = dir_id;
         s.path[..end].copy_from_slice(&path[..end]);
+    }
+
+    /// A write may skip searches the walk's own findings make needless
+    /// (below a missing or new directory nothing exists).
+    pub fn shortcuts(&self) -> bool {
+        #[cfg(test)]
+        if self.off {
+            return false;
+        }
+        true
     }
 
     /// Forget every entry (a directory may have been removed).

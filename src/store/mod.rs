@@ -148,6 +148,9 @@ enum Known<'f> {
     File(&'f Found),
     /// No node, but every directory above it: this one holds it.
     MissingIn(Meta),
+    /// No node: this directory is the deepest above it, and the component
+    /// that starts at this offset of the path is missing.
+    MissingBelow(Meta, usize),
 }
 
 const META_APPLIED: &[u8] = b"applied";
@@ -1245,8 +1248,9 @@ impl Store {
         self.find_in(txn, path, kbuf, &mut None, None, None)
     }
 
-    /// [`Store::find`]; when only the last component of `path` is
-    /// missing, `missing_in` is set to the directory that would hold it;
+    /// [`Store::find`]; when `path` is missing, `missing_in` is set to the
+    /// deepest directory above it and the offset of the first missing
+    /// component (the last one's when only it is missing);
     /// with `keep`, the found node's stored record is copied there (one
     /// copy of a record just read, instead of a second search for it).
     fn find_in(
@@ -1254,7 +1258,7 @@ impl Store {
         txn: &RoTxn,
         path: &[u8],
         kbuf: &mut Vec<u8>,
-        missing_in: &mut Option<Meta>,
+        missing_in: &mut Option<(Meta, usize)>,
         mut keep: Option<&mut Vec<u8>>,
         mut dirs: Option<&mut DirCache>,
     ) -> Result<std::result::Result<Found, V2Error>> {
@@ -1297,9 +1301,7 @@ impl Store {
                     return Ok(Err(escalate(self.placement.of_key(&path[..end]))));
                 }
                 None => {
-                    if end == path.len() {
-                        *missing_in = Some(meta);
-                    }
+                    *missing_in = Some((meta, start));
                     return Ok(Err(V2Error::new(KEY_NOT_FOUND, &path[..end], self.index)));
                 }
                 Some(v) => {
@@ -1339,7 +1341,7 @@ impl Store {
         &mut self,
         txn: &RwTxn,
         path: &[u8],
-        missing_in: &mut Option<Meta>,
+        missing_in: &mut Option<(Meta, usize)>,
     ) -> Result<std::result::Result<Found, V2Error>> {
         let mut kbuf = std::mem::take(&mut self.kbuf);
         let mut fval = std::mem::take(&mut self.fval);

@@ -29,7 +29,10 @@ impl Store {
                 self.render_prev(txn, c.key, f, c.now)?;
                 Known::File(f)
             }
-            (None, Some(dir)) => Known::MissingIn(dir),
+            (None, Some((dir, from))) if c.key.get(from..).is_some_and(|n| !n.contains(&b'/')) => {
+                Known::MissingIn(dir)
+            }
+            (None, Some((dir, from))) => Known::MissingBelow(dir, from),
             _ => Known::Nothing,
         };
         self.internal_create(txn, c, c.key, value, true, Action::Set, known)
@@ -81,7 +84,15 @@ impl Store {
                 child_key(&mut kbuf, dir.dir_id, name);
                 self.write_node(txn, c, path, name, value, expire, None, &kbuf, &mut vbuf)
             }
-            _ => self.create_nodes(txn, c, path, value, replace, expire, &mut kbuf, &mut vbuf),
+            Known::MissingBelow(dir, from) if !self.global => {
+                let bufs = (&mut kbuf, &mut vbuf);
+                let below = Some((dir, from));
+                self.create_nodes(txn, c, path, value, replace, expire, below, bufs)
+            }
+            _ => {
+                let bufs = (&mut kbuf, &mut vbuf);
+                self.create_nodes(txn, c, path, value, replace, expire, None, bufs)
+            }
         };
         self.kbuf = kbuf;
         self.vbuf = vbuf;
@@ -110,9 +121,11 @@ impl Store {
     }
 
     /// The writes of [`Store::internal_create`]: missing parents, then the
-    /// node at `path` (its index is `self.index + 1`). In a member-wide
-    /// operation a shard writes the skeleton and what it owns, and skips a
-    /// placement unit another shard holds.
+    /// node at `path` (its index is `self.index + 1`). `below`: this
+    /// transaction's lookup found the deepest directory above `path` and
+    /// the offset of the first component missing under it. In a
+    /// member-wide operation a shard writes the skeleton and what it owns,
+    /// and skips a placement unit another shard holds.
     #[allow(clippy::too_many_arguments)]
     fn create_nodes(
         &mut self,
@@ -122,8 +135,8 @@ impl Store {
         value: &[u8],
         replace: bool,
         expire: Option<i64>,
-        kbuf: &mut Vec<u8>,
-        vbuf: &mut Vec<u8>,
+        below: Option<(Meta, usize)>,
+        (kbuf, vbuf): (&mut Vec<u8>, &mut Vec<u8>),
     ) -> Result<std::result::Result<(), V2Error>> {
         let next = self.index + 1;
         let split = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
@@ -136,7 +149,15 @@ impl Store {
         let mut start = 1;
         let anc = Ancestors::of(path);
         let mut depth = 0;
-        if !self.global {
+        // Below a missing directory (or one made here, under a new id)
+        // nothing exists: no search.
+        let (mut fresh, shortcuts) = (false, self.dirs.shortcuts());
+        if let Some((dir, from)) = below.filter(|_| shortcuts) {
+            parent = dir;
+            start = from;
+            depth = path[..from].iter().filter(|&&b| b == b'/').count() - 1;
+            fresh = true;
+        } else if !self.global {
             if let Some((i, end, dir_id)) = self.dirs.deepest(path, &anc) {
                 parent = Meta { dir_id, ..ROOT };
                 (depth, start) = (i + 1, end + 1);
@@ -152,7 +173,12 @@ impl Store {
                 return Ok(Ok(()));
             }
             child_key(kbuf, parent.dir_id, comp);
-            match self.nodes.get(txn, kbuf)? {
+            let got = if fresh {
+                None
+            } else {
+                self.nodes.get(txn, kbuf)?
+            };
+            match got {
                 Some(v) => {
                     let m = decode_meta(kbuf, v)?;
                     if !m.dir {
@@ -185,6 +211,7 @@ impl Store {
                         dir_id: id,
                     };
                     self.dirs.insert(path, &anc, depth, id);
+                    fresh = shortcuts;
                 }
             }
             depth += 1;
@@ -195,7 +222,12 @@ impl Store {
         }
         child_key(kbuf, parent.dir_id, name);
         let mut old_expire = None;
-        if let Some(v) = self.nodes.get(txn, kbuf)? {
+        let got = if fresh {
+            None
+        } else {
+            self.nodes.get(txn, kbuf)?
+        };
+        if let Some(v) = got {
             let m = decode_meta(kbuf, v)?;
             if !replace {
                 return Ok(Err(V2Error::new(NODE_EXIST, path, self.index)));
