@@ -1329,6 +1329,121 @@ fn pipelined_requests_take_effect_in_request_order() {
     }
 }
 
+/// Large listings (over the 64 KiB that makes a read "bulk") answered while
+/// writes are in flight take the asynchronous path, and are sent from the
+/// buffer they were rendered in, behind room for their head: GET, HEAD and
+/// a listing pipelined behind a small GET answer exactly what the quiet
+/// member answered, at one shard and at two (where a listing of a
+/// directory whose files lie on both shards is a member-wide read).
+#[test]
+fn large_listings_during_writes_answer_as_when_quiet() {
+    for shards in ["1", "2"] {
+        let server = Server::start_with(&["--shards", shards]).expect("start kardia");
+        let port = server.client_port;
+        let value = format!("value={}", "x".repeat(200));
+        let mut c = Conn::connect(port, Duration::from_secs(10)).expect("connect");
+        for i in 0..2400 {
+            let key = format!("/v2/keys/big/d{}/k{i:04}", i % 7);
+            let r = common::request_on(&mut c, port, "PUT", &key, Some(&value), far()).unwrap();
+            assert_eq!(r.code(), 201, "{}", describe(&r));
+        }
+        let listings = [
+            "/v2/keys/big?recursive=true",
+            "/v2/keys/big/d3?recursive=true&sorted=true",
+        ];
+        let quiet: Vec<Vec<u8>> = listings
+            .iter()
+            .map(|l| ok(port, "GET", l, None).body)
+            .collect();
+        assert!(
+            quiet.iter().all(|b| b.len() > 64 << 10),
+            "listings over 64 KiB"
+        );
+        // Every file is in the quiet listings (they are the reference).
+        let files = |body: &[u8]| {
+            let text = String::from_utf8_lossy(body);
+            let json = Json::parse(&text).unwrap_or_else(|e| {
+                let e: String = e.chars().take(300).collect();
+                panic!("--shards {shards}: the quiet listing: {e}")
+            });
+            let mut all = BTreeMap::new();
+            let mut problems = Vec::new();
+            flatten(json.get("node").expect("a node"), &mut all, &mut problems);
+            assert!(problems.is_empty(), "--shards {shards}: {problems:?}");
+            all.values().filter(|l| !l.dir).count()
+        };
+        assert_eq!(files(&quiet[0]), 2400, "--shards {shards}: /big");
+        assert_eq!(files(&quiet[1]), 343, "--shards {shards}: /big/d3");
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..3)
+            .map(|t| {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let mut c = Conn::connect(port, Duration::from_secs(10)).expect("connect");
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("/v2/keys/busy/w{t}/k{}", i % 50);
+                        let r =
+                            common::request_on(&mut c, port, "PUT", &key, Some("value=v"), far());
+                        let code = r.unwrap().code();
+                        assert!(code == 200 || code == 201, "a PUT answered {code}");
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        for round in 0..15 {
+            for (target, want) in listings.iter().zip(&quiet) {
+                let got = ok(port, "GET", target, None);
+                assert!(
+                    got.body == *want,
+                    "--shards {shards} round {round}: GET {target} during writes differs from the \
+                     quiet listing ({} vs {} bytes)",
+                    got.body.len(),
+                    want.len()
+                );
+                let head = ok(port, "HEAD", target, None);
+                assert_eq!(
+                    head.header("Content-Length"),
+                    Some(&*want.len().to_string())
+                );
+                assert!(head.body.is_empty(), "HEAD {target} sent a body");
+                // Behind a small response on the same connection.
+                let mut wire =
+                    common::build_request(port, "GET", b"/v2/keys/big/d0/k0000", None, &[], true);
+                wire.extend(common::build_request(
+                    port,
+                    "GET",
+                    target.as_bytes(),
+                    None,
+                    &[],
+                    true,
+                ));
+                let mut c = Conn::connect(port, Duration::from_secs(10)).expect("connect");
+                c.send(&wire).expect("send the pipeline");
+                let small = common::read_response(&mut c, "GET", far()).unwrap();
+                assert_eq!(small.code(), 200, "{}", describe(&small));
+                let big = common::read_response(&mut c, "GET", far()).unwrap();
+                assert!(
+                    big.body == *want,
+                    "--shards {shards} round {round}: pipelined GET {target} differs ({} vs {} bytes)",
+                    big.body.len(),
+                    want.len()
+                );
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.join().unwrap();
+        }
+    }
+}
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(15)
+}
+
 // ---------------------------------------------------------------------------
 // Placement units (issue #13)
 

@@ -321,7 +321,7 @@ impl Conn {
     /// large output buffer becomes the executor's spare).
     fn shrink(&mut self) {
         if self.out.capacity() > KEEP_CAPACITY && self.out.is_empty() {
-            response::give_back(self.out.take());
+            crate::executor::give_back(self.out.take());
         }
         if self.body.capacity() > KEEP_CAPACITY && self.body.is_empty() {
             self.body = Vec::new();

@@ -4,57 +4,12 @@
 //! with a body (sized with `Content-Length`) or switch to chunked framing for
 //! watches. Everything is appended to one buffer, the connection's
 //! [`Output`], so a batch of pipelined responses leaves in one write. A
-//! large body goes into the executor's spare output buffer ([`give_back`])
-//! rather than fresh memory; a body rendered in place leaves room in front
+//! large body goes into the executor's spare buffer
+//! ([`crate::executor::reserve`]) rather than fresh memory; a body rendered in place leaves room in front
 //! of it for its head ([`HEAD_ROOM`], [`Response::length_only`]), and the
 //! unused part of that room is never sent.
 
-use std::cell::RefCell;
-
-thread_local! {
-    /// The largest output buffer an executor's connections gave back, kept
-    /// for the next large response: a fresh multi-megabyte buffer costs a
-    /// page fault per 4 KiB on first touch (15 % of a 1.4 MB listing's
-    /// CPU). Keeping more than one measured no better.
-    static SPARE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The largest buffer an executor keeps as its spare.
-const SPARE_MAX: usize = 64 << 20;
-
-/// Keep `buf` (a connection's emptied output buffer) as the executor's
-/// spare if it is larger than the one kept (up to [`SPARE_MAX`]); otherwise
-/// free it.
-pub fn give_back(mut buf: Vec<u8>) {
-    if buf.capacity() > SPARE_MAX {
-        return;
-    }
-    buf.clear();
-    SPARE.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.capacity() < buf.capacity() {
-            *s = buf;
-        }
-    });
-}
-
-/// Make room for `additional` more bytes in `out`, taking the executor's
-/// spare buffer when it is large enough and `out` is not.
-pub fn reserve(out: &mut Vec<u8>, additional: usize) {
-    if out.capacity() - out.len() >= additional {
-        return;
-    }
-    let need = out.len() + additional;
-    SPARE.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.capacity() >= need {
-            let mut big = std::mem::take(&mut *s);
-            big.extend_from_slice(out);
-            *out = big;
-        }
-    });
-    out.reserve(additional);
-}
+use crate::executor::reserve;
 
 /// A connection's output: response bytes waiting to be sent. It derefs to
 /// the byte buffer responses are appended to; a response rendered in place

@@ -43,6 +43,7 @@ use std::task::Waker;
 
 use super::mesh::{ReadOpts, ReadReq};
 use super::{Answer, Msg as MeshMsg, ReadResult, Reply, Shard, Target};
+use crate::http::response::HEAD_ROOM;
 use crate::store::command::push_index;
 use crate::store::{Command, Event, Op, Outcome, RemoteFiles, Removed, ESCALATE};
 use crate::v2::error::{V2Error, KEY_NOT_FOUND, RAFT_INTERNAL};
@@ -1094,7 +1095,9 @@ async fn read(shard: &Rc<Shard>, req: ReadReq, index: u64) -> ReadResult {
             _ => return Err(fail_answer(&format!("shard {i} did not answer a read"))),
         }
     }
-    let mut body = Vec::new();
+    // (Room for an HTTP answer's head, when it asked for it.)
+    let room = if req.opts.head_room { HEAD_ROOM } else { 0 };
+    let mut body = vec![0; room];
     match super::read_at(
         shard,
         index,

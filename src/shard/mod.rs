@@ -27,6 +27,7 @@ use std::task::{Context, Poll, Waker};
 use hdrhistogram::Histogram;
 use slab::Slab;
 
+use crate::http::response::HEAD_ROOM;
 use crate::store::{
     escalated_to, Event, Outcome, Placement, ReadAt, Store, MEMBER_WIDE, OVER_LIMIT,
 };
@@ -190,6 +191,9 @@ pub struct Shard {
     /// per executor, so the tasks of small requests are never queued
     /// behind more than one of them.
     bulk: glommio::sync::Semaphore,
+    /// The size of the last bulk read's body (the room the next one
+    /// reserves).
+    pub bulk_size: Cell<usize>,
 }
 
 /// A read whose response passes this many bytes is a bulk read: it is
@@ -279,6 +283,7 @@ impl Shard {
             failed: RefCell::new(None),
             metrics: Metrics::default(),
             bulk: glommio::sync::Semaphore::new(1),
+            bulk_size: Cell::new(0),
         }
     }
 
@@ -674,10 +679,19 @@ pub async fn serve_read(shard: Rc<Shard>, mut req: mesh::ReadReq, target: Target
             }
         }
         let index = shard.orderer.borrow().closed();
+        // An HTTP answer's body comes behind room for its head.
+        let room = if req.opts.head_room { HEAD_ROOM } else { 0 };
+        body.clear();
         if req.opts.bulk {
-            body.clear();
-            break read_bulk(&shard, index, &req.key, req.opts, ReadAt::View, &mut body).await;
+            // In the executor's spare buffer if it is as large as the last
+            // bulk read's.
+            crate::executor::reserve(&mut body, room + shard.bulk_size.get());
+            body.resize(room, 0);
+            let r = read_bulk(&shard, index, &req.key, req.opts, ReadAt::View, &mut body).await;
+            shard.bulk_size.set(body.len() - room);
+            break r;
         }
+        body.resize(room, 0);
         match read_at(
             &shard,
             index,

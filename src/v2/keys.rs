@@ -229,6 +229,7 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
                 sorted,
                 now,
                 bulk: false,
+                head_room: true,
                 at_least: 0,
             };
             let head_only = m == Method::Head;
@@ -420,8 +421,8 @@ async fn read_bulk_now(
         true => {
             // The previous bulk read's size: take the executor's spare
             // buffer if it is that large, rather than grow into it.
-            let hint = api.bulk_size.get();
-            crate::http::response::reserve(out, HEAD_ROOM + hint + hint / 8);
+            let hint = sh.bulk_size.get();
+            crate::executor::reserve(out, HEAD_ROOM + hint + hint / 8);
             out.resize(HEAD_ROOM, 0);
             std::mem::take(&mut **out)
         }
@@ -429,23 +430,10 @@ async fn read_bulk_now(
     };
     let start = body.len();
     let r = crate::shard::read_bulk(sh, index, key, opts, ReadAt::Now, &mut body).await;
-    let len = body.len() - start;
-    api.bulk_size.set(len);
+    sh.bulk_size.set(body.len() - start);
     let answered = match r {
         Ok(i) if in_place => {
-            let mut head = Vec::with_capacity(512);
-            read_headers(api, &mut head, http11, i).length_only(len);
-            if head_only {
-                body.truncate(start);
-            }
-            if head.len() <= HEAD_ROOM {
-                body[HEAD_ROOM - head.len()..HEAD_ROOM].copy_from_slice(&head);
-                **out = std::mem::take(&mut body);
-                out.skip_front(HEAD_ROOM - head.len());
-            } else {
-                body.splice(..HEAD_ROOM, head);
-                **out = std::mem::take(&mut body);
-            }
+            answer_in_place(api, std::mem::take(&mut body), i, http11, head_only, out);
             true
         }
         Ok(i) => {
@@ -472,6 +460,45 @@ async fn read_bulk_now(
     answered
 }
 
+/// A body at least this large is sent from the buffer it was rendered in
+/// ([`answer_in_place`]); a smaller one is copied into the connection's
+/// output, which keeps its own buffer.
+const IN_PLACE_MIN: usize = 64 << 10;
+
+/// Answer with `body`, a read's JSON behind [`HEAD_ROOM`] bytes of room:
+/// the head goes into the room and the buffer becomes the connection's
+/// output, sent from where it was rendered (no copy of many megabytes into
+/// fresh memory). A small body, or one behind responses already waiting in
+/// `out`, is copied after them, and its buffer kept as the executor's
+/// spare if it is the largest.
+fn answer_in_place(
+    api: &Api,
+    mut body: Vec<u8>,
+    index: u64,
+    http11: bool,
+    head_only: bool,
+    out: &mut Output,
+) {
+    if !out.is_empty() || body.len() < IN_PLACE_MIN {
+        read_headers(api, out, http11, index).body(&body[HEAD_ROOM..], head_only);
+        crate::executor::give_back(body);
+        return;
+    }
+    let mut head = Vec::with_capacity(512);
+    read_headers(api, &mut head, http11, index).length_only(body.len() - HEAD_ROOM);
+    if head_only {
+        body.truncate(HEAD_ROOM);
+    }
+    if head.len() <= HEAD_ROOM {
+        body[HEAD_ROOM - head.len()..HEAD_ROOM].copy_from_slice(&head);
+        **out = body;
+        out.skip_front(HEAD_ROOM - head.len());
+    } else {
+        body.splice(..HEAD_ROOM, head);
+        **out = body;
+    }
+}
+
 /// Answer a read once its shard has: etcd's headers with the index it
 /// was read at, once this executor has delivered that index (so a watch
 /// from the next index on this connection misses nothing).
@@ -496,12 +523,17 @@ async fn read(api: &Api, mut p: PendingRead, out: &mut Output) {
             return;
         }
     }
+    // The body comes with room for the head in front of it.
+    let room = p.req.opts.head_room;
     match api.shard.read(p.owner, p.req).await {
         Ok((body, index)) => {
             if !delivered(api, index).await {
                 return write_error(api, http11, &timed_out(api), head_only, out);
             }
-            read_headers(api, out, http11, index).body(&body, head_only);
+            match room {
+                true => answer_in_place(api, body, index, http11, head_only, out),
+                false => read_headers(api, out, http11, index).body(&body, head_only),
+            }
         }
         Err(e) => {
             let key = machines.as_deref().unwrap_or_default();

@@ -43,9 +43,6 @@ pub struct Api {
     /// between (one at a time per executor: the bulk gate), so it is taken
     /// out while one renders rather than borrowed across the turns.
     bulk: RefCell<Vec<u8>>,
-    /// The size of the last bulk read's body (the room the next one
-    /// reserves).
-    bulk_size: std::cell::Cell<usize>,
     /// Passwords this executor has checked (v2 auth).
     verifier: RefCell<crate::auth::Verifier>,
 }
@@ -62,7 +59,6 @@ impl Api {
             form: RefCell::new(form::Form::default()),
             scratch: RefCell::new(Vec::new()),
             bulk: RefCell::new(Vec::new()),
-            bulk_size: std::cell::Cell::new(0),
             verifier: RefCell::default(),
         }
     }
