@@ -86,17 +86,32 @@ fn open_store(dir: &std::path::Path) -> Store {
     .unwrap()
 }
 
-/// Apply encoded commands as raft entries `first`, `first + 1`, ...
-fn apply_encoded(
-    store: &mut Store,
-    first: u64,
-    batch: &[Vec<u8>],
-    results: &mut Vec<(u64, kardia::store::Outcome)>,
-) {
-    let entries = batch.iter().enumerate();
-    store
-        .apply_batch(entries.map(|(i, d)| (first + i as u64, 1, &d[..])), results)
-        .unwrap();
+/// A store that applies batches of encoded commands as raft entries
+/// `1, 2, ...`, discarding their results and events.
+struct Applier {
+    store: Store,
+    raft_index: u64,
+    results: Vec<(u64, kardia::store::Outcome)>,
+    events: Vec<std::sync::Arc<kardia::store::Event>>,
+}
+
+impl Applier {
+    fn apply(&mut self, batch: &[Vec<u8>]) {
+        self.results.clear();
+        let first = self.raft_index + 1;
+        self.raft_index += batch.len() as u64;
+        let entries = batch.iter().enumerate();
+        let entries = entries.map(|(i, d)| (first + i as u64, 1, &d[..]));
+        self.store.apply_batch(entries, &mut self.results).unwrap();
+        self.store.take_events(&mut self.events);
+        self.events.clear();
+    }
+}
+
+fn encoded(c: &Command) -> Vec<u8> {
+    let mut data = Vec::new();
+    c.encode(&mut data);
+    data
 }
 
 fn apply(c: &mut Criterion) {
@@ -104,11 +119,13 @@ fn apply(c: &mut Criterion) {
     const BATCH: u64 = 64;
     g.throughput(Throughput::Elements(BATCH));
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open_store(dir.path());
-    let mut events = Vec::new();
-    let mut raft_index = 0u64;
+    let mut a = Applier {
+        store: open_store(dir.path()),
+        raft_index: 0,
+        results: Vec::new(),
+        events: Vec::new(),
+    };
     let mut n = 0u64;
-    let mut results = Vec::new();
     g.bench_function("apply_batch_64_ttl_puts_10k_keys", |b| {
         b.iter_batched(
             || {
@@ -120,20 +137,49 @@ fn apply(c: &mut Criterion) {
                             Command::new(Op::Set, key.as_bytes(), 1_795_756_035_000_000_000);
                         c.value = b"4a1b6c2e-4c5f-4a55-9a3b-0c1f2d3e4f50";
                         c.expire = Some(1_795_756_065_000_000_000);
-                        let mut data = Vec::new();
-                        c.encode(&mut data);
-                        data
+                        encoded(&c)
                     })
                     .collect::<Vec<_>>()
             },
-            |batch| {
-                results.clear();
-                let first = raft_index + 1;
-                raft_index += BATCH;
-                apply_encoded(&mut store, first, &batch, &mut results);
-                store.take_events(&mut events);
-                events.clear();
+            |batch| a.apply(&batch),
+            BatchSize::SmallInput,
+        )
+    });
+    // HM9000's cold start: each instance record in a new application
+    // directory (`apps/actual/<app>,<version>/<instance>`, GUID names), six
+    // path components deep, into a store that grows with the run (kept
+    // short: the store must stay inside its 1 GiB map).
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let mut app = 0u64;
+    let guid = |n: u64| {
+        let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            h >> 32,
+            h >> 16 & 0xffff,
+            h >> 4 & 0xfff,
+            h & 0xfff,
+            h >> 8
+        )
+    };
+    g.bench_function("apply_batch_64_cold_start_instances", |b| {
+        b.iter_batched(
+            || {
+                (0..BATCH)
+                    .map(|_| {
+                        app += 1;
+                        let (a, v, i) = (guid(app), guid(!app), guid(app << 1));
+                        let key = format!("/hm/v4/apps/actual/{a},{v}/{i}");
+                        let mut c =
+                            Command::new(Op::Set, key.as_bytes(), 1_795_756_035_000_000_000);
+                        c.value = br#"{"droplet":"2c0b8a2e","version":"4f1a","instance":"9d3e","index":0,"state":"RUNNING","state_timestamp":1795756035.0}"#;
+                        encoded(&c)
+                    })
+                    .collect::<Vec<_>>()
             },
+            |batch| a.apply(&batch),
             BatchSize::SmallInput,
         )
     });
@@ -194,9 +240,13 @@ fn listing(c: &mut Criterion) {
     const INSTANCES: u64 = 20_000;
     g.throughput(Throughput::Elements(INSTANCES));
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open_store(dir.path());
+    let mut a = Applier {
+        store: open_store(dir.path()),
+        raft_index: 0,
+        results: Vec::new(),
+        events: Vec::new(),
+    };
     let now = 1_795_756_035_000_000_000i64;
-    let (mut results, mut events) = (Vec::new(), Vec::new());
     for chunk in 0..INSTANCES / 1000 {
         let batch: Vec<Vec<u8>> = (chunk * 1000..(chunk + 1) * 1000)
             .map(|i| {
@@ -209,16 +259,12 @@ fn listing(c: &mut Criterion) {
                 let mut c = Command::new(Op::Set, key.as_bytes(), now + i as i64 * 1_000_000);
                 c.value = value.as_bytes();
                 c.expire = Some(now + 600_000_000_000 + i as i64 * 1_000_000);
-                let mut data = Vec::new();
-                c.encode(&mut data);
-                data
+                encoded(&c)
             })
             .collect();
-        let first = chunk * 1000 + 1;
-        apply_encoded(&mut store, first, &batch, &mut results);
-        store.take_events(&mut events);
-        events.clear();
+        a.apply(&batch);
     }
+    let mut store = a.store;
     let mut out = Vec::with_capacity(16 << 20);
     let mut list = |out: &mut Vec<u8>| {
         out.clear();
