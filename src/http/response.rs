@@ -5,9 +5,10 @@
 //! watches. Everything is appended to one buffer, the connection's
 //! [`Output`], so a batch of pipelined responses leaves in one write. A
 //! large body goes into the executor's spare buffer
-//! ([`crate::executor::reserve`]) rather than fresh memory; a body rendered in place leaves room in front
-//! of it for its head ([`HEAD_ROOM`], [`Response::length_only`]), and the
-//! unused part of that room is never sent.
+//! ([`crate::executor::reserve`]) rather than fresh memory; a body
+//! rendered in place leaves room in front of it for its head
+//! ([`HEAD_ROOM`], [`Response::length_only`]), and the unused part of that
+//! room is never sent.
 
 use crate::executor::reserve;
 

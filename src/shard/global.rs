@@ -1095,9 +1095,8 @@ async fn read(shard: &Rc<Shard>, req: ReadReq, index: u64) -> ReadResult {
             _ => return Err(fail_answer(&format!("shard {i} did not answer a read"))),
         }
     }
-    // (Room for an HTTP answer's head, when it asked for it.)
-    let room = if req.opts.head_room { HEAD_ROOM } else { 0 };
-    let mut body = vec![0; room];
+    // Behind room for the HTTP answer's head (`ReadReq`).
+    let mut body = vec![0; HEAD_ROOM];
     match super::read_at(
         shard,
         index,

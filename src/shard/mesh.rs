@@ -34,17 +34,14 @@ pub struct ReadOpts {
     /// Known to be a large listing: read under the executor's bulk gate
     /// ([`super::BULK_BYTES`]), with no limit.
     pub bulk: bool,
-    /// A read for an HTTP answer: its body starts with
-    /// [`crate::http::response::HEAD_ROOM`] bytes of room for the
-    /// response's head, so a large body is sent from where it was
-    /// rendered.
-    pub head_room: bool,
     /// A quorum read of a sharded cluster: read a view at least this new
     /// (its read barrier's; see `raft::read_barrier`).
     pub at_least: u64,
 }
 
-/// A read of one key.
+/// A read of one key, for an HTTP answer: the body it is answered with
+/// starts with [`crate::http::response::HEAD_ROOM`] bytes of room for the
+/// response's head, so a large body is sent from where it was rendered.
 #[derive(Debug, Clone)]
 pub struct ReadReq {
     pub key: Vec<u8>,

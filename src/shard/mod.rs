@@ -193,7 +193,7 @@ pub struct Shard {
     bulk: glommio::sync::Semaphore,
     /// The size of the last bulk read's body (the room the next one
     /// reserves).
-    pub bulk_size: Cell<usize>,
+    bulk_size: Cell<usize>,
 }
 
 /// A read whose response passes this many bytes is a bulk read: it is
@@ -679,19 +679,12 @@ pub async fn serve_read(shard: Rc<Shard>, mut req: mesh::ReadReq, target: Target
             }
         }
         let index = shard.orderer.borrow().closed();
-        // An HTTP answer's body comes behind room for its head.
-        let room = if req.opts.head_room { HEAD_ROOM } else { 0 };
+        // Behind room for the HTTP answer's head (`ReadReq`).
         body.clear();
+        body.resize(HEAD_ROOM, 0);
         if req.opts.bulk {
-            // In the executor's spare buffer if it is as large as the last
-            // bulk read's.
-            crate::executor::reserve(&mut body, room + shard.bulk_size.get());
-            body.resize(room, 0);
-            let r = read_bulk(&shard, index, &req.key, req.opts, ReadAt::View, &mut body).await;
-            shard.bulk_size.set(body.len() - room);
-            break r;
+            break read_bulk(&shard, index, &req.key, req.opts, ReadAt::View, &mut body).await;
         }
-        body.resize(room, 0);
         match read_at(
             &shard,
             index,
@@ -731,7 +724,8 @@ pub async fn serve_read(shard: Rc<Shard>, mut req: mesh::ReadReq, target: Target
 pub const SLICE_BYTES: usize = 1 << 20;
 
 /// A bulk read ([`BULK_BYTES`]) of this shard at `index`, rendered in
-/// slices of [`SLICE_BYTES`] into `body`: between slices the executor polls
+/// slices of [`SLICE_BYTES`] after what `body` holds (in the executor's
+/// spare buffer if it is as large as the last bulk read's body): between slices the executor polls
 /// for I/O and runs the requests that arrived, so a listing of hundreds of
 /// thousands of nodes holds up a small request for one slice, not for the
 /// whole listing. Every slice reads the same transaction (the one `at`
@@ -756,6 +750,8 @@ pub async fn read_bulk(
         at,
     );
     let mut sl = begun.map_err(fail)?;
+    let (start, hint) = (body.len(), shard.bulk_size.get());
+    crate::executor::reserve(body, hint + hint / 8);
     loop {
         let r = shard
             .store
@@ -764,6 +760,7 @@ pub async fn read_bulk(
         match r.map_err(fail)? {
             Some(r) => {
                 publish_get_stats(shard);
+                shard.bulk_size.set(body.len() - start);
                 return r;
             }
             None => crate::executor::after_next_poll().await,

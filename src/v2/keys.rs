@@ -229,7 +229,6 @@ pub fn handle(api: &Api, req: &Request<'_>, rest: &[u8], out: &mut Vec<u8>) -> O
                 sorted,
                 now,
                 bulk: false,
-                head_room: true,
                 at_least: 0,
             };
             let head_only = m == Method::Head;
@@ -419,10 +418,6 @@ async fn read_bulk_now(
     let in_place = out.is_empty();
     let mut body = match in_place {
         true => {
-            // The previous bulk read's size: take the executor's spare
-            // buffer if it is that large, rather than grow into it.
-            let hint = sh.bulk_size.get();
-            crate::executor::reserve(out, HEAD_ROOM + hint + hint / 8);
             out.resize(HEAD_ROOM, 0);
             std::mem::take(&mut **out)
         }
@@ -430,7 +425,6 @@ async fn read_bulk_now(
     };
     let start = body.len();
     let r = crate::shard::read_bulk(sh, index, key, opts, ReadAt::Now, &mut body).await;
-    sh.bulk_size.set(body.len() - start);
     let answered = match r {
         Ok(i) if in_place => {
             answer_in_place(api, std::mem::take(&mut body), i, http11, head_only, out);
@@ -456,6 +450,9 @@ async fn read_bulk_now(
     } else if !in_place && body.capacity() <= super::SCRATCH_KEEP {
         body.clear();
         *api.bulk.borrow_mut() = body;
+    } else if !in_place {
+        // (It may be the executor's spare, which `read_bulk` took.)
+        crate::executor::give_back(body);
     }
     answered
 }
@@ -523,17 +520,13 @@ async fn read(api: &Api, mut p: PendingRead, out: &mut Output) {
             return;
         }
     }
-    // The body comes with room for the head in front of it.
-    let room = p.req.opts.head_room;
     match api.shard.read(p.owner, p.req).await {
         Ok((body, index)) => {
             if !delivered(api, index).await {
                 return write_error(api, http11, &timed_out(api), head_only, out);
             }
-            match room {
-                true => answer_in_place(api, body, index, http11, head_only, out),
-                false => read_headers(api, out, http11, index).body(&body, head_only),
-            }
+            // (The body comes behind room for the head: `ReadReq`.)
+            answer_in_place(api, body, index, http11, head_only, out);
         }
         Err(e) => {
             let key = machines.as_deref().unwrap_or_default();
