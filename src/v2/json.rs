@@ -39,18 +39,96 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
 
 /// Append what [`write_str`] puts between the quotes.
 pub fn write_escaped(out: &mut Vec<u8>, s: &[u8]) {
+    write_escaped_with(out, s, wide());
+}
+
+/// [`write_escaped`], with or without [`wide_blocks`].
+fn write_escaped_with(out: &mut Vec<u8>, s: &[u8], wide: bool) {
     let body = out.len();
     // Most keys and values are ASCII: one scan, no UTF-8 to validate.
-    if write_valid::<true>(out, s) {
+    if write_valid::<true>(out, s, wide) {
         return;
     }
     out.truncate(body);
     for chunk in s.utf8_chunks() {
-        write_valid::<false>(out, chunk.valid().as_bytes());
+        write_valid::<false>(out, chunk.valid().as_bytes(), wide);
         for _ in chunk.invalid() {
             out.extend_from_slice(b"\\ufffd");
         }
     }
+}
+
+/// Whether this CPU runs [`wide_blocks`] (AVX-512 with VBMI2's byte
+/// expansion, BMI2 and POPCNT; std caches the answer).
+#[inline]
+fn wide() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vbmi2")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("bmi2")
+            && std::arch::is_x86_feature_detected!("popcnt")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// [`write_valid`]'s scan 32 bytes at a time, from `i` with the plain run
+/// from `start` not yet written: plain blocks are skipped, and a block
+/// whose only special bytes are quotes and backslashes (JSON stored as a
+/// value) is written whole, each of them behind a backslash, by one byte
+/// expansion. The last block may be short (a masked load). Stops at a
+/// block with any other special byte, or at the end, and answers where
+/// the scan and the unwritten run are then.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi2,bmi2,popcnt")]
+fn wide_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, mut start: usize) -> (usize, usize) {
+    use std::arch::x86_64::*;
+    while i < s.len() {
+        let take = (s.len() - i).min(32);
+        let lanes = u32::MAX >> (32 - take);
+        // SAFETY: the masked load reads the `take` bytes of `s` from `i`
+        // (the lanes beyond them are neither read nor faulted on).
+        let v = unsafe { _mm256_maskz_loadu_epi8(lanes, s.as_ptr().add(i) as *const i8) };
+        let eq = |c: u8| _mm256_cmpeq_epi8_mask(v, _mm256_set1_epi8(c as i8));
+        let quotes = eq(b'"') | eq(b'\\');
+        // A signed compare: controls, and bytes of 0x80 and above (the
+        // unloaded lanes are zeros: masked off).
+        let low = _mm256_cmplt_epi8_mask(v, _mm256_set1_epi8(0x20)) & lanes;
+        let any = low | quotes | eq(b'<') | eq(b'>') | eq(b'&');
+        if any == 0 {
+            i += take;
+            continue;
+        }
+        if any != quotes {
+            break;
+        }
+        out.extend_from_slice(&s[start..i]);
+        // Two bits per input byte, the byte's slot above a backslash's
+        // slot that only a quote keeps: extracting the byte slots' bits
+        // from the kept ones gives the output's layout (1: the next input
+        // byte, 0: a backslash).
+        const BYTE_SLOTS: u64 = 0xAAAA_AAAA_AAAA_AAAA;
+        let kept = BYTE_SLOTS | _pdep_u64(quotes as u64, 0x5555_5555_5555_5555);
+        let layout = _pext_u64(BYTE_SLOTS, kept);
+        let bytes = _mm512_mask_expand_epi8(
+            _mm512_set1_epi8(b'\\' as i8),
+            layout,
+            _mm512_castsi256_si512(v),
+        );
+        let n = take + quotes.count_ones() as usize;
+        out.reserve(64);
+        // SAFETY: `reserve` left room for the 64-byte store behind the
+        // length, and its first `n` bytes are the block, escaped.
+        unsafe {
+            _mm512_storeu_si512(out.as_mut_ptr().add(out.len()) as *mut __m512i, bytes);
+            out.set_len(out.len() + n);
+        }
+        i += take;
+        start = i;
+    }
+    (i, start)
 }
 
 /// Whether any of the 8 bytes in `v` may need [`write_valid`]'s attention:
@@ -201,14 +279,24 @@ fn escape_quotes16_ssse3(out: &mut Vec<u8>, b: &[u8], quotes: u32) {
     }
 }
 
-/// Escape valid UTF-8: a scan that skips 16 (then 8) plain bytes at a time, then a
-/// table-driven one, copying runs of plain bytes at once. With `ASCII`, it
+/// Escape valid UTF-8: a scan that skips 32 (with `wide`, see
+/// [`wide_blocks`]), 16, then 8 plain bytes at a time, then a table-driven
+/// one, copying runs of plain bytes at once. With `ASCII`, it
 /// stops at the first byte of 0x80 or above and answers false (`out` then
 /// holds a partial copy).
-fn write_valid<const ASCII: bool>(out: &mut Vec<u8>, s: &[u8]) -> bool {
+fn write_valid<const ASCII: bool>(out: &mut Vec<u8>, s: &[u8], wide: bool) -> bool {
     let mut start = 0;
     let mut i = 0;
+    // Where the next wide scan may start: after a block it stopped at.
+    let mut wide_from = if wide { 0 } else { usize::MAX };
     while i < s.len() {
+        #[cfg(target_arch = "x86_64")]
+        if i >= wide_from {
+            // SAFETY: `wide` says the CPU has the features (`wide()`).
+            (i, start) = unsafe { wide_blocks(out, s, i, start) };
+            wide_from = i + 32;
+            continue;
+        }
         if i + 16 <= s.len() {
             // 16 bytes at a time; on a hit, go straight to its first byte.
             let (m, quotes) = attention16(&s[i..i + 16]);
@@ -486,6 +574,87 @@ mod tests {
             super::escape_quotes16(&mut got, &b, quotes);
             assert_eq!(got, want, "{quotes:016b}");
             assert_eq!(want.len(), 17 + quotes.count_ones() as usize);
+        }
+    }
+
+    /// The 32-byte scan ([`wide_blocks`]) writes what the 16-byte one
+    /// does: strings of every class of byte (plain, quotes, HTML, controls,
+    /// U+2028, other UTF-8, invalid bytes) in runs, at every length up to
+    /// a few blocks.
+    #[test]
+    fn the_wide_scan_escapes_like_the_narrow_one() {
+        if !wide() {
+            eprintln!("this CPU has no AVX-512 VBMI2: the wide scan is not used here");
+            return;
+        }
+        let pieces: [&[u8]; 10] = [
+            b"plain",
+            b"\"",
+            b"\\",
+            b"<&>",
+            b"\n\x01",
+            "\u{2028}".as_bytes(),
+            "\u{e9}\u{20ac}".as_bytes(),
+            b"\xff",
+            b"0123456789abcdef0123456789abcdef",
+            br#"{"a":"b"}"#,
+        ];
+        let mut x: u32 = 7;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut v = Vec::new();
+            let want_len = next() as usize % 150;
+            while v.len() < want_len {
+                // Mostly plain and quotes, as stored JSON is.
+                let r = next() as usize % 40;
+                v.extend_from_slice(pieces[if r < 10 { r } else { r % 2 * 8 + 1 }]);
+            }
+            let (mut narrow, mut wide) = (b"x".to_vec(), b"x".to_vec());
+            write_escaped_with(&mut narrow, &v, false);
+            write_escaped_with(&mut wide, &v, true);
+            assert_eq!(wide, narrow, "{v:?}");
+        }
+    }
+
+    /// Quotes in every position of a 32-byte block: each mask of up to
+    /// three, and random denser ones.
+    #[test]
+    fn every_sparse_quote_mask_of_a_wide_block_escapes_like_the_narrow_scan() {
+        if !wide() {
+            return;
+        }
+        let mut masks = vec![0u32, u32::MAX];
+        for a in 0..32 {
+            for b in a..32 {
+                for c in b..32 {
+                    masks.push(1 << a | 1 << b | 1 << c);
+                }
+            }
+        }
+        let mut x: u32 = 99;
+        for _ in 0..50_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            masks.push(x);
+        }
+        for m in masks {
+            let b: Vec<u8> = (0..40u32)
+                .map(|j| match (j < 32 && m >> j & 1 == 1, j % 2) {
+                    (true, 0) => b'"',
+                    (true, _) => b'\\',
+                    _ => b'a' + (j % 26) as u8,
+                })
+                .collect();
+            let (mut narrow, mut wide) = (Vec::new(), Vec::new());
+            write_escaped_with(&mut narrow, &b, false);
+            write_escaped_with(&mut wide, &b, true);
+            assert_eq!(wide, narrow, "{m:032b}");
         }
     }
 
