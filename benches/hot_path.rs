@@ -58,6 +58,16 @@ fn json(c: &mut Criterion) {
             std::hint::black_box(out.len())
         })
     });
+    // An instance record as HM9000 stored it in 2013 (JSON, a quote every
+    // 7 bytes): the escape of a listing's values.
+    let record = br#"{"state":"RUNNING","index":0,"instance":"0c1f2d3e-4f50-4a55-9a3b-4a1b6c2e4c5f","cc_partition":"default","updated_at":1700000000,"version":"4a1b6c2e-4c5f-4a55-9a3b-0c1f2d3e4f50","app":"f2d3e4f5-0c1f-4a55-9a3b-4a1b6c2e4c5f"}"#;
+    g.bench_function("escape_hm9000_json_record", |b| {
+        b.iter(|| {
+            out.clear();
+            kardia::v2::json::write_str(&mut out, std::hint::black_box(record));
+            std::hint::black_box(out.len())
+        })
+    });
     // Expiry times as a listing meets them: records written one after
     // another, so neighbours share their second.
     let mut t = 1_795_756_065_488_524_050i64;
