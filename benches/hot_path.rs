@@ -64,7 +64,7 @@ fn json(c: &mut Criterion) {
     g.bench_function("escape_hm9000_json_record", |b| {
         b.iter(|| {
             out.clear();
-            kardia::v2::json::write_str(&mut out, std::hint::black_box(record));
+            kardia::etcd::json::write_str(&mut out, std::hint::black_box(record));
             std::hint::black_box(out.len())
         })
     });
@@ -75,7 +75,7 @@ fn json(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             t += 37_911;
-            kardia::v2::json::write_time(&mut out, std::hint::black_box(t));
+            kardia::etcd::json::write_time(&mut out, std::hint::black_box(t));
             std::hint::black_box(out.len())
         })
     });

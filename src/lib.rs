@@ -4,12 +4,14 @@
 //! [`raft`] and applied to the LMDB-backed [`store`] of the owning shard
 //! ([`shard`]). [`config`] turns flags into a [`config::Config`];
 //! [`server`] wires it all together for the binary; [`check`] verifies a
-//! data dir offline.
+//! data dir offline. [`etcd`] holds etcd's error codes and JSON, which
+//! every layer from the store up writes.
 
 pub mod auth;
 pub mod check;
 pub mod cluster;
 pub mod config;
+pub mod etcd;
 pub mod executor;
 pub mod http;
 pub mod import;

@@ -32,13 +32,13 @@ use kardia::cluster::transport::{
     KIND_REMOVED,
 };
 use kardia::cluster::{Cluster, Member};
+use kardia::etcd::json::write_str;
 use kardia::http::request::{
     clean, decode_chunked, decode_path, escape_path, mux_clean, parse_head, Framing, HeadError,
 };
 use kardia::store::command::push_index;
 use kardia::store::{Command, NodeJson, Op};
 use kardia::v2::form::{media_type, parse_bool, parse_u64, Field, Form};
-use kardia::v2::json::write_str;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 
@@ -1164,7 +1164,7 @@ fn json_strings() {
 }
 
 /// Unix nanoseconds from Go's RFC3339Nano in UTC (the oracle reads back
-/// what [`kardia::v2::json::write_time`] wrote).
+/// what [`kardia::etcd::json::write_time`] wrote).
 fn parse_rfc3339_utc(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
@@ -1301,7 +1301,7 @@ fn json_errors() {
         ),
         |(code, cause, index)| {
             let mut out = Vec::new();
-            kardia::v2::error::V2Error::new(code, cause.0.clone(), index).write_json(&mut out);
+            kardia::etcd::error::V2Error::new(code, cause.0.clone(), index).write_json(&mut out);
             let v: serde_json::Value = serde_json::from_slice(&out)
                 .map_err(|e| TestCaseError::fail(format!("{e}: {:?}", Bytes(out.clone()))))?;
             prop_assert_eq!(v["errorCode"].as_u64(), Some(code as u64));
@@ -2209,7 +2209,7 @@ fn regression_form_escape_error_quoting() {
 fn list_root(
     store: &mut kardia::store::Store,
     out: &mut Vec<u8>,
-) -> Result<Result<u64, kardia::v2::error::V2Error>, kardia::store::Error> {
+) -> Result<Result<u64, kardia::etcd::error::V2Error>, kardia::store::Error> {
     store.get(
         0,
         b"/",

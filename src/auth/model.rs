@@ -11,7 +11,7 @@
 use simd_json::prelude::*;
 use simd_json::OwnedValue;
 
-use crate::v2::json::write_str;
+use crate::etcd::json::write_str;
 
 /// A list of names or key patterns; `None` is Go's nil slice (`null`).
 pub type List = Option<Vec<String>>;

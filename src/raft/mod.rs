@@ -59,13 +59,13 @@ use raft::eraftpb::{
 use raft::{Config, RawNode, SnapshotStatus, StateRole, Storage};
 
 use crate::cluster::{Cluster, Member};
+use crate::etcd::error::{V2Error, RAFT_INTERNAL};
 use crate::shard::global::{self, Job, SubOp, SubResult};
 use crate::shard::{Answer, Metrics, Proposal, Reply, Shard, Target};
 use crate::storage::wal::Wal;
 use crate::store::command::push_index;
 use crate::store::space::Space;
 use crate::store::{Command, Op, ESCALATE};
-use crate::v2::error::{V2Error, RAFT_INTERNAL};
 
 /// Timing and sizing of a raft group.
 #[derive(Debug, Clone)]

@@ -43,10 +43,10 @@ use std::task::Waker;
 
 use super::mesh::{ReadOpts, ReadReq};
 use super::{Answer, Msg as MeshMsg, ReadResult, Reply, Shard, Target};
+use crate::etcd::error::{V2Error, KEY_NOT_FOUND, RAFT_INTERNAL};
 use crate::http::response::HEAD_ROOM;
 use crate::store::command::push_index;
 use crate::store::{Command, Event, Op, Outcome, RemoteFiles, Removed, ESCALATE};
-use crate::v2::error::{V2Error, KEY_NOT_FOUND, RAFT_INTERNAL};
 
 /// A member-wide request.
 pub enum Job {
@@ -790,7 +790,7 @@ async fn run_backup(shard: &Rc<Shard>, dir: std::path::PathBuf, index: u64) -> R
         .await
         .map_err(fail)?;
     let mut body = b"{\"dir\":".to_vec();
-    crate::v2::json::write_str(&mut body, dir.display().to_string().as_bytes());
+    crate::etcd::json::write_str(&mut body, dir.display().to_string().as_bytes());
     body.extend_from_slice(
         format!(",\"index\":{index},\"shards\":{n},\"bytes\":{bytes}}}\n").as_bytes(),
     );

@@ -27,11 +27,11 @@ use std::task::{Context, Poll, Waker};
 use hdrhistogram::Histogram;
 use slab::Slab;
 
+use crate::etcd::error::{V2Error, RAFT_INTERNAL};
 use crate::http::response::HEAD_ROOM;
 use crate::store::{
     escalated_to, Event, Outcome, Placement, ReadAt, Store, MEMBER_WIDE, OVER_LIMIT,
 };
-use crate::v2::error::{V2Error, RAFT_INTERNAL};
 pub use mesh::Msg;
 pub use orderer::Orderer;
 

@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Waker;
 
+use crate::etcd::error::V2Error;
 use crate::store::watch::{EventHistory, WatchHandle, WatcherHub};
 use crate::store::Event;
-use crate::v2::error::V2Error;
 
 pub struct Orderer {
     history: EventHistory,

@@ -18,7 +18,7 @@ use heed::RwTxn;
 
 use super::{get_sealed, put_sealed, Command, Event, Op, Outcome, Result, Store};
 use crate::auth::{Role, State, User, GUEST_ROLE};
-use crate::v2::error::{V2Error, KEY_NOT_FOUND, NODE_EXIST};
+use crate::etcd::error::{V2Error, KEY_NOT_FOUND, NODE_EXIST};
 
 const PREFIX: &[u8] = b"auth/";
 const ENABLED: &[u8] = b"auth/enabled";

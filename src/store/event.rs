@@ -5,7 +5,7 @@
 //! event is encoded exactly once. Node rendering helpers ([`NodeJson`]) are
 //! shared with reads.
 
-use crate::v2::json::{write_i64, write_str, write_time, write_u64};
+use crate::etcd::json::{write_i64, write_str, write_time, write_u64};
 
 /// What happened (etcd's `action` strings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,7 +283,7 @@ impl NodeJson<'_> {
     }
 
     /// [`Self::write_head`] with `key` already escaped
-    /// ([`crate::v2::json::write_escaped`]; listings keep their path so).
+    /// ([`crate::etcd::json::write_escaped`]; listings keep their path so).
     pub fn write_head_escaped(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"key\":\"");
         out.extend_from_slice(self.key);

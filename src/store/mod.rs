@@ -54,7 +54,7 @@ pub use event::{Action, Event, NodeJson, Removed};
 use node::{child_key, expiry_prefix, expiry_time, seal, unseal, NodeRec};
 pub use placement::Placement;
 
-use crate::v2::error::*;
+use crate::etcd::error::*;
 
 /// Most nodes one SYNC entry expires.
 pub const MAX_EXPIRE_PER_SYNC: usize = 10_000;

@@ -427,7 +427,7 @@ impl Store {
             top.any = true;
             let elen = epath.len();
             epath.push(b'/');
-            crate::v2::json::write_escaped(epath, name);
+            crate::etcd::json::write_escaped(epath, name);
             NodeJson {
                 key: epath,
                 value: (!rec.dir).then_some(rec.value),
@@ -856,7 +856,7 @@ impl Resume {
     /// A listing of directory `dir_id` at `path`.
     fn new(dir_id: u64, path: Vec<u8>) -> Resume {
         let mut epath = Vec::with_capacity(path.len() + 64);
-        crate::v2::json::write_escaped(&mut epath, &path);
+        crate::etcd::json::write_escaped(&mut epath, &path);
         Resume {
             dir_id,
             frames: vec![Resumed {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use super::event::Event;
-use crate::v2::error::{V2Error, EVENT_INDEX_CLEARED};
+use crate::etcd::error::{V2Error, EVENT_INDEX_CLEARED};
 
 /// Events buffered per watcher before it is dropped (etcd: 100).
 pub const WATCHER_BUFFER: usize = 100;

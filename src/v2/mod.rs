@@ -9,10 +9,10 @@
 
 pub mod admin;
 pub mod auth;
-pub mod error;
 pub mod form;
-pub mod json;
 pub mod keys;
+
+pub use crate::etcd::{error, json};
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -2,7 +2,7 @@
 //!
 //! A `V2Error` is the deterministic error of the keys API: validation errors
 //! from the request parser (index 0) and store errors from applying a command
-//! (index = the store index at that moment). It enters from `v2::params` and
+//! (index = the store index at that moment). It enters from `v2::keys` and
 //! `store`, and leaves as etcd's JSON error body through [`V2Error::write_json`].
 
 use super::json::write_str;
