@@ -6,7 +6,7 @@
 //! when a command is applied, so the store, the shards and the raft loop
 //! use these as much as the HTTP API does; they depend on nothing else in
 //! the crate. Bytes and codes enter; JSON leaves, appended to the caller's
-//! buffer. `v2` re-exports both.
+//! buffer.
 
 pub mod error;
 pub mod json;

@@ -10,10 +10,10 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use super::json::{write_str, write_time};
 use super::keys::Pending;
 use super::{method_not_allowed, Api};
 use crate::cluster::Member;
+use crate::etcd::json::{write_str, write_time};
 use crate::http::response::{Response, JSON, TEXT};
 use crate::http::{Handled, Method, Request};
 use crate::shard::Answer;
@@ -612,7 +612,7 @@ pub async fn backup_done(api: &Api, p: PendingBackup, out: &mut Vec<u8>) {
             let m = String::from_utf8_lossy(&e.cause).into_owned();
             let mut b = Vec::new();
             b.extend_from_slice(b"{\"message\":");
-            super::json::write_str(&mut b, m.as_bytes());
+            crate::etcd::json::write_str(&mut b, m.as_bytes());
             b.extend_from_slice(b"}\n");
             (500, b)
         }

@@ -12,11 +12,11 @@
 
 use std::sync::Arc;
 
-use super::error::{V2Error, KEY_NOT_FOUND, NODE_EXIST, UNAUTHORIZED};
 use super::keys::{write_error, Pending};
 use super::{method_not_allowed, Api};
 use crate::auth::model::{auth_err, http_err, Perms};
 use crate::auth::{hash_password, AuthError, Role, State, User, Who, ROOT_ROLE};
+use crate::etcd::error::{V2Error, KEY_NOT_FOUND, NODE_EXIST, UNAUTHORIZED};
 use crate::http::response::{Response, JSON};
 use crate::http::{Handled, Method, Request};
 use crate::raft::wall_nanos;
@@ -134,7 +134,7 @@ pub fn check_root(
 /// `HTTPError` writes it (with the cluster id once the handler set it).
 fn send_error(api: &Api, http11: bool, e: &AuthError, cluster_id: bool, out: &mut Vec<u8>) {
     let mut body = b"{\"message\":".to_vec();
-    super::json::write_str(&mut body, e.message.as_bytes());
+    crate::etcd::json::write_str(&mut body, e.message.as_bytes());
     body.push(b'}');
     let mut r = Response::start(out, http11, e.status);
     r.header("Content-Type", JSON);
@@ -162,7 +162,7 @@ fn write_user_with_roles(
     out: &mut Vec<u8>,
 ) -> Result<(), AuthError> {
     out.extend_from_slice(b"{\"user\":");
-    super::json::write_str(out, u.user.as_bytes());
+    crate::etcd::json::write_str(out, u.user.as_bytes());
     let mut first = true;
     for name in u.roles.iter().flatten() {
         let Some(role) = st.role(name) else {
@@ -432,7 +432,7 @@ async fn propose(api: &Api, op: Op, key: &[u8], value: &[u8]) -> Result<bool, Fa
         Answer::Write(r) => r,
         Answer::Read(_) => {
             return Err(Failure::Store(V2Error::new(
-                super::error::RAFT_INTERNAL,
+                crate::etcd::error::RAFT_INTERNAL,
                 "etcdserver: internal error",
                 0,
             )))

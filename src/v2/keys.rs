@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use super::error::*;
 use super::form::{is_form, Field};
 use super::Api;
+use crate::etcd::error::*;
 use crate::http::response::{Output, Response, HEAD_ROOM, JSON};
 use crate::http::{Handled, Method, Request};
 use crate::raft::wall_nanos;

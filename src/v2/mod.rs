@@ -12,8 +12,6 @@ pub mod auth;
 pub mod form;
 pub mod keys;
 
-pub use crate::etcd::{error, json};
-
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::SystemTime;
