@@ -304,5 +304,61 @@ fn listing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parsing, json, apply, listing, wal);
+/// The `recursive-get` workload's listing, in process: 10,000 keys with
+/// 64-byte values and no TTL in one directory (`kardia-loadtest
+/// recursive-get` fills the same shape), listed recursively.
+fn listing_10k(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store");
+    const KEYS: u64 = 10_000;
+    g.throughput(Throughput::Elements(KEYS));
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Applier {
+        store: open_store(dir.path()),
+        raft_index: 0,
+        results: Vec::new(),
+        events: Vec::new(),
+    };
+    let now = 1_795_756_035_000_000_000i64;
+    let value = "a".repeat(64);
+    for chunk in 0..KEYS / 1000 {
+        let batch: Vec<Vec<u8>> = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|i| {
+                let key = format!("/lt/880d0b/dir/k{i:04}");
+                let mut c = Command::new(Op::Set, key.as_bytes(), now);
+                c.value = value.as_bytes();
+                encoded(&c)
+            })
+            .collect();
+        a.apply(&batch);
+    }
+    let mut store = a.store;
+    let mut out = Vec::with_capacity(4 << 20);
+    let mut list = |out: &mut Vec<u8>| {
+        out.clear();
+        let r = store.get(
+            KEYS,
+            b"/lt",
+            true,
+            false,
+            now,
+            None,
+            ReadAt::Now,
+            usize::MAX,
+            out,
+        );
+        assert!(r.unwrap().is_ok());
+    };
+    list(&mut out);
+    let listed = out.windows(7).filter(|w| w == b"\"value\"").count();
+    assert_eq!(listed as u64, KEYS, "every key listed");
+    g.bench_function("list_10k_keys_recursive", |b| {
+        b.iter(|| {
+            list(&mut out);
+            std::hint::black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parsing, json, apply, listing, listing_10k, wal);
 criterion_main!(benches);

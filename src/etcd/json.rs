@@ -75,16 +75,23 @@ fn wide() -> bool {
 }
 
 /// [`write_valid`]'s scan 32 bytes at a time, from `i` with the plain run
-/// from `start` not yet written: plain blocks are skipped, and a block
-/// whose only special bytes are quotes and backslashes (JSON stored as a
-/// value) is written whole, each of them behind a backslash, by one byte
-/// expansion. The last block may be short (a masked load). Stops at a
-/// block with any other special byte, or at the end, and answers where
-/// the scan and the unwritten run are then.
+/// from `start` not yet written: a plain block is written as it is
+/// scanned (the register it was loaded into is stored, so a short string
+/// costs no copy call of its own), and a block whose only special bytes
+/// are quotes and backslashes (JSON stored as a value) is written whole,
+/// each of them behind a backslash, by one byte expansion. The last block
+/// may be short (a masked load). Stops at a block with any other special
+/// byte, or at the end, and answers where the scan and the unwritten run
+/// are then.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi2,bmi2,popcnt")]
 fn wide_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, mut start: usize) -> (usize, usize) {
     use std::arch::x86_64::*;
+    // The run before `i` first, so each block can be written as it goes.
+    out.extend_from_slice(&s[start..i]);
+    start = i;
+    // Room for the rest copied plainly, and for one 32-byte store past it.
+    out.reserve(s.len() - i + 32);
     while i < s.len() {
         let take = (s.len() - i).min(32);
         let lanes = u32::MAX >> (32 - take);
@@ -98,13 +105,20 @@ fn wide_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, mut start: usize) -> (
         let low = _mm256_cmplt_epi8_mask(v, _mm256_set1_epi8(0x20)) & lanes;
         let any = low | quotes | eq(b'<') | eq(b'>') | eq(b'&');
         if any == 0 {
+            // SAFETY: room for the plain rest plus 32 bytes was reserved
+            // above (escaped blocks reserve their own growth), and the
+            // store's first `take` bytes are this block's.
+            unsafe {
+                _mm256_storeu_si256(out.as_mut_ptr().add(out.len()) as *mut __m256i, v);
+                out.set_len(out.len() + take);
+            }
             i += take;
+            start = i;
             continue;
         }
         if any != quotes {
             break;
         }
-        out.extend_from_slice(&s[start..i]);
         // Two bits per input byte, the byte's slot above a backslash's
         // slot that only a quote keeps: extracting the byte slots' bits
         // from the kept ones gives the output's layout (1: the next input
@@ -118,7 +132,8 @@ fn wide_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, mut start: usize) -> (
             _mm512_castsi256_si512(v),
         );
         let n = take + quotes.count_ones() as usize;
-        out.reserve(64);
+        // The plain rest after this block, and the 64-byte store.
+        out.reserve(s.len() - i + 64);
         // SAFETY: `reserve` left room for the 64-byte store behind the
         // length, and its first `n` bytes are the block, escaped.
         unsafe {

@@ -282,17 +282,10 @@ impl NodeJson<'_> {
         self.write_fields(out, first);
     }
 
-    /// [`Self::write_head`] with `key` already escaped
-    /// ([`crate::etcd::json::write_escaped`]; listings keep their path so).
-    pub fn write_head_escaped(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"key\":\"");
-        out.extend_from_slice(self.key);
-        out.push(b'"');
-        self.write_fields(out, false);
-    }
-
-    /// The fields after the key; `first`: nothing written yet.
-    fn write_fields(&self, out: &mut Vec<u8>, mut first: bool) {
+    /// The fields after the key (`self.key` is not read); `first`: nothing
+    /// written yet. Listings write the key themselves, from the escaped
+    /// path they keep.
+    pub fn write_fields(&self, out: &mut Vec<u8>, mut first: bool) {
         let mut sep = |out: &mut Vec<u8>| {
             if !first {
                 out.push(b',');
@@ -330,6 +323,18 @@ impl NodeJson<'_> {
 /// `,"modifiedIndex":..,"createdIndex":..}` closing a node (indexes are
 /// omitted when 0, as for the root).
 pub fn write_tail(out: &mut Vec<u8>, modified: u64, created: u64) {
+    if modified == created && modified != 0 {
+        // A node never modified since its creation (most listed ones):
+        // its digits once, written twice.
+        let mut digits = itoa::Buffer::new();
+        let d = digits.format(modified).as_bytes();
+        out.extend_from_slice(b",\"modifiedIndex\":");
+        out.extend_from_slice(d);
+        out.extend_from_slice(b",\"createdIndex\":");
+        out.extend_from_slice(d);
+        out.push(b'}');
+        return;
+    }
     if modified != 0 {
         out.extend_from_slice(b",\"modifiedIndex\":");
         write_u64(out, modified);

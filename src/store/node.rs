@@ -60,16 +60,22 @@ pub struct NodeRec<'a> {
 pub const CRC_LEN: usize = 4;
 
 fn crc(key: &[u8], body: &[u8]) -> u32 {
+    // A fresh hasher asks which CPU features it may use (1 % of a large
+    // listing); a copy of one made once does not.
+    thread_local! {
+        static HASHER: crc32fast::Hasher = crc32fast::Hasher::new();
+    }
+    let mut h = HASHER.with(Clone::clone);
     // An LMDB leaf stores a value right behind its key: one run then.
     if key.as_ptr().wrapping_add(key.len()) == body.as_ptr() {
         // SAFETY: `body` starts where `key` ends, so the two are one run
         // of readable bytes (an LMDB page, which both borrow).
         let run = unsafe { std::slice::from_raw_parts(key.as_ptr(), key.len() + body.len()) };
-        return crc32fast::hash(run);
+        h.update(run);
+    } else {
+        h.update(key);
+        h.update(body);
     }
-    let mut h = crc32fast::Hasher::new();
-    h.update(key);
-    h.update(body);
     h.finalize()
 }
 

@@ -425,11 +425,22 @@ impl Store {
             };
             out.extend_from_slice(if top.any { b"," } else { b",\"nodes\":[" });
             top.any = true;
+            // The key straight into `out` (the open directories' escaped
+            // path, then the escaped name); only a directory about to be
+            // walked adds its name to the path.
+            out.extend_from_slice(b"{\"key\":\"");
+            out.extend_from_slice(epath);
+            out.push(b'/');
+            let name_at = out.len();
+            crate::etcd::json::write_escaped(out, name);
             let elen = epath.len();
-            epath.push(b'/');
-            crate::etcd::json::write_escaped(epath, name);
+            if rec.dir && w.recursive {
+                epath.push(b'/');
+                epath.extend_from_slice(&out[name_at..]);
+            }
+            out.push(b'"');
             NodeJson {
-                key: epath,
+                key: &[],
                 value: (!rec.dir).then_some(rec.value),
                 dir: rec.dir,
                 expire: rec.expire,
@@ -437,7 +448,7 @@ impl Store {
                 modified: rec.modified,
                 created: rec.created,
             }
-            .write_head_escaped(out);
+            .write_fields(out, false);
             if rec.dir && w.recursive {
                 let items = if deferred {
                     sweep.seek(&self.nodes, txn, rec.dir_id)?;
@@ -456,7 +467,6 @@ impl Store {
                 });
             } else {
                 event::write_tail(out, rec.modified, rec.created);
-                epath.truncate(elen);
             }
         }
         at.frames.clear();
