@@ -1458,6 +1458,7 @@ fn corrupt() -> Error {
 }
 
 /// Decode the node record stored under `k`, its checksum checked.
+#[inline]
 fn rec<'v>(k: &[u8], v: &'v [u8]) -> Result<NodeRec<'v>> {
     NodeRec::decode(k, v).ok_or_else(|| bad_checksum("node", k))
 }

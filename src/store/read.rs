@@ -705,6 +705,7 @@ impl<'t> Sweep<'t> {
 
     /// The next child of the directory whose key prefix is `dir` (the one
     /// last sought), if any.
+    #[inline]
     fn next(&mut self, dir: &[u8; 8]) -> Result<Option<(&'t [u8], &'t [u8])>> {
         match self.peeked {
             Some((k, v)) if k.starts_with(dir) => {
