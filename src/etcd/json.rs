@@ -38,20 +38,51 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 /// Append what [`write_str`] puts between the quotes.
+#[inline]
 pub fn write_escaped(out: &mut Vec<u8>, s: &[u8]) {
-    write_escaped_with(out, s, wide());
+    #[cfg(target_arch = "x86_64")]
+    if wide() {
+        // Most names and values need nothing but the wide scan: straight
+        // to it, the rest of the escape only for a block it stops at.
+        let body = out.len();
+        // SAFETY: `wide()` says the CPU has the features.
+        let (i, start) = unsafe { wide_blocks(out, s, 0, 0) };
+        if i < s.len() {
+            write_escaped_from(out, s, body, i, start);
+        }
+        return;
+    }
+    write_escaped_with(out, s, false);
+}
+
+/// [`write_escaped`] of `s` into `out` from `body` on, where the wide scan
+/// stopped at `i` with the run from `start` not yet written.
+#[cfg(target_arch = "x86_64")]
+#[cold]
+fn write_escaped_from(out: &mut Vec<u8>, s: &[u8], body: usize, i: usize, start: usize) {
+    if write_valid::<true>(out, s, true, i, start) {
+        return;
+    }
+    out.truncate(body);
+    write_utf8(out, s, true);
 }
 
 /// [`write_escaped`], with or without [`wide_blocks`].
 fn write_escaped_with(out: &mut Vec<u8>, s: &[u8], wide: bool) {
     let body = out.len();
     // Most keys and values are ASCII: one scan, no UTF-8 to validate.
-    if write_valid::<true>(out, s, wide) {
+    if write_valid::<true>(out, s, wide, 0, 0) {
         return;
     }
     out.truncate(body);
+    write_utf8(out, s, wide);
+}
+
+/// Escape `s`, which has bytes of 0x80 and above: each valid UTF-8 run by
+/// [`write_valid`], each byte of an invalid sequence as `\ufffd`.
+fn write_utf8(out: &mut Vec<u8>, s: &[u8], wide: bool) {
     for chunk in s.utf8_chunks() {
-        write_valid::<false>(out, chunk.valid().as_bytes(), wide);
+        write_valid::<false>(out, chunk.valid().as_bytes(), wide, 0, 0);
         for _ in chunk.invalid() {
             out.extend_from_slice(b"\\ufffd");
         }
@@ -299,11 +330,20 @@ fn escape_quotes16_ssse3(out: &mut Vec<u8>, b: &[u8], quotes: u32) {
 /// one, copying runs of plain bytes at once. With `ASCII`, it
 /// stops at the first byte of 0x80 or above and answers false (`out` then
 /// holds a partial copy).
-fn write_valid<const ASCII: bool>(out: &mut Vec<u8>, s: &[u8], wide: bool) -> bool {
-    let mut start = 0;
-    let mut i = 0;
-    // Where the next wide scan may start: after a block it stopped at.
-    let mut wide_from = if wide { 0 } else { usize::MAX };
+fn write_valid<const ASCII: bool>(
+    out: &mut Vec<u8>,
+    s: &[u8],
+    wide: bool,
+    mut i: usize,
+    mut start: usize,
+) -> bool {
+    // Where the next wide scan may start: after a block it stopped at (a
+    // scan resumed at `i > 0` is one the wide scan stopped at).
+    let mut wide_from = match (wide, i) {
+        (false, _) => usize::MAX,
+        (true, 0) => 0,
+        (true, _) => i + 32,
+    };
     while i < s.len() {
         #[cfg(target_arch = "x86_64")]
         if i >= wide_from {
@@ -633,6 +673,11 @@ mod tests {
             write_escaped_with(&mut narrow, &v, false);
             write_escaped_with(&mut wide, &v, true);
             assert_eq!(wide, narrow, "{v:?}");
+            // The public entry: straight to the wide scan, on from where
+            // it stops.
+            let mut entry = b"x".to_vec();
+            write_escaped(&mut entry, &v);
+            assert_eq!(entry, narrow, "{v:?}");
         }
     }
 
@@ -670,6 +715,9 @@ mod tests {
             write_escaped_with(&mut narrow, &b, false);
             write_escaped_with(&mut wide, &b, true);
             assert_eq!(wide, narrow, "{m:032b}");
+            let mut entry = Vec::new();
+            write_escaped(&mut entry, &b);
+            assert_eq!(entry, narrow, "{m:032b}");
         }
     }
 
