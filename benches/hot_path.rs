@@ -240,35 +240,34 @@ fn wal(c: &mut Criterion) {
     g.finish();
 }
 
-/// HM9000's `apps/actual` listing, in process: 20,000 instance records
-/// (HM9000's CSV, ttl) in 10,000 application directories named in no
-/// relation to their creation order, as HM9000's GUIDs are. Steadier than
-/// the end-to-end `benches/hm9000_listing.sh` on a shared machine (no
-/// socket, no client), and the same walk.
-fn listing(c: &mut Criterion) {
+/// Bench recursive listings of `dir` into one buffer, in process, after
+/// filling a fresh store with `n` records (`record(i)`: key, value and
+/// expiry time, written 1,000 to a batch); `marker` appears once in each
+/// listed record.
+fn bench_listing(
+    c: &mut Criterion,
+    name: &str,
+    n: u64,
+    dir: &[u8],
+    marker: &[u8],
+    record: impl Fn(u64) -> (String, String, Option<i64>),
+) {
     let mut g = c.benchmark_group("store");
-    const INSTANCES: u64 = 20_000;
-    g.throughput(Throughput::Elements(INSTANCES));
-    let dir = tempfile::tempdir().unwrap();
+    g.throughput(Throughput::Elements(n));
+    let tmp = tempfile::tempdir().unwrap();
     let mut a = Applier {
-        store: open_store(dir.path()),
+        store: open_store(tmp.path()),
         raft_index: 0,
         results: Vec::new(),
         events: Vec::new(),
     };
-    let now = 1_795_756_035_000_000_000i64;
-    for chunk in 0..INSTANCES / 1000 {
-        let batch: Vec<Vec<u8>> = (chunk * 1000..(chunk + 1) * 1000)
+    for chunk in 0..n.div_ceil(1000) {
+        let batch: Vec<Vec<u8>> = (chunk * 1000..((chunk + 1) * 1000).min(n))
             .map(|i| {
-                let app = (i / 2).wrapping_mul(2_654_435_761) % (1 << 32);
-                let key = format!(
-                    "/hm/v4/apps/actual/{app:08x}-0000-4000-8000-{app:012x}/\
-                     {i:08x}-1111-4000-8000-{i:012x}"
-                );
-                let value = format!("{},RUNNING,1700000000.0,{}", i % 2, "d".repeat(36));
-                let mut c = Command::new(Op::Set, key.as_bytes(), now + i as i64 * 1_000_000);
+                let (key, value, expire) = record(i);
+                let mut c = Command::new(Op::Set, key.as_bytes(), NOW + i as i64 * 1_000_000);
                 c.value = value.as_bytes();
-                c.expire = Some(now + 600_000_000_000 + i as i64 * 1_000_000);
+                c.expire = expire;
                 encoded(&c)
             })
             .collect();
@@ -278,24 +277,13 @@ fn listing(c: &mut Criterion) {
     let mut out = Vec::with_capacity(16 << 20);
     let mut list = |out: &mut Vec<u8>| {
         out.clear();
-        let at = ReadAt::Now;
-        let r = store.get(
-            INSTANCES,
-            b"/hm/v4/apps/actual",
-            true,
-            false,
-            now,
-            None,
-            at,
-            usize::MAX,
-            out,
-        );
+        let r = store.get(n, dir, true, false, NOW, None, ReadAt::Now, usize::MAX, out);
         assert!(r.unwrap().is_ok());
     };
     list(&mut out);
-    let listed = out.windows(7).filter(|w| w == b"RUNNING").count();
-    assert_eq!(listed as u64, INSTANCES, "every instance listed");
-    g.bench_function("list_hm9000_20k_instances", |b| {
+    let listed = out.windows(marker.len()).filter(|w| w == &marker).count();
+    assert_eq!(listed as u64, n, "every record listed");
+    g.bench_function(name, |b| {
         b.iter(|| {
             list(&mut out);
             std::hint::black_box(out.len())
@@ -304,60 +292,47 @@ fn listing(c: &mut Criterion) {
     g.finish();
 }
 
+/// The clock the listing benches write and read at.
+const NOW: i64 = 1_795_756_035_000_000_000;
+
+/// HM9000's `apps/actual` listing, in process: 20,000 instance records
+/// (HM9000's CSV, ttl) in 10,000 application directories named in no
+/// relation to their creation order, as HM9000's GUIDs are. Steadier than
+/// the end-to-end `benches/hm9000_listing.sh` on a shared machine (no
+/// socket, no client), and the same walk.
+fn listing(c: &mut Criterion) {
+    bench_listing(
+        c,
+        "list_hm9000_20k_instances",
+        20_000,
+        b"/hm/v4/apps/actual",
+        b"RUNNING",
+        |i| {
+            let app = (i / 2).wrapping_mul(2_654_435_761) % (1 << 32);
+            let key = format!(
+                "/hm/v4/apps/actual/{app:08x}-0000-4000-8000-{app:012x}/\
+                 {i:08x}-1111-4000-8000-{i:012x}"
+            );
+            let value = format!("{},RUNNING,1700000000.0,{}", i % 2, "d".repeat(36));
+            let expire = NOW + 600_000_000_000 + i as i64 * 1_000_000;
+            (key, value, Some(expire))
+        },
+    );
+}
+
 /// The `recursive-get` workload's listing, in process: 10,000 keys with
 /// 64-byte values and no TTL in one directory (`kardia-loadtest
 /// recursive-get` fills the same shape), listed recursively.
 fn listing_10k(c: &mut Criterion) {
-    let mut g = c.benchmark_group("store");
-    const KEYS: u64 = 10_000;
-    g.throughput(Throughput::Elements(KEYS));
-    let dir = tempfile::tempdir().unwrap();
-    let mut a = Applier {
-        store: open_store(dir.path()),
-        raft_index: 0,
-        results: Vec::new(),
-        events: Vec::new(),
-    };
-    let now = 1_795_756_035_000_000_000i64;
     let value = "a".repeat(64);
-    for chunk in 0..KEYS / 1000 {
-        let batch: Vec<Vec<u8>> = (chunk * 1000..(chunk + 1) * 1000)
-            .map(|i| {
-                let key = format!("/lt/880d0b/dir/k{i:04}");
-                let mut c = Command::new(Op::Set, key.as_bytes(), now);
-                c.value = value.as_bytes();
-                encoded(&c)
-            })
-            .collect();
-        a.apply(&batch);
-    }
-    let mut store = a.store;
-    let mut out = Vec::with_capacity(4 << 20);
-    let mut list = |out: &mut Vec<u8>| {
-        out.clear();
-        let r = store.get(
-            KEYS,
-            b"/lt",
-            true,
-            false,
-            now,
-            None,
-            ReadAt::Now,
-            usize::MAX,
-            out,
-        );
-        assert!(r.unwrap().is_ok());
-    };
-    list(&mut out);
-    let listed = out.windows(7).filter(|w| w == b"\"value\"").count();
-    assert_eq!(listed as u64, KEYS, "every key listed");
-    g.bench_function("list_10k_keys_recursive", |b| {
-        b.iter(|| {
-            list(&mut out);
-            std::hint::black_box(out.len())
-        })
-    });
-    g.finish();
+    bench_listing(
+        c,
+        "list_10k_keys_recursive",
+        10_000,
+        b"/lt",
+        b"\"value\"",
+        |i| (format!("/lt/880d0b/dir/k{i:04}"), value.clone(), None),
+    );
 }
 
 criterion_group!(benches, parsing, json, apply, listing, listing_10k, wal);
