@@ -40,49 +40,48 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
 /// Append what [`write_str`] puts between the quotes.
 #[inline]
 pub fn write_escaped(out: &mut Vec<u8>, s: &[u8]) {
+    write_escaped_with(out, s, wide());
+}
+
+/// [`write_escaped`], with or without [`wide_blocks`]. Most names and
+/// values need nothing but the wide scan: it comes first, inline, and the
+/// rest of the escape only from a block it stops at.
+#[inline]
+fn write_escaped_with(out: &mut Vec<u8>, s: &[u8], wide: bool) {
+    let body = out.len();
     #[cfg(target_arch = "x86_64")]
-    if wide() {
-        // Most names and values need nothing but the wide scan: straight
-        // to it, the rest of the escape only for a block it stops at.
-        let body = out.len();
-        // SAFETY: `wide()` says the CPU has the features.
-        let (i, start) = unsafe { wide_blocks(out, s, 0, 0) };
+    if wide {
+        // SAFETY: `wide` says the CPU has the features (`wide()`).
+        let i = unsafe { wide_blocks(out, s, 0, 0) };
         if i < s.len() {
-            write_escaped_from(out, s, body, i, start);
+            // The next wide scan after the block this one stopped at.
+            write_rest(out, s, body, i, i + 32);
         }
         return;
     }
-    write_escaped_with(out, s, false);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = wide;
+    write_rest(out, s, body, 0, usize::MAX);
 }
 
-/// [`write_escaped`] of `s` into `out` from `body` on, where the wide scan
-/// stopped at `i` with the run from `start` not yet written.
-#[cfg(target_arch = "x86_64")]
-#[cold]
-fn write_escaped_from(out: &mut Vec<u8>, s: &[u8], body: usize, i: usize, start: usize) {
-    if write_valid::<true>(out, s, true, i, start) {
-        return;
-    }
-    out.truncate(body);
-    write_utf8(out, s, true);
-}
-
-/// [`write_escaped`], with or without [`wide_blocks`].
-fn write_escaped_with(out: &mut Vec<u8>, s: &[u8], wide: bool) {
-    let body = out.len();
+/// The escape of `s` into `out` (from `body` on) after its first `i`
+/// bytes, already written, with the next wide scan from `wide_from`
+/// (`usize::MAX`: none).
+fn write_rest(out: &mut Vec<u8>, s: &[u8], body: usize, i: usize, wide_from: usize) {
     // Most keys and values are ASCII: one scan, no UTF-8 to validate.
-    if write_valid::<true>(out, s, wide, 0, 0) {
+    if write_valid::<true>(out, s, i, wide_from) {
         return;
     }
     out.truncate(body);
-    write_utf8(out, s, wide);
+    write_utf8(out, s, wide_from != usize::MAX);
 }
 
 /// Escape `s`, which has bytes of 0x80 and above: each valid UTF-8 run by
 /// [`write_valid`], each byte of an invalid sequence as `\ufffd`.
 fn write_utf8(out: &mut Vec<u8>, s: &[u8], wide: bool) {
+    let wide_from = if wide { 0 } else { usize::MAX };
     for chunk in s.utf8_chunks() {
-        write_valid::<false>(out, chunk.valid().as_bytes(), wide, 0, 0);
+        write_valid::<false>(out, chunk.valid().as_bytes(), 0, wide_from);
         for _ in chunk.invalid() {
             out.extend_from_slice(b"\\ufffd");
         }
@@ -112,15 +111,14 @@ fn wide() -> bool {
 /// are quotes and backslashes (JSON stored as a value) is written whole,
 /// each of them behind a backslash, by one byte expansion. The last block
 /// may be short (a masked load). Stops at a block with any other special
-/// byte, or at the end, and answers where the scan and the unwritten run
-/// are then.
+/// byte, or at the end, and answers where the scan is then (everything
+/// before it written).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vbmi2,bmi2,popcnt")]
-fn wide_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, mut start: usize) -> (usize, usize) {
+fn wide_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize {
     use std::arch::x86_64::*;
     // The run before `i` first, so each block can be written as it goes.
     out.extend_from_slice(&s[start..i]);
-    start = i;
     // Room for the rest copied plainly, and for one 32-byte store past it.
     out.reserve(s.len() - i + 32);
     while i < s.len() {
@@ -144,7 +142,6 @@ fn wide_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, mut start: usize) -> (
                 out.set_len(out.len() + take);
             }
             i += take;
-            start = i;
             continue;
         }
         if any != quotes {
@@ -172,9 +169,8 @@ fn wide_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, mut start: usize) -> (
             out.set_len(out.len() + n);
         }
         i += take;
-        start = i;
     }
-    (i, start)
+    i
 }
 
 /// Whether any of the 8 bytes in `v` may need [`write_valid`]'s attention:
@@ -329,26 +325,23 @@ fn escape_quotes16_ssse3(out: &mut Vec<u8>, b: &[u8], quotes: u32) {
 /// [`wide_blocks`]), 16, then 8 plain bytes at a time, then a table-driven
 /// one, copying runs of plain bytes at once. With `ASCII`, it
 /// stops at the first byte of 0x80 or above and answers false (`out` then
-/// holds a partial copy).
+/// holds a partial copy). The scan starts at `i` (the bytes before it
+/// written); `wide_from` is where the next wide scan may start (after a
+/// block it stopped at; `usize::MAX` without `wide`).
 fn write_valid<const ASCII: bool>(
     out: &mut Vec<u8>,
     s: &[u8],
-    wide: bool,
     mut i: usize,
-    mut start: usize,
+    mut wide_from: usize,
 ) -> bool {
-    // Where the next wide scan may start: after a block it stopped at (a
-    // scan resumed at `i > 0` is one the wide scan stopped at).
-    let mut wide_from = match (wide, i) {
-        (false, _) => usize::MAX,
-        (true, 0) => 0,
-        (true, _) => i + 32,
-    };
+    let mut start = i;
     while i < s.len() {
         #[cfg(target_arch = "x86_64")]
         if i >= wide_from {
-            // SAFETY: `wide` says the CPU has the features (`wide()`).
-            (i, start) = unsafe { wide_blocks(out, s, i, start) };
+            // SAFETY: a `wide_from` is only given where the CPU has the
+            // features (`wide()`).
+            i = unsafe { wide_blocks(out, s, i, start) };
+            start = i;
             wide_from = i + 32;
             continue;
         }
@@ -673,11 +666,6 @@ mod tests {
             write_escaped_with(&mut narrow, &v, false);
             write_escaped_with(&mut wide, &v, true);
             assert_eq!(wide, narrow, "{v:?}");
-            // The public entry: straight to the wide scan, on from where
-            // it stops.
-            let mut entry = b"x".to_vec();
-            write_escaped(&mut entry, &v);
-            assert_eq!(entry, narrow, "{v:?}");
         }
     }
 
@@ -715,9 +703,6 @@ mod tests {
             write_escaped_with(&mut narrow, &b, false);
             write_escaped_with(&mut wide, &b, true);
             assert_eq!(wide, narrow, "{m:032b}");
-            let mut entry = Vec::new();
-            write_escaped(&mut entry, &b);
-            assert_eq!(entry, narrow, "{m:032b}");
         }
     }
 

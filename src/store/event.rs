@@ -323,25 +323,21 @@ impl NodeJson<'_> {
 /// `,"modifiedIndex":..,"createdIndex":..}` closing a node (indexes are
 /// omitted when 0, as for the root).
 pub fn write_tail(out: &mut Vec<u8>, modified: u64, created: u64) {
-    if modified == created && modified != 0 {
-        // A node never modified since its creation (most listed ones):
-        // its digits once, written twice.
-        let mut digits = itoa::Buffer::new();
-        let d = digits.format(modified).as_bytes();
-        out.extend_from_slice(b",\"modifiedIndex\":");
-        out.extend_from_slice(d);
-        out.extend_from_slice(b",\"createdIndex\":");
-        out.extend_from_slice(d);
-        out.push(b'}');
-        return;
-    }
+    let mut digits = itoa::Buffer::new();
+    let modified_digits = digits.format(modified).as_bytes();
     if modified != 0 {
         out.extend_from_slice(b",\"modifiedIndex\":");
-        write_u64(out, modified);
+        out.extend_from_slice(modified_digits);
     }
     if created != 0 {
         out.extend_from_slice(b",\"createdIndex\":");
-        write_u64(out, created);
+        // A node never modified since its creation (most listed ones):
+        // its digits once, written twice.
+        if created == modified {
+            out.extend_from_slice(modified_digits);
+        } else {
+            write_u64(out, created);
+        }
     }
     out.push(b'}');
 }
