@@ -20,8 +20,9 @@
 # Nov 2013 on (`index,STATE,timestamp,dea_guid`, ~60 bytes, no quotes).
 #
 # Each server gets CPU 1 (taskset), the client CPU 0. Prints, per system: the
-# listing's size, its median and fastest time, and the server CPU per
-# listing. The figures go to docs/performance.md by hand.
+# listing's size, its median and fastest time, the server CPU per
+# listing, and the server's memory after the listings (and its peak).
+# The figures go to docs/performance.md by hand.
 set -euo pipefail
 instances=${1:-100000}
 listings=${2:-10}
@@ -71,6 +72,6 @@ for sys in kardia etcd; do
   before=$(cpu "$pid")
   printf '%-7s ' "$sys"
   taskset -c 0 bash -c "$(declare -f list); list $port $listings"
-  echo "  server CPU $(( ($(cpu "$pid") - before) * 10 / (listings + 1) )) ms per listing"
+  echo "  server CPU $(( ($(cpu "$pid") - before) * 10 / (listings + 1) )) ms per listing  $(mem "$pid")"
   bench_stop "$pid"
 done

@@ -27,3 +27,4 @@ bench_stop() {  # bench_stop PID: SIGKILL, then wait until it is gone (ports fre
 }
 
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }  # user+system ticks of PID
+mem() { awk '/VmRSS|VmHWM/ {m[$1] = int($2 / 1024)} END {printf "RSS %d MB (peak %d MB)", m["VmRSS:"], m["VmHWM:"]}' "/proc/$1/status"; }

@@ -7,7 +7,9 @@
 //! [`Service`] as a borrowed [`Request`]. Responses are appended to one
 //! output buffer and written once per batch of pipelined requests (a large
 //! one in slices of [`WRITE_SLICE`], the executor's other work running
-//! between them). Requests
+//! between them); a body the service renders part by part
+//! ([`Service::next_part`]) is sent a part at a time as the client takes
+//! it, for at most [`STREAM_PATIENCE`]. Requests
 //! are handled one at a time, as etcd's Go server does: a request waiting on
 //! raft is answered before the next one on its connection starts, so
 //! pipelined requests take effect, and are answered, in request order.
@@ -103,6 +105,25 @@ pub enum Handled<P, W> {
     Again(P),
 }
 
+/// What [`Service::next_part`] appended of a body sent as it is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// A part; more follow.
+    More,
+    /// The last part, with the body's end.
+    Last,
+    /// The body cannot be finished: the connection closes after what was
+    /// appended, so the client sees it cut short.
+    Broken,
+}
+
+/// How long a body sent as it is rendered ([`Service::next_part`]) is
+/// rendered at the client's pace: whatever is left after this is rendered
+/// at once and waits in memory (a part may read from something the service
+/// must not hold for long: a listing's LMDB read view keeps the pages it
+/// sees from being reused).
+pub const STREAM_PATIENCE: Duration = Duration::from_secs(1);
+
 /// Times one request may be handled [`Handled::Again`] before it is
 /// refused (a service that asks again must be making progress).
 const MAX_AGAIN: usize = 4;
@@ -111,12 +132,22 @@ const MAX_AGAIN: usize = 4;
 pub trait Service: 'static {
     type Pending;
     type Watch;
+    /// A response body rendered part by part as the client takes it.
+    type Body;
     /// One watch event's body bytes.
     type Event: AsRef<[u8]>;
     /// Handle a request: write the response, or return what to wait for.
     fn handle(&self, req: &Request<'_>, out: &mut Output) -> Handled<Self::Pending, Self::Watch>;
-    /// Write the response of a pending request once it resolves.
-    fn complete(&self, p: Self::Pending, out: &mut Output) -> impl Future<Output = ()>;
+    /// Write the response of a pending request once it resolves; or its
+    /// head and first part, and return the body to send the rest of
+    /// ([`Service::next_part`]).
+    fn complete(
+        &self,
+        p: Self::Pending,
+        out: &mut Output,
+    ) -> impl Future<Output = Option<Self::Body>>;
+    /// Append the next part of `b` to `out` (with its framing).
+    fn next_part(&self, b: &mut Self::Body, out: &mut Vec<u8>) -> impl Future<Output = Part>;
     /// Do what a [`Handled::Again`] asked for; writes nothing.
     fn settle(&self, p: Self::Pending) -> impl Future<Output = ()>;
     /// The next event body of a watch; `None` ends the watch.
@@ -330,29 +361,59 @@ impl Conn {
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            // A large response goes out a slice at a time, with the
-            // executor's other work between slices: one send of tens of
-            // megabytes to a client that keeps reading is one system call
-            // that holds the executor until the last byte is out.
-            let pending = self.out.pending();
-            let mut r = Ok(());
-            for (i, slice) in pending.chunks(WRITE_SLICE).enumerate() {
-                if i > 0 {
-                    crate::executor::after_next_poll().await;
-                }
-                r = self.stream.write_all(slice).await;
-                if r.is_err() {
-                    break;
-                }
-            }
-            if r.is_ok() && self.stream.needs_flush() {
-                // TLS records may wait in the session until flushed.
-                r = self.stream.flush().await;
-            }
+            let r = write_out(&mut self.stream, self.out.pending()).await;
             self.out.clear();
             r?;
         }
         Ok(())
+    }
+
+    /// Send a body the service renders part by part as the client takes
+    /// it: the next part is rendered once the last one is with the kernel,
+    /// so a client that keeps reading costs one part of memory however
+    /// large the body. After [`STREAM_PATIENCE`] the rest is rendered at
+    /// once (while a send still waits for the client, if it does) and sent
+    /// from memory, as any response. `Err`: the client is gone or the body
+    /// broke off (the connection closes).
+    async fn stream_body<S: Service>(&mut self, svc: &S, mut b: S::Body) -> Result<(), ()> {
+        let deadline = Instant::now() + STREAM_PATIENCE;
+        loop {
+            let mut rest = None;
+            let sent = {
+                let mut send = std::pin::pin!(write_out(&mut self.stream, self.out.pending()));
+                let wait = deadline.saturating_duration_since(Instant::now());
+                let late = async {
+                    glommio::timer::sleep(wait).await;
+                    None
+                };
+                match futures_lite::future::or(async { Some((&mut send).await) }, late).await {
+                    Some(r) => r,
+                    None => {
+                        let mut buf = Vec::new();
+                        rest = Some((render_rest(svc, &mut b, &mut buf).await, buf));
+                        send.await
+                    }
+                }
+            };
+            self.out.clear();
+            sent.map_err(drop)?;
+            let part = match rest {
+                Some((part, buf)) => {
+                    crate::executor::give_back(std::mem::replace(&mut *self.out, buf));
+                    part
+                }
+                None if Instant::now() >= deadline => render_rest(svc, &mut b, &mut self.out).await,
+                None => svc.next_part(&mut b, &mut self.out).await,
+            };
+            match part {
+                Part::More => {}
+                Part::Last => return Ok(()),
+                Part::Broken => {
+                    let _ = self.flush().await;
+                    return Err(());
+                }
+            }
+        }
     }
 
     /// Answer queued requests, in order, writing the output out whenever it
@@ -364,7 +425,9 @@ impl Conn {
         pending: &mut VecDeque<S::Pending>,
     ) -> Result<(), ()> {
         while let Some(p) = pending.pop_front() {
-            svc.complete(p, &mut self.out).await;
+            if let Some(b) = svc.complete(p, &mut self.out).await {
+                self.stream_body(svc, b).await?;
+            }
             if self.out.len() >= OUTPUT_HIGH {
                 self.flush().await.map_err(|_| ())?;
             }
@@ -634,6 +697,35 @@ impl Conn {
                     return self.flush().await.is_ok() && http11;
                 }
             }
+        }
+    }
+}
+
+/// Write `pending` to `stream`. A large output goes out a slice at a time,
+/// with the executor's other work between slices: one send of tens of
+/// megabytes to a client that keeps reading is one system call that holds
+/// the executor until the last byte is out.
+async fn write_out(stream: &mut Stream, pending: &[u8]) -> std::io::Result<()> {
+    for (i, slice) in pending.chunks(WRITE_SLICE).enumerate() {
+        if i > 0 {
+            crate::executor::after_next_poll().await;
+        }
+        stream.write_all(slice).await?;
+    }
+    if stream.needs_flush() {
+        // TLS records may wait in the session until flushed.
+        stream.flush().await?;
+    }
+    Ok(())
+}
+
+/// Render every part of `b` left into `out`; the last one says how the
+/// body ended ([`Part::Last`] or [`Part::Broken`]).
+async fn render_rest<S: Service>(svc: &S, b: &mut S::Body, out: &mut Vec<u8>) -> Part {
+    loop {
+        match svc.next_part(b, out).await {
+            Part::More => {}
+            end => return end,
         }
     }
 }

@@ -188,6 +188,45 @@ pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Room for a chunk's size line in front of data not yet rendered
+/// ([`open_chunk`]): eight hex digits (leading zeros are allowed) and CRLF.
+const CHUNK_ROOM: &[u8] = b"00000000\r\n";
+
+/// Open a chunk whose data is rendered straight after it: returns where
+/// its size line starts, for [`close_chunk`].
+pub fn open_chunk(out: &mut Vec<u8>) -> usize {
+    out.extend_from_slice(CHUNK_ROOM);
+    out.len() - CHUNK_ROOM.len()
+}
+
+/// Close the chunk opened at `at`: write its size, or take it away if
+/// nothing was rendered into it (an empty chunk would end the body).
+pub fn close_chunk(out: &mut Vec<u8>, at: usize) {
+    let n = out.len() - at - CHUNK_ROOM.len();
+    if n == 0 {
+        out.truncate(at);
+        return;
+    }
+    write_size(&mut out[at..at + 8], n);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Append the size line of a chunk of `n` bytes whose data is elsewhere
+/// (eight hex digits, as [`open_chunk`] leaves room for).
+pub fn chunk_size(out: &mut Vec<u8>, n: usize) {
+    let at = out.len();
+    out.extend_from_slice(CHUNK_ROOM);
+    write_size(&mut out[at..at + 8], n);
+}
+
+/// `n` as eight hex digits, leading zeros included.
+fn write_size(digits: &mut [u8], n: usize) {
+    debug_assert!(n <= u32::MAX as usize, "a chunk under 4 GiB");
+    for (i, d) in digits.iter_mut().rev().enumerate() {
+        *d = b"0123456789abcdef"[(n >> (4 * i)) & 0xf];
+    }
+}
+
 /// Append the last chunk.
 pub fn last_chunk(out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n\r\n");
@@ -205,6 +244,32 @@ pub fn plain_close(out: &mut Vec<u8>, status: u16, msg: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunks rendered in place (size line first, filled in after) and
+    /// one whose size line is written ahead of data kept elsewhere decode,
+    /// with the front end's own chunk decoder, to the data; a chunk nothing
+    /// was rendered into is taken away (an empty chunk would end the body).
+    #[test]
+    fn chunks_rendered_in_place_decode_to_their_data() {
+        let parts: [&[u8]; 4] = [b"{\"action\":", b"", &[b'x'; 4099], b"}\n"];
+        let mut out = Vec::new();
+        for p in parts {
+            let at = open_chunk(&mut out);
+            out.extend_from_slice(p);
+            close_chunk(&mut out, at);
+        }
+        let elsewhere = [b'y'; 300];
+        chunk_size(&mut out, elsewhere.len());
+        out.extend_from_slice(&elsewhere);
+        out.extend_from_slice(b"\r\n");
+        last_chunk(&mut out);
+        assert!(out.starts_with(b"0000000a\r\n{\"action\":\r\n00001003\r\n"));
+        let mut body = Vec::new();
+        let n = crate::http::request::decode_chunked(&out, &mut body, 1 << 20);
+        assert_eq!(n.ok().flatten(), Some(out.len()));
+        let want: Vec<u8> = parts.concat().into_iter().chain(elsewhere).collect();
+        assert_eq!(body, want);
+    }
 
     /// A body rendered in place behind room for its head is sent as the
     /// same bytes as one written after its head; the room in front never

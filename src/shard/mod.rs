@@ -30,7 +30,7 @@ use slab::Slab;
 use crate::etcd::error::{V2Error, RAFT_INTERNAL};
 use crate::http::response::HEAD_ROOM;
 use crate::store::{
-    escalated_to, Event, Outcome, Placement, ReadAt, Store, MEMBER_WIDE, OVER_LIMIT,
+    escalated_to, Event, Outcome, Placement, ReadAt, Slices, Store, MEMBER_WIDE, OVER_LIMIT,
 };
 pub use mesh::Msg;
 pub use orderer::Orderer;
@@ -652,33 +652,7 @@ pub async fn serve_read(shard: Rc<Shard>, mut req: mesh::ReadReq, target: Target
             true => Some(shard.bulk_turn().await),
             false => None,
         };
-        global::read_gate(&shard).await;
-        if req.opts.at_least > shard.orderer.borrow().delivered() {
-            orderer::Delivered {
-                orderer: &shard.orderer,
-                index: req.opts.at_least,
-            }
-            .await;
-        }
-        // The newest read view whose writes are all delivered: never a batch
-        // still in its fsync (which the raft loop may execute while this
-        // task waits to run), and no wait for it either. The choice and the
-        // read run without a suspension point between them.
-        loop {
-            let delivered = shard.orderer.borrow().delivered();
-            let chosen = shard.store.borrow_mut().select_view(delivered);
-            match chosen {
-                Ok(()) => break,
-                Err(index) => {
-                    orderer::Delivered {
-                        orderer: &shard.orderer,
-                        index,
-                    }
-                    .await
-                }
-            }
-        }
-        let index = shard.orderer.borrow().closed();
+        let index = readable(&shard, req.opts.at_least).await;
         // Behind room for the HTTP answer's head (`ReadReq`).
         body.clear();
         body.resize(HEAD_ROOM, 0);
@@ -719,6 +693,39 @@ pub async fn serve_read(shard: Rc<Shard>, mut req: mesh::ReadReq, target: Target
     }
 }
 
+/// Wait until this shard can read at the node-wide closed index (no
+/// member-wide operation applying, every event up to `at_least` delivered)
+/// and select the newest read view whose writes are all delivered: never
+/// a batch still in its fsync (which the raft loop may execute while this
+/// task waits to run), and no wait for it either. Returns the index the
+/// read reports; the caller reads at [`ReadAt::View`] without a suspension
+/// point in between.
+pub async fn readable(shard: &Shard, at_least: u64) -> u64 {
+    global::read_gate(shard).await;
+    if at_least > shard.orderer.borrow().delivered() {
+        orderer::Delivered {
+            orderer: &shard.orderer,
+            index: at_least,
+        }
+        .await;
+    }
+    loop {
+        let delivered = shard.orderer.borrow().delivered();
+        let chosen = shard.store.borrow_mut().select_view(delivered);
+        match chosen {
+            Ok(()) => break,
+            Err(index) => {
+                orderer::Delivered {
+                    orderer: &shard.orderer,
+                    index,
+                }
+                .await
+            }
+        }
+    }
+    shard.orderer.borrow().closed()
+}
+
 /// How much output a bulk read renders between two turns of the executor
 /// (about a millisecond of work; smaller slices measured no better).
 pub const SLICE_BYTES: usize = 1 << 20;
@@ -740,7 +747,30 @@ pub async fn read_bulk(
     at: ReadAt,
     body: &mut Vec<u8>,
 ) -> Result<u64, V2Error> {
-    let fail = |e: crate::store::Error| stop_on(shard, e);
+    let mut sl = begin_bulk(shard, index, key, opts, at)?;
+    let (start, hint) = (body.len(), shard.bulk_size.get());
+    crate::executor::reserve(body, hint + hint / 8);
+    loop {
+        match bulk_slice(shard, &mut sl, body) {
+            Some(r) => {
+                shard.bulk_size.set(body.len() - start);
+                return r;
+            }
+            None => crate::executor::after_next_poll().await,
+        }
+    }
+}
+
+/// Start a bulk read of this shard at `index` ([`Store::begin_slices`]);
+/// its slices come from [`bulk_slice`], each under the executor's bulk
+/// turn. A store failure stops the shard.
+pub fn begin_bulk(
+    shard: &Shard,
+    index: u64,
+    key: &[u8],
+    opts: mesh::ReadOpts,
+    at: ReadAt,
+) -> Result<Slices, V2Error> {
     let begun = shard.store.borrow_mut().begin_slices(
         index,
         key,
@@ -749,21 +779,24 @@ pub async fn read_bulk(
         opts.now,
         at,
     );
-    let mut sl = begun.map_err(fail)?;
-    let (start, hint) = (body.len(), shard.bulk_size.get());
-    crate::executor::reserve(body, hint + hint / 8);
-    loop {
-        let r = shard
-            .store
-            .borrow_mut()
-            .get_slice(&mut sl, SLICE_BYTES, body);
-        match r.map_err(fail)? {
-            Some(r) => {
-                publish_get_stats(shard);
-                shard.bulk_size.set(body.len() - start);
-                return r;
-            }
-            None => crate::executor::after_next_poll().await,
+    begun.map_err(|e| stop_on(shard, e))
+}
+
+/// Render the next slice ([`SLICE_BYTES`]) of the bulk read `sl` after
+/// what `body` holds: `None` while more follows, the read's answer once it
+/// is done. A store failure stops the shard.
+pub fn bulk_slice(
+    shard: &Shard,
+    sl: &mut Slices,
+    body: &mut Vec<u8>,
+) -> Option<Result<u64, V2Error>> {
+    let r = shard.store.borrow_mut().get_slice(sl, SLICE_BYTES, body);
+    match r {
+        Err(e) => Some(Err(stop_on(shard, e))),
+        Ok(None) => None,
+        Ok(Some(r)) => {
+            publish_get_stats(shard);
+            Some(r)
         }
     }
 }

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use super::form::{is_form, Field};
+use super::stream::{Listing, Started};
 use super::Api;
 use crate::etcd::error::*;
 use crate::http::response::{Output, Response, HEAD_ROOM, JSON};
@@ -338,7 +339,7 @@ fn success_headers<'o>(
 }
 
 /// 200 headers of a read or watch: the raft position is the current one.
-fn read_headers<'o>(
+pub(super) fn read_headers<'o>(
     api: &Api,
     out: &'o mut Vec<u8>,
     http11: bool,
@@ -468,7 +469,7 @@ const IN_PLACE_MIN: usize = 64 << 10;
 /// fresh memory). A small body, or one behind responses already waiting in
 /// `out`, is copied after them, and its buffer kept as the executor's
 /// spare if it is the largest.
-fn answer_in_place(
+pub(super) fn answer_in_place(
     api: &Api,
     mut body: Vec<u8>,
     index: u64,
@@ -486,12 +487,18 @@ fn answer_in_place(
     if head_only {
         body.truncate(HEAD_ROOM);
     }
+    head_in_room(body, &head, out);
+}
+
+/// Make `body`, whose first [`HEAD_ROOM`] bytes are room, the connection's
+/// (empty) output with `head` at the end of that room.
+pub(super) fn head_in_room(mut body: Vec<u8>, head: &[u8], out: &mut Output) {
     if head.len() <= HEAD_ROOM {
-        body[HEAD_ROOM - head.len()..HEAD_ROOM].copy_from_slice(&head);
+        body[HEAD_ROOM - head.len()..HEAD_ROOM].copy_from_slice(head);
         **out = body;
         out.skip_front(HEAD_ROOM - head.len());
     } else {
-        body.splice(..HEAD_ROOM, head);
+        body.splice(..HEAD_ROOM, head.iter().copied());
         **out = body;
     }
 }
@@ -499,7 +506,7 @@ fn answer_in_place(
 /// Answer a read once its shard has: etcd's headers with the index it
 /// was read at, once this executor has delivered that index (so a watch
 /// from the next index on this connection misses nothing).
-async fn read(api: &Api, mut p: PendingRead, out: &mut Output) {
+async fn read(api: &Api, mut p: PendingRead, out: &mut Output) -> Option<Listing> {
     let (http11, head_only, recursive) = (p.http11, p.head_only, p.req.opts.recursive);
     // Kept only for the `/_etcd/machines` fallback.
     let machines = is_machines_path(&p.req.key).then(|| p.req.key.clone());
@@ -508,8 +515,19 @@ async fn read(api: &Api, mut p: PendingRead, out: &mut Output) {
             Ok(at) => p.req.opts.at_least = at,
             Err(mut e) => {
                 e.index = e.index.max(api.shard.orderer.borrow().closed());
-                return write_error(api, http11, &e, head_only, out);
+                write_error(api, http11, &e, head_only, out);
+                return None;
             }
+        }
+    }
+    if p.req.opts.bulk
+        && p.owner == api.shard.id
+        && super::stream::eligible(&p.req.opts, http11, head_only, out)
+    {
+        // A large listing of this executor's own shard: sent as it renders.
+        match super::stream::start(api, &p.req.key, p.req.opts, out).await {
+            Started::Answered(listing) => return listing,
+            Started::Elsewhere => {}
         }
     }
     if p.req.opts.bulk && !p.barrier && p.owner == api.shard.id {
@@ -517,13 +535,14 @@ async fn read(api: &Api, mut p: PendingRead, out: &mut Output) {
         // slices, from the store as last committed.
         let _turn = api.shard.bulk_turn().await;
         if read_bulk_now(api, &p.req.key, p.req.opts, head_only, http11, out).await {
-            return;
+            return None;
         }
     }
     match api.shard.read(p.owner, p.req).await {
         Ok((body, index)) => {
             if !delivered(api, index).await {
-                return write_error(api, http11, &timed_out(api), head_only, out);
+                write_error(api, http11, &timed_out(api), head_only, out);
+                return None;
             }
             // (The body comes behind room for the head: `ReadReq`.)
             answer_in_place(api, body, index, http11, head_only, out);
@@ -533,11 +552,12 @@ async fn read(api: &Api, mut p: PendingRead, out: &mut Output) {
             read_error(api, key, recursive, e, head_only, http11, out);
         }
     }
+    None
 }
 
 /// A failed read: the synthesised `/_etcd/machines` registry where etcd's
 /// store has nothing, else etcd's error.
-fn read_error(
+pub(super) fn read_error(
     api: &Api,
     key: &[u8],
     recursive: bool,
@@ -691,16 +711,17 @@ pub(super) fn timed_out(api: &Api) -> V2Error {
 }
 
 /// Answer a request once its shard has.
-pub async fn complete(api: &Api, p: Pending, out: &mut Output) {
+pub async fn complete(api: &Api, p: Pending, out: &mut Output) -> Option<Listing> {
     match p {
+        Pending::Read(r) => return read(api, r, out).await,
         Pending::Write(w) => write(api, w, out).await,
-        Pending::Read(r) => read(api, r, out).await,
         Pending::Members(m) => super::admin::change_members(api, m, out).await,
         Pending::Backup(b) => super::admin::backup_done(api, b, out).await,
         Pending::Auth(a) => super::auth::complete(api, a, out).await,
         // Settled before the request is handled again (never queued).
         Pending::Verify(v) => super::auth::verify(api, v).await,
     }
+    None
 }
 
 /// Answer a write once it is durable and its event delivered here.

@@ -5,12 +5,14 @@
 //! requests from the HTTP front end, applies Go's `ServeMux` path rules
 //! (301 for unclean paths, 404 for unknown ones), and dispatches. Reads and
 //! validation errors are answered at once; writes become encoded commands
-//! proposed to the owning shard and are answered when applied.
+//! proposed to the owning shard and are answered when applied. Large
+//! listings leave as they render ([`stream`]).
 
 pub mod admin;
 pub mod auth;
 pub mod form;
 pub mod keys;
+pub mod stream;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -19,7 +21,7 @@ use std::time::SystemTime;
 use crate::cluster::View;
 use crate::http::request::{escape_path, mux_clean};
 use crate::http::response::{Response, TEXT};
-use crate::http::{Handled, Method, Output, Request, Service};
+use crate::http::{Handled, Method, Output, Part, Request, Service};
 use crate::shard::Shard;
 
 /// The largest scratch buffer an executor keeps between requests.
@@ -116,6 +118,7 @@ impl Service for Api {
     type Pending = keys::Pending;
     type Watch = keys::Watch;
     type Event = keys::EventBody;
+    type Body = stream::Listing;
 
     fn handle(&self, req: &Request<'_>, out: &mut Output) -> Handled<Self::Pending, Self::Watch> {
         // etcd's CORS wrapper answers every OPTIONS before routing.
@@ -151,8 +154,12 @@ impl Service for Api {
         Handled::Done
     }
 
-    async fn complete(&self, p: Self::Pending, out: &mut Output) {
+    async fn complete(&self, p: Self::Pending, out: &mut Output) -> Option<Self::Body> {
         keys::complete(self, p, out).await
+    }
+
+    async fn next_part(&self, b: &mut Self::Body, out: &mut Vec<u8>) -> Part {
+        stream::next_part(self, b, out).await
     }
 
     async fn settle(&self, p: Self::Pending) {
