@@ -2,8 +2,9 @@
 //! the real binary on loopback, a 20 MB directory rewritten in order by a
 //! writer while it is listed.
 //!
-//! * Over HTTP/1.1 a listing larger than a slice is chunked, as etcd's
-//!   large answers are; over HTTP/1.0 it carries `Content-Length`.
+//! * Over HTTP/1.1 a listing of several megabytes is chunked, as etcd's
+//!   large answers are, whether or not writes are in flight; over HTTP/1.0
+//!   it carries `Content-Length`.
 //! * However slowly the client reads (past the server's patience, when the
 //!   rest is rendered at once) the body is one read at its `X-Etcd-Index`:
 //!   no node modified after it, and the writer's generations never rise
@@ -47,6 +48,11 @@ fn target(i: usize) -> String {
 /// one apart. Returns the newest generation seen.
 fn check_one_read(r: &Response, what: &str) -> u64 {
     assert_eq!(r.code(), 200, "{what}: {}", r.body_str());
+    assert_eq!(
+        r.header("Transfer-Encoding"),
+        Some("chunked"),
+        "{what}: sent whole"
+    );
     let index: u64 = r
         .header("X-Etcd-Index")
         .and_then(|v| v.parse().ok())

@@ -520,11 +520,9 @@ async fn read(api: &Api, mut p: PendingRead, out: &mut Output) -> Option<Listing
             }
         }
     }
-    if p.req.opts.bulk
-        && p.owner == api.shard.id
-        && super::stream::eligible(&p.req.opts, http11, head_only, out)
-    {
-        // A large listing of this executor's own shard: sent as it renders.
+    if p.owner == api.shard.id && super::stream::eligible(&p.req.opts, http11, head_only, out) {
+        // A read of this executor's own shard: a large listing is sent as
+        // it renders.
         match super::stream::start(api, &p.req.key, p.req.opts, out).await {
             Started::Answered(listing) => return listing,
             Started::Elsewhere => {}
