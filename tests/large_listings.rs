@@ -9,8 +9,9 @@
 //!   rest is rendered at once) the body is one read at its `X-Etcd-Index`:
 //!   no node modified after it, and the writer's generations never rise
 //!   along the listing.
-//! * Clients that ask for the listing and never read do not hold up the
-//!   writer or the readers after them.
+//! * Clients that ask for the listing and never read, or go away in the
+//!   middle of it, do not hold up the writer or the readers after them; a
+//!   request pipelined behind a streamed listing is answered after it.
 
 mod common;
 
@@ -213,6 +214,40 @@ fn a_large_listing_streams_as_one_read_however_slowly_it_is_read() {
         .unwrap();
     assert!(!r.timed_out, "the slow read timed out");
     check_one_read(&r, "slow read");
+    // A client that goes away in the middle of its listing.
+    for _ in 0..3 {
+        let mut c = Conn::connect(port, Duration::from_secs(10)).expect("connect");
+        c.send(&build_request(
+            port,
+            "GET",
+            listing.as_bytes(),
+            None,
+            &[],
+            true,
+        ))
+        .unwrap();
+        c.read_head(far()).unwrap().expect("a head");
+    }
+    // A small request pipelined behind a streamed listing is answered
+    // after it, on the same connection.
+    let mut c = Conn::connect(port, Duration::from_secs(10)).expect("connect");
+    let mut wire = build_request(port, "GET", listing.as_bytes(), None, &[], true);
+    wire.extend(build_request(
+        port,
+        "GET",
+        target(7).as_bytes(),
+        None,
+        &[],
+        true,
+    ));
+    c.send(&wire).unwrap();
+    check_one_read(
+        &read_response(&mut c, "GET", far()).unwrap(),
+        "pipelined before a small GET",
+    );
+    let small = read_response(&mut c, "GET", far()).unwrap();
+    assert_eq!(small.code(), 200, "{}", small.body_str());
+    assert!(small.body_str().contains("\"key\":\"/big/k0007\""));
     // The clients that never read are still owed a correct answer.
     for (n, c) in idle.iter_mut().enumerate() {
         let r = read_response(c, "GET", far()).expect("an idle client's listing");

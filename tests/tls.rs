@@ -221,6 +221,50 @@ fn curl_and_etcdctl_speak_https() {
         body.contains("over-tls"),
         "the plain listener sees the same store: {body}"
     );
+    // A listing large enough to be sent as it renders (chunked, in parts)
+    // arrives whole over TLS.
+    let mut conn = common::Conn::connect(plain, Duration::from_secs(10)).unwrap();
+    let value = format!("value={}", "v".repeat(10_000));
+    let mut wire = Vec::new();
+    for i in 0..600 {
+        let key = format!("/v2/keys/big/k{i:03}");
+        wire.extend(common::build_request(
+            plain,
+            "PUT",
+            key.as_bytes(),
+            Some(value.as_bytes()),
+            &[],
+            true,
+        ));
+    }
+    conn.send(&wire).unwrap();
+    for _ in 0..600 {
+        let r = common::read_response(&mut conn, "PUT", Instant::now() + Duration::from_secs(20));
+        assert_eq!(r.unwrap().code(), 201);
+    }
+    let listing = "/v2/keys/big?recursive=true";
+    let (code, over_tls) = curl(&c, &format!("{url}{listing}"), &["--raw"]);
+    assert_eq!(code, 0);
+    assert!(
+        over_tls.len() > 6_000_000 && over_tls.starts_with("00"),
+        "a chunked listing over TLS: {} bytes, {:?}",
+        over_tls.len(),
+        &over_tls[..over_tls.len().min(40)]
+    );
+    let (code, over_tls) = curl(&c, &format!("{url}{listing}"), &[]);
+    assert_eq!(code, 0);
+    let (code, plain_10) = curl(
+        &c,
+        &format!("http://127.0.0.1:{plain}{listing}"),
+        &["--http1.0"],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        over_tls == plain_10,
+        "the listing over TLS ({} bytes) differs from HTTP/1.0's ({} bytes)",
+        over_tls.len(),
+        plain_10.len()
+    );
     let ca = c.s("ca.crt");
     let (code, out, err) = etcdctl(&url, &["--ca-file", &ca, "set", "/hm/e", "from-etcdctl"]);
     assert_eq!(code, 0, "{out}{err}");
