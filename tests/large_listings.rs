@@ -39,6 +39,16 @@ fn value(g: u64, i: usize) -> String {
     format!("value={head}{}", "x".repeat(VALUE - head.len()))
 }
 
+const LISTING: &str = "/v2/keys/big?recursive=true";
+
+/// A connection that has asked for the listing of `/big`.
+fn ask(port: u16, keep_alive: bool) -> Conn {
+    let mut c = Conn::connect(port, Duration::from_secs(10)).expect("connect");
+    let wire = build_request(port, "GET", LISTING.as_bytes(), None, &[], keep_alive);
+    c.send(&wire).expect("send the GET");
+    c
+}
+
 fn target(i: usize) -> String {
     format!("/v2/keys/big/k{i:04}")
 }
@@ -116,29 +126,16 @@ fn a_large_listing_streams_as_one_read_however_slowly_it_is_read() {
             assert_eq!(r.code(), 201, "{}", r.body_str());
         }
     }
-    let listing = "/v2/keys/big?recursive=true";
-    let get = |extra: &[(String, String)]| {
-        let mut c = Conn::connect(port, Duration::from_secs(10)).expect("connect");
-        c.send(&build_request(
-            port,
-            "GET",
-            listing.as_bytes(),
-            None,
-            extra,
-            false,
-        ))
-        .unwrap();
-        read_response(&mut c, "GET", far()).expect("the listing")
-    };
+    let get = || read_response(&mut ask(port, false), "GET", far()).expect("the listing");
     // Quiet: chunked over HTTP/1.1, the same body as HTTP/1.0's, which is
     // sized.
-    let r11 = get(&[]);
+    let r11 = get();
     assert_eq!(r11.header("Transfer-Encoding"), Some("chunked"));
     assert_eq!(r11.header("Content-Length"), None);
     assert!(r11.body.len() > FILES * VALUE, "{} bytes", r11.body.len());
     check_one_read(&r11, "quiet HTTP/1.1");
     let mut c = Conn::connect(port, Duration::from_secs(10)).expect("connect");
-    c.send(format!("GET {listing} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+    c.send(format!("GET {LISTING} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .unwrap();
     let r10 = read_response(&mut c, "GET", far()).expect("the HTTP/1.0 listing");
     assert_eq!(
@@ -171,37 +168,14 @@ fn a_large_listing_streams_as_one_read_however_slowly_it_is_read() {
         thread::sleep(Duration::from_millis(10));
     }
     for round in 0..5 {
-        check_one_read(&get(&[]), &format!("read at once, round {round}"));
+        check_one_read(&get(), &format!("read at once, round {round}"));
     }
     // Clients that ask and never read (each holds its answer; none holds
     // the writer or the others up).
-    let mut idle: Vec<Conn> = (0..4)
-        .map(|_| {
-            let mut c = Conn::connect(port, Duration::from_secs(10)).expect("connect");
-            c.send(&build_request(
-                port,
-                "GET",
-                listing.as_bytes(),
-                None,
-                &[],
-                true,
-            ))
-            .unwrap();
-            c
-        })
-        .collect();
+    let mut idle: Vec<Conn> = (0..4).map(|_| ask(port, true)).collect();
     // A slow reader: its head, then nothing for twice the server's patience
     // (1 s) while the writer goes on, then the rest.
-    let mut c = Conn::connect(port, Duration::from_secs(10)).expect("connect");
-    c.send(&build_request(
-        port,
-        "GET",
-        listing.as_bytes(),
-        None,
-        &[],
-        false,
-    ))
-    .unwrap();
+    let mut c = ask(port, false);
     let mut r = c.read_head(far()).unwrap().expect("a head");
     let before = writes.load(Ordering::Relaxed);
     thread::sleep(Duration::from_secs(2));
@@ -216,22 +190,13 @@ fn a_large_listing_streams_as_one_read_however_slowly_it_is_read() {
     check_one_read(&r, "slow read");
     // A client that goes away in the middle of its listing.
     for _ in 0..3 {
-        let mut c = Conn::connect(port, Duration::from_secs(10)).expect("connect");
-        c.send(&build_request(
-            port,
-            "GET",
-            listing.as_bytes(),
-            None,
-            &[],
-            true,
-        ))
-        .unwrap();
+        let mut c = ask(port, true);
         c.read_head(far()).unwrap().expect("a head");
     }
     // A small request pipelined behind a streamed listing is answered
     // after it, on the same connection.
     let mut c = Conn::connect(port, Duration::from_secs(10)).expect("connect");
-    let mut wire = build_request(port, "GET", listing.as_bytes(), None, &[], true);
+    let mut wire = build_request(port, "GET", LISTING.as_bytes(), None, &[], true);
     wire.extend(build_request(
         port,
         "GET",
@@ -254,7 +219,7 @@ fn a_large_listing_streams_as_one_read_however_slowly_it_is_read() {
         check_one_read(&r, &format!("idle client {n}"));
     }
     for round in 0..3 {
-        check_one_read(&get(&[]), &format!("read at once after, round {round}"));
+        check_one_read(&get(), &format!("read at once after, round {round}"));
     }
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
