@@ -389,7 +389,9 @@ impl Conn {
                 match futures_lite::future::or(async { Some((&mut send).await) }, late).await {
                     Some(r) => r,
                     None => {
+                        // (In the executor's spare buffer, if it keeps one.)
                         let mut buf = Vec::new();
+                        crate::executor::reserve(&mut buf, 1);
                         rest = Some((render_rest(svc, &mut b, &mut buf).await, buf));
                         send.await
                     }
