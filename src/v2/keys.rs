@@ -399,65 +399,6 @@ fn read_now(
     true
 }
 
-/// [`read_now`] for a bulk read, under the executor's bulk turn: rendered
-/// in slices ([`crate::shard::read_bulk`]). With nothing else waiting to be
-/// sent on the connection, straight into its output behind room for the
-/// head (no copy of a body of many megabytes); otherwise into the
-/// executor's bulk buffer. False: the read takes the asynchronous path.
-async fn read_bulk_now(
-    api: &Api,
-    key: &[u8],
-    opts: ReadOpts,
-    head_only: bool,
-    http11: bool,
-    out: &mut Output,
-) -> bool {
-    let sh = &api.shard;
-    let Some(index) = quiet_index(api) else {
-        return false;
-    };
-    let in_place = out.is_empty();
-    let mut body = match in_place {
-        true => {
-            out.resize(HEAD_ROOM, 0);
-            std::mem::take(&mut **out)
-        }
-        false => std::mem::take(&mut *api.bulk.borrow_mut()),
-    };
-    let start = body.len();
-    let r = crate::shard::read_bulk(sh, index, key, opts, ReadAt::Now, &mut body).await;
-    let answered = match r {
-        Ok(i) if in_place => {
-            answer_in_place(api, std::mem::take(&mut body), i, http11, head_only, out);
-            true
-        }
-        Ok(i) => {
-            read_headers(api, out, http11, i).body(&body[start..], head_only);
-            true
-        }
-        Err(e) if escalated_to(&e).is_some() => false,
-        Err(e) => {
-            if in_place {
-                body.clear();
-                **out = std::mem::take(&mut body);
-            }
-            read_error(api, key, opts.recursive, e, head_only, http11, out);
-            true
-        }
-    };
-    if in_place && !answered {
-        body.clear();
-        **out = body;
-    } else if !in_place && body.capacity() <= super::SCRATCH_KEEP {
-        body.clear();
-        *api.bulk.borrow_mut() = body;
-    } else if !in_place {
-        // (It may be the executor's spare, which `read_bulk` took.)
-        crate::executor::give_back(body);
-    }
-    answered
-}
-
 /// A body at least this large is sent from the buffer it was rendered in
 /// ([`answer_in_place`]); a smaller one is copied into the connection's
 /// output, which keeps its own buffer.
@@ -520,20 +461,13 @@ async fn read(api: &Api, mut p: PendingRead, out: &mut Output) -> Option<Listing
             }
         }
     }
-    if p.owner == api.shard.id && super::stream::eligible(&p.req.opts, http11, head_only, out) {
-        // A read of this executor's own shard: a large listing is sent as
-        // it renders.
-        match super::stream::start(api, &p.req.key, p.req.opts, out).await {
+    if p.owner == api.shard.id {
+        // A read of this executor's own shard (a large listing in its
+        // turn, in slices, sent as it renders where it can be).
+        let opts = p.req.opts;
+        match super::stream::start(api, &p.req.key, opts, head_only, http11, out).await {
             Started::Answered(listing) => return listing,
             Started::Elsewhere => {}
-        }
-    }
-    if p.req.opts.bulk && !p.barrier && p.owner == api.shard.id {
-        // A large listing of this executor's own shard: in its turn, in
-        // slices, from the store as last committed.
-        let _turn = api.shard.bulk_turn().await;
-        if read_bulk_now(api, &p.req.key, p.req.opts, head_only, http11, out).await {
-            return None;
         }
     }
     match api.shard.read(p.owner, p.req).await {

@@ -39,10 +39,6 @@ pub struct Api {
     /// Response bodies are rendered here before their headers are written
     /// (kept between requests, up to [`SCRATCH_KEEP`]).
     scratch: RefCell<Vec<u8>>,
-    /// Bulk reads render here, in slices with turns of the executor in
-    /// between (one at a time per executor: the bulk gate), so it is taken
-    /// out while one renders rather than borrowed across the turns.
-    bulk: RefCell<Vec<u8>>,
     /// Passwords this executor has checked (v2 auth).
     verifier: RefCell<crate::auth::Verifier>,
 }
@@ -58,7 +54,6 @@ impl Api {
             start: SystemTime::now(),
             form: RefCell::new(form::Form::default()),
             scratch: RefCell::new(Vec::new()),
-            bulk: RefCell::new(Vec::new()),
             verifier: RefCell::default(),
         }
     }

@@ -11,10 +11,10 @@
 //! ([`crate::http::STREAM_PATIENCE`]), so a view is never held for a slow
 //! client.
 //!
-//! A read enters as its key and options (after any read barrier); the
-//! response's head and first chunk leave in the connection's output, and
-//! the [`Listing`] the rest is rendered from. A smaller read is answered
-//! whole, with `Content-Length`, as any read.
+//! A read enters as its key and options (after any read barrier); its
+//! answer leaves in the connection's output — whole, with
+//! `Content-Length`, or a streamed listing's head and first chunk, with
+//! the [`Listing`] the rest is rendered from.
 
 use super::keys::{answer_in_place, delivered, head_in_room, read_error, read_headers, timed_out};
 use super::Api;
@@ -22,7 +22,7 @@ use crate::etcd::error::V2Error;
 use crate::http::response::{chunk_size, close_chunk, last_chunk, open_chunk, Output, HEAD_ROOM};
 use crate::http::Part;
 use crate::shard::mesh::ReadOpts;
-use crate::shard::{begin_bulk, bulk_slice, read_at, readable, SLICE_BYTES};
+use crate::shard::{begin_bulk, bulk_slice, read_at, read_bulk, readable, SLICE_BYTES};
 use crate::store::{escalated_to, ReadAt, Slices, OVER_LIMIT};
 
 /// A listing is sent as it renders once its first slices pass this;
@@ -44,44 +44,75 @@ pub enum Started {
     Elsewhere,
 }
 
-/// Whether a read of this executor's own shard is read here (a large
-/// listing then sent as it renders):
-/// over HTTP/1.1 (chunked framing), with a body (not HEAD), in the store's
-/// order (a `sorted=true` listing may have to be rendered again from its
-/// start: over-long names are stored under hashed keys), and first in the
-/// connection's output (behind other answers it is rendered whole).
-pub fn eligible(opts: &ReadOpts, http11: bool, head_only: bool, out: &Output) -> bool {
-    http11 && !head_only && !opts.sorted && out.is_empty()
+/// A read being answered: what was asked, and how its answer is framed.
+struct Ask<'k> {
+    key: &'k [u8],
+    opts: ReadOpts,
+    http11: bool,
+    head_only: bool,
 }
 
 /// Read `key` from this executor's own shard once it can read at
 /// `opts.at_least`: as a small read first (unless already known to be
 /// large), as the shard's own reads are; a large one in the executor's
-/// bulk turn, answered with its first slices up to [`STREAM_FROM`] (the
-/// executor's other work runs between them). The rest follows from
-/// [`next_part`].
-pub async fn start(api: &Api, key: &[u8], mut opts: ReadOpts, out: &mut Output) -> Started {
+/// bulk turn, in slices (the executor's other work runs between them).
+/// A large listing is sent as it renders over HTTP/1.1, with a body (not
+/// HEAD), in the store's order (a `sorted=true` listing may have to be
+/// rendered again from its start: over-long names are stored under hashed
+/// keys) and first in the connection's output: answered with its first
+/// slices up to [`STREAM_FROM`], the rest from [`next_part`]. Any other
+/// is rendered whole.
+pub async fn start(
+    api: &Api,
+    key: &[u8],
+    mut opts: ReadOpts,
+    head_only: bool,
+    http11: bool,
+    out: &mut Output,
+) -> Started {
     let sh = &api.shard;
     if !opts.bulk {
         let index = readable(sh, opts.at_least).await;
         let mut body = vec![0; HEAD_ROOM];
         match read_at(sh, index, key, opts, None, ReadAt::View, &mut body) {
             Err(e) if e.code == OVER_LIMIT => opts.bulk = true,
-            r => return answer(api, key, &opts, index, r.map(Some), body, None, out).await,
+            r => {
+                let ask = Ask {
+                    key,
+                    opts,
+                    http11,
+                    head_only,
+                };
+                return answer(api, &ask, index, r.map(Some), body, None, out).await;
+            }
         }
     }
+    let ask = Ask {
+        key,
+        opts,
+        http11,
+        head_only,
+    };
+    let stream = http11 && !head_only && !opts.sorted && out.is_empty();
     let turn = sh.bulk_turn().await;
     let index = readable(sh, opts.at_least).await;
+    // Rendered behind room for the head: into the connection's output when
+    // nothing waits there (sent from where it was rendered), else beside it.
+    let mut body = if out.is_empty() {
+        out.resize(HEAD_ROOM, 0);
+        out.take()
+    } else {
+        vec![0; HEAD_ROOM]
+    };
+    if !stream {
+        let r = read_bulk(sh, index, key, opts, ReadAt::View, &mut body).await;
+        drop(turn);
+        return answer(api, &ask, index, r.map(Some), body, None, out).await;
+    }
     let mut slices = match begin_bulk(sh, index, key, opts, ReadAt::View) {
         Ok(s) => s,
-        Err(e) => {
-            read_error(api, key, opts.recursive, e, false, true, out);
-            return Started::Answered(None);
-        }
+        Err(e) => return answer(api, &ask, index, Err(e), body, None, out).await,
     };
-    // Rendered behind room for the head, as a read answered whole is.
-    out.resize(HEAD_ROOM, 0);
-    let mut body = out.take();
     crate::executor::reserve(&mut body, STREAM_FROM + SLICE_BYTES + SLICE_BYTES / 4);
     let mut first = bulk_slice(sh, &mut slices, &mut body);
     while first.is_none() && body.len() - HEAD_ROOM < STREAM_FROM {
@@ -90,18 +121,16 @@ pub async fn start(api: &Api, key: &[u8], mut opts: ReadOpts, out: &mut Output) 
     }
     drop(turn);
     let r = first.transpose();
-    answer(api, key, &opts, index, r, body, Some(slices), out).await
+    answer(api, &ask, index, r, body, Some(slices), out).await
 }
 
 /// Answer a read of `index` rendered into `body` behind room for its head:
 /// whole (`Some` index), or (`None`) its head and first chunk, the rest
 /// to come from `slices`. A read that belongs to another shard is
 /// [`Started::Elsewhere`].
-#[allow(clippy::too_many_arguments)]
 async fn answer(
     api: &Api,
-    key: &[u8],
-    opts: &ReadOpts,
+    ask: &Ask<'_>,
     index: u64,
     r: Result<Option<u64>, V2Error>,
     mut body: Vec<u8>,
@@ -115,7 +144,7 @@ async fn answer(
         Err(e) => Err(e),
     };
     match (r, slices) {
-        (Ok(Some(i)), _) => answer_in_place(api, body, i, true, false, out),
+        (Ok(Some(i)), _) => answer_in_place(api, body, i, ask.http11, ask.head_only, out),
         (Ok(None), Some(slices)) => {
             let mut head = Vec::with_capacity(HEAD_ROOM);
             read_headers(api, &mut head, true, index).chunked();
@@ -134,7 +163,15 @@ async fn answer(
             if escalated_to(&e).is_some() {
                 return Started::Elsewhere;
             }
-            read_error(api, key, opts.recursive, e, false, true, out);
+            read_error(
+                api,
+                ask.key,
+                ask.opts.recursive,
+                e,
+                ask.head_only,
+                ask.http11,
+                out,
+            );
         }
     }
     Started::Answered(None)
