@@ -1440,7 +1440,7 @@ fn json_store_events() {
                 ("delete", &s2, Some(&s2)),
             ];
             for (e, (action, value, prev)) in events.iter().zip(want) {
-                let j = parse_json(&e.json)?;
+                let j = parse_json(e.json())?;
                 prop_assert_eq!(j["action"].as_str(), Some(action));
                 prop_assert_eq!(j["node"]["key"].as_str(), Some(&k[..]));
                 if action == "delete" {

@@ -154,7 +154,7 @@ pub(super) async fn flush_global(shard: &Rc<Shard>, g: &mut Group) -> Result<(),
     // placeholders (indexes no write kept) are this shard's to publish.
     let mut events = Vec::new();
     shard.store.borrow_mut().take_events(&mut events);
-    events.retain(|e| e.json.is_empty());
+    events.retain(|e| e.json().is_empty());
     shard.publish(&mut events);
     shard.publish_figures();
     Ok(())

@@ -1049,16 +1049,7 @@ fn finish_apply(
         tracing::error!(shard = shard.id, error = %m, "member-wide write failed");
         return reply(Err(fail_answer(&m)));
     };
-    let e = Arc::new(Event {
-        index: e.index,
-        action: e.action,
-        key: e.key.clone(),
-        prev_dir: e.prev_dir,
-        refresh: e.refresh,
-        created: e.created,
-        json: e.json.clone(),
-        removed,
-    });
+    let e = Arc::new(e.with_removed(removed));
     events.push(e.clone());
     // One raft entry on every shard, one proposal for the member.
     let m = &shard.shared.metrics;

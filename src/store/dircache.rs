@@ -273,7 +273,7 @@ mod tests {
 
         fn outcome(o: &crate::store::Outcome) -> String {
             match o {
-                Ok(e) => String::from_utf8_lossy(&e.json).into_owned(),
+                Ok(e) => String::from_utf8_lossy(e.json()).into_owned(),
                 Err(e) => format!("{} {}", e.code, String::from_utf8_lossy(&e.cause)),
             }
         }

@@ -53,21 +53,75 @@ pub struct Event {
     /// The store index this event received (= node.modifiedIndex).
     pub index: u64,
     pub action: Action,
-    /// The event's node key (`/a/b`).
-    pub key: Box<[u8]>,
     /// A delete/expire whose prevNode was a directory (history prefix rule).
     pub prev_dir: bool,
     /// A refresh: kept in history, never delivered.
     pub refresh: bool,
     /// HTTP 201 (create, or set without prevNode).
     pub created: bool,
-    /// `{"action":..,"node":..,"prevNode":..}\n`
-    pub json: Vec<u8>,
     /// Nodes a delete or expiry removed below `key` (their watchers hear it).
     pub removed: Removed,
+    /// The JSON answer, then the key: one allocation per event
+    /// ([`Event::json`], [`Event::key`]).
+    buf: Vec<u8>,
+    /// Where the key starts in `buf`.
+    key_at: usize,
 }
 
+/// An event's flags: `(prev_dir, refresh, created)`.
+pub type Flags = (bool, bool, bool);
+
 impl Event {
+    /// An event whose answer is `json` (`{"action":..,"node":..}\n`) and
+    /// whose node key is `key`; the key is appended to `json`'s buffer
+    /// (reserve room for it to keep this free of a reallocation).
+    pub fn new(
+        index: u64,
+        action: Action,
+        key: &[u8],
+        (prev_dir, refresh, created): Flags,
+        mut json: Vec<u8>,
+        removed: Removed,
+    ) -> Event {
+        let key_at = json.len();
+        json.extend_from_slice(key);
+        Event {
+            index,
+            action,
+            prev_dir,
+            refresh,
+            created,
+            removed,
+            buf: json,
+            key_at,
+        }
+    }
+
+    /// The event's node key (`/a/b`).
+    pub fn key(&self) -> &[u8] {
+        &self.buf[self.key_at..]
+    }
+
+    /// `{"action":..,"node":..,"prevNode":..}\n`
+    pub fn json(&self) -> &[u8] {
+        &self.buf[..self.key_at]
+    }
+
+    /// The same event with other removed nodes (a member-wide write's
+    /// event, completed by the shards it touched).
+    pub fn with_removed(&self, removed: Removed) -> Event {
+        Event {
+            index: self.index,
+            action: self.action,
+            prev_dir: self.prev_dir,
+            refresh: self.refresh,
+            created: self.created,
+            removed,
+            buf: self.buf.clone(),
+            key_at: self.key_at,
+        }
+    }
+
     /// The record the store keeps of this event in its durable history:
     /// action, flags, key and JSON (not the removed nodes: history answers
     /// use etcd's prefix rule instead).
@@ -75,9 +129,9 @@ impl Event {
         out.clear();
         out.push(self.action as u8);
         out.push(self.prev_dir as u8 | (self.refresh as u8) << 1 | (self.created as u8) << 2);
-        out.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
-        out.extend_from_slice(&self.key);
-        out.extend_from_slice(&self.json);
+        out.extend_from_slice(&(self.key().len() as u32).to_le_bytes());
+        out.extend_from_slice(self.key());
+        out.extend_from_slice(self.json());
     }
 
     /// Inverse of [`Event::encode`]; `None` for a damaged record.
@@ -86,36 +140,35 @@ impl Event {
         let flags = *b.get(1)?;
         let len = u32::from_le_bytes(b.get(2..6)?.try_into().ok()?) as usize;
         let key = b.get(6..6usize.checked_add(len)?)?;
-        Some(Event {
+        let json = &b[6 + len..];
+        let mut buf = Vec::with_capacity(json.len() + key.len());
+        buf.extend_from_slice(json);
+        Some(Event::new(
             index,
             action,
-            key: key.into(),
-            prev_dir: flags & 1 != 0,
-            refresh: flags & 2 != 0,
-            created: flags & 4 != 0,
-            json: b[6 + len..].to_vec(),
-            removed: Removed::default(),
-        })
+            key,
+            (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0),
+            buf,
+            Removed::default(),
+        ))
     }
 
     /// Whether this is [`Event::placeholder`].
     pub fn is_placeholder(&self) -> bool {
-        &*self.key == b"\0internal"
+        self.key() == b"\0internal"
     }
 
     /// An event that matches no watch: it fills index `index` in history
     /// (etcd's internal bootstrap writes, or an index no write kept).
     pub fn placeholder(index: u64) -> Event {
-        Event {
+        Event::new(
             index,
-            action: Action::Set,
-            key: (*b"\0internal").into(),
-            prev_dir: false,
-            refresh: false,
-            created: false,
-            json: Vec::new(),
-            removed: Removed::default(),
-        }
+            Action::Set,
+            b"\0internal",
+            (false, false, false),
+            Vec::new(),
+            Removed::default(),
+        )
     }
 
     pub fn is_delete(&self) -> bool {
@@ -392,22 +445,38 @@ mod tests {
     fn event_record_round_trip() {
         for (i, &action) in ACTIONS.iter().enumerate() {
             assert_eq!(action as usize, i);
-            let e = Event {
-                index: 7,
+            let e = Event::new(
+                7,
                 action,
-                key: (*b"/a/b").into(),
-                prev_dir: i % 2 == 0,
-                refresh: i % 3 == 0,
-                created: i % 5 == 0,
-                json: b"{\"action\":\"x\"}\n".to_vec(),
-                removed: Removed::default(),
-            };
+                b"/a/b",
+                (i % 2 == 0, i % 3 == 0, i % 5 == 0),
+                b"{\"action\":\"x\"}\n".to_vec(),
+                Removed::default(),
+            );
+            assert_eq!(
+                (e.key(), e.json()),
+                (&b"/a/b"[..], &b"{\"action\":\"x\"}\n"[..])
+            );
             let mut buf = Vec::new();
             e.encode(&mut buf);
             let d = Event::decode(7, &buf).unwrap();
             assert_eq!(
-                (d.action, &d.key, d.prev_dir, d.refresh, d.created, &d.json),
-                (e.action, &e.key, e.prev_dir, e.refresh, e.created, &e.json)
+                (
+                    d.action,
+                    d.key(),
+                    d.prev_dir,
+                    d.refresh,
+                    d.created,
+                    d.json()
+                ),
+                (
+                    e.action,
+                    e.key(),
+                    e.prev_dir,
+                    e.refresh,
+                    e.created,
+                    e.json()
+                )
             );
             assert!(Event::decode(7, &buf[..3]).is_none());
         }

@@ -128,11 +128,15 @@ const ROOT: Meta = Meta {
     dir_id: 0,
 };
 
+/// A node's LMDB key as a lookup found it.
+type LKey = smallvec::SmallVec<[u8; 64]>;
+
 /// A located node: its record facts and the key it is stored under.
 struct Found {
     meta: Meta,
-    /// LMDB key (empty for the root).
-    lkey: Vec<u8>,
+    /// LMDB key (empty for the root): kept inline up to 64 bytes (a
+    /// directory id and a name of up to 56), so a lookup allocates nothing.
+    lkey: LKey,
     /// The lookup kept a copy of the node's stored record in the store's
     /// `fval` ([`Store::locate`] does, for records up to [`KEEP_MAX`]):
     /// [`Store::record`] reads it from there instead of searching the tree
@@ -1263,7 +1267,7 @@ impl Store {
         mut dirs: Option<&mut DirCache>,
     ) -> Result<std::result::Result<Found, V2Error>> {
         let mut meta = ROOT;
-        let mut lkey = Vec::new();
+        let mut lkey = LKey::new();
         if path == b"/" {
             return Ok(Ok(Found {
                 meta,
@@ -1585,7 +1589,7 @@ mod tests {
             s.take_events(&mut events);
             events
                 .iter()
-                .map(|e| (String::from_utf8_lossy(&e.key).into_owned(), e.index))
+                .map(|e| (String::from_utf8_lossy(e.key()).into_owned(), e.index))
                 .collect()
         };
         let set = |key: &'static [u8], expire: Option<i64>| {
@@ -1720,7 +1724,7 @@ mod tests {
         .unwrap();
         let prev = |o: &Outcome| match o {
             Ok(e) => {
-                let json = String::from_utf8(e.json.clone()).unwrap();
+                let json = String::from_utf8(e.json().to_vec()).unwrap();
                 json.split("\"prevNode\":")
                     .nth(1)
                     .map(|p| p.split("\"value\":\"").nth(1).unwrap()[..2].to_string())
@@ -1747,7 +1751,7 @@ mod tests {
         apply_cmd(&mut s, 2, &c);
         let mut events = Vec::new();
         s.take_events(&mut events);
-        let json = String::from_utf8(events.last().unwrap().json.clone()).unwrap();
+        let json = String::from_utf8(events.last().unwrap().json().to_vec()).unwrap();
         let prev = json.split("\"prevNode\":").nth(1).unwrap();
         assert!(prev.contains(&format!("\"value\":\"{big}\"")), "{prev}");
     }

@@ -116,12 +116,12 @@ impl EventHistory {
             if e.refresh {
                 continue;
             }
-            let mut ok = &*e.key == key;
+            let mut ok = e.key() == key;
             if recursive && !ok {
-                ok = is_under(&e.key, key);
+                ok = is_under(e.key(), key);
             }
             if !ok && e.prev_dir && e.is_delete() {
-                ok = key.starts_with(&e.key);
+                ok = key.starts_with(e.key());
             }
             if ok {
                 return Ok(Some(e.clone()));
@@ -217,10 +217,10 @@ impl WatcherHub {
             let below: Vec<Box<[u8]>> = self
                 .by_key
                 .range::<[u8], _>((
-                    std::ops::Bound::Excluded(&e.key[..]),
+                    std::ops::Bound::Excluded(e.key()),
                     std::ops::Bound::Unbounded,
                 ))
-                .take_while(|(k, _)| k.starts_with(&e.key))
+                .take_while(|(k, _)| k.starts_with(e.key()))
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in below {
@@ -264,14 +264,14 @@ impl WatcherHub {
             self.notify_removed(e);
         }
         // The key itself and each ancestor, root first.
-        let key = &e.key;
+        let key = e.key();
         self.notify_at(e, b"/", false);
         for (i, &b) in key.iter().enumerate().skip(1) {
             if b == b'/' {
                 self.notify_at(e, &key[..i], false);
             }
         }
-        if &**key != b"/" {
+        if key != b"/" {
             self.notify_at(e, key, false);
         }
     }
@@ -280,7 +280,7 @@ impl WatcherHub {
     /// (etcd's per-node callback). Only watched paths are looked up, so the
     /// cost follows the watchers below the key, not the size of the subtree.
     fn notify_removed(&mut self, e: &Arc<Event>) {
-        let key: &[u8] = &e.key;
+        let key: &[u8] = e.key();
         let mut hi = key.to_vec();
         hi.push(b'/' + 1);
         let mut lo = key.to_vec();
@@ -308,8 +308,8 @@ impl WatcherHub {
         let Some(list) = self.by_key.get_mut(path) else {
             return;
         };
-        let original = &*e.key == path;
-        if !original && hidden_below(path, &e.key) && !deleted {
+        let original = e.key() == path;
+        if !original && hidden_below(path, e.key()) && !deleted {
             return;
         }
         let before = list.len();
@@ -336,16 +336,16 @@ mod tests {
     use crate::store::event::Action;
 
     fn ev(index: u64, action: Action, key: &str, prev_dir: bool) -> Arc<Event> {
-        Arc::new(Event {
+        let flags = (prev_dir, false, false);
+        let json = b"{}\n".to_vec();
+        Arc::new(Event::new(
             index,
             action,
-            key: key.as_bytes().into(),
-            prev_dir,
-            refresh: false,
-            created: false,
-            json: b"{}\n".to_vec(),
-            removed: Default::default(),
-        })
+            key.as_bytes(),
+            flags,
+            json,
+            Default::default(),
+        ))
     }
 
     #[test]

@@ -543,7 +543,8 @@ impl Store {
             created,
         } = kind;
         let key = node.key;
-        let mut json = Vec::with_capacity(64 + node.key.len() * 2 + self.prev.len() * 2);
+        // Room for the JSON and, after it, the raw key (`Event::new`).
+        let mut json = Vec::with_capacity(64 + node.key.len() * 3 + self.prev.len() * 2);
         json.extend_from_slice(b"{\"action\":\"");
         json.extend_from_slice(action.as_str().as_bytes());
         json.extend_from_slice(b"\",\"node\":");
@@ -553,16 +554,8 @@ impl Store {
             json.extend_from_slice(&self.prev);
         }
         json.extend_from_slice(b"}\n");
-        let e = Arc::new(Event {
-            index: self.index,
-            action,
-            key: key.into(),
-            prev_dir,
-            refresh,
-            created,
-            json,
-            removed,
-        });
+        let flags = (prev_dir, refresh, created);
+        let e = Arc::new(Event::new(self.index, action, key, flags, json, removed));
         self.pending.push(e.clone());
         e
     }

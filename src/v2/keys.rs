@@ -60,7 +60,7 @@ pub struct EventBody(Arc<Event>);
 
 impl AsRef<[u8]> for EventBody {
     fn as_ref(&self) -> &[u8] {
-        &self.0.json
+        self.0.json()
     }
 }
 
@@ -688,7 +688,7 @@ async fn write(api: &Api, p: PendingWrite, out: &mut Vec<u8>) {
                 let body = format!("{{\"action\":\"{}\"}}\n", ev.action.as_str());
                 r.body(body.as_bytes(), false);
             } else {
-                r.body(&ev.json, false);
+                r.body(ev.json(), false);
             }
         }
         Err(mut e) => {
