@@ -543,8 +543,12 @@ impl Store {
             created,
         } = kind;
         let key = node.key;
-        // Room for the JSON and, after it, the raw key (`Event::new`).
-        let mut json = Vec::with_capacity(64 + node.key.len() * 3 + self.prev.len() * 2);
+        // Room for the JSON (the fixed fields, the key and value escaped
+        // with some slack, the rendered previous node) and, after it, the
+        // raw key (`Event::new`): one allocation.
+        let value = node.value.map_or(0, |v| v.len() + v.len() / 8);
+        let prev = if has_prev { self.prev.len() } else { 0 };
+        let mut json = Vec::with_capacity(192 + node.key.len() * 3 + value + prev);
         json.extend_from_slice(b"{\"action\":\"");
         json.extend_from_slice(action.as_str().as_bytes());
         json.extend_from_slice(b"\",\"node\":");
