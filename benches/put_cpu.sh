@@ -32,6 +32,7 @@ c="http://127.0.0.1:$port"
 if [ -n "${MALLOC:-}" ]; then
   libc=$(ldd "$1" | awk '/libc.so/ {print $3}')
   perf probe -q -x "$libc" -a malloc 2>/dev/null || true
+  trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"; perf probe -q -d probe_libc:malloc 2>/dev/null' EXIT
 fi
 
 metric() { curl -s "$c/metrics" | awk -v m="$1" '$1 == m {print $2}'; }

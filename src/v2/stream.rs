@@ -44,10 +44,11 @@ pub enum Started {
     Elsewhere,
 }
 
-/// A read being answered: what was asked, and how its answer is framed.
+/// A read being answered: what was asked (what an error answer names),
+/// and how its answer is framed.
 struct Ask<'k> {
     key: &'k [u8],
-    opts: ReadOpts,
+    recursive: bool,
     http11: bool,
     head_only: bool,
 }
@@ -71,28 +72,20 @@ pub async fn start(
     out: &mut Output,
 ) -> Started {
     let sh = &api.shard;
+    let ask = Ask {
+        key,
+        recursive: opts.recursive,
+        http11,
+        head_only,
+    };
     if !opts.bulk {
         let index = readable(sh, opts.at_least).await;
         let mut body = vec![0; HEAD_ROOM];
         match read_at(sh, index, key, opts, None, ReadAt::View, &mut body) {
             Err(e) if e.code == OVER_LIMIT => opts.bulk = true,
-            r => {
-                let ask = Ask {
-                    key,
-                    opts,
-                    http11,
-                    head_only,
-                };
-                return answer(api, &ask, index, r.map(Some), body, None, out).await;
-            }
+            r => return answer(api, &ask, index, r.map(Some), body, None, out).await,
         }
     }
-    let ask = Ask {
-        key,
-        opts,
-        http11,
-        head_only,
-    };
     let stream = http11 && !head_only && !opts.sorted && out.is_empty();
     let turn = sh.bulk_turn().await;
     let index = readable(sh, opts.at_least).await;
@@ -166,7 +159,7 @@ async fn answer(
             read_error(
                 api,
                 ask.key,
-                ask.opts.recursive,
+                ask.recursive,
                 e,
                 ask.head_only,
                 ask.http11,
