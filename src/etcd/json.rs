@@ -40,68 +40,117 @@ pub fn write_str(out: &mut Vec<u8>, s: &[u8]) {
 /// Append what [`write_str`] puts between the quotes.
 #[inline]
 pub fn write_escaped(out: &mut Vec<u8>, s: &[u8]) {
-    write_escaped_with(out, s, wide());
+    write_escaped_with(out, s, scan());
 }
 
-/// [`write_escaped`], with or without [`wide_blocks`]. Most names and
-/// values need nothing but the wide scan: it comes first, inline, and the
-/// rest of the escape only from a block it stops at.
+/// How [`write_valid`] scans, by what the CPU has: 32 bytes at a time
+/// with AVX-512 ([`wide_blocks`]: masked loads and a byte expansion for
+/// quotes) or with AVX2 ([`avx2_blocks`]), else 16 bytes at a time.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Scan {
+    Narrow,
+    Avx2,
+    Avx512,
+}
+
+/// [`write_escaped`], scanning as `scan` says. Most names and values need
+/// nothing but the 32-byte scan: it comes first, inline, and the rest of
+/// the escape only from a block it stops at.
 #[inline]
-fn write_escaped_with(out: &mut Vec<u8>, s: &[u8], wide: bool) {
+fn write_escaped_with(out: &mut Vec<u8>, s: &[u8], scan: Scan) {
     let body = out.len();
-    #[cfg(target_arch = "x86_64")]
-    if wide {
-        // SAFETY: `wide` says the CPU has the features (`wide()`).
-        let i = unsafe { wide_blocks(out, s, 0, 0) };
+    if scan != Scan::Narrow {
+        // SAFETY: `scan` says the CPU has the features (`scan()`).
+        let i = unsafe { blocks(scan, out, s, 0, 0) };
         if i < s.len() {
-            // The next wide scan after the block this one stopped at.
-            write_rest(out, s, body, i, i + 32);
+            // The next 32-byte scan after the block this one stopped at.
+            write_rest(out, s, body, i, i + 32, scan);
         }
         return;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = wide;
-    write_rest(out, s, body, 0, usize::MAX);
+    write_rest(out, s, body, 0, usize::MAX, scan);
 }
 
 /// The escape of `s` into `out` (from `body` on) after its first `i`
-/// bytes, already written, with the next wide scan from `wide_from`
+/// bytes, already written, with the next 32-byte scan from `wide_from`
 /// (`usize::MAX`: none).
-fn write_rest(out: &mut Vec<u8>, s: &[u8], body: usize, i: usize, wide_from: usize) {
+fn write_rest(out: &mut Vec<u8>, s: &[u8], body: usize, i: usize, wide_from: usize, scan: Scan) {
     // Most keys and values are ASCII: one scan, no UTF-8 to validate.
-    if write_valid::<true>(out, s, i, wide_from) {
+    if write_valid::<true>(out, s, i, wide_from, scan) {
         return;
     }
     out.truncate(body);
-    write_utf8(out, s, wide_from != usize::MAX);
+    write_utf8(out, s, scan);
 }
 
 /// Escape `s`, which has bytes of 0x80 and above: each valid UTF-8 run by
 /// [`write_valid`], each byte of an invalid sequence as `\ufffd`.
-fn write_utf8(out: &mut Vec<u8>, s: &[u8], wide: bool) {
-    let wide_from = if wide { 0 } else { usize::MAX };
+fn write_utf8(out: &mut Vec<u8>, s: &[u8], scan: Scan) {
+    let wide_from = if scan == Scan::Narrow { usize::MAX } else { 0 };
     for chunk in s.utf8_chunks() {
-        write_valid::<false>(out, chunk.valid().as_bytes(), 0, wide_from);
+        write_valid::<false>(out, chunk.valid().as_bytes(), 0, wide_from, scan);
         for _ in chunk.invalid() {
             out.extend_from_slice(b"\\ufffd");
         }
     }
 }
 
-/// Whether this CPU runs [`wide_blocks`] (AVX-512 with VBMI2's byte
-/// expansion, BMI2 and POPCNT; std caches the answer).
+/// The best [`Scan`] this CPU runs (asked once, then kept).
 #[inline]
-fn wide() -> bool {
+fn scan() -> Scan {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static KEPT: AtomicU8 = AtomicU8::new(0);
+    match KEPT.load(Ordering::Relaxed) {
+        1 => Scan::Narrow,
+        2 => Scan::Avx2,
+        3 => Scan::Avx512,
+        _ => {
+            let s = detect();
+            KEPT.store(s as u8 + 1, Ordering::Relaxed);
+            s
+        }
+    }
+}
+
+/// Which [`Scan`] the CPU's features allow.
+#[cold]
+fn detect() -> Scan {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512vbmi2")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("bmi2")
-            && std::arch::is_x86_feature_detected!("popcnt")
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512vbmi2")
+            && has!("avx512bw")
+            && has!("avx512vl")
+            && has!("bmi2")
+            && has!("popcnt")
+        {
+            return Scan::Avx512;
+        }
+        if has!("avx2") && has!("ssse3") && has!("popcnt") {
+            return Scan::Avx2;
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    Scan::Narrow
+}
+
+/// The 32-byte scan `scan` names ([`wide_blocks`] or [`avx2_blocks`]),
+/// with their contract.
+///
+/// # Safety
+/// The CPU has the features `scan` needs ([`detect`] chose it).
+#[inline]
+unsafe fn blocks(scan: Scan, out: &mut Vec<u8>, s: &[u8], i: usize, start: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's.
+    unsafe {
+        match scan {
+            Scan::Avx512 => return wide_blocks(out, s, i, start),
+            Scan::Avx2 => return avx2_blocks(out, s, i, start),
+            Scan::Narrow => {}
+        }
+    }
+    let _ = (scan, out, s, start);
+    unreachable!("a 32-byte scan on a CPU without one")
 }
 
 /// [`write_valid`]'s scan 32 bytes at a time, from `i` with the plain run
@@ -173,6 +222,93 @@ fn wide_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize
     i
 }
 
+/// [`wide_blocks`] for CPUs with AVX2 but not AVX-512 (AMD's Zen 3, for
+/// one): whole 32-byte blocks the same way, a block of plain bytes and
+/// quotes written by two 16-byte spreads ([`escape_quotes16_ssse3`]).
+/// AVX2 has no masked byte load, so the last, short block is read as two
+/// overlapping loads of 16, 8 or 4 bytes (a plain one is written the same
+/// way), or byte by byte under 4; a short block with special bytes is
+/// left to the caller.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,ssse3,popcnt")]
+fn avx2_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize {
+    use std::arch::x86_64::*;
+    out.extend_from_slice(&s[start..i]);
+    // Room for the rest copied plainly, and for one 32-byte store past it.
+    out.reserve(s.len() - i + 32);
+    while i + 32 <= s.len() {
+        // SAFETY: the loop's test: 32 bytes of `s` from `i`.
+        let v = unsafe { _mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i) };
+        let eq = |c: u8| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8));
+        let quote = _mm256_or_si256(eq(b'"'), eq(b'\\'));
+        // A signed compare: controls, and bytes of 0x80 and above.
+        let low = _mm256_cmpgt_epi8(_mm256_set1_epi8(0x20), v);
+        let html = _mm256_or_si256(eq(b'<'), _mm256_or_si256(eq(b'>'), eq(b'&')));
+        let any = _mm256_movemask_epi8(_mm256_or_si256(_mm256_or_si256(low, quote), html));
+        if any == 0 {
+            // SAFETY: room for the plain rest plus 32 bytes is reserved
+            // (above, and after each escaped block).
+            unsafe {
+                _mm256_storeu_si256(out.as_mut_ptr().add(out.len()) as *mut __m256i, v);
+                out.set_len(out.len() + 32);
+            }
+            i += 32;
+            continue;
+        }
+        let quotes = _mm256_movemask_epi8(quote);
+        if any != quotes {
+            return i;
+        }
+        let quotes = quotes as u32;
+        escape_quotes16_ssse3(out, &s[i..i + 16], quotes & 0xffff);
+        escape_quotes16_ssse3(out, &s[i + 16..i + 32], quotes >> 16);
+        i += 32;
+        out.reserve(s.len() - i + 32);
+    }
+    let (take, src) = (s.len() - i, s[i..].as_ptr());
+    // SAFETY (every block below): the loads read bytes of `s[i..]` (each
+    // `take` checked against its width), and the stores write within the
+    // `take + 32` bytes reserved behind `out`'s length.
+    unsafe {
+        let dst = out.as_mut_ptr().add(out.len());
+        if take >= 16 {
+            let a = _mm_loadu_si128(src as *const __m128i);
+            let b = _mm_loadu_si128(src.add(take - 16) as *const __m128i);
+            if masks16(a).0 | masks16(b).0 != 0 {
+                return i;
+            }
+            _mm_storeu_si128(dst as *mut __m128i, a);
+            _mm_storeu_si128(dst.add(take - 16) as *mut __m128i, b);
+        } else if take >= 8 {
+            let a = (src as *const u64).read_unaligned();
+            let b = (src.add(take - 8) as *const u64).read_unaligned();
+            if masks16(_mm_set_epi64x(b as i64, a as i64)).0 != 0 {
+                return i;
+            }
+            (dst as *mut u64).write_unaligned(a);
+            (dst.add(take - 8) as *mut u64).write_unaligned(b);
+        } else if take >= 4 {
+            let a = (src as *const u32).read_unaligned();
+            let b = (src.add(take - 4) as *const u32).read_unaligned();
+            if may_need_escape(u64::from(b) << 32 | u64::from(a)) {
+                return i;
+            }
+            (dst as *mut u32).write_unaligned(a);
+            (dst.add(take - 4) as *mut u32).write_unaligned(b);
+        } else if take > 0 {
+            let (a, b, c) = (*src, *src.add(take / 2), *src.add(take - 1));
+            if may_need_escape(u64::from_le_bytes([a, b, c, a, a, a, a, a])) {
+                return i;
+            }
+            *dst = a;
+            *dst.add(take / 2) = b;
+            *dst.add(take - 1) = c;
+        }
+        out.set_len(out.len() + take);
+    }
+    s.len()
+}
+
 /// Whether any of the 8 bytes in `v` may need [`write_valid`]'s attention:
 /// a control, `"`, `\\`, `<`, `>`, `&`, or a byte of 0x80 and above (the
 /// word-at-a-time tests of "Bit Twiddling Hacks", exact for "any byte").
@@ -203,22 +339,7 @@ fn attention16(b: &[u8]) -> (u32, u32) {
         assert!(b.len() >= 16);
         // SAFETY: SSE2 is part of the x86_64 baseline, and the unaligned
         // load reads the 16 bytes of `b` checked above.
-        unsafe {
-            let v = _mm_loadu_si128(b.as_ptr() as *const __m128i);
-            let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
-            // A signed compare: controls, and bytes of 0x80 and above
-            // (negative as i8), are below 0x20.
-            let low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
-            let quote = _mm_or_si128(eq(b'"'), eq(b'\\'));
-            let any = _mm_or_si128(
-                _mm_or_si128(low, quote),
-                _mm_or_si128(eq(b'<'), _mm_or_si128(eq(b'>'), eq(b'&'))),
-            );
-            (
-                _mm_movemask_epi8(any) as u32,
-                _mm_movemask_epi8(quote) as u32,
-            )
-        }
+        masks16(unsafe { _mm_loadu_si128(b.as_ptr() as *const __m128i) })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -232,6 +353,29 @@ fn attention16(b: &[u8]) -> (u32, u32) {
             }
         }
         (m, q)
+    }
+}
+
+/// [`attention16`]'s masks of 16 loaded bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn masks16(v: std::arch::x86_64::__m128i) -> (u32, u32) {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline.
+    unsafe {
+        let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+        // A signed compare: controls, and bytes of 0x80 and above (negative
+        // as i8), are below 0x20.
+        let low = _mm_cmplt_epi8(v, _mm_set1_epi8(0x20));
+        let quote = _mm_or_si128(eq(b'"'), eq(b'\\'));
+        let any = _mm_or_si128(
+            _mm_or_si128(low, quote),
+            _mm_or_si128(eq(b'<'), _mm_or_si128(eq(b'>'), eq(b'&'))),
+        );
+        (
+            _mm_movemask_epi8(any) as u32,
+            _mm_movemask_epi8(quote) as u32,
+        )
     }
 }
 
@@ -333,14 +477,14 @@ fn write_valid<const ASCII: bool>(
     s: &[u8],
     mut i: usize,
     mut wide_from: usize,
+    scan: Scan,
 ) -> bool {
     let mut start = i;
     while i < s.len() {
-        #[cfg(target_arch = "x86_64")]
         if i >= wide_from {
-            // SAFETY: a `wide_from` is only given where the CPU has the
-            // features (`wide()`).
-            i = unsafe { wide_blocks(out, s, i, start) };
+            // SAFETY: a `wide_from` is only given with a 32-byte `scan`,
+            // which the CPU has (`scan()`).
+            i = unsafe { blocks(scan, out, s, i, start) };
             start = i;
             wide_from = i + 32;
             continue;
@@ -625,16 +769,26 @@ mod tests {
         }
     }
 
-    /// The 32-byte scan ([`wide_blocks`]) writes what the 16-byte one
+    /// The 32-byte scans this CPU has (AVX-512 CPUs have AVX2 as well).
+    fn wide_scans() -> Vec<Scan> {
+        let scans = match detect() {
+            Scan::Avx512 => vec![Scan::Avx2, Scan::Avx512],
+            Scan::Avx2 => vec![Scan::Avx2],
+            Scan::Narrow => vec![],
+        };
+        if scans.is_empty() {
+            eprintln!("this CPU has no AVX2: only the 16-byte scan is used here");
+        }
+        scans
+    }
+
+    /// The 32-byte scans ([`wide_blocks`], [`avx2_blocks`]) write what the 16-byte one
     /// does: strings of every class of byte (plain, quotes, HTML, controls,
     /// U+2028, other UTF-8, invalid bytes) in runs, at every length up to
     /// a few blocks.
     #[test]
     fn the_wide_scan_escapes_like_the_narrow_one() {
-        if !wide() {
-            eprintln!("this CPU has no AVX-512 VBMI2: the wide scan is not used here");
-            return;
-        }
+        let scans = wide_scans();
         let pieces: [&[u8]; 10] = [
             b"plain",
             b"\"",
@@ -662,10 +816,13 @@ mod tests {
                 let r = next() as usize % 40;
                 v.extend_from_slice(pieces[if r < 10 { r } else { r % 2 * 8 + 1 }]);
             }
-            let (mut narrow, mut wide) = (b"x".to_vec(), b"x".to_vec());
-            write_escaped_with(&mut narrow, &v, false);
-            write_escaped_with(&mut wide, &v, true);
-            assert_eq!(wide, narrow, "{v:?}");
+            let mut narrow = b"x".to_vec();
+            write_escaped_with(&mut narrow, &v, Scan::Narrow);
+            for &scan in &scans {
+                let mut wide = b"x".to_vec();
+                write_escaped_with(&mut wide, &v, scan);
+                assert_eq!(wide, narrow, "{scan:?} {v:?}");
+            }
         }
     }
 
@@ -673,9 +830,7 @@ mod tests {
     /// three, and random denser ones.
     #[test]
     fn every_sparse_quote_mask_of_a_wide_block_escapes_like_the_narrow_scan() {
-        if !wide() {
-            return;
-        }
+        let scans = wide_scans();
         let mut masks = vec![0u32, u32::MAX];
         for a in 0..32 {
             for b in a..32 {
@@ -699,10 +854,13 @@ mod tests {
                     _ => b'a' + (j % 26) as u8,
                 })
                 .collect();
-            let (mut narrow, mut wide) = (Vec::new(), Vec::new());
-            write_escaped_with(&mut narrow, &b, false);
-            write_escaped_with(&mut wide, &b, true);
-            assert_eq!(wide, narrow, "{m:032b}");
+            let mut narrow = Vec::new();
+            write_escaped_with(&mut narrow, &b, Scan::Narrow);
+            for &scan in &scans {
+                let mut wide = Vec::new();
+                write_escaped_with(&mut wide, &b, scan);
+                assert_eq!(wide, narrow, "{scan:?} {m:032b}");
+            }
         }
     }
 
