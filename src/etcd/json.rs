@@ -224,7 +224,7 @@ fn wide_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize
 
 /// [`wide_blocks`] for CPUs with AVX2 but not AVX-512 (AMD's Zen 3, for
 /// one): whole 32-byte blocks the same way, a block of plain bytes and
-/// quotes written by two 16-byte spreads ([`escape_quotes16_ssse3`]).
+/// quotes written by four 8-byte spreads ([`spread8`]).
 /// AVX2 has no masked byte load, so the last, short block is read as two
 /// overlapping loads of 16, 8 or 4 bytes (a plain one is written the same
 /// way), or byte by byte under 4; a short block with special bytes is
@@ -259,11 +259,24 @@ fn avx2_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize
         if any != quotes {
             return i;
         }
-        let quotes = quotes as u32;
-        escape_quotes16_ssse3(out, &s[i..i + 16], quotes & 0xffff);
-        escape_quotes16_ssse3(out, &s[i + 16..i + 32], quotes >> 16);
+        // Each 8 bytes spread straight into `out` (see `spread8`): up to
+        // 64 bytes, the last 16-byte store starting at most 48 in. What is
+        // left after them is room for the plain rest plus 32 bytes again.
+        let q = quotes as u32 as usize;
+        out.reserve(s.len() - i + 64);
+        // SAFETY: the stores write within the 64 bytes just reserved, and
+        // the length then covers the spread block.
+        unsafe {
+            let (a, b) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let len = out.len();
+            let dst = out.as_mut_ptr().add(len);
+            let mut n = spread8(dst, a, q & 0xff, 0);
+            n += spread8(dst.add(n), a, q >> 8 & 0xff, 8);
+            n += spread8(dst.add(n), b, q >> 16 & 0xff, 0);
+            n += spread8(dst.add(n), b, q >> 24, 8);
+            out.set_len(len + n);
+        }
         i += 32;
-        out.reserve(s.len() - i + 32);
     }
     let (take, src) = (s.len() - i, s[i..].as_ptr());
     // SAFETY (every block below): the loads read bytes of `s[i..]` (each
@@ -429,40 +442,54 @@ static SPREAD: [[u8; 16]; 256] = {
 };
 
 /// [`escape_quotes16`] without a branch per quote: each half of the block
-/// is spread by one byte shuffle from [`SPREAD`], and the slots filled with
-/// backslashes (one 222-byte HM9000 record: 138 → 93 ns against one run at
-/// a time).
+/// is spread by one byte shuffle from [`SPREAD`], the slots filled with
+/// backslashes, and stored straight into `out` (one 222-byte HM9000
+/// record: 138 → 93 ns against one run at a time).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "ssse3")]
 fn escape_quotes16_ssse3(out: &mut Vec<u8>, b: &[u8], quotes: u32) {
     use std::arch::x86_64::*;
     let block: &[u8; 16] = b[..16].try_into().expect("16 bytes");
+    // Room for both halves' 16-byte stores: the second starts at most 16
+    // bytes in.
+    out.reserve(32);
     let (lo, hi) = ((quotes & 0xff) as usize, (quotes >> 8 & 0xff) as usize);
-    // SAFETY: each unaligned load reads one whole 16-byte array.
-    let (v, ctl_lo, ctl_hi) = unsafe {
-        (
-            _mm_loadu_si128(block.as_ptr() as *const __m128i),
-            _mm_loadu_si128(SPREAD[lo].as_ptr() as *const __m128i),
-            _mm_loadu_si128(SPREAD[hi].as_ptr() as *const __m128i),
-        )
-    };
-    // The high half's bytes are 8 further on (an empty slot stays negative).
-    let ctl_hi = _mm_add_epi8(ctl_hi, _mm_set1_epi8(8));
-    let spread = |ctl| {
+    // SAFETY: the load reads one whole 16-byte array; the stores write
+    // within the 32 bytes reserved behind `out`'s length, and the length
+    // then covers what the two halves hold.
+    unsafe {
+        let v = _mm_loadu_si128(block.as_ptr() as *const __m128i);
+        let len = out.len();
+        let dst = out.as_mut_ptr().add(len);
+        let n = spread8(dst, v, lo, 0);
+        let m = spread8(dst.add(n), v, hi, 8);
+        out.set_len(len + n + m);
+    }
+}
+
+/// Store the 8 bytes of `v` from lane `from` at `dst`, an empty slot
+/// (then a backslash) before each one whose bit is set in `quotes` (a
+/// [`SPREAD`] index); 16 bytes are stored. Answers how many are in use.
+///
+/// # Safety
+/// 16 bytes from `dst` are writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "ssse3")]
+#[inline]
+unsafe fn spread8(dst: *mut u8, v: std::arch::x86_64::__m128i, quotes: usize, from: i8) -> usize {
+    use std::arch::x86_64::*;
+    // SAFETY: the load reads one whole 16-byte array; the store is the
+    // caller's.
+    unsafe {
+        let ctl = _mm_loadu_si128(SPREAD[quotes].as_ptr() as *const __m128i);
+        // An empty slot (0x80) stays negative.
+        let ctl = _mm_add_epi8(ctl, _mm_set1_epi8(from));
         let slots = _mm_cmplt_epi8(ctl, _mm_setzero_si128());
         let bytes = _mm_shuffle_epi8(v, ctl);
         let bytes = _mm_or_si128(bytes, _mm_and_si128(slots, _mm_set1_epi8(b'\\' as i8)));
-        let mut a = [0u8; 16];
-        // SAFETY: the unaligned store writes one whole 16-byte array.
-        unsafe { _mm_storeu_si128(a.as_mut_ptr() as *mut __m128i, bytes) };
-        a
-    };
-    for (half, n) in [(spread(ctl_lo), lo), (spread(ctl_hi), hi)] {
-        // Append all 16 bytes (a fixed-size copy) and keep those in use.
-        let len = out.len() + 8 + n.count_ones() as usize;
-        out.extend_from_slice(&half);
-        out.truncate(len);
+        _mm_storeu_si128(dst as *mut __m128i, bytes);
     }
+    8 + quotes.count_ones() as usize
 }
 
 /// Escape valid UTF-8: a scan that skips 32 (with `wide`, see
