@@ -149,7 +149,7 @@ unsafe fn blocks(scan: Scan, out: &mut Vec<u8>, s: &[u8], i: usize, start: usize
             Scan::Narrow => {}
         }
     }
-    let _ = (scan, out, s, start);
+    let _ = (scan, out, s, i, start);
     unreachable!("a 32-byte scan on a CPU without one")
 }
 
@@ -492,13 +492,13 @@ unsafe fn spread8(dst: *mut u8, v: std::arch::x86_64::__m128i, quotes: usize, fr
     8 + quotes.count_ones() as usize
 }
 
-/// Escape valid UTF-8: a scan that skips 32 (with `wide`, see
-/// [`wide_blocks`]), 16, then 8 plain bytes at a time, then a table-driven
+/// Escape valid UTF-8: a scan that skips 32 (with a 32-byte `scan`, see
+/// [`blocks`]), 16, then 8 plain bytes at a time, then a table-driven
 /// one, copying runs of plain bytes at once. With `ASCII`, it
 /// stops at the first byte of 0x80 or above and answers false (`out` then
 /// holds a partial copy). The scan starts at `i` (the bytes before it
-/// written); `wide_from` is where the next wide scan may start (after a
-/// block it stopped at; `usize::MAX` without `wide`).
+/// written); `wide_from` is where the next 32-byte scan may start (after a
+/// block it stopped at; `usize::MAX` with [`Scan::Narrow`]).
 fn write_valid<const ASCII: bool>(
     out: &mut Vec<u8>,
     s: &[u8],
