@@ -239,12 +239,7 @@ fn avx2_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize
     while i + 32 <= s.len() {
         // SAFETY: the loop's test: 32 bytes of `s` from `i`.
         let v = unsafe { _mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i) };
-        let eq = |c: u8| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8));
-        let quote = _mm256_or_si256(eq(b'"'), eq(b'\\'));
-        // A signed compare: controls, and bytes of 0x80 and above.
-        let low = _mm256_cmpgt_epi8(_mm256_set1_epi8(0x20), v);
-        let html = _mm256_or_si256(eq(b'<'), _mm256_or_si256(eq(b'>'), eq(b'&')));
-        let any = _mm256_movemask_epi8(_mm256_or_si256(_mm256_or_si256(low, quote), html));
+        let (any, quotes) = masks32(v);
         if any == 0 {
             // SAFETY: room for the plain rest plus 32 bytes is reserved
             // (above, and after each escaped block).
@@ -255,27 +250,13 @@ fn avx2_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize
             i += 32;
             continue;
         }
-        let quotes = _mm256_movemask_epi8(quote);
         if any != quotes {
             return i;
         }
-        // Each 8 bytes spread straight into `out` (see `spread8`): up to
-        // 64 bytes, the last 16-byte store starting at most 48 in. What is
-        // left after them is room for the plain rest plus 32 bytes again.
-        let q = quotes as u32 as usize;
+        // What is left after the spread block is room for the plain rest
+        // plus 32 bytes again.
         out.reserve(s.len() - i + 64);
-        // SAFETY: the stores write within the 64 bytes just reserved, and
-        // the length then covers the spread block.
-        unsafe {
-            let (a, b) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-            let len = out.len();
-            let dst = out.as_mut_ptr().add(len);
-            let mut n = spread8(dst, a, q & 0xff, 0);
-            n += spread8(dst.add(n), a, q >> 8 & 0xff, 8);
-            n += spread8(dst.add(n), b, q >> 16 & 0xff, 0);
-            n += spread8(dst.add(n), b, q >> 24, 8);
-            out.set_len(len + n);
-        }
+        spread32(out, v, quotes, 32);
         i += 32;
     }
     let (take, src) = (s.len() - i, s[i..].as_ptr());
@@ -288,7 +269,7 @@ fn avx2_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize
             let a = _mm_loadu_si128(src as *const __m128i);
             let b = _mm_loadu_si128(src.add(take - 16) as *const __m128i);
             if masks16(a).0 | masks16(b).0 != 0 {
-                return i;
+                return avx2_quoted_tail(out, s, i);
             }
             _mm_storeu_si128(dst as *mut __m128i, a);
             _mm_storeu_si128(dst.add(take - 16) as *mut __m128i, b);
@@ -296,7 +277,7 @@ fn avx2_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize
             let a = (src as *const u64).read_unaligned();
             let b = (src.add(take - 8) as *const u64).read_unaligned();
             if masks16(_mm_set_epi64x(b as i64, a as i64)).0 != 0 {
-                return i;
+                return avx2_quoted_tail(out, s, i);
             }
             (dst as *mut u64).write_unaligned(a);
             (dst.add(take - 8) as *mut u64).write_unaligned(b);
@@ -304,14 +285,14 @@ fn avx2_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize
             let a = (src as *const u32).read_unaligned();
             let b = (src.add(take - 4) as *const u32).read_unaligned();
             if may_need_escape(u64::from(b) << 32 | u64::from(a)) {
-                return i;
+                return avx2_quoted_tail(out, s, i);
             }
             (dst as *mut u32).write_unaligned(a);
             (dst.add(take - 4) as *mut u32).write_unaligned(b);
         } else if take > 0 {
             let (a, b, c) = (*src, *src.add(take / 2), *src.add(take - 1));
             if may_need_escape(u64::from_le_bytes([a, b, c, a, a, a, a, a])) {
-                return i;
+                return avx2_quoted_tail(out, s, i);
             }
             *dst = a;
             *dst.add(take / 2) = b;
@@ -319,6 +300,75 @@ fn avx2_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize
         }
         out.set_len(out.len() + take);
     }
+    s.len()
+}
+
+/// The masks of [`attention16`] over 32 loaded bytes: those that need
+/// attention, and the quotes and backslashes among them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn masks32(v: std::arch::x86_64::__m256i) -> (u32, u32) {
+    use std::arch::x86_64::*;
+    let eq = |c: u8| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8));
+    let quote = _mm256_or_si256(eq(b'"'), eq(b'\\'));
+    // A signed compare: controls, and bytes of 0x80 and above.
+    let low = _mm256_cmpgt_epi8(_mm256_set1_epi8(0x20), v);
+    let html = _mm256_or_si256(eq(b'<'), _mm256_or_si256(eq(b'>'), eq(b'&')));
+    let any = _mm256_movemask_epi8(_mm256_or_si256(_mm256_or_si256(low, quote), html));
+    (any as u32, _mm256_movemask_epi8(quote) as u32)
+}
+
+/// Append the first `take` bytes of the block `v`, a backslash before
+/// each whose bit is set in `quotes`: each 8 bytes spread straight into
+/// `out` by [`spread8`] (up to 64 bytes, the last 16-byte store starting
+/// at most 48 in; needs 64 bytes of room).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,ssse3,popcnt")]
+#[inline]
+fn spread32(out: &mut Vec<u8>, v: std::arch::x86_64::__m256i, quotes: u32, take: usize) {
+    use std::arch::x86_64::*;
+    assert!(out.capacity() - out.len() >= 64 && take <= 32);
+    let q = quotes as usize;
+    // SAFETY: the stores write within the 64 bytes of room checked above,
+    // and the length then covers the `take` bytes spread.
+    unsafe {
+        let (a, b) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let len = out.len();
+        let dst = out.as_mut_ptr().add(len);
+        let mut n = spread8(dst, a, q & 0xff, 0);
+        if take > 8 {
+            n += spread8(dst.add(n), a, q >> 8 & 0xff, 8);
+        }
+        if take > 16 {
+            n += spread8(dst.add(n), b, q >> 16 & 0xff, 0);
+        }
+        if take > 24 {
+            spread8(dst.add(n), b, q >> 24, 8);
+        }
+        out.set_len(len + take + quotes.count_ones() as usize);
+    }
+}
+
+/// [`avx2_blocks`]' short last block (`s[i..]`, under 32 bytes) when it
+/// has special bytes: if they are only quotes and backslashes (stored
+/// JSON's last bytes), it is spread as a whole block is, from a copy
+/// padded with spaces. Answers where the scan is then.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,ssse3,popcnt")]
+fn avx2_quoted_tail(out: &mut Vec<u8>, s: &[u8], i: usize) -> usize {
+    use std::arch::x86_64::*;
+    let take = s.len() - i;
+    let mut block = [b' '; 32];
+    block[..take].copy_from_slice(&s[i..]);
+    // SAFETY: the load reads one whole 32-byte array.
+    let v = unsafe { _mm256_loadu_si256(block.as_ptr() as *const __m256i) };
+    let (any, quotes) = masks32(v);
+    if any != quotes {
+        return i;
+    }
+    out.reserve(64);
+    spread32(out, v, quotes, take);
     s.len()
 }
 
@@ -854,7 +904,7 @@ mod tests {
     }
 
     /// Quotes in every position of a 32-byte block: each mask of up to
-    /// three, and random denser ones.
+    /// three, and random denser ones; the same bytes as a short last block.
     #[test]
     fn every_sparse_quote_mask_of_a_wide_block_escapes_like_the_narrow_scan() {
         let scans = wide_scans();
@@ -881,12 +931,18 @@ mod tests {
                     _ => b'a' + (j % 26) as u8,
                 })
                 .collect();
-            let mut narrow = Vec::new();
-            write_escaped_with(&mut narrow, &b, Scan::Narrow);
-            for &scan in &scans {
-                let mut wide = Vec::new();
-                write_escaped_with(&mut wide, &b, scan);
-                assert_eq!(wide, narrow, "{scan:?} {m:032b}");
+            // The block whole, and as a short last block: alone, and
+            // behind a plain one.
+            let short = &b[..1 + (m.count_ones() as usize * 7 + m as usize) % 31];
+            let behind = [&[b'p'; 32][..], short].concat();
+            for v in [&b[..], short, &behind] {
+                let mut narrow = Vec::new();
+                write_escaped_with(&mut narrow, v, Scan::Narrow);
+                for &scan in &scans {
+                    let mut wide = Vec::new();
+                    write_escaped_with(&mut wide, v, scan);
+                    assert_eq!(wide, narrow, "{scan:?} {m:032b} {v:?}");
+                }
             }
         }
     }
