@@ -224,11 +224,11 @@ fn wide_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize
 
 /// [`wide_blocks`] for CPUs with AVX2 but not AVX-512 (AMD's Zen 3, for
 /// one): whole 32-byte blocks the same way, a block of plain bytes and
-/// quotes written by four 8-byte spreads ([`spread8`]).
-/// AVX2 has no masked byte load, so the last, short block is read as two
-/// overlapping loads of 16, 8 or 4 bytes (a plain one is written the same
-/// way), or byte by byte under 4; a short block with special bytes is
-/// left to the caller.
+/// quotes written by 8-byte spreads ([`spread32`]). AVX2 has no masked
+/// byte load, so the last, short block is read as two overlapping loads
+/// of 16, 8 or 4 bytes, or as three bytes under 4 (a plain one is written
+/// the same way); one with quotes goes to [`avx2_quoted_tail`], and one
+/// with any other special byte is left to the caller.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,ssse3,popcnt")]
 fn avx2_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize {
@@ -242,7 +242,7 @@ fn avx2_blocks(out: &mut Vec<u8>, s: &[u8], mut i: usize, start: usize) -> usize
         let (any, quotes) = masks32(v);
         if any == 0 {
             // SAFETY: room for the plain rest plus 32 bytes is reserved
-            // (above, and after each escaped block).
+            // (above, and before each spread block beyond what it writes).
             unsafe {
                 _mm256_storeu_si256(out.as_mut_ptr().add(out.len()) as *mut __m256i, v);
                 out.set_len(out.len() + 32);
